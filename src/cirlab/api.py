@@ -1,0 +1,122 @@
+"""The small public surface: load a trained pipeline, encode a gallery, compose and search.
+
+    from cirlab.api import Pipeline
+    pipe = Pipeline.load()                       # the default model (``make demo`` trains it)
+    gallery = pipe.encode_gallery("photos/")     # cached on disk, reused next time
+    hits = pipe.search(gallery, "photos/dress.jpg", "same dress but red", k=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cirlab import settings
+from cirlab.checkpoint import load_checkpoint, read_checkpoint
+from cirlab.data.features import image_table
+from cirlab.data.triplets import Gallery
+from cirlab.encoders import build_image_encoder, build_text_encoder
+from cirlab.encoders.cache import FeatureCache
+from cirlab.errors import CirlabError
+from cirlab.fusion import Fusion
+from cirlab.images import load_image
+from cirlab.index.exact import exact_topk
+
+MAX_TEXT_CHARS = 1000
+
+
+def check_text(text: str | None) -> str:
+    """A modification text must say something and stay within a sane length."""
+    text = (text or "").strip()
+    if not text:
+        raise CirlabError('the modification text is empty; say how the target differs, e.g. --text "make it red"')
+    if len(text) > MAX_TEXT_CHARS:
+        raise CirlabError(f"the modification text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}: shorten it")
+    return text
+
+
+@dataclass
+class GalleryVectors:
+    """A gallery embedded by a pipeline: ids, files, unit vectors, and the files that failed."""
+
+    ids: list[str]
+    paths: list[Path]
+    vectors: np.ndarray
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    path: str
+    score: float
+
+
+class Pipeline:
+    """Encoders + a trained fusion method + the feature cache."""
+
+    def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache) -> None:
+        self.model, self.meta = model, meta
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.cache = cache
+
+    @classmethod
+    def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> "Pipeline":
+        """Load a checkpoint and the encoders it was trained on (refused if they differ)."""
+        settings.offline()
+        path = Path(model_path) if model_path else settings.default_model_path()
+        if model_path is None and not path.is_file():
+            raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or pass --model")
+        meta = read_checkpoint(path)["meta"]
+        image_encoder = build_image_encoder(meta["image_encoder"]["spec"])
+        text_encoder = build_text_encoder(meta["text_encoder"]["spec"])
+        model, meta = load_checkpoint(path, image_encoder, text_encoder)
+        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()))
+
+    @torch.inference_mode()
+    def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
+        if not isinstance(gallery, Gallery):
+            gallery = Gallery.from_folder(gallery)
+        table, failed = image_table(self.cache, self.image_encoder, gallery, self.model.image_views, progress)
+        if not len(table):
+            raise CirlabError(f"none of the {len(gallery)} gallery images could be read (e.g. {failed[0][1]})")
+        vectors = self.model.embed_gallery(table.tensors(np.arange(len(table)))).numpy()
+        path_of = dict(zip(gallery.ids, gallery.paths))
+        return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
+
+    def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
+        if isinstance(image, Image.Image):
+            out = self.image_encoder.encode_images([image.convert("RGB")], self.model.image_views)
+        else:
+            load_image(image)  # a clear error for a missing or unreadable reference
+            feats = self.cache.image_features(self.image_encoder, [image], self.model.image_views, progress=False)
+            out = feats.views
+        return {k: torch.from_numpy(np.asarray(v)).float() for k, v in out.items()}
+
+    @torch.inference_mode()
+    def compose(self, image: str | Path | Image.Image, text: str) -> np.ndarray:
+        """The query vector of (reference image, modification text)."""
+        text = check_text(text)
+        tv = self.text_encoder.encode_texts([text], self.model.text_views)
+        text_views = {k: torch.from_numpy(v).bool() if k == "mask" else torch.from_numpy(v).float() for k, v in tv.items()}
+        return self.model.compose(self.reference_views(image), text_views)[0].numpy()
+
+    def search(self, gallery: GalleryVectors, image: str | Path | Image.Image, text: str, k: int = 10,
+               exclude_reference: bool = False) -> list[Hit]:
+        """Top-k gallery images for the composed query, best first."""
+        if k < 1:
+            raise CirlabError(f"-k must be at least 1, got {k}")
+        query = self.compose(image, text)
+        exclude = None
+        if exclude_reference and not isinstance(image, Image.Image):
+            ref = Path(image).resolve()
+            rows = [i for i, p in enumerate(gallery.paths) if Path(p).resolve() == ref]
+            exclude = np.array([rows[0] if rows else -1])
+        top, scores = exact_topk(query[None], gallery.vectors, k, exclude)
+        return [Hit(r + 1, gallery.ids[j], str(gallery.paths[j]), float(s))
+                for r, (j, s) in enumerate(zip(top[0], scores[0])) if np.isfinite(s)]

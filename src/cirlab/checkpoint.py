@@ -1,0 +1,80 @@
+"""Checkpoints: fusion weights, their config, the encoder ids they were trained on, cirlab's version.
+
+Loading refuses, with a one-line reason, a file that is missing, corrupt, of another checkpoint
+format, or trained on features of other encoders than the ones in use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from cirlab import __version__
+from cirlab.errors import CirlabError
+from cirlab.fusion import Fusion, build_fusion
+
+FORMAT = "cirlab-fusion"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_config: dict,
+                    image_encoder, text_encoder, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
+        "method": model.name, "model_config": model_config, "train_config": train_config,
+        "image_encoder": {"spec": image_encoder.spec, "id": image_encoder.id, "dim": image_encoder.dim},
+        "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim},
+        **(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, after the format checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise CirlabError(f"no model at {path}; train one with 'make demo' or 'cirlab train'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure means: not our file)
+        raise CirlabError(f"{path} is not a readable cirlab checkpoint ({type(e).__name__}); retrain or pass another --model") from None
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CirlabError(f"{path} is not a cirlab fusion checkpoint; pass a file written by 'cirlab train'")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CirlabError(
+            f"{path} was written by cirlab {meta.get('cirlab_version')} (checkpoint format {meta.get('format_version')}); "
+            f"this cirlab {__version__} reads format {FORMAT_VERSION}: retrain the model with this version"
+        )
+    return ckpt
+
+
+def check_encoders(meta: dict, image_encoder, text_encoder, path: str | Path = "checkpoint") -> None:
+    for side, enc in (("image", image_encoder), ("text", text_encoder)):
+        want = meta[f"{side}_encoder"]["id"]
+        if enc.id != want:
+            raise CirlabError(
+                f"{path} was trained on {side} features of {want}, but {enc.id} is loaded: "
+                f"load encoder {meta[f'{side}_encoder']['spec']!r} or retrain on this one"
+            )
+
+
+def load_checkpoint(path: str | Path, image_encoder, text_encoder) -> tuple[Fusion, dict]:
+    """Rebuild the fusion module of a checkpoint for these encoders (refused on a mismatch)."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["meta"]
+    check_encoders(meta, image_encoder, text_encoder, path)
+    model = build_fusion(meta["method"], image_encoder.dim, text_encoder.dim, **meta["model_config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CirlabError(f"{path}: weights do not fit method {meta['method']!r} ({str(e).splitlines()[0]}); retrain") from None
+    model.eval()
+    return model, meta

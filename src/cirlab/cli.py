@@ -1,0 +1,213 @@
+"""The one command line: ``cirlab SUBCOMMAND``. User mistakes print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cirlab import __version__, settings
+from cirlab.errors import CirlabError
+
+log = logging.getLogger("cirlab")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None,
+                   help=f"checkpoint to use (default: the model 'make demo' trains, {settings.default_model_path()})")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from cirlab.demo import run_demo
+
+    run_demo(a.data, a.out, seed=a.seed, progress=not a.quiet)
+    return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from cirlab.data.emojiedit import build_emojiedit
+
+    if a.name != "emojiedit":
+        raise CirlabError(f"unknown data set {a.name!r}; this version builds: emojiedit")
+    counts = build_emojiedit(a.out, seed=a.seed)
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def cmd_encode(a: argparse.Namespace) -> int:
+    from cirlab.data.features import image_table
+    from cirlab.data.triplets import Gallery
+    from cirlab.encoders import build_image_encoder
+    from cirlab.encoders.cache import FeatureCache
+
+    enc = build_image_encoder(a.image_encoder)
+    gallery = Gallery.from_folder(a.gallery)
+    table, failed = image_table(FeatureCache(a.cache or settings.cache_dir()), enc, gallery, tuple(a.views))
+    print(f"{len(table)} images encoded or read from the cache by {enc.id}; {len(failed)} unreadable")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.eval.report import recall_table
+    from cirlab.fusion import build_fusion
+    from cirlab.training.run import Workspace, train_method
+
+    from cirlab.config import method_config
+
+    cfg = method_config(a.method, a.config)
+    probe = build_fusion(cfg["method"], 8, 8, **cfg["model"])  # which views the method needs
+    ws = Workspace.open(a.data, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
+                        probe.image_views, probe.text_views)
+    out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
+    model, result, _ = train_method(ws, a.method, a.config, out=out)
+    print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s; saved {out}")
+    if "test" in ws.triplets:
+        print(recall_table({a.method: ws.evaluate(model, "test").recall}))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline
+    from cirlab.data.features import text_table
+    from cirlab.data.triplets import Dataset
+    from cirlab.eval.evaluate import evaluate
+    from cirlab.eval.report import recall_table
+    from cirlab.data.features import image_table
+
+    pipe = Pipeline.load(a.model, a.cache)
+    ds = Dataset(a.data)
+    triplets = ds.triplets(a.split)
+    images, failed = image_table(pipe.cache, pipe.image_encoder, ds.gallery(), pipe.model.image_views)
+    texts = text_table(pipe.cache, pipe.text_encoder, [t.text for t in triplets], pipe.model.text_views)
+    gallery = [i for i in ds.gallery(None if a.gallery == "all" else a.split).ids if i in images.row]
+    ev = evaluate(pipe.model, triplets, images, texts, gallery, exclude_reference=not a.keep_reference)
+    print(recall_table({pipe.meta["method"]: ev.recall}))
+    print(f"{len(ev.triplets)} queries over {len(gallery)} gallery images; {ev.skipped} skipped (missing images)")
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline, check_text
+
+    check_text(a.text)
+    if not a.image.is_file():
+        raise CirlabError(f"reference image {a.image} does not exist")
+    pipe = Pipeline.load(a.model, a.cache)
+    gallery = pipe.encode_gallery(a.gallery, progress=not a.json)
+    if gallery.failed:
+        log.warning("skipped %d unreadable gallery image(s), e.g. %s", len(gallery.failed), gallery.failed[0][1])
+    hits = pipe.search(gallery, a.image, a.text, a.k, exclude_reference=a.exclude_reference)
+    if a.json:
+        print(json.dumps({"query": {"image": str(a.image), "text": a.text}, "model": pipe.meta["method"],
+                          "results": [h.__dict__ for h in hits], "skipped": len(gallery.failed)}))
+    else:
+        for h in hits:
+            print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
+    return 0
+
+
+def cmd_methods(a: argparse.Namespace) -> int:
+    from cirlab.config import method_config
+    from cirlab.fusion import build_fusion, fusion_methods
+
+    for name in fusion_methods.names():
+        cfg = method_config(name)
+        model = build_fusion(name, 1280, 384, **cfg["model"])
+        print(f"{name:<12} {model.num_parameters():>11,}  {model.paper}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cirlab", description="Composed image retrieval: a reference image plus a "
+                                "modification text -> ranked gallery images. Train, evaluate and search.")
+    p.add_argument("--version", action="version", version=f"cirlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="build EmojiEdit, encode, train, evaluate, show example queries")
+    d.add_argument("--data", type=Path, default=Path("data/emojiedit"), help="where the data set is built (default: %(default)s)")
+    d.add_argument("--out", type=Path, default=Path("demo_out"), help="where the report goes (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="data set seed (default: %(default)s)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    d = sub.add_parser("data", help="build a data set")
+    dsub = d.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = dsub.add_parser("make", help="generate a data set into a folder")
+    m.add_argument("name", help="emojiedit")
+    m.add_argument("--out", type=Path, required=True, help="output folder")
+    m.add_argument("--seed", type=int, default=0, help="split and phrasing seed (default: %(default)s)")
+    m.set_defaults(func=cmd_data)
+
+    def add_encoders(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--image-encoder", default="efficientnet_lite0",
+                       help="image encoder: efficientnet_lite0 (default), efficientnet_lite2, clip:/path, hf:/path")
+        q.add_argument("--text-encoder", default="minilm", help="text encoder: minilm (default), clip:/path, hf:/path")
+
+    def add_cache(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--cache", type=Path, default=None, help=f"feature cache folder (default: {settings.cache_dir()})")
+
+    e = sub.add_parser("encode", help="encode a folder of images into the feature cache")
+    e.add_argument("gallery", type=Path, help="folder of jpg/png/webp images")
+    e.add_argument("--image-encoder", default="efficientnet_lite0", help="image encoder spec (default: %(default)s)")
+    e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens"], help="views to cache")
+    add_cache(e)
+    e.set_defaults(func=cmd_encode)
+
+    t = sub.add_parser("train", help="train a fusion method on a data set's train split")
+    t.add_argument("--method", default="combiner", help="a registered method, see 'cirlab methods' (default: %(default)s)")
+    t.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")
+    t.add_argument("--out", type=Path, required=True, help="output folder (model.pt is written there) or a .pt path")
+    add_encoders(t)
+    add_cache(t)
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("eval", help="Recall@K of a trained model on a data set split")
+    v.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    v.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    v.add_argument("--gallery", choices=["split", "all"], default="split",
+                   help="gallery: the split's images (default) or every image of the data set")
+    v.add_argument("--keep-reference", action="store_true", help="leave the reference image in its own ranking")
+    _add_model(v)
+    add_cache(v)
+    v.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("search", help="composed search over a folder of images")
+    s.add_argument("--gallery", type=Path, required=True, help="folder of jpg/png/webp images (searched recursively)")
+    s.add_argument("--image", type=Path, required=True, help="reference image")
+    s.add_argument("--text", required=True, help='modification text, e.g. "make it red"')
+    s.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
+    s.add_argument("--exclude-reference", action="store_true", help="leave the reference image out of the results")
+    s.add_argument("--json", action="store_true", help="print JSON for machines")
+    _add_model(s)
+    add_cache(s)
+    s.set_defaults(func=cmd_search)
+
+    mth = sub.add_parser("methods", help="list the registered fusion methods")
+    mth.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="cirlab: warning: %(message)s")
+    settings.offline()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except CirlabError as e:
+        print(f"cirlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cirlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

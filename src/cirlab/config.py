@@ -1,0 +1,34 @@
+"""Method configs are data: ``configs/methods/<name>.json`` (model and training options) over
+``configs/train.json`` (training defaults). A user file given with ``--config`` overrides both."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from cirlab.errors import CirlabError
+
+
+def _read(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text()) if isinstance(path, (str, Path)) else json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CirlabError(f"{path}: not valid JSON ({e})") from None
+
+
+def method_config(method: str, override: str | Path | dict | None = None) -> dict:
+    """``{"method", "model": {...}, "train": {...}}`` for a method, defaults filled in."""
+    root = resources.files("cirlab") / "configs"
+    cfg = {"method": method, "model": {}, "train": dict(_read(root / "train.json"))}
+    shipped = root / "methods" / f"{method}.json"
+    layers = [_read(shipped)] if shipped.is_file() else []
+    if override is not None:
+        if not isinstance(override, dict) and not Path(override).is_file():
+            raise CirlabError(f"config file {override} does not exist")
+        layers.append(override if isinstance(override, dict) else _read(override))
+    for layer in layers:
+        cfg["method"] = layer.get("method", cfg["method"])
+        cfg["model"].update(layer.get("model", {}))
+        cfg["train"].update(layer.get("train", {}))
+    return cfg

@@ -1,0 +1,119 @@
+"""The triplet format, galleries and datasets on disk.
+
+A triplet file is JSONL, one query a line::
+
+    {"reference": "1f468", "text": "make it a woman", "targets": ["1f469"], "attributes": {...}}
+
+``reference`` and ``targets`` are image ids of the dataset (a path relative to its image
+folder, without suffix). A dataset folder holds ``dataset.json`` (name, image folder, split
+files), ``images.jsonl`` (one record per image: id, file, split, caption, attributes) and the
+split triplet files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from cirlab.errors import CirlabError
+from cirlab.images import list_images
+
+
+@dataclass
+class Triplet:
+    """One composed query: reference image id, modification text, the ids that satisfy it."""
+
+    reference: str
+    text: str
+    targets: list[str]
+    attributes: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"reference": self.reference, "text": self.text, "targets": self.targets,
+                           "attributes": self.attributes}, ensure_ascii=False)
+
+
+def read_triplets(path: str | Path) -> list[Triplet]:
+    path = Path(path)
+    if not path.is_file():
+        raise CirlabError(f"triplet file {path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            targets = d["targets"] if "targets" in d else [d["target"]]
+            out.append(Triplet(str(d["reference"]), str(d["text"]), [str(t) for t in targets], d.get("attributes", {})))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CirlabError(f"{path}:{n}: not a triplet line ({type(e).__name__}: {e}); "
+                              'expected {"reference": ..., "text": ..., "targets": [...]}') from None
+    return out
+
+
+def write_triplets(path: str | Path, triplets: Iterable[Triplet]) -> int:
+    lines = [t.to_json() for t in triplets]
+    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
+
+
+@dataclass
+class Gallery:
+    """Images that can be retrieved: ids in a fixed order and their files."""
+
+    ids: list[str]
+    paths: list[Path]
+
+    def __post_init__(self) -> None:
+        self.position = {i: n for n, i in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Gallery":
+        """Every image under ``folder``; its id is the relative path without suffix."""
+        folder = Path(folder)
+        paths = list_images(folder)
+        if not paths:
+            raise CirlabError(f"gallery folder {folder} holds no jpg/png/webp images")
+        ids = [p.relative_to(folder).with_suffix("").as_posix() for p in paths]
+        if len(set(ids)) != len(ids):  # a.jpg beside a.png: keep suffixes to stay unique
+            ids = [p.relative_to(folder).as_posix() for p in paths]
+        return cls(ids, paths)
+
+    def subset(self, keep: Iterable[str]) -> "Gallery":
+        keep = set(keep)
+        pairs = [(i, p) for i, p in zip(self.ids, self.paths) if i in keep]
+        return Gallery([i for i, _ in pairs], [p for _, p in pairs])
+
+
+class Dataset:
+    """A dataset folder: image records, split triplets and the gallery of each split."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        manifest = self.root / "dataset.json"
+        if not manifest.is_file():
+            raise CirlabError(f"{self.root} is not a cirlab dataset (no dataset.json); build one with 'cirlab data make emojiedit'")
+        self.meta = json.loads(manifest.read_text())
+        self.name = self.meta["name"]
+        self.image_dir = self.root / self.meta.get("images", "images")
+        self.images = [json.loads(x) for x in (self.root / "images.jsonl").read_text().splitlines() if x.strip()]
+        self.by_id = {r["id"]: r for r in self.images}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def triplets(self, split: str) -> list[Triplet]:
+        if split not in self.meta["splits"]:
+            raise CirlabError(f"dataset {self.name} has no split {split!r}; it has {', '.join(self.splits)}")
+        return read_triplets(self.root / self.meta["splits"][split])
+
+    def gallery(self, split: str | None = None) -> Gallery:
+        """The images of a split (the evaluation gallery), or all images."""
+        recs = [r for r in self.images if split is None or r["split"] == split]
+        return Gallery([r["id"] for r in recs], [self.image_dir / r["file"] for r in recs])

@@ -1,0 +1,150 @@
+"""Encoder protocols, the two encoder registries, and helpers every backend shares.
+
+An encoder turns raw inputs into *views*: ``pooled`` (one vector per input, float32),
+``tokens`` (a sequence per input: image regions of the spatial map, or text token states;
+stored float16) and, for text, ``mask`` (which tokens are real). Fusion methods declare the
+views they need; the feature cache stores exactly those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cirlab.errors import CirlabError
+from cirlab.registry import Registry
+
+VIEWS = ("pooled", "tokens", "mask")
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Images -> views. ``id`` names architecture, weights and preprocessing: the cache key."""
+
+    spec: str
+    id: str
+    dim: int
+    token_dim: int
+    num_tokens: int
+
+    def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Texts -> views (``pooled``, ``tokens``, ``mask``)."""
+
+    spec: str
+    id: str
+    dim: int
+    token_dim: int
+    max_tokens: int
+
+    def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]: ...
+
+
+image_encoders: Registry = Registry("image encoder")
+text_encoders: Registry = Registry("text encoder")
+
+DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
+DEFAULT_TEXT_ENCODER = "minilm"
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """``"clip:/models/clip-b32"`` -> ``("clip", "/models/clip-b32")``; ``"minilm"`` -> ``("minilm", None)``."""
+    name, sep, arg = spec.partition(":")
+    return name, (arg if sep else None)
+
+
+@lru_cache(maxsize=8)
+def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
+    """Build (once per process) the image encoder a spec names: ``name`` or ``name:/local/path``."""
+    name, arg = _split_spec(spec)
+    factory = image_encoders.get(name)
+    return factory(arg) if arg is not None else factory()
+
+
+@lru_cache(maxsize=8)
+def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
+    name, arg = _split_spec(spec)
+    factory = text_encoders.get(name)
+    return factory(arg) if arg is not None else factory()
+
+
+def set_threads() -> None:
+    """Use every core for inference (2 on the reference machine)."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def fingerprint_file(path: Path) -> str:
+    """Short content hash of a weights file: the same file always gives the same encoder id."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def fingerprint_folder(folder: Path) -> str:
+    """Hash of a Hugging Face folder: config texts and the weights files' bytes."""
+    h = hashlib.sha1()
+    for p in sorted(folder.iterdir()):
+        if p.suffix in (".json", ".txt"):
+            h.update(p.name.encode() + p.read_bytes())
+        elif p.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            h.update(p.name.encode() + fingerprint_file(p).encode())
+    return h.hexdigest()[:12]
+
+
+def require_folder(path: str | None, backend: str, what: str) -> Path:
+    """Bring-your-own-weights backends never download: a missing folder is a clear error."""
+    if not path:
+        raise CirlabError(f"the {backend} encoder needs a local folder: use '{backend}:/path/to/{what}'")
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise CirlabError(
+            f"{folder} is not a local Hugging Face model folder (no config.json); "
+            f"cirlab never downloads weights: save the {what} there first"
+        )
+    return folder.resolve()
+
+
+def pad_to_square(im: Image.Image, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Pad the short side so nothing is cropped away (a garment's hem, an emoji's edge)."""
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float], scale: float = 255.0) -> torch.Tensor:
+    """Pad to square, resize (bicubic, antialiased) and normalise: a (B, 3, size, size) float tensor.
+
+    ``mean``/``std`` are given in units of ``scale`` (255 for 0..255 statistics, 1 for 0..1).
+    """
+    arr = np.stack(
+        [np.asarray(pad_to_square(im.convert("RGB")).resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+    )
+    arr = (arr / (255.0 / scale) - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def check_views(views: Sequence[str], allowed: Sequence[str], who: str) -> None:
+    bad = [v for v in views if v not in allowed]
+    if bad:
+        raise CirlabError(f"{who} has no view {bad[0]!r}; it offers {', '.join(allowed)}")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

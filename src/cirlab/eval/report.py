@@ -1,0 +1,85 @@
+"""Reports people look at: a Markdown recall table and an HTML grid of queries and results."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Sequence
+
+from cirlab.images import load_image
+
+
+def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
+    """A Markdown table: one row per method, one column per Recall@K (and any extra columns)."""
+    extra = extra or {}
+    extra_cols = sorted({c for v in extra.values() for c in v})
+    head = "| method | " + " | ".join(f"R@{k}" for k in ks) + "".join(f" | {c}" for c in extra_cols) + " |"
+    sep = "|---|" + "---:|" * (len(ks) + len(extra_cols))
+    lines = [head, sep]
+    for name, rec in rows.items():
+        cells = [f"{rec[k]:.1f}" for k in ks] + [str(extra.get(name, {}).get(c, "")) for c in extra_cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def thumbnail_uri(path: str | Path, size: int = 96) -> str:
+    """A small PNG as a data URI, so the page is one self-contained file."""
+    im = load_image(path)
+    im.thumbnail((size, size))
+    buf = BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass
+class QueryResult:
+    reference: str
+    text: str
+    results: list[tuple[str, float, bool]]  # (image path, score, is a ground-truth target)
+    targets: list[str] = field(default_factory=list)  # target paths, shown when not retrieved
+    title: str = ""
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+.q{border:1px solid #ddd;border-radius:8px;padding:.8rem;margin-bottom:1rem}
+.row{display:flex;flex-wrap:wrap;gap:.6rem;align-items:flex-start}
+figure{margin:0;text-align:center;font-size:.8rem}
+figure img{width:96px;height:96px;object-fit:contain;border:3px solid transparent;border-radius:6px;background:#fff}
+figure.gt img{border-color:#1a9c3a}
+figure.ref img{border-color:#777}
+.text{font-size:1.1rem;margin:.4rem 0}
+footer{color:#666;font-size:.8rem;margin-top:2rem}
+"""
+
+
+def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult], intro: str = "",
+                     credit: str = "") -> Path:
+    """Each query: reference and text, its top results with scores, ground truth boxed in green."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if intro:
+        parts.append(intro)
+    for n, q in enumerate(queries, 1):
+        parts.append(f"<div class='q'><h3>Query {n}{': ' + html.escape(q.title) if q.title else ''}</h3><div class='row'>")
+        parts.append(f"<figure class='ref'><img src='{thumbnail_uri(q.reference)}' alt='reference'><figcaption>reference</figcaption></figure>")
+        parts.append(f"<div class='text'>+ &ldquo;{html.escape(q.text)}&rdquo;</div></div><div class='row'>")
+        for rank, (p, score, hit) in enumerate(q.results, 1):
+            cls = " class='gt'" if hit else ""
+            parts.append(f"<figure{cls}><img src='{thumbnail_uri(p)}' alt='result {rank}'>"
+                         f"<figcaption>#{rank} {score:.3f}{' ✓' if hit else ''}</figcaption></figure>")
+        missed = [t for t in q.targets if t not in {p for p, _, h in q.results if h}]
+        if missed:
+            parts.append("<div style='margin-left:1rem'>ground truth not in the list:</div>")
+            parts += [f"<figure class='gt'><img src='{thumbnail_uri(t)}' alt='ground truth'><figcaption>target</figcaption></figure>" for t in missed]
+        parts.append("</div></div>")
+    if credit:
+        parts.append(f"<footer>{credit}</footer>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,41 @@
+"""The baselines every paper compares against: image only, text only, and the sum of both."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cirlab.fusion.base import Fusion, Views, fusion_methods
+
+
+@fusion_methods.register("image_only")
+class ImageOnly(Fusion):
+    """Query = the reference image alone, ``L2(W_i x_r)``; the text is ignored."""
+
+    name = "image_only"
+    paper = "baseline (papers 000-004)"
+
+    def compose(self, reference: Views, text: Views) -> torch.Tensor:
+        return self.project_image(reference["pooled"])
+
+
+@fusion_methods.register("text_only")
+class TextOnly(Fusion):
+    """Query = the modification text alone, ``L2(W_t t_m)``; the reference is ignored."""
+
+    name = "text_only"
+    paper = "baseline (papers 000-004)"
+
+    def compose(self, reference: Views, text: Views) -> torch.Tensor:
+        return self.project_text(text["pooled"])
+
+
+@fusion_methods.register("sum")
+class Sum(Fusion):
+    """``phi = L2(x_r + t_m)`` over the projected features: paper 004's stage-1 fusion."""
+
+    name = "sum"
+    paper = "baseline; paper 004 eq. for stage 1"
+
+    def compose(self, reference: Views, text: Views) -> torch.Tensor:
+        return F.normalize(self.project_image(reference["pooled"]) + self.project_text(text["pooled"]), dim=-1)

@@ -1,0 +1,59 @@
+"""Reading images safely: corrupt, truncated, huge or odd-mode files become a clear reason, not a crash."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from cirlab.errors import CirlabError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+MAX_PIXELS = 40_000_000  # a larger image is refused as a likely decompression bomb
+MAX_BYTES = 64 * 1024 * 1024
+
+
+class UnreadableImage(CirlabError):
+    """The file is not an image cirlab can read; the message says why."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; transparency is composited onto white (emoji, product cut-outs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage(f"{path}: no such image file")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise UnreadableImage(f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_BYTES // 2**20} MiB limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise UnreadableImage(f"{path}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
+    except UnreadableImage:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        bg.alpha_composite(im)
+        return bg.convert("RGB")
+    return im.convert("RGB")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive), sorted, by suffix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CirlabError(f"gallery folder {folder} does not exist; pass a folder of jpg/png/webp images")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
