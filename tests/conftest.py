@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated CIRLAB_HOME, offline switches, small real images."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CIRLAB_HOME", str(tmp_path_factory.getbasetemp() / "cirlab_home"))
+
+
+@pytest.fixture(scope="session")
+def image_encoder():
+    from cirlab.encoders import build_image_encoder
+
+    return build_image_encoder("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    from cirlab.encoders import build_text_encoder
+
+    return build_text_encoder("minilm")
+
+
+def make_images(folder, n=4, size=48, seed=0):
+    """``n`` small PNGs of differently coloured shapes; returns their paths."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = np.full((size, size, 3), 255, np.uint8)
+        c = rng.integers(0, 255, 3)
+        a, b = sorted(rng.integers(0, size, 2))
+        arr[a:b + 4, a:b + 4] = c
+        p = folder / f"img{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def small_gallery(tmp_path):
+    return make_images(tmp_path / "gallery")

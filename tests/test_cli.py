@@ -1,0 +1,115 @@
+"""The CLI as a user meets it: real subprocesses, real files, one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_images
+
+
+def run(*args, home, timeout=600):
+    env = {**os.environ, "CIRLAB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "cirlab.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def assert_one_line_error(res, pattern):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("cirlab: error:")]
+    assert len(lines) == 1 and pattern in lines[0], res.stderr
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory, image_encoder, text_encoder):
+    """A checkpoint with the real encoders' ids (weights untrained: these tests check plumbing)."""
+    from cirlab.checkpoint import save_checkpoint
+    from cirlab.config import method_config
+    from cirlab.fusion import build_fusion
+
+    cfg = method_config("combiner")
+    torch.manual_seed(0)
+    model = build_fusion("combiner", image_encoder.dim, text_encoder.dim, **cfg["model"]).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("m") / "model.pt", model, cfg["model"], cfg["train"],
+                           image_encoder, text_encoder)
+
+
+def test_help_lists_every_subcommand(tmp_path):
+    res = run("--help", home=tmp_path)
+    assert res.returncode == 0
+    for cmd in ("demo", "data", "encode", "train", "eval", "search", "methods"):
+        assert cmd in res.stdout
+        assert run(cmd, "--help", home=tmp_path).returncode == 0
+
+
+def test_search_errors_are_one_line(tmp_path, untrained_model):
+    gallery = tmp_path / "g"
+    imgs = make_images(gallery, n=3)
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "  ", home=tmp_path),
+                          "modification text is empty")
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "x" * 5000, home=tmp_path),
+                          "limit is 1000")
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", tmp_path / "nope.png", "--text", "red", home=tmp_path),
+                          "does not exist")
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", home=tmp_path / "empty"),
+                          "no default model yet")
+    assert_one_line_error(run("search", "--gallery", tmp_path / "missing", "--image", imgs[0], "--text", "red",
+                              "--model", untrained_model, home=tmp_path), "gallery folder")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", bad, "--text", "red", "--model", untrained_model,
+                              home=tmp_path), "not a readable image")
+    junk = tmp_path / "old.pt"
+    junk.write_bytes(b"\x80\x02 old pickle")
+    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", "--model", junk,
+                              home=tmp_path), "not a readable cirlab checkpoint")
+
+
+def test_search_skips_unreadable_gallery_files(tmp_path, untrained_model):
+    gallery = tmp_path / "g"
+    imgs = make_images(gallery, n=5)
+    (gallery / "broken.webp").write_bytes(b"RIFF....WEBPVP8 nope")
+    res = run("search", "--gallery", gallery, "--image", imgs[0], "--text", "make it blue", "-k", "3", "--json",
+              "--exclude-reference", "--model", untrained_model, home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [r["rank"] for r in out["results"]] == [1, 2, 3] and out["skipped"] == 1
+    assert str(imgs[0]) not in {r["path"] for r in out["results"]}
+    scores = [r["score"] for r in out["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "skipped 1 unreadable" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_methods_lists_the_registry(tmp_path):
+    res = run("methods", home=tmp_path)
+    names = [line.split()[0] for line in res.stdout.splitlines()]
+    assert names == ["combiner", "image_only", "sum", "text_only"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_search(tmp_path):
+    """make demo's job on a fresh home: data, encoding, training, recall table, report; then reuse."""
+    home = tmp_path / "home"
+    res = run("demo", "--data", tmp_path / "ee", "--out", tmp_path / "out", "--quiet", home=home, timeout=1500)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| combiner |" in res.stdout and "| sum |" in res.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["combiner"]["R@10"] > results["image_only"]["R@10"] > results["text_only"]["R@10"]
+    assert results["combiner"]["R@1"] > 50
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert page.count("class='q'") == 3 and "Twemoji" in page and "CC-BY 4.0" in page
+
+    again = run("demo", "--data", tmp_path / "ee", "--out", tmp_path / "out", "--quiet", home=home)
+    assert again.returncode == 0 and "encoding" not in again.stderr and "training" not in again.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+
+    gallery = tmp_path / "ee" / "images"
+    ref = next(gallery.glob("1f385*.png"))  # Santa Claus
+    found = run("search", "--gallery", gallery, "--image", ref, "--text", "give it a dark skin tone", "-k", "5",
+                "--exclude-reference", "--json", home=home)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 5

