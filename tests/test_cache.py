@@ -19,6 +19,10 @@ def test_image_cache_hit_miss_and_invalidation(tmp_path, image_encoder, small_ga
     os.utime(small_gallery[0], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     touched = cache.image_features(image_encoder, small_gallery, progress=False)
     assert touched.encoded == 0  # same bytes, new mtime: the content hash keeps the entry
+    import pyarrow.parquet as pq
+
+    stored = {r["key"]: r for r in pq.read_table(next((tmp_path / "cache").glob("*/entries.parquet"))).to_pylist()}
+    assert stored[str(small_gallery[0].resolve())]["mtime_ns"] == small_gallery[0].stat().st_mtime_ns  # refreshed on disk
 
     Image.new("RGB", (48, 48), (0, 0, 255)).save(small_gallery[1])
     changed = cache.image_features(image_encoder, small_gallery, progress=False)

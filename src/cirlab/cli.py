@@ -50,12 +50,11 @@ def cmd_encode(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from cirlab.config import method_config
     from cirlab.encoders.cache import FeatureCache
     from cirlab.eval.report import recall_table
     from cirlab.fusion import build_fusion
     from cirlab.training.run import Workspace, train_method
-
-    from cirlab.config import method_config
 
     cfg = method_config(a.method, a.config)
     probe = build_fusion(cfg["method"], 8, 8, **cfg["model"])  # which views the method needs
@@ -71,11 +70,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
-    from cirlab.data.features import text_table
+    from cirlab.data.features import image_table, text_table
     from cirlab.data.triplets import Dataset
     from cirlab.eval.evaluate import evaluate
     from cirlab.eval.report import recall_table
-    from cirlab.data.features import image_table
 
     pipe = Pipeline.load(a.model, a.cache)
     ds = Dataset(a.data)

@@ -119,6 +119,7 @@ class FeatureCache:
         store = self.store(encoder.id)
         views = tuple(sorted(set(views)))
         keys, ok_paths, failed, todo = [], [], [], []
+        refreshed = False
         for p in map(Path, paths):
             path = p.resolve()
             try:
@@ -135,6 +136,7 @@ class FeatureCache:
                 hit = e["sha1"] == meta["sha1"]
                 if hit:  # same bytes, new timestamp: refresh the entry, keep the vectors
                     store.entries[key] = {**e, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                    refreshed = True
             keys.append(key)
             ok_paths.append(p)
             if not hit:
@@ -142,6 +144,8 @@ class FeatureCache:
         # a miss re-encodes every view the entry had before too, so views never evict each other
         enc_views = tuple(sorted(set(views).union(*(self._had(store, m["key"]) for _, _, m in todo))))
         bad = self._encode_images(store, encoder, todo, enc_views, batch_size, progress)
+        if refreshed and not todo:
+            store.save_entries()
         if bad:
             drop = {i for i, _ in bad}
             failed += [(ok_paths[i], why) for i, why in bad]
