@@ -25,6 +25,14 @@ def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 1
     return "\n".join(lines)
 
 
+def table_html(markdown: str) -> str:
+    """A Markdown table from :func:`recall_table` as an HTML table."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if not line.startswith("|---")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def thumbnail_uri(path: str | Path, size: int = 96) -> str:
     """A small PNG as a data URI, so the page is one self-contained file."""
     im = load_image(path)
@@ -53,6 +61,8 @@ figure.gt img{border-color:#1a9c3a}
 figure.ref img{border-color:#777}
 .text{font-size:1.1rem;margin:.4rem 0}
 footer{color:#666;font-size:.8rem;margin-top:2rem}
+table{border-collapse:collapse;margin-bottom:1rem}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+td:first-child,th:first-child{text-align:left}
 """
 
 
