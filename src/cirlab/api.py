@@ -23,7 +23,6 @@ from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
-from cirlab.images import load_image
 from cirlab.index.exact import exact_topk
 
 MAX_TEXT_CHARS = 1000
@@ -93,8 +92,10 @@ class Pipeline:
         if isinstance(image, Image.Image):
             out = self.image_encoder.encode_images([image.convert("RGB")], self.model.image_views)
         else:
-            load_image(image)  # a clear error for a missing or unreadable reference
             feats = self.cache.image_features(self.image_encoder, [image], self.model.image_views, progress=False)
+            if feats.failed:  # a missing or unreadable reference: say why, in one line
+                path, why = feats.failed[0]
+                raise CirlabError(why if str(path) in why else f"reference image {path}: {why}")
             out = feats.views
         return {k: torch.from_numpy(np.asarray(v)).float() for k, v in out.items()}
 

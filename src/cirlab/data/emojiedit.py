@@ -87,7 +87,7 @@ def parse_name(name: str) -> dict | None:
 FACTORS = ("tone", "gender", "hair", "colour", "direction", "facing")
 
 
-def describe(factor: str, value: str | None, base: str) -> list[str]:
+def describe(factor: str, value: str | None) -> list[str]:
     """The phrasings of "change ``factor`` to ``value``"."""
     if factor == "tone":
         return PHRASES["tone"] if value else PHRASES["tone-none"]
@@ -184,7 +184,7 @@ def make_triplets(records: list[dict], seed: int) -> list[Triplet]:
                 edits[(diff[0], GENDER_WORDS[value] if diff[0] == "gender" else str(value))].append(b)
             for (factor, _), targets in sorted(edits.items(), key=lambda kv: kv[0]):
                 value = targets[0]["factors"].get(factor)
-                text = rng.choice(describe(factor, value, base)).replace("{v}", _words(value))
+                text = rng.choice(describe(factor, value)).replace("{v}", _words(value))
                 triplets.append(Triplet(a["id"], text, sorted(t["id"] for t in targets), {
                     "edit": factor, "from": a["factors"].get(factor), "to": value, "base": base,
                 }))

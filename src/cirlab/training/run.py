@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cirlab.checkpoint import read_checkpoint, save_checkpoint
+from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cirlab.config import method_config
 from cirlab.data.features import FeatureTable, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet
@@ -52,8 +52,6 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
                  reuse: bool = False) -> tuple[Fusion, TrainResult | None, dict]:
     """Train ``method`` on ``ws``; save to ``out``. With ``reuse``, a checkpoint at ``out`` trained on the
     same data, encoders and config is loaded instead of retrained."""
-    from cirlab.checkpoint import load_checkpoint
-
     if method not in fusion_methods:
         fusion_methods.get(method)  # raises the one-line "unknown method" error
     cfg = method_config(method, config)
