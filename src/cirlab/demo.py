@@ -16,7 +16,7 @@ from pathlib import Path
 from cirlab import settings
 from cirlab.data.emojiedit import build_emojiedit
 from cirlab.encoders.cache import FeatureCache
-from cirlab.eval.report import QueryResult, recall_table, table_html, write_query_grid
+from cirlab.eval.report import QueryResult, recall_table, recall_table_html, write_query_grid
 from cirlab.training.run import Workspace, train_method
 
 DEMO_METHODS = ("image_only", "text_only", "sum", "combiner")
@@ -84,7 +84,7 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
               f"top-1 {ws.dataset.by_id[ids[0]]['caption']!r}; ground truth at rank {rank or '>50'}")
     intro = ("<p>Composed image retrieval on EmojiEdit's test split: a reference emoji plus a modification "
              "text; the top 8 results of the default method, ground truth boxed in green.</p>"
-             "<h2>Recall@K on the test split</h2>" + table_html(table))
+             "<h2>Recall@K on the test split</h2>" + recall_table_html(results, extra=extra))
     page = write_query_grid(out / "index.html", "cirlab demo: EmojiEdit", queries, intro, TWEMOJI_CREDIT)
     (out / "results.json").write_text(json.dumps({m: {f"R@{k}": v for k, v in r.items()} for m, r in results.items()}, indent=2))
     print(f"\nwrote {page} and {out / 'results.json'}; default model: {default} ({time.perf_counter() - t0:.0f} s)")

@@ -12,25 +12,30 @@ from typing import Sequence
 from cirlab.images import load_image
 
 
-def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
-    """A Markdown table: one row per method, one column per Recall@K (and any extra columns)."""
+def _recall_rows(rows: dict[str, dict[int, float]], ks: Sequence[int], extra: dict[str, dict] | None) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the Markdown and HTML renderings of a recall table."""
     extra = extra or {}
     extra_cols = sorted({c for v in extra.values() for c in v})
-    head = "| method | " + " | ".join(f"R@{k}" for k in ks) + "".join(f" | {c}" for c in extra_cols) + " |"
-    sep = "|---|" + "---:|" * (len(ks) + len(extra_cols))
-    lines = [head, sep]
-    for name, rec in rows.items():
-        cells = [f"{rec[k]:.1f}" for k in ks] + [str(extra.get(name, {}).get(c, "")) for c in extra_cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    head = ["method", *(f"R@{k}" for k in ks), *extra_cols]
+    body = [[name, *(f"{rec[k]:.1f}" for k in ks), *(str(extra.get(name, {}).get(c, "")) for c in extra_cols)]
+            for name, rec in rows.items()]
+    return head, body
+
+
+def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
+    """A Markdown table: one row per method, one column per Recall@K (and any extra columns)."""
+    head, body = _recall_rows(rows, ks, extra)
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
 
 
-def table_html(markdown: str) -> str:
-    """A Markdown table from :func:`recall_table` as an HTML table."""
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if not line.startswith("|---")]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def recall_table_html(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
+    """The same table as :func:`recall_table`, as HTML."""
+    head, body = _recall_rows(rows, ks, extra)
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    tr = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"
 
 
 def thumbnail_uri(path: str | Path, size: int = 96) -> str:
