@@ -51,3 +51,25 @@ def make_images(folder, n=4, size=48, seed=0):
 @pytest.fixture
 def small_gallery(tmp_path):
     return make_images(tmp_path / "gallery")
+
+
+def make_dataset(folder, n=8, seed=0):
+    """A tiny cirlab dataset on disk: ``n`` images with captions, and train/val/test triplets."""
+    import json
+
+    paths = make_images(folder / "images", n=n, seed=seed)
+    ids = [p.stem for p in paths]
+    split_of = {i: ("train" if k < n // 2 else "val" if k < 3 * n // 4 else "test") for k, i in enumerate(ids)}
+    with open(folder / "images.jsonl", "w") as f:
+        for k, (i, p) in enumerate(zip(ids, paths)):
+            f.write(json.dumps({"id": i, "file": p.name, "split": split_of[i], "caption": f"shape number {k}"}) + "\n")
+    splits = {}
+    for split in ("train", "val", "test"):
+        members = [i for i in ids if split_of[i] == split]
+        lines = [json.dumps({"reference": a, "text": f"make it look like shape {b[-1]}", "targets": [b]})
+                 for a in members for b in members if a != b]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+        splits[split] = f"{split}.jsonl"
+    (folder / "dataset.json").write_text(json.dumps({"name": "tiny", "version": 1, "seed": seed, "images": "images",
+                                                     "splits": splits}))
+    return folder

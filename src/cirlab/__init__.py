@@ -1,6 +1,6 @@
 """cirlab: composed image retrieval (reference image + modification text -> ranked gallery)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from cirlab.errors import CirlabError  # noqa: E402
 

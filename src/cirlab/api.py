@@ -23,6 +23,7 @@ from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
+from cirlab.images import load_image
 from cirlab.index.exact import exact_topk
 
 MAX_TEXT_CHARS = 1000
@@ -81,10 +82,10 @@ class Pipeline:
     def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
         if not isinstance(gallery, Gallery):
             gallery = Gallery.from_folder(gallery)
-        table, failed = image_table(self.cache, self.image_encoder, gallery, self.model.image_views, progress)
+        table, failed = image_table(self.cache, self.image_encoder, gallery, self.model.gallery_views, progress)
         if not len(table):
             raise CirlabError(f"none of the {len(gallery)} gallery images could be read (e.g. {failed[0][1]})")
-        vectors = self.model.embed_gallery(table.tensors(np.arange(len(table)))).numpy()
+        vectors = self.model.embed_gallery(table.tensors(np.arange(len(table)), self.model.gallery_views)).numpy()
         path_of = dict(zip(gallery.ids, gallery.paths))
         return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
 
@@ -103,6 +104,14 @@ class Pipeline:
     def compose(self, image: str | Path | Image.Image, text: str) -> np.ndarray:
         """The query vector of (reference image, modification text)."""
         text = check_text(text)
+        if getattr(self.model, "unified_queries", False):  # DQU: unify the raw query, then encode it
+            from cirlab.training.unify import unified_query_views
+
+            if not isinstance(image, Image.Image):
+                self.reference_views(image)  # a missing or unreadable file: the same one-line error
+                image = load_image(image)
+            iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, text)
+            return self.model.compose(iv, tv)[0].numpy()
         tv = self.text_encoder.encode_texts([text], self.model.text_views)
         text_views = {k: torch.from_numpy(v).bool() if k == "mask" else torch.from_numpy(v).float() for k, v in tv.items()}
         return self.model.compose(self.reference_views(image), text_views)[0].numpy()

@@ -13,10 +13,10 @@ import torch
 
 from cirlab import __version__
 from cirlab.errors import CirlabError
-from cirlab.fusion import Fusion, build_fusion
+from cirlab.fusion import FeatureDims, Fusion, build_fusion
 
 FORMAT = "cirlab-fusion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_config: dict,
@@ -25,7 +25,7 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
-        "method": model.name, "model_config": model_config, "train_config": train_config,
+        "method": model.name, "model_config": model_config, "train_config": train_config, "dims": model.dims.to_dict(),
         "image_encoder": {"spec": image_encoder.spec, "id": image_encoder.id, "dim": image_encoder.dim},
         "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim},
         **(extra or {}),
@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, image_encoder, text_encoder) -> tuple[Fusi
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
     check_encoders(meta, image_encoder, text_encoder, path)
-    model = build_fusion(meta["method"], image_encoder.dim, text_encoder.dim, **meta["model_config"])
+    model = build_fusion(meta["method"], FeatureDims.of(image_encoder, text_encoder), **meta["model_config"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -51,15 +51,17 @@ def cmd_encode(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from cirlab.config import method_config
+    from cirlab.encoders import build_image_encoder, build_text_encoder
     from cirlab.encoders.cache import FeatureCache
     from cirlab.eval.report import recall_table
-    from cirlab.fusion import build_fusion
-    from cirlab.training.run import Workspace, train_method
+    from cirlab.fusion import FeatureDims
+    from cirlab.training.run import Workspace, train_method, views_needed
 
     cfg = method_config(a.method, a.config)
-    probe = build_fusion(cfg["method"], 8, 8, **cfg["model"])  # which views the method needs
+    dims = FeatureDims.of(build_image_encoder(a.image_encoder), build_text_encoder(a.text_encoder))
+    image_views, text_views = views_needed([cfg], dims)
     ws = Workspace.open(a.data, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
-                        probe.image_views, probe.text_views)
+                        image_views, text_views)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
     model, result, _ = train_method(ws, a.method, a.config, out=out)
     print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s; saved {out}")
@@ -72,18 +74,21 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
     from cirlab.data.features import image_table, text_table
     from cirlab.data.triplets import Dataset
-    from cirlab.eval.evaluate import evaluate
     from cirlab.eval.report import recall_table
+    from cirlab.training.run import Workspace
 
     pipe = Pipeline.load(a.model, a.cache)
     ds = Dataset(a.data)
-    triplets = ds.triplets(a.split)
-    images, failed = image_table(pipe.cache, pipe.image_encoder, ds.gallery(), pipe.model.image_views)
-    texts = text_table(pipe.cache, pipe.text_encoder, [t.text for t in triplets], pipe.model.text_views)
-    gallery = [i for i in ds.gallery(None if a.gallery == "all" else a.split).ids if i in images.row]
-    ev = evaluate(pipe.model, triplets, images, texts, gallery, exclude_reference=not a.keep_reference)
+    views = tuple(sorted(set(pipe.model.image_views) | set(pipe.model.gallery_views)))
+    images, failed = image_table(pipe.cache, pipe.image_encoder, ds.gallery(), views)
+    triplets = {a.split: ds.triplets(a.split)}
+    texts = text_table(pipe.cache, pipe.text_encoder, [t.text for t in triplets[a.split]], pipe.model.text_views)
+    ws = Workspace(ds, pipe.cache, pipe.image_encoder, pipe.text_encoder, images, texts, triplets, failed)
+    gallery_split = None if a.gallery == "all" else a.split
+    ev = ws.evaluate(pipe.model, a.split, exclude_reference=not a.keep_reference, gallery_split=gallery_split)
     print(recall_table({pipe.meta["method"]: ev.recall}))
-    print(f"{len(ev.triplets)} queries over {len(gallery)} gallery images; {ev.skipped} skipped (missing images)")
+    print(f"{len(ev.triplets)} queries over {len(ws.gallery_ids(gallery_split))} gallery images; "
+          f"{ev.skipped} skipped (missing images)")
     return 0
 
 
@@ -108,13 +113,36 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_methods(a: argparse.Namespace) -> int:
-    from cirlab.config import method_config
-    from cirlab.fusion import build_fusion, fusion_methods
+    from cirlab.config import method_config, variant_names
+    from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
+    dims = FeatureDims(1280, 384, 1280, 49, 384, (3, 192))  # the default encoders' shapes
+    if a.configs:
+        for name in fusion_methods.names() + variant_names():
+            print(json.dumps({"name": name, **method_config(name)}))
+        return 0
     for name in fusion_methods.names():
         cfg = method_config(name)
-        model = build_fusion(name, 1280, 384, **cfg["model"])
+        model = build_fusion(name, dims, **cfg["model"])
         print(f"{name:<12} {model.num_parameters():>11,}  {model.paper}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import shlex
+
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.eval.bench import expand_methods, run_bench, save_bench
+
+    methods = expand_methods(a.methods)
+    result = run_bench(a.data, methods, a.seeds, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder,
+                       a.text_encoder, a.split, a.epochs, progress=not a.quiet,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(result.table())
+    name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
+    command = "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    path = save_bench(result, a.out, name, command)
+    print(f"saved {path} and {path.with_suffix('.json')}", file=sys.stderr)
     return 0
 
 
@@ -184,7 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache(s)
     s.set_defaults(func=cmd_search)
 
-    mth = sub.add_parser("methods", help="list the registered fusion methods")
+    b = sub.add_parser("bench", help="train and evaluate several methods over seeds; a mean ± std table")
+    b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    b.add_argument("--methods", default="all",
+                   help="'all' (every registered method), 'ablations' (every variant and its base method), "
+                        "or a comma list of methods and variants (default: %(default)s)")
+    b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default: %(default)s)")
+    b.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
+    b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
+    b.add_argument("--name", default=None, help="file name of the table, without suffix")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_encoders(b)
+    add_cache(b)
+    b.set_defaults(func=cmd_bench)
+
+    mth = sub.add_parser("methods", help="list the registered fusion methods: name, parameters (default encoders), paper")
+    mth.add_argument("--configs", action="store_true", help="print every method's and ablation variant's full config (JSON lines)")
     mth.set_defaults(func=cmd_methods)
     return p
 

@@ -1,5 +1,9 @@
 """Method configs are data: ``configs/methods/<name>.json`` (model and training options) over
-``configs/train.json`` (training defaults). A user file given with ``--config`` overrides both."""
+``configs/train.json`` (training defaults). A user file given with ``--config`` overrides both.
+
+Ablation *variants* (``configs/variants/<name>.json``, e.g. ``mffm-L2``) name a method and
+override some of its options; they are used wherever a method name is.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,23 @@ def _read(path) -> dict:
         raise CirlabError(f"{path}: not valid JSON ({e})") from None
 
 
+def variant_names() -> list[str]:
+    """The shipped ablation variants."""
+    folder = resources.files("cirlab") / "configs" / "variants"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json")) if folder.is_dir() else []
+
+
 def method_config(method: str, override: str | Path | dict | None = None) -> dict:
-    """``{"method", "model": {...}, "train": {...}}`` for a method, defaults filled in."""
+    """``{"method", "model": {...}, "train": {...}}`` for a method or variant, defaults filled in."""
     root = resources.files("cirlab") / "configs"
-    cfg = {"method": method, "model": {}, "train": dict(_read(root / "train.json"))}
+    variant = root / "variants" / f"{method}.json"
+    layers = []
+    if variant.is_file():
+        layers.append(_read(variant))
+        method = layers[0]["method"]
     shipped = root / "methods" / f"{method}.json"
-    layers = [_read(shipped)] if shipped.is_file() else []
+    cfg = {"method": method, "model": {}, "train": dict(_read(root / "train.json"))}
+    layers = ([_read(shipped)] if shipped.is_file() else []) + layers
     if override is not None:
         if not isinstance(override, dict) and not Path(override).is_file():
             raise CirlabError(f"config file {override} does not exist")

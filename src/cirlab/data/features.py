@@ -31,14 +31,45 @@ class FeatureTable:
     def rows(self, keys: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.row[k] for k in keys), dtype=np.int64, count=len(keys))
 
-    def tensors(self, rows: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The views of these rows as float tensors (masks as bool)."""
+    def tensors(self, rows: np.ndarray | torch.Tensor, views: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The views of these rows (all, or the named ones) as float tensors, masks as bool.
+
+        Text token sequences are cut after the batch's longest real token (padding to the
+        encoder's maximum would only cost attention time).
+        """
         rows = np.asarray(rows)
+        names = [v for v in (views or self.views) if v in self.views]
         out = {}
-        for name, arr in self.views.items():
-            t = torch.from_numpy(np.ascontiguousarray(arr[rows]))
+        for name in names:
+            t = torch.from_numpy(np.ascontiguousarray(self.views[name][rows]))
             out[name] = t.bool() if name == "mask" else t.float()
+        if "mask" in out and out["mask"].dim() == 2 and len(rows):
+            longest = max(int(out["mask"].sum(dim=1).max()), 1)
+            out["mask"] = out["mask"][:, :longest]
+            if "tokens" in out:
+                out["tokens"] = out["tokens"][:, :longest]
         return out
+
+
+@dataclass
+class QuerySide:
+    """Where the query half of each triplet is read from.
+
+    By default the reference image's row of the gallery table and the text's row of the text
+    table. Methods that rewrite the raw query first (DQU-CIR's unification) bring their own
+    tables and a key map ``(reference, text) -> (image key, text key)``.
+    """
+
+    images: FeatureTable
+    texts: FeatureTable
+    keys: dict[tuple[str, str], tuple[str, str]] | None = None
+
+    def key(self, reference: str, text: str) -> tuple[str, str] | None:
+        """The (image key, text key) of a query, or None where either is not encoded."""
+        k = (reference, text) if self.keys is None else self.keys.get((reference, text))
+        if k is None or k[0] not in self.images.row or k[1] not in self.texts.row:
+            return None
+        return k
 
 
 def image_table(cache: FeatureCache, encoder, gallery: Gallery, views: Sequence[str] = ("pooled",),

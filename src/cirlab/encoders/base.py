@@ -2,7 +2,8 @@
 
 An encoder turns raw inputs into *views*: ``pooled`` (one vector per input, float32),
 ``tokens`` (a sequence per input: image regions of the spatial map, or text token states;
-stored float16) and, for text, ``mask`` (which tokens are real). Fusion methods declare the
+stored float16), for text ``mask`` (which tokens are real) and for images ``levels``
+(global averages of a few intermediate depths, zero-padded to one width; float16). Fusion methods declare the
 views they need; the feature cache stores exactly those.
 """
 
@@ -22,7 +23,7 @@ from PIL import Image
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
-VIEWS = ("pooled", "tokens", "mask")
+VIEWS = ("pooled", "tokens", "mask", "levels")
 
 
 @runtime_checkable
@@ -34,6 +35,7 @@ class ImageEncoder(Protocol):
     dim: int
     token_dim: int
     num_tokens: int
+    levels_shape: tuple[int, int]
 
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]: ...
 
@@ -138,6 +140,22 @@ def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], s
     )
     arr = (arr / (255.0 / scale) - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def stack_levels(levels: Sequence[torch.Tensor], width: int) -> np.ndarray:
+    """Per-depth (B, D_i) averages -> one (B, L, width) float16 array, zero-padded."""
+    out = torch.zeros(levels[0].shape[0], len(levels), width)
+    for i, lv in enumerate(levels):
+        out[:, i, :lv.shape[-1]] = lv.float()
+    return out.numpy().astype(np.float16)
+
+
+def hidden_levels(hidden_states: Sequence[torch.Tensor], count: int = 3) -> list[torch.Tensor]:
+    """Averages of ``count`` evenly spaced intermediate hidden states (conv maps or token sequences)."""
+    n = len(hidden_states) - 1  # hidden_states[0] is the embedding output
+    picks = [max(1, round(n * (i + 1) / (count + 1))) for i in range(count)]
+    return [hidden_states[p].mean(dim=(2, 3)) if hidden_states[p].dim() == 4 else hidden_states[p].mean(dim=1)
+            for p in picks]
 
 
 def check_views(views: Sequence[str], allowed: Sequence[str], who: str) -> None:

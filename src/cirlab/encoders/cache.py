@@ -215,11 +215,14 @@ class FeatureCache:
         missing = sorted({k for k in keys if k not in store.entries or not set(views) <= set(store.entries[k]["views"].split(","))})
         if missing:
             enc_views = tuple(sorted(set(views).union(*(self._had(store, k) for k in missing))))
-            parts: dict[str, list[np.ndarray]] = {v: [] for v in enc_views}
-            for start in tqdm(range(0, len(missing), batch_size), desc=desc, disable=not progress):
-                out = encode(missing[start:start + batch_size], enc_views)
-                for v in enc_views:
-                    parts[v].append(out[v])
-            metas = [{"key": k, "size": 0, "mtime_ns": 0, "sha1": ""} for k in missing]
-            store.write_shard(metas, {v: np.concatenate(p) for v, p in parts.items()})
+            flush_every = batch_size * 16  # long runs keep what they did if interrupted
+            for chunk in range(0, len(missing), flush_every):
+                todo = missing[chunk:chunk + flush_every]
+                parts: dict[str, list[np.ndarray]] = {v: [] for v in enc_views}
+                for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress or len(todo) <= batch_size):
+                    out = encode(todo[start:start + batch_size], enc_views)
+                    for v in enc_views:
+                        parts[v].append(out[v])
+                metas = [{"key": k, "size": 0, "mtime_ns": 0, "sha1": ""} for k in todo]
+                store.write_shard(metas, {v: np.concatenate(p) for v, p in parts.items()})
         return store.gather(keys, views)

@@ -18,10 +18,12 @@ from PIL import Image
 from cirlab.encoders.base import (
     check_views,
     fingerprint_folder,
+    hidden_levels,
     image_encoders,
     read_json,
     require_folder,
     set_threads,
+    stack_levels,
     text_encoders,
     to_pixels,
 )
@@ -52,12 +54,16 @@ class CLIPImageEncoder:
         self.token_dim = int(self.model.config.vision_config.hidden_size)
         side = self.size // int(self.model.config.vision_config.patch_size)
         self.num_tokens = side * side
+        self.levels_shape = (3, self.token_dim)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens"), self.spec)
-        out = self.model.vision_model(pixel_values=to_pixels(images, self.size, self.mean, self.std, scale=1.0))
+        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        out = self.model.vision_model(pixel_values=to_pixels(images, self.size, self.mean, self.std, scale=1.0),
+                                      output_hidden_states="levels" in views)
         res: dict[str, np.ndarray] = {}
+        if "levels" in views:
+            res["levels"] = stack_levels(hidden_levels(out.hidden_states, self.levels_shape[0]), self.token_dim)
         if "pooled" in views:
             res["pooled"] = self.model.visual_projection(out.pooler_output).numpy().astype(np.float32)
         if "tokens" in views:

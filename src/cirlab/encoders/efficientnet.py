@@ -2,7 +2,10 @@
 
 Pooled view: global average of the final 1280-channel map. Tokens view: that map as
 regions (7x7 = 49 tokens at 224 px), the spatial features paper 003's gating and the
-attention fusions of papers 000/001 work on. Weights stay frozen.
+attention fusions of papers 000/001 work on. Levels view: global averages of the ends of
+three stages at strides 8, 16 and 32 (40, 112 and 192 channels in Lite0, zero-padded to the
+widest), cirlab's stand-in for the ResNet-50 layers 4/10/12 of paper 000's multi-depth
+features. Weights stay frozen.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cirlab.encoders.base import check_views, fingerprint_file, image_encoders, set_threads, to_pixels
+from cirlab.encoders.base import check_views, fingerprint_file, image_encoders, set_threads, stack_levels, to_pixels
 from cirlab.errors import CirlabError
 
 # The TF EfficientNet-Lite checkpoints were trained on inputs scaled as (x - 127) / 128.
@@ -48,21 +51,41 @@ class EfficientNetLiteEncoder:
         self.dim = self.token_dim = 1280
         side = self.size // 32
         self.num_tokens = side * side
+        self.level_blocks = _level_blocks(self.model)
+        widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
+        self.levels_shape = (len(widths), max(widths))
 
-    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32)."""
-        return self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+    def feature_map(self, pixels: torch.Tensor, levels: list | None = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``levels`` (a list), the
+        global averages of the level blocks' outputs are appended to it."""
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        for i, block in enumerate(m._blocks):
+            x = block(x)  # inference: no drop-connect
+            if levels is not None and i in self.level_blocks:
+                levels.append(x.mean(dim=(2, 3)))
+        return m._swish(m._bn1(m._conv_head(x)))
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens"), self.spec)
-        fmap = self.feature_map(to_pixels(images, self.size, LITE_MEAN, LITE_STD))
+        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        levels: list[torch.Tensor] | None = [] if "levels" in views else None
+        fmap = self.feature_map(to_pixels(images, self.size, LITE_MEAN, LITE_STD), levels)
         out: dict[str, np.ndarray] = {}
+        if levels is not None:
+            out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:
             out["pooled"] = fmap.mean(dim=(2, 3)).numpy().astype(np.float32)
         if "tokens" in views:
             out["tokens"] = fmap.flatten(2).transpose(1, 2).numpy().astype(np.float16)
         return out
+
+
+def _level_blocks(model) -> tuple[int, ...]:
+    """Indices of the last blocks of the stages that end at strides 8, 16 and 32 (before the last stage)."""
+    ends = [i for i, b in enumerate(model._blocks[:-1])
+            if b._block_args.output_filters != model._blocks[i + 1]._block_args.output_filters]
+    return (ends[2], ends[4], ends[5])
 
 
 @image_encoders.register("efficientnet_lite0")

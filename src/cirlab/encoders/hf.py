@@ -20,10 +20,12 @@ from PIL import Image
 from cirlab.encoders.base import (
     check_views,
     fingerprint_folder,
+    hidden_levels,
     image_encoders,
     read_json,
     require_folder,
     set_threads,
+    stack_levels,
     text_encoders,
     to_pixels,
 )
@@ -100,9 +102,10 @@ class HFImageEncoder:
             probe = self._forward(torch.zeros(1, 3, self.size, self.size))
         self.dim = probe[0].shape[-1]
         self.num_tokens, self.token_dim = probe[1].shape[1:]
+        self.levels_shape = (len(probe[2]), max(lv.shape[-1] for lv in probe[2]))
 
-    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(pixel_values=pixels)
+    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        out = self.model(pixel_values=pixels, output_hidden_states=True)
         hidden = out.last_hidden_state
         if hidden.dim() == 4:  # convolutional: (B, C, H, W)
             tokens = hidden.flatten(2).transpose(1, 2)
@@ -110,13 +113,15 @@ class HFImageEncoder:
         else:  # transformer: (B, 1 + N, D), CLS first
             tokens = hidden[:, 1:]
             pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else hidden[:, 0]
-        return pooled.flatten(1), tokens
+        return pooled.flatten(1), tokens, hidden_levels(out.hidden_states)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens"), self.spec)
-        pooled, tokens = self._forward(to_pixels(images, self.size, self.mean, self.std, scale=1.0))
+        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        pooled, tokens, levels = self._forward(to_pixels(images, self.size, self.mean, self.std, scale=1.0))
         out: dict[str, np.ndarray] = {}
+        if "levels" in views:
+            out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:
             out["pooled"] = pooled.numpy().astype(np.float32)
         if "tokens" in views:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cirlab.data.features import FeatureTable
+from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
 from cirlab.fusion.base import Fusion
@@ -28,23 +28,24 @@ class Rankings:
 @torch.inference_mode()
 def embed_gallery(model: Fusion, images: FeatureTable, gallery_ids: list[str], batch: int = 1024) -> np.ndarray:
     rows = images.rows(gallery_ids)
-    parts = [model.embed_gallery(images.tensors(rows[s:s + batch])) for s in range(0, len(rows), batch)]
+    parts = [model.embed_gallery(images.tensors(rows[s:s + batch], model.gallery_views)) for s in range(0, len(rows), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
 
 
 @torch.inference_mode()
-def compose_queries(model: Fusion, images: FeatureTable, texts: FeatureTable, triplets: list[Triplet],
-                    batch: int = 1024) -> np.ndarray:
-    ref = images.rows([t.reference for t in triplets])
-    txt = texts.rows([t.text for t in triplets])
-    parts = [model.compose(images.tensors(ref[s:s + batch]), texts.tensors(txt[s:s + batch]))
+def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], batch: int = 512) -> np.ndarray:
+    keys = [queries.key(t.reference, t.text) for t in triplets]
+    ref = queries.images.rows([k[0] for k in keys])
+    txt = queries.texts.rows([k[1] for k in keys])
+    parts = [model.compose(queries.images.tensors(ref[s:s + batch], model.image_views),
+                           queries.texts.tensors(txt[s:s + batch], model.text_views))
              for s in range(0, len(ref), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
 
 
-def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, texts: FeatureTable,
+def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
              gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50) -> Rankings:
-    """Rank ``gallery_ids`` for every triplet whose reference, a target and text are encoded.
+    """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
     counted. With ``exclude_reference`` the reference image never appears in its own ranking.
@@ -52,10 +53,10 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, texts
     model.eval()
     gallery_set = set(gallery_ids)
     usable = [t for t in triplets
-              if t.reference in images.row and t.text in texts.row and any(x in gallery_set for x in t.targets)]
+              if queries.key(t.reference, t.text) is not None and any(x in gallery_set for x in t.targets)]
     pos = {g: i for i, g in enumerate(gallery_ids)}
     gallery = embed_gallery(model, images, gallery_ids)
-    queries = compose_queries(model, images, texts, usable)
+    queries = compose_queries(model, queries, usable)
     exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
     top, scores = exact_topk(queries, gallery, max(max(ks), keep), exclude)
     targets = [[pos[x] for x in t.targets if x in pos] for t in usable]

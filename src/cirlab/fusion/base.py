@@ -9,12 +9,14 @@ through the same image projection as the reference. Inputs are L2-normalised fir
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
 Views = dict[str, torch.Tensor]
@@ -22,19 +24,45 @@ Views = dict[str, torch.Tensor]
 fusion_methods: Registry = Registry("fusion method")
 
 
+@dataclass(frozen=True)
+class FeatureDims:
+    """The shapes of the encoders' views that a fusion method is built for."""
+
+    image: int  # pooled image vector
+    text: int  # pooled text vector
+    image_token: int = 0  # one region of the spatial map
+    image_tokens: int = 0  # regions in the map (a square, e.g. 7x7 = 49)
+    text_token: int = 0  # one token state
+    levels: tuple[int, int] = (0, 0)  # (depths, padded width) of the levels view
+
+    @classmethod
+    def of(cls, image_encoder, text_encoder) -> "FeatureDims":
+        return cls(image_encoder.dim, text_encoder.dim, image_encoder.token_dim, image_encoder.num_tokens,
+                   text_encoder.token_dim, tuple(getattr(image_encoder, "levels_shape", (0, 0))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Fusion(nn.Module):
-    """Base class: subclasses implement :meth:`compose`; the gallery side is shared."""
+    """Base class: subclasses implement :meth:`compose`; the gallery side is shared.
+
+    ``image_views`` / ``text_views`` name the encoder views the query side reads (an instance
+    may narrow them from its config); the gallery side reads ``gallery_views`` only, so a
+    gallery never needs more than pooled vectors on disk.
+    """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    image_views: ClassVar[tuple[str, ...]] = ("pooled",)
-    text_views: ClassVar[tuple[str, ...]] = ("pooled",)
+    image_views: tuple[str, ...] = ("pooled",)
+    text_views: tuple[str, ...] = ("pooled",)
+    gallery_views: tuple[str, ...] = ("pooled",)
 
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int = 512, **_: object) -> None:
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512) -> None:
         super().__init__()
-        self.image_dim, self.text_dim, self.embed_dim = image_dim, text_dim, embed_dim
-        self.image_proj = nn.Linear(image_dim, embed_dim)
-        self.text_proj = nn.Linear(text_dim, embed_dim)
+        self.dims, self.embed_dim = dims, embed_dim
+        self.image_proj = nn.Linear(dims.image, embed_dim)
+        self.text_proj = nn.Linear(dims.text, embed_dim)
 
     def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
         """x -> L2(W_i L2(x)): reference and gallery images share this projection."""
@@ -42,6 +70,16 @@ class Fusion(nn.Module):
 
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(F.normalize(pooled.float(), dim=-1)), dim=-1)
+
+    def scaled_tokens(self, image: Views) -> torch.Tensor:
+        """Region tokens (B, N, D) divided by the norm of the image's pooled vector.
+
+        For a CNN the pooled vector is the mean of its region tokens, so ``mean(W s) + b`` over
+        the scaled tokens ``s`` equals ``W L2(pooled) + b``: a linear (1x1-convolution) projection
+        of the map, averaged, lands exactly where :meth:`project_image` puts the gallery.
+        """
+        norm = image["pooled"].float().norm(dim=-1).clamp(min=1e-6)
+        return image["tokens"].float() / norm[:, None, None]
 
     def embed_gallery(self, image: Views) -> torch.Tensor:
         """Gallery image views -> unit vectors (B, embed_dim)."""
@@ -58,6 +96,20 @@ class Fusion(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_fusion(method: str, image_dim: int, text_dim: int, **params: object) -> Fusion:
+def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
     """A fusion method by its registered name, with its config parameters."""
-    return fusion_methods.get(method)(image_dim=image_dim, text_dim=text_dim, **params)
+    cls = fusion_methods.get(method)
+    try:
+        return cls(dims, **params)
+    except (TypeError, ValueError) as e:
+        raise CirlabError(f"method {method!r} cannot be built: {e}; check its config (cirlab methods --configs)") from None
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, norm: bool = False) -> nn.Sequential:
+    """Linear layers with ReLU (and optional batch norm, dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += ([nn.BatchNorm1d(b)] if norm else []) + [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    return nn.Sequential(*layers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cirlab.fusion.base import Fusion, Views, fusion_methods
+from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
 
 
 @fusion_methods.register("image_only")
@@ -39,3 +39,20 @@ class Sum(Fusion):
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         return F.normalize(self.project_image(reference["pooled"]) + self.project_text(text["pooled"]), dim=-1)
+
+
+@fusion_methods.register("concat_mlp")
+class ConcatMLP(Fusion):
+    """Concatenation followed by an MLP, the papers' "concat" baseline:
+    ``q = L2(MLP([x_r; t_m]))`` with ``MLP = Linear-BN-ReLU-Dropout-Linear``."""
+
+    name = "concat_mlp"
+    paper = "baseline (papers 000, 003, 004: concatenation + MLP)"
+
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512, hidden_dim: int = 1024, dropout: float = 0.2) -> None:
+        super().__init__(dims, embed_dim)
+        self.mlp = mlp([2 * embed_dim, hidden_dim, embed_dim], dropout=dropout, norm=True)
+
+    def compose(self, reference: Views, text: Views) -> torch.Tensor:
+        both = torch.cat([self.project_image(reference["pooled"]), self.project_text(text["pooled"])], dim=-1)
+        return F.normalize(self.mlp(both), dim=-1)

@@ -6,31 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlab.fusion.base import Fusion, Views, fusion_methods
+from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods
 
 
-@fusion_methods.register("combiner")
-class Combiner(Fusion):
-    """CLIP4Cir Combiner over the projected features ``x`` (image) and ``t`` (text).
+class CombinerHead(nn.Module):
+    """The Combiner on two unit vectors ``a`` (image side) and ``b`` (text side) of one space.
 
-    ``x' = drop(ReLU(W_x x))``, ``t' = drop(ReLU(W_t t))`` (projection_dim each);
-    ``lambda = sigmoid(W_l2 drop(ReLU(W_l1 [t'; x'])))`` (a learned, query-dependent mix);
-    ``h = drop(ReLU(W_c [t'; x']))``;
-    ``q = L2(W_o h + lambda * t + (1 - lambda) * x)``: a convex combination of the two inputs
-    plus a learned branch on their concatenation.
-
-    cirlab's choice: ``W_o`` starts at zero (``zero_init_output``), so training starts from the
-    convex combination and learns the residual branch from there; with randomly initialised
-    projections and small data, a random residual branch overfits before the mix is learned.
+    ``a' = drop(ReLU(W_a a))``, ``b' = drop(ReLU(W_b b))`` (projection_dim each);
+    ``lambda = sigmoid(W_l2 drop(ReLU(W_l1 [b'; a'])))`` (a learned, query-dependent mix);
+    ``h = drop(ReLU(W_c [b'; a']))``;
+    output ``W_o h + lambda * b + (1 - lambda) * a`` (not normalised: callers may add more
+    branches first). With ``zero_init_output`` ``W_o`` starts at zero, so training starts from
+    the convex combination and learns the concatenation branch from there.
     """
 
-    name = "combiner"
-    paper = "CLIP4Cir Combiner (baseline of papers 001 and 004; AC of paper 001)"
-
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int = 512, projection_dim: int = 1024,
-                 hidden_dim: int = 2048, dropout: float = 0.5, zero_init_output: bool = True,
-                 **kw: object) -> None:
-        super().__init__(image_dim, text_dim, embed_dim)
+    def __init__(self, embed_dim: int, projection_dim: int, hidden_dim: int, dropout: float,
+                 zero_init_output: bool) -> None:
+        super().__init__()
         self.image_branch = nn.Linear(embed_dim, projection_dim)
         self.text_branch = nn.Linear(embed_dim, projection_dim)
         self.combine = nn.Linear(2 * projection_dim, hidden_dim)
@@ -42,16 +34,78 @@ class Combiner(Fusion):
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
 
-    def mix(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The Combiner on two unit vectors of the shared space (reused by clip_cd, caff)."""
-        xp = self.dropout(F.relu(self.image_branch(x)))
-        tp = self.dropout(F.relu(self.text_branch(t)))
-        both = torch.cat([tp, xp], dim=-1)
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ap = self.dropout(F.relu(self.image_branch(a)))
+        bp = self.dropout(F.relu(self.text_branch(b)))
+        both = torch.cat([bp, ap], dim=-1)
         lam = torch.sigmoid(self.gate_out(self.dropout(F.relu(self.gate_hidden(both)))))
         h = self.dropout(F.relu(self.combine(both)))
-        return self.output(h) + lam * t + (1 - lam) * x
+        return self.output(h) + lam * b + (1 - lam) * a
+
+
+@fusion_methods.register("combiner")
+class Combiner(Fusion):
+    """CLIP4Cir Combiner over the projected features ``x`` (image) and ``t`` (text):
+    ``q = L2(W_o h + lambda * t + (1 - lambda) * x)`` (see :class:`CombinerHead`).
+
+    cirlab's choice: ``W_o`` starts at zero (``zero_init_output``); with randomly initialised
+    projections and small data, a random residual branch overfits before the mix is learned.
+    """
+
+    name = "combiner"
+    paper = "CLIP4Cir Combiner (baseline of papers 001 and 004; AC of paper 001)"
+
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512, projection_dim: int = 1024,
+                 hidden_dim: int = 2048, dropout: float = 0.5, zero_init_output: bool = True) -> None:
+        super().__init__(dims, embed_dim)
+        self.head = CombinerHead(embed_dim, projection_dim, hidden_dim, dropout, zero_init_output)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         x = self.project_image(reference["pooled"])
         t = self.project_text(text["pooled"])
-        return F.normalize(self.mix(x, t), dim=-1)
+        return F.normalize(self.head(x, t), dim=-1)
+
+
+@fusion_methods.register("clip_cd")
+class ClipCD(Fusion):
+    """Paper 004's stage-2 fusion: the Combiner plus a bilinear pooling branch.
+
+    ``f_I = ReLU(FC(x))``, ``f_T = ReLU(FC(t))`` in R^K (K = ``bilinear_dim`` < D),
+    ``f_bil = flatten(f_I ⊗ f_T)`` (K*K second-order interactions), ``f_out = FC(ReLU(FC(f_bil)))``,
+    ``q = L2(Combiner(x, t) + f_out)``. ``bilinear: false`` is the paper's ablation without it.
+    The last FC starts at zero (as the Combiner's output layer) so training starts at the Combiner.
+    """
+
+    name = "clip_cd"
+    paper = "paper 004 (CLIP-CD: Combiner + bilinear pooling)"
+
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512, projection_dim: int = 512, hidden_dim: int = 1024,
+                 dropout: float = 0.2, zero_init_output: bool = True, bilinear: bool = True,
+                 bilinear_dim: int = 32, bilinear_hidden: int = 512) -> None:
+        super().__init__(dims, embed_dim)
+        if bilinear and not 0 < bilinear_dim < embed_dim:
+            raise ValueError(f"bilinear_dim must be between 1 and embed_dim - 1 (K < D), got {bilinear_dim}")
+        self.head = CombinerHead(embed_dim, projection_dim, hidden_dim, dropout, zero_init_output)
+        self.bilinear = bilinear
+        if bilinear:
+            self.bil_image = nn.Linear(embed_dim, bilinear_dim)
+            self.bil_text = nn.Linear(embed_dim, bilinear_dim)
+            self.bil_hidden = nn.Linear(bilinear_dim * bilinear_dim, bilinear_hidden)
+            self.bil_out = nn.Linear(bilinear_hidden, embed_dim)
+            self.bil_dropout = nn.Dropout(dropout)
+            if zero_init_output:
+                nn.init.zeros_(self.bil_out.weight)
+                nn.init.zeros_(self.bil_out.bias)
+
+    def bilinear_branch(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        fi, ft = F.relu(self.bil_image(x)), F.relu(self.bil_text(t))
+        outer = (fi[:, :, None] * ft[:, None, :]).flatten(1)
+        return self.bil_out(self.bil_dropout(F.relu(self.bil_hidden(outer))))
+
+    def compose(self, reference: Views, text: Views) -> torch.Tensor:
+        x = self.project_image(reference["pooled"])
+        t = self.project_text(text["pooled"])
+        q = self.head(x, t)
+        if self.bilinear:
+            q = q + self.bilinear_branch(x, t)
+        return F.normalize(q, dim=-1)

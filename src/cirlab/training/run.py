@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cirlab.config import method_config
-from cirlab.data.features import FeatureTable, image_table, text_table
+from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet
 from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import Rankings, evaluate
-from cirlab.fusion import Fusion, build_fusion, fusion_methods
+from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.training.trainer import TrainConfig, TrainResult, train_fusion
+
+
+def views_needed(configs: list[dict], dims: FeatureDims) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The union of the image and text views the configured methods read."""
+    image, text = {"pooled"}, {"pooled"}
+    for cfg in configs:
+        probe = build_fusion(cfg["method"], dims, **cfg["model"])
+        image.update(probe.image_views, probe.gallery_views)
+        text.update(probe.text_views)
+    return tuple(sorted(image)), tuple(sorted(text))
 
 
 @dataclass
@@ -22,12 +32,15 @@ class Workspace:
     """A dataset with its features encoded once: every method trains and evaluates on these tables."""
 
     dataset: Dataset
+    cache: FeatureCache
     image_encoder: object
     text_encoder: object
     images: FeatureTable
     texts: FeatureTable
     triplets: dict[str, list[Triplet]]
     failed: list[tuple[str, str]]
+    progress: bool = True
+    _unified: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, data: str | Path, cache: FeatureCache, image_spec: str = DEFAULT_IMAGE_ENCODER,
@@ -38,13 +51,41 @@ class Workspace:
         images, failed = image_table(cache, ie, ds.gallery(), image_views, progress)
         triplets = {s: ds.triplets(s) for s in ds.splits}
         texts = text_table(cache, te, [t.text for ts in triplets.values() for t in ts], text_views, progress)
-        return cls(ds, ie, te, images, texts, triplets, failed)
+        return cls(ds, cache, ie, te, images, texts, triplets, failed, progress)
 
-    def gallery_ids(self, split: str) -> list[str]:
+    @property
+    def dims(self) -> FeatureDims:
+        return FeatureDims.of(self.image_encoder, self.text_encoder)
+
+    def gallery_ids(self, split: str | None) -> list[str]:
+        """The encoded images of a split (``None``: of the whole data set)."""
         return [i for i in self.dataset.gallery(split).ids if i in self.images.row]
 
-    def evaluate(self, model: Fusion, split: str) -> Rankings:
-        return evaluate(model, self.triplets[split], self.images, self.texts, self.gallery_ids(split))
+    def queries(self, model: Fusion) -> QuerySide:
+        """The query side for ``model``: the encoded references and texts, or DQU's unified queries."""
+        if not getattr(model, "unified_queries", False):
+            return QuerySide(self.images, self.texts)
+        from cirlab.training.unify import fit_captioner, unify_queries
+
+        captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
+        if not len(model.captioner_map):
+            train_ids = self.gallery_ids("train") if "train" in self.triplets else list(self.images.keys)
+            fit_captioner(model, self.cache, self.text_encoder, self.images, captions, train_ids, self.progress)
+        setting = (model.unify, model.captions, hash(model.vocab_bytes.numpy().tobytes()))
+        if setting not in self._unified:
+            paths = dict(zip(self.dataset.gallery().ids, self.dataset.gallery().paths))
+            every = [t for ts in self.triplets.values() for t in ts]
+            self._unified[setting] = unify_queries(model, self.cache, self.image_encoder, self.text_encoder, self.images,
+                                                   paths, captions, every, self.progress)
+        return self._unified[setting]
+
+    def evaluate(self, model: Fusion, split: str, exclude_reference: bool = True,
+                 gallery_split: str | None | bool = True) -> Rankings:
+        """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
+        split's, or the whole data set's (``None``)."""
+        gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
+        return evaluate(model, self.triplets[split], self.images, self.queries(model), gallery,
+                        exclude_reference=exclude_reference)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
@@ -52,9 +93,9 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
                  reuse: bool = False) -> tuple[Fusion, TrainResult | None, dict]:
     """Train ``method`` on ``ws``; save to ``out``. With ``reuse``, a checkpoint at ``out`` trained on the
     same data, encoders and config is loaded instead of retrained."""
-    if method not in fusion_methods:
-        fusion_methods.get(method)  # raises the one-line "unknown method" error
     cfg = method_config(method, config)
+    if cfg["method"] not in fusion_methods:
+        fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
     data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}
     if reuse and out and Path(out).is_file():
         try:
@@ -65,13 +106,14 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         except CirlabError:
             pass  # stale or foreign file: retrain over it
     train_cfg = TrainConfig.from_dict(cfg["train"])
-    model = build_fusion(cfg["method"], ws.image_encoder.dim, ws.text_encoder.dim, **cfg["model"])
+    model = build_fusion(cfg["method"], ws.dims, **cfg["model"])
+    queries = ws.queries(model)  # DQU fits its captioner here, before training
     if val_split and val_split in ws.triplets and ws.triplets[val_split]:
         def validate(m: Fusion) -> dict[int, float]:
             return ws.evaluate(m, val_split).recall
     else:
         validate = None
-    result = train_fusion(model, ws.triplets[train_split], ws.images, ws.texts, train_cfg, progress, validate)
+    result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate)
     meta = {"config": cfg, "data": data_id, "train": result.to_dict()}
     if out:
         save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)

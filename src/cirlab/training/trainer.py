@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cirlab.data.features import FeatureTable
+from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
 from cirlab.fusion.base import Fusion
-from cirlab.training.losses import batch_infonce
+from cirlab.training.losses import batch_infonce, batch_triplet
 
 
 @dataclass
@@ -30,6 +30,8 @@ class TrainConfig:
     seed: int = 0
     select_best: bool = True  # with a validation split: keep the epoch of best val R@1 + R@10
     patience: int = 0  # with a validation split: stop after this many epochs without gain (0: never)
+    triplet_weight: float = 0.0  # weight of the triplet loss added to InfoNCE (paper 000)
+    triplet_margin: float = 0.2  # its margin, on cosine similarities
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -67,15 +69,17 @@ class TripletIndex:
     dropped: int
 
     @classmethod
-    def build(cls, triplets: list[Triplet], images: FeatureTable, texts: FeatureTable) -> "TripletIndex":
+    def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide) -> "TripletIndex":
+        """Rows of each triplet's query (in ``queries``' tables) and first encoded target (in ``images``)."""
         ref, txt, tgt, dropped = [], [], [], 0
         for t in triplets:
             target = next((x for x in t.targets if x in images.row), None)
-            if t.reference not in images.row or target is None or t.text not in texts.row:
+            key = queries.key(t.reference, t.text)
+            if key is None or target is None:
                 dropped += 1
                 continue
-            ref.append(images.row[t.reference])
-            txt.append(texts.row[t.text])
+            ref.append(queries.images.row[key[0]])
+            txt.append(queries.texts.row[key[1]])
             tgt.append(images.row[target])
         return cls(np.array(ref, dtype=np.int64), np.array(txt, dtype=np.int64), np.array(tgt, dtype=np.int64), dropped)
 
@@ -83,16 +87,18 @@ class TripletIndex:
         return len(self.ref)
 
 
-def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, texts: FeatureTable,
+def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
                  cfg: TrainConfig, progress: bool = True,
                  validate: Callable[[Fusion], dict[int, float]] | None = None) -> TrainResult:
-    """AdamW on the batch InfoNCE loss.
+    """AdamW on the batch InfoNCE loss (plus the triplet loss where ``triplet_weight`` > 0).
+
+    ``images`` holds the target (gallery) images; ``queries`` the query halves of the triplets.
 
     ``validate`` returns Recall@K on a validation split after each epoch; with ``select_best``
     the weights of the best epoch (R@1 + R@10) are kept, with ``patience`` training stops early.
     """
     seed_everything(cfg.seed)
-    index = TripletIndex.build(triplets, images, texts)
+    index = TripletIndex.build(triplets, images, queries)
     if len(index) < 2:
         raise CirlabError(f"only {len(index)} usable training triplet(s): need at least 2 whose images and texts are encoded")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -109,9 +115,13 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, t
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            query = model.compose(images.tensors(index.ref[b]), texts.tensors(index.text[b]))
-            target = model.embed_gallery(images.tensors(index.target[b]))
-            loss = batch_infonce(query, target, cfg.logit_scale, torch.from_numpy(index.target[b]))
+            query = model.compose(queries.images.tensors(index.ref[b], model.image_views),
+                                  queries.texts.tensors(index.text[b], model.text_views))
+            target = model.embed_gallery(images.tensors(index.target[b], model.gallery_views))
+            keys = torch.from_numpy(index.target[b])
+            loss = batch_infonce(query, target, cfg.logit_scale, keys)
+            if cfg.triplet_weight:
+                loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

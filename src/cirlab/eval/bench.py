@@ -1,0 +1,124 @@
+"""``cirlab bench``: train and evaluate several methods over several seeds on one data set,
+and report mean ± std of Recall@K, parameters and training time as a Markdown table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cirlab import __version__
+from cirlab.config import method_config, variant_names
+from cirlab.encoders import build_image_encoder, build_text_encoder
+from cirlab.encoders.cache import FeatureCache
+from cirlab.errors import CirlabError
+from cirlab.eval.metrics import DEFAULT_KS
+from cirlab.fusion import FeatureDims, fusion_methods
+from cirlab.training.run import Workspace, train_method, views_needed
+
+
+def expand_methods(spec: str) -> list[str]:
+    """``all`` (every registered method), ``ablations`` (every variant after its base method) or a comma list."""
+    if spec == "all":
+        return fusion_methods.names()
+    if spec == "ablations":
+        out: list[str] = []
+        for v in variant_names():
+            base = method_config(v)["method"]
+            out += [n for n in (base, v) if n not in out]
+        return out
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    known = set(fusion_methods.names()) | set(variant_names())
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise CirlabError(f"unknown method or variant {bad[0]!r}; see 'cirlab methods' and 'cirlab methods --configs'")
+    return names
+
+
+@dataclass
+class BenchRun:
+    name: str
+    seed: int
+    recall: dict[int, float]
+    parameters: int
+    train_seconds: float
+    best_epoch: int
+    queries: int
+
+
+@dataclass
+class BenchResult:
+    dataset: str
+    split: str
+    seeds: list[int]
+    runs: list[BenchRun] = field(default_factory=list)
+    encoders: dict = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(r.name for r in self.runs))
+
+    def table(self, ks: Sequence[int] = DEFAULT_KS) -> str:
+        head = ["method", "params", *(f"R@{k}" for k in ks), "train s"]
+        lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for name in self.names():
+            runs = [r for r in self.runs if r.name == name]
+            cells = [name, f"{runs[0].parameters / 1e6:.2f}M"]
+            cells += [_mean_std([r.recall[k] for r in runs]) for k in ks]
+            cells.append(f"{statistics.fmean(r.train_seconds for r in runs):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
+                "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
+              split: str = "test", epochs: int | None = None, progress: bool = True, log=print) -> BenchResult:
+    """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``."""
+    if seeds < 1:
+        raise CirlabError(f"--seeds must be at least 1, got {seeds}")
+    dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
+    image_views, text_views = views_needed([method_config(m) for m in methods], dims)
+    ws = Workspace.open(data, cache, image_spec, text_spec, image_views, text_views, progress)
+    if split not in ws.triplets:
+        raise CirlabError(f"data set {ws.dataset.name} has no split {split!r}; it has {', '.join(ws.triplets)}")
+    result = BenchResult(ws.dataset.name, split, list(range(seeds)),
+                         encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id})
+    for name in methods:
+        for seed in range(seeds):
+            override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}}
+            cfg = method_config(name, override)
+            model, res, _ = train_method(ws, name, cfg, progress=progress)
+            ev = ws.evaluate(model, split)
+            run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets))
+            result.runs.append(run)
+            log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
+                + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
+    return result
+
+
+def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str) -> Path:
+    """``<name>.md`` (the command, the setting, the table) and ``<name>.json`` (every run) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"{name}.md"
+    text = (f"# cirlab bench: {result.dataset} ({result.split} split)\n\n"
+            f"Command: `{command}`\n\n"
+            f"cirlab {__version__}, {dt.date.today().isoformat()}; seeds {result.seeds}; "
+            f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen). "
+            f"Mean ± sample std over seeds of Recall@K (%), reference excluded from its ranking; "
+            f"params = trainable parameters of the fusion; train s = mean wall time of training "
+            f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
+    md.write_text(text)
+    (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return md

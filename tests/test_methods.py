@@ -1,0 +1,165 @@
+"""Every method through the shared paths: checkpoints, DQU's unification, the CLI's train/eval/bench."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cirlab.checkpoint import load_checkpoint, save_checkpoint
+from cirlab.config import method_config
+from cirlab.encoders.cache import FeatureCache
+from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+from cirlab.fusion.dqu import draw_keywords, keywords, unified_text
+from cirlab.training.run import Workspace, train_method, views_needed
+from conftest import make_dataset
+
+
+def _views(dims, b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, dims.image_tokens, dims.image_token, generator=g).abs()
+    image = {"pooled": tokens.mean(1), "tokens": tokens, "levels": torch.randn(b, *dims.levels, generator=g)}
+    text = {"pooled": torch.randn(b, dims.text, generator=g), "tokens": torch.randn(b, 5, dims.text_token, generator=g),
+            "mask": torch.ones(b, 5, dtype=torch.bool)}
+    return image, text
+
+
+@pytest.mark.parametrize("name", fusion_methods.names())
+def test_checkpoint_round_trip_for_every_method(name, image_encoder, text_encoder, tmp_path):
+    dims = FeatureDims.of(image_encoder, text_encoder)
+    cfg = method_config(name)
+    torch.manual_seed(0)
+    model = build_fusion(name, dims, **cfg["model"])
+    if name == "dqu":  # the captioner travels inside the checkpoint
+        rng = np.random.default_rng(0)
+        model.fit_captioner(rng.normal(size=(5, dims.image)), rng.normal(size=(5, dims.text)), [f"p{i}" for i in range(5)],
+                            rng.normal(size=(5, dims.text)))
+    with torch.no_grad():  # move every parameter off its initial value, so a silent re-init would show
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, cfg["model"], cfg["train"], image_encoder, text_encoder)
+    loaded, meta = load_checkpoint(path, image_encoder, text_encoder)
+    ref, txt = _views(dims, 3)
+    assert meta["method"] == name and meta["dims"]["image"] == dims.image
+    assert torch.equal(loaded.compose(ref, txt), model.compose(ref, txt))
+    assert torch.equal(loaded.embed_gallery(ref), model.embed_gallery(ref))
+    if name == "dqu":
+        assert loaded.vocabulary == model.vocabulary and len(loaded.vocabulary) == 5
+
+
+def test_keyword_extraction_removes_function_words():
+    assert keywords("make it red and shorter") == "red shorter"
+    assert keywords("Change the hair to blonde, please") == "hair blonde"
+    assert keywords("is a woman instead of a man") == "woman man"
+    assert keywords("has no strap") == "no strap"  # negation is content
+    assert keywords("make it") == "make it"  # nothing left: keep the words rather than draw nothing
+    assert keywords("") == ""
+    assert unified_text("a red dress.", " make it blue") == "a red dress, but make it blue"
+
+
+def test_drawing_writes_the_keywords_in_a_band_and_leaves_the_rest():
+    base = Image.new("RGB", (100, 60), (30, 120, 200))
+    plain = np.asarray(draw_keywords(base, "", 224)).astype(int)
+    drawn = np.asarray(draw_keywords(base, "red hair", 224)).astype(int)
+    assert drawn.shape == (224, 224, 3)
+    changed = np.abs(drawn - plain).sum(axis=2) > 0
+    rows = np.nonzero(changed.any(axis=1))[0]
+    assert rows.min() > 224 // 2  # only the lower band changes
+    band = drawn[rows.min():]
+    assert (band.sum(axis=2) < 100).sum() > 50  # dark text pixels were drawn
+    assert (band.sum(axis=2) > 700).sum() > 50  # on a white band
+    longer = np.asarray(draw_keywords(base, "red hair and a long blue coat with silver buttons", 224)).astype(int)
+    assert (np.abs(longer - plain).sum(axis=2) > 0).any(axis=1).sum() > len(rows)  # long keywords wrap
+
+
+def test_retrieval_captioner_finds_the_caption_of_a_mapped_image():
+    rng = np.random.default_rng(0)
+    dims = FeatureDims(image=24, text=16)
+    model = build_fusion("dqu", dims, embed_dim=8)
+    phrases = [f"phrase {i}" for i in range(6)]
+    text_vecs = rng.normal(size=(6, 16))
+    mapping = rng.normal(size=(16, 24))
+    images = np.repeat(text_vecs, 5, axis=0) @ mapping + 0.05 * rng.normal(size=(30, 24))
+    model.fit_captioner(images, np.repeat(text_vecs, 5, axis=0), phrases, text_vecs)
+    probe = text_vecs[[3, 0, 5]] @ mapping
+    assert model.caption(probe) == ["phrase 3", "phrase 0", "phrase 5"]
+
+
+def test_dqu_trains_on_unified_queries_and_caches_the_drawn_references(tmp_path):
+    ds = make_dataset(tmp_path / "tiny")
+    cache = FeatureCache(tmp_path / "cache")
+    ws = Workspace.open(ds, cache, progress=False)
+    model, result, _ = train_method(ws, "dqu", {"train": {"epochs": 2, "batch_size": 4}}, out=tmp_path / "dqu.pt",
+                                    progress=False)
+    assert result.triplets == 12 and len(model.vocabulary) == 4  # the captioner was fitted on the 4 train captions
+    queries = ws.queries(model)
+    key = queries.key("img4", "make it look like shape 5")
+    assert key[1] == "shape number 4, but make it look like shape 5"  # the caption from the metadata
+    assert key[0].endswith("\tshape 5")  # the drawn reference, keyed by (image content, keywords)
+    drawn_store = [p for p in (tmp_path / "cache").iterdir() if "drawn" in p.name]
+    assert len(drawn_store) == 1
+    before = sorted(p.name for p in drawn_store[0].iterdir())
+    ws2 = Workspace.open(ds, cache, progress=False)  # a fresh workspace reads them back, encodes nothing
+    ws2.queries(model)
+    assert sorted(p.name for p in drawn_store[0].iterdir()) == before
+    ev = ws.evaluate(model, "test")
+    assert len(ev.triplets) == 2 and set(ev.recall) == {1, 5, 10, 50}
+
+    from cirlab.api import Pipeline
+
+    pipe = Pipeline.load(tmp_path / "dqu.pt", tmp_path / "cache")
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 3", k=3)
+    assert len(hits) == 3 and hits[0].score >= hits[-1].score
+
+
+def test_views_needed_is_the_union_of_the_methods(image_encoder, text_encoder):
+    dims = FeatureDims.of(image_encoder, text_encoder)
+    image, text = views_needed([method_config("sum"), method_config("mffm"), method_config("tirg_gate")], dims)
+    assert image == ("levels", "pooled", "tokens") and text == ("mask", "pooled", "tokens")
+    assert views_needed([method_config("combiner")], dims) == (("pooled",), ("pooled",))
+
+
+def _cli(*args, home):
+    env = {"CIRLAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "cirlab.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_cli_methods_lists_every_method_with_parameters(tmp_path):
+    res = _cli("methods", home=tmp_path)
+    assert res.returncode == 0
+    lines = res.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == fusion_methods.names()
+    for ln in lines:
+        assert int(ln.split()[1].replace(",", "")) > 0 and "paper" in ln or "baseline" in ln or "TIRG" in ln
+    configs = [json.loads(x) for x in _cli("methods", "--configs", home=tmp_path).stdout.splitlines()]
+    names = {c["name"] for c in configs}
+    assert {"mffm-L2", "mffm-H1", "mffm-X0", "clip_cd-nobilinear", "caff-iggf", "caff-tggf", "dqu-visual"} <= names
+
+
+@pytest.mark.slow
+def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
+    ds = make_dataset(tmp_path / "tiny")
+    cfg = tmp_path / "short.json"
+    cfg.write_text(json.dumps({"model": {"layers": 1}, "train": {"epochs": 1, "batch_size": 4}}))
+    res = _cli("train", "--method", "mffm", "--data", ds, "--config", cfg, "--out", tmp_path / "run", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "trained mffm on 12 triplets" in res.stdout and "| mffm |" in res.stdout
+    res = _cli("eval", "--data", ds, "--model", tmp_path / "run" / "model.pt", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "2 queries over 2 gallery images" in res.stdout
+    res = _cli("bench", "--data", ds, "--methods", "sum,caff-tggf", "--seeds", "2", "--epochs", "1", "--quiet",
+               "--out", tmp_path / "results", "--name", "tiny", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    table = (tmp_path / "results" / "tiny.md").read_text()
+    assert "--methods sum,caff-tggf --seeds 2" in table
+    assert "| sum |" in table and "| caff-tggf |" in table and " ± " in table
+    runs = json.loads((tmp_path / "results" / "tiny.json").read_text())["runs"]
+    assert [(r["name"], r["seed"]) for r in runs] == [("sum", 0), ("sum", 1), ("caff-tggf", 0), ("caff-tggf", 1)]
+    res = _cli("bench", "--data", ds, "--methods", "sum,nonsense", home=tmp_path)
+    assert res.returncode == 2 and "unknown method or variant 'nonsense'" in res.stderr
