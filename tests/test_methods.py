@@ -15,7 +15,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 from cirlab.fusion.dqu import draw_keywords, keywords, unified_text
 from cirlab.training.run import Workspace, train_method, views_needed
-from conftest import make_dataset
+from conftest import make_dataset, make_images
 
 
 def _views(dims, b, seed=0):
@@ -49,6 +49,15 @@ def test_checkpoint_round_trip_for_every_method(name, image_encoder, text_encode
     assert torch.equal(loaded.embed_gallery(ref), model.embed_gallery(ref))
     if name == "dqu":
         assert loaded.vocabulary == model.vocabulary and len(loaded.vocabulary) == 5
+    # and it answers a composed query through the public API (reference views read through the cache)
+    from cirlab.api import Pipeline
+
+    pipe = Pipeline(loaded, meta, image_encoder, text_encoder, FeatureCache(tmp_path / "cache"))
+    paths = make_images(tmp_path / "gallery", n=4)
+    gallery = pipe.encode_gallery(tmp_path / "gallery", progress=False)
+    hits = pipe.search(gallery, paths[1], "make it larger and blue", k=3, exclude_reference=True)
+    assert len(hits) == 3 and all(h.path != str(paths[1]) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_keyword_extraction_removes_function_words():
@@ -163,3 +172,21 @@ def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
     assert [(r["name"], r["seed"]) for r in runs] == [("sum", 0), ("sum", 1), ("caff-tggf", 0), ("caff-tggf", 1)]
     res = _cli("bench", "--data", ds, "--methods", "sum,nonsense", home=tmp_path)
     assert res.returncode == 2 and "unknown method or variant 'nonsense'" in res.stderr
+
+
+def test_train_from_a_triplet_file_and_an_image_folder(tmp_path):
+    ds = make_dataset(tmp_path / "tiny")
+    lines = (ds / "train.jsonl").read_text()
+    (tmp_path / "mine.jsonl").write_text(lines)
+    res = _cli("train", "--method", "tirg", "--data", tmp_path / "mine.jsonl", "--images", ds / "images",
+               "--config", ds / "dataset.json", "--out", tmp_path / "m.pt", home=tmp_path)
+    assert res.returncode == 2 and "unknown key(s) ['images', 'name'" in res.stderr  # not a config: refused in one line
+    assert "Traceback" not in res.stderr
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"epochs": 1, "batch_size": 4}}))
+    res = _cli("train", "--method", "tirg", "--data", tmp_path / "mine.jsonl", "--images", ds / "images",
+               "--config", cfg, "--out", tmp_path / "m.pt", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "trained tirg on 12 triplets" in res.stdout and (tmp_path / "m.pt").is_file()
+    res = _cli("train", "--method", "tirg", "--data", tmp_path / "absent.jsonl", "--out", tmp_path / "x.pt", home=tmp_path)
+    assert res.returncode == 2 and "absent.jsonl does not exist" in res.stderr

@@ -61,7 +61,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     dims = FeatureDims.of(build_image_encoder(a.image_encoder), build_text_encoder(a.text_encoder))
     image_views, text_views = views_needed([cfg], dims)
     ws = Workspace.open(a.data, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
-                        image_views, text_views)
+                        image_views, text_views, images=a.images)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
     model, result, _ = train_method(ws, a.method, a.config, out=out)
     print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s; saved {out}")
@@ -184,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a fusion method on a data set's train split")
     t.add_argument("--method", default="combiner", help="a registered method, see 'cirlab methods' (default: %(default)s)")
-    t.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    t.add_argument("--data", type=Path, required=True,
+                   help="dataset folder (with dataset.json; trains on 'train', picks the best epoch on 'val'), "
+                        "or a triplet JSONL file (all of it is trained on)")
+    t.add_argument("--images", type=Path, default=None,
+                   help="with a JSONL --data: the image folder its ids are relative to (default: 'images' beside it)")
     t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")
     t.add_argument("--out", type=Path, required=True, help="output folder (model.pt is written there) or a .pt path")
     add_encoders(t)

@@ -43,6 +43,10 @@ def method_config(method: str, override: str | Path | dict | None = None) -> dic
             raise CirlabError(f"config file {override} does not exist")
         layers.append(override if isinstance(override, dict) else _read(override))
     for layer in layers:
+        unknown = sorted(set(layer) - {"method", "model", "train"}) if isinstance(layer, dict) else ["(not an object)"]
+        if unknown:
+            raise CirlabError(f"config {override if layer is layers[-1] else method}: unknown key(s) {unknown}; "
+                              'a config holds "method", "model" and "train"')
         cfg["method"] = layer.get("method", cfg["method"])
         cfg["model"].update(layer.get("model", {}))
         cfg["train"].update(layer.get("train", {}))

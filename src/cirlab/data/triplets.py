@@ -104,6 +104,32 @@ class Dataset:
         self.images = [json.loads(x) for x in (self.root / "images.jsonl").read_text().splitlines() if x.strip()]
         self.by_id = {r["id"]: r for r in self.images}
 
+    @classmethod
+    def from_triplets(cls, triplets: str | Path, images: str | Path | None = None) -> "Dataset":
+        """A one-split dataset from a triplet JSONL file and an image folder (ids are paths relative
+        to it without suffix; default: the ``images`` folder beside the file, else the file's folder)."""
+        triplets = Path(triplets)
+        if not triplets.is_file():
+            raise CirlabError(f"triplet file {triplets} does not exist")
+        if images is None:
+            images = triplets.parent / "images" if (triplets.parent / "images").is_dir() else triplets.parent
+        gallery = Gallery.from_folder(images)
+        ds = cls.__new__(cls)
+        ds.root = triplets.parent
+        ds.meta = {"name": triplets.stem, "splits": {"train": str(triplets.resolve())}}
+        ds.name = triplets.stem
+        ds.image_dir = Path(images)
+        ds.images = [{"id": i, "file": p.relative_to(images).as_posix(), "split": "train"}
+                     for i, p in zip(gallery.ids, gallery.paths)]
+        ds.by_id = {r["id"]: r for r in ds.images}
+        return ds
+
+    @classmethod
+    def open(cls, data: str | Path, images: str | Path | None = None) -> "Dataset":
+        """A dataset folder, or a triplet JSONL file with its image folder."""
+        data = Path(data)
+        return cls.from_triplets(data, images) if data.suffix == ".jsonl" else cls(data)
+
     @property
     def splits(self) -> list[str]:
         return list(self.meta["splits"])

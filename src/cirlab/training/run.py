@@ -45,8 +45,9 @@ class Workspace:
     @classmethod
     def open(cls, data: str | Path, cache: FeatureCache, image_spec: str = DEFAULT_IMAGE_ENCODER,
              text_spec: str = DEFAULT_TEXT_ENCODER, image_views=("pooled",), text_views=("pooled",),
-             progress: bool = True) -> "Workspace":
-        ds = Dataset(data)
+             progress: bool = True, images: str | Path | None = None) -> "Workspace":
+        """Encode (or read from the cache) a dataset folder, or a triplet file with its ``images`` folder."""
+        ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
         ie, te = build_image_encoder(image_spec), build_text_encoder(text_spec)
         images, failed = image_table(cache, ie, ds.gallery(), image_views, progress)
         triplets = {s: ds.triplets(s) for s in ds.splits}
