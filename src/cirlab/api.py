@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
 from cirlab.images import load_image
+from cirlab.index import BaseIndex, CombinedScoring, build_index, rescore
 from cirlab.index.exact import exact_topk
 
 MAX_TEXT_CHARS = 1000
@@ -60,10 +62,22 @@ class Hit:
 class Pipeline:
     """Encoders + a trained fusion method + the feature cache."""
 
-    def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache) -> None:
+    def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache,
+                 path: str | Path | None = None) -> None:
         self.model, self.meta = model, meta
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.cache = cache
+        self.path = Path(path) if path else None
+        self._identity: dict | None = None
+
+    @property
+    def identity(self) -> dict:
+        """What an index built by this pipeline records: the fusion (method + checkpoint hash), the encoders."""
+        if self._identity is None:
+            digest = hashlib.sha1(self.path.read_bytes()).hexdigest()[:12] if self.path else "unsaved"
+            self._identity = {"fusion": f"{self.meta['method']}:{digest}", "image_encoder": self.image_encoder.id,
+                              "text_encoder": self.text_encoder.id}
+        return self._identity
 
     @classmethod
     def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> "Pipeline":
@@ -76,7 +90,7 @@ class Pipeline:
         image_encoder = build_image_encoder(meta["image_encoder"]["spec"])
         text_encoder = build_text_encoder(meta["text_encoder"]["spec"])
         model, meta = load_checkpoint(path, image_encoder, text_encoder)
-        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()))
+        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path)
 
     @torch.inference_mode()
     def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
@@ -130,3 +144,30 @@ class Pipeline:
         top, scores = exact_topk(query[None], gallery.vectors, k, exclude)
         return [Hit(r + 1, gallery.ids[j], str(gallery.paths[j]), float(s))
                 for r, (j, s) in enumerate(zip(top[0], scores[0])) if np.isfinite(s)]
+
+    def index_gallery(self, gallery: Gallery | str | Path, index: BaseIndex | str = "exact",
+                      progress: bool = True) -> tuple[BaseIndex, list[tuple[str, str]]]:
+        """Embed a gallery (through the cache) into an index: a backend spec for a new one, or an index to grow."""
+        vectors = self.encode_gallery(gallery, progress)
+        if isinstance(index, str):
+            index = build_index(index, self.model.embed_dim)
+        index.add(vectors.ids, vectors.vectors, [{"path": str(Path(p).resolve())} for p in vectors.paths])
+        return index, vectors.failed
+
+    def search_index(self, index: BaseIndex, image: str | Path | Image.Image, text: str, k: int = 10,
+                     exclude_reference: bool = False, scoring: CombinedScoring | None = None) -> list[Hit]:
+        """Top-k of an index for the composed query; ``scoring`` re-ranks candidates (paper 000's combined score)."""
+        if k < 1:
+            raise CirlabError(f"-k must be at least 1, got {k}")
+        if index.dim != self.model.embed_dim:
+            raise CirlabError(f"the index holds {index.dim}-d vectors, this model makes {self.model.embed_dim}-d ones: "
+                              "use the model the index was built with")
+        query = self.compose(image, text)[None]
+        skip: set[str] = set()
+        if exclude_reference and not isinstance(image, Image.Image):
+            ref = str(Path(image).resolve())
+            skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
+        want = k + len(skip)
+        ids, scores = rescore(index, query, want, scoring) if scoring else index.search(query, want)
+        hits = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+        return [Hit(r + 1, i, index.metadata[index.row_of[i]].get("path", ""), s) for r, (i, s) in enumerate(hits)]

@@ -92,23 +92,79 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_hits(a: argparse.Namespace, hits, model: str, skipped: int = 0) -> None:
+    if a.json:
+        print(json.dumps({"query": {"image": str(a.image), "text": a.text}, "model": model,
+                          "results": [h.__dict__ for h in hits], "skipped": skipped}))
+    else:
+        for h in hits:
+            print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.id}")
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline, check_text
+    from cirlab.index import CombinedScoring, load_index
 
     check_text(a.text)
     if not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
     pipe = Pipeline.load(a.model, a.cache)
+    if a.index is not None:
+        index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)
+        scoring = CombinedScoring.parse(a.scoring) if a.scoring else None
+        hits = pipe.search_index(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring)
+        _print_hits(a, hits, pipe.meta["method"])
+        return 0
     gallery = pipe.encode_gallery(a.gallery, progress=not a.json)
     if gallery.failed:
         log.warning("skipped %d unreadable gallery image(s), e.g. %s", len(gallery.failed), gallery.failed[0][1])
     hits = pipe.search(gallery, a.image, a.text, a.k, exclude_reference=a.exclude_reference)
-    if a.json:
-        print(json.dumps({"query": {"image": str(a.image), "text": a.text}, "model": pipe.meta["method"],
-                          "results": [h.__dict__ for h in hits], "skipped": len(gallery.failed)}))
-    else:
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
+    _print_hits(a, hits, pipe.meta["method"], len(gallery.failed))
+    return 0
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline
+    from cirlab.data.triplets import Gallery
+    from cirlab.index import load_index, read_manifest, save_index
+
+    if a.action == "info":
+        manifest, version = read_manifest(a.dir)
+        model = manifest.get("model", {})
+        print(f"vectors    {manifest['count']}\ndimension  {manifest['dim']}\nbackend    {manifest['backend']}\n"
+              f"metric     {manifest['metric']}\nmodel      {model.get('fusion', '?')}\n"
+              f"encoders   {model.get('image_encoder', '?')} + {model.get('text_encoder', '?')}\n"
+              f"gallery    {model.get('gallery', '?')}\nversion    {version.name} (cirlab {manifest['cirlab_version']})")
+        return 0
+    if a.action == "remove":
+        index, manifest = load_index(a.dir)
+        removed = index.remove(a.ids)
+        save_index(index, a.dir, manifest.get("model"))
+        print(f"removed {removed} of {len(a.ids)} id(s); {len(index)} vectors remain")
+        return 0
+    pipe = Pipeline.load(a.model, a.cache)
+    if a.action == "build":
+        index, failed = pipe.index_gallery(Gallery.from_folder(a.gallery), a.backend, progress=not a.quiet)
+        save_index(index, a.out, {**pipe.identity, "gallery": str(Path(a.gallery).resolve())})
+        print(f"indexed {len(index)} images ({len(failed)} unreadable) with {index.spec} into {a.out}")
+        return 0
+    # add: files or folders; ids relative to the gallery the index was built from where possible
+    index, manifest = load_index(a.dir, pipe.model.embed_dim, pipe.identity)
+    root = Path(manifest.get("model", {}).get("gallery") or ".")
+    ids, paths = [], []
+    for item in a.paths:
+        item = Path(item)
+        if not item.exists():
+            raise CirlabError(f"{item} does not exist")
+        for p in ([item] if item.is_file() else Gallery.from_folder(item).paths):
+            p = p.resolve()
+            ids.append(p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else str(p))
+            paths.append(p)
+    before = len(index)
+    index, failed = pipe.index_gallery(Gallery(ids, paths), index, progress=not a.quiet)
+    save_index(index, a.dir, manifest.get("model"))
+    print(f"added {len(ids) - len(failed)} image(s) ({len(index) - before} new, {len(failed)} unreadable); "
+          f"{len(index)} vectors")
     return 0
 
 
@@ -205,8 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache(v)
     v.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("search", help="composed search over a folder of images")
-    s.add_argument("--gallery", type=Path, required=True, help="folder of jpg/png/webp images (searched recursively)")
+    s = sub.add_parser("search", help="composed search over a folder of images or an index")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
+    where.add_argument("--index", type=Path, help="an index folder made by 'cirlab index build'")
+    s.add_argument("--scoring", default=None,
+                   help="with --index: paper 000's combined score, e.g. 'cosine=1,euclidean=0.5,hamming=0.2,l1=0,"
+                        "candidates=100' (re-ranks the backend's candidates)")
     s.add_argument("--image", type=Path, required=True, help="reference image")
     s.add_argument("--text", required=True, help='modification text, e.g. "make it red"')
     s.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
@@ -215,6 +276,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(s)
     add_cache(s)
     s.set_defaults(func=cmd_search)
+
+    ix = sub.add_parser("index", help="build, grow, shrink and describe a persistent index of a gallery")
+    isub = ix.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ib = isub.add_parser("build", help="embed a folder of images with a model and index it")
+    ib.add_argument("gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
+    ib.add_argument("--out", type=Path, required=True, help="index folder to write")
+    ib.add_argument("--backend", default="exact",
+                    help="exact (default), knn, kdtree, lsh[:bits=256,candidates=100], faiss:FACTORY[,nprobe=N,ef=N] "
+                         "(e.g. faiss:HNSW32, faiss:IVF1024,PQ64), kmeans_svm[:k=15,probe=1]")
+    ib.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model(ib)
+    add_cache(ib)
+    ia = isub.add_parser("add", help="add images (files or folders) to an index")
+    ia.add_argument("dir", type=Path, help="index folder")
+    ia.add_argument("paths", nargs="+", type=Path, help="images or folders of images")
+    ia.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model(ia)
+    add_cache(ia)
+    ir = isub.add_parser("remove", help="remove images by id")
+    ir.add_argument("dir", type=Path, help="index folder")
+    ir.add_argument("ids", nargs="+", help="ids to remove (see 'cirlab search --index ... --json')")
+    ii = isub.add_parser("info", help="number of vectors, dimension, backend, model")
+    ii.add_argument("dir", type=Path, help="index folder")
+    ix.set_defaults(func=cmd_index)
 
     b = sub.add_parser("bench", help="train and evaluate several methods over seeds; a mean ± std table")
     b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")

@@ -1,0 +1,9 @@
+"""Vector indexes over gallery vectors: one registry of backends, combined scoring, persistence."""
+
+from cirlab.index import backends  # noqa: F401  (registers the backends)
+from cirlab.index.base import BaseIndex, VectorIndex, build_index, index_backends, parse_spec
+from cirlab.index.scoring import CombinedScoring, rescore
+from cirlab.index.store import load_index, read_manifest, save_index
+
+__all__ = ["BaseIndex", "CombinedScoring", "VectorIndex", "build_index", "index_backends", "load_index", "parse_spec",
+           "read_manifest", "rescore", "save_index"]
