@@ -190,3 +190,15 @@ def test_train_from_a_triplet_file_and_an_image_folder(tmp_path):
     assert "trained tirg on 12 triplets" in res.stdout and (tmp_path / "m.pt").is_file()
     res = _cli("train", "--method", "tirg", "--data", tmp_path / "absent.jsonl", "--out", tmp_path / "x.pt", home=tmp_path)
     assert res.returncode == 2 and "absent.jsonl does not exist" in res.stderr
+
+
+def test_recall_by_edit_type_counts_hits_per_group():
+    from cirlab.data.triplets import Triplet
+    from cirlab.eval.bench import recall_by_edit
+    from cirlab.eval.evaluate import Rankings
+
+    trip = [Triplet("a", "t", ["x"], {"edit": "tone"}), Triplet("b", "t", ["y"], {"edit": "tone"}),
+            Triplet("c", "t", ["z"], {"edit": "facing"}), Triplet("d", "t", ["w"], {})]
+    ids = [["x", "q"], ["q"] * 10 + ["y"], ["z"], ["w"]]  # b's target is at rank 11: a miss at 10
+    ev = Rankings(trip, ids, np.zeros((4, 1)), {}, 0)
+    assert recall_by_edit(ev) == {"facing": 100.0, "tone": 50.0}

@@ -195,6 +195,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.table())
+    if result.edit_table():
+        print("\nRecall@10 by edit type:\n" + result.edit_table())
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     command = "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     path = save_bench(result, a.out, name, command)

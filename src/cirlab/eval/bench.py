@@ -47,6 +47,7 @@ class BenchRun:
     train_seconds: float
     best_epoch: int
     queries: int
+    by_edit: dict[str, float] = field(default_factory=dict)  # R@10 per triplet attribute "edit"
 
 
 @dataclass
@@ -69,6 +70,18 @@ class BenchResult:
             cells += [_mean_std([r.recall[k] for r in runs]) for k in ks]
             cells.append(f"{statistics.fmean(r.train_seconds for r in runs):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def edit_table(self, k: int = 10) -> str:
+        """R@k per edit type (the triplets' ``attributes.edit``), mean over seeds; empty without edit types."""
+        edits = sorted({e for r in self.runs for e in r.by_edit})
+        if not edits:
+            return ""
+        lines = ["| method | " + " | ".join(edits) + " |", "|---|" + "---:|" * len(edits)]
+        for name in self.names():
+            runs = [r for r in self.runs if r.name == name]
+            cells = [f"{statistics.fmean(r.by_edit.get(e, 0.0) for r in runs):.1f}" for e in edits]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -100,11 +113,22 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             cfg = method_config(name, override)
             model, res, _ = train_method(ws, name, cfg, progress=progress)
             ev = ws.evaluate(model, split)
-            run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets))
+            run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
+                           recall_by_edit(ev))
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
     return result
+
+
+def recall_by_edit(ev, k: int = 10) -> dict[str, float]:
+    """Recall@k (%) of the queries of each edit type, where triplets name one (``attributes.edit``)."""
+    hits: dict[str, list[bool]] = {}
+    for t, ids in zip(ev.triplets, ev.ids):
+        edit = t.attributes.get("edit") if isinstance(t.attributes, dict) else None
+        if edit:
+            hits.setdefault(str(edit), []).append(any(x in ids[:k] for x in t.targets))
+    return {e: 100.0 * sum(h) / len(h) for e, h in sorted(hits.items())}
 
 
 def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str) -> Path:
@@ -119,6 +143,9 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"Mean ± sample std over seeds of Recall@K (%), reference excluded from its ranking; "
             f"params = trainable parameters of the fusion; train s = mean wall time of training "
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
+    edits = result.edit_table()
+    if edits:
+        text += f"\nRecall@10 (%) by edit type (mean over seeds):\n\n{edits}\n"
     md.write_text(text)
     (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return md
