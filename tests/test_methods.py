@@ -202,3 +202,18 @@ def test_recall_by_edit_type_counts_hits_per_group():
     ids = [["x", "q"], ["q"] * 10 + ["y"], ["z"], ["w"]]  # b's target is at rank 11: a miss at 10
     ev = Rankings(trip, ids, np.zeros((4, 1)), {}, 0)
     assert recall_by_edit(ev) == {"facing": 100.0, "tone": 50.0}
+
+
+def test_a_training_run_does_not_depend_on_what_ran_before_it(tmp_path):
+    """The seed fixes the initial weights as well as the batches: a bench's second method gets the
+    same model whether or not another one was trained first in the process."""
+    ds = make_dataset(tmp_path / "tiny")
+    ws = Workspace.open(ds, FeatureCache(tmp_path / "cache"), progress=False)
+    cfg = {"train": {"epochs": 2, "batch_size": 4, "seed": 5}}
+    first, _, _ = train_method(ws, "tirg", cfg, progress=False)
+    torch.manual_seed(123)
+    torch.randn(1000)  # disturb the global generator, as training another method would
+    train_method(ws, "combiner", {"train": {"epochs": 1, "batch_size": 4}}, progress=False)
+    second, _, _ = train_method(ws, "tirg", cfg, progress=False)
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), k

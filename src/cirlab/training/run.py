@@ -14,7 +14,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import Rankings, evaluate
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
-from cirlab.training.trainer import TrainConfig, TrainResult, train_fusion
+from cirlab.training.trainer import TrainConfig, TrainResult, seed_everything, train_fusion
 
 
 def views_needed(configs: list[dict], dims: FeatureDims) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -107,6 +107,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         except CirlabError:
             pass  # stale or foreign file: retrain over it
     train_cfg = TrainConfig.from_dict(cfg["train"])
+    seed_everything(train_cfg.seed)  # the initial weights too: a run must not depend on what ran before it
     model = build_fusion(cfg["method"], ws.dims, **cfg["model"])
     queries = ws.queries(model)  # DQU fits its captioner here, before training
     if val_split and val_split in ws.triplets and ws.triplets[val_split]:
