@@ -30,7 +30,8 @@ class KNNIndex(BaseIndex):
     name = "knn"
 
     def _extend(self, start: int) -> bool:
-        self._norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+        new = self.vectors[start:]
+        self._norms = np.concatenate([self._norms, np.einsum("ij,ij->i", new, new)])
         return True
 
     def _rebuild(self) -> None:
