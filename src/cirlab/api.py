@@ -18,7 +18,7 @@ from PIL import Image
 
 from cirlab import settings
 from cirlab.checkpoint import load_checkpoint, read_checkpoint
-from cirlab.data.features import image_table
+from cirlab.data.features import as_tensors, image_table
 from cirlab.data.triplets import Gallery
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
@@ -112,7 +112,7 @@ class Pipeline:
                 path, why = feats.failed[0]
                 raise CirlabError(why if str(path) in why else f"reference image {path}: {why}")
             out = feats.views
-        return {k: torch.from_numpy(np.asarray(v)).float() for k, v in out.items()}
+        return as_tensors(out)
 
     @torch.inference_mode()
     def compose(self, image: str | Path | Image.Image, text: str) -> np.ndarray:
@@ -127,7 +127,7 @@ class Pipeline:
             iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, text)
             return self.model.compose(iv, tv)[0].numpy()
         tv = self.text_encoder.encode_texts([text], self.model.text_views)
-        text_views = {k: torch.from_numpy(v).bool() if k == "mask" else torch.from_numpy(v).float() for k, v in tv.items()}
+        text_views = as_tensors(tv)
         return self.model.compose(self.reference_views(image), text_views)[0].numpy()
 
     def search(self, gallery: GalleryVectors, image: str | Path | Image.Image, text: str, k: int = 10,

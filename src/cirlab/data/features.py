@@ -15,6 +15,12 @@ from cirlab.encoders.cache import FeatureCache
 log = logging.getLogger("cirlab")
 
 
+def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Encoder output arrays as the tensors fusion methods read: float, masks as bool."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).bool() if k == "mask"
+            else torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in views.items()}
+
+
 @dataclass
 class FeatureTable:
     """Views (name -> array with one row per key) and the key -> row map."""
@@ -39,10 +45,7 @@ class FeatureTable:
         """
         rows = np.asarray(rows)
         names = [v for v in (views or self.views) if v in self.views]
-        out = {}
-        for name in names:
-            t = torch.from_numpy(np.ascontiguousarray(self.views[name][rows]))
-            out[name] = t.bool() if name == "mask" else t.float()
+        out = as_tensors({name: self.views[name][rows] for name in names})
         if "mask" in out and out["mask"].dim() == 2 and len(rows):
             longest = max(int(out["mask"].sum(dim=1).max()), 1)
             out["mask"] = out["mask"][:, :longest]

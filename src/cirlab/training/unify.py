@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cirlab.data.features import FeatureTable, QuerySide
+from cirlab.data.features import FeatureTable, QuerySide, as_tensors
 from cirlab.data.triplets import Triplet
 from cirlab.encoders.cache import FeatureCache
 from cirlab.fusion.dqu import DQU, DRAW_VERSION, draw_keywords, keywords, unified_text
@@ -90,5 +90,4 @@ def unified_query_views(model: DQU, image_encoder, text_encoder, image: Image.Im
     drawn = draw_keywords(image, keywords(text), image_encoder.size) if model.unify != "textual" else image
     iv = image_encoder.encode_images([drawn], model.image_views)
     tv = text_encoder.encode_texts([unified_text(caption, text) if model.unify != "visual" else text], model.text_views)
-    return ({k: torch.from_numpy(v).float() for k, v in iv.items()},
-            {k: torch.from_numpy(v).bool() if k == "mask" else torch.from_numpy(v).float() for k, v in tv.items()})
+    return as_tensors(iv), as_tensors(tv)
