@@ -130,6 +130,39 @@ def test_dimension_mismatches_and_bad_specs_are_refused(data, tmp_path):
         build_index("faiss:NoSuchThing", 8).add(ids[:5], np.ones((5, 8), np.float32))
 
 
+def test_query_time_options_change_without_a_rebuild(data):
+    vectors, queries, ids = data
+    truth = [[ids[j] for j in row] for row in brute(vectors, queries, 10)]
+    index = build_index("faiss:IVF8,Flat,nprobe=1", 32)
+    index.add(ids, vectors)
+    structure = index._index
+    low = recall_at(index.search(queries, 10)[0], truth)
+    index.tune(nprobe=8)
+    assert index._index is structure and index.spec == "faiss:IVF8,Flat,nprobe=8"
+    assert recall_at(index.search(queries, 10)[0], truth) == 1.0 > low
+    with pytest.raises(CirlabError, match="cannot change 'factory' at query time"):
+        index.tune(factory="Flat")
+
+
+def test_reranking_a_compressed_index_with_the_raw_vectors(data, tmp_path):
+    vectors, queries, ids = data
+    truth = [[ids[j] for j in row] for row in brute(vectors, queries, 10)]
+    index = build_index("faiss:PQ4x4", 32)  # 2 bytes a vector: a coarse ranking
+    index.add(ids, vectors)
+    coarse = recall_at(index.search(queries, 10)[0], truth)
+    index.tune(rerank=300)
+    found, scores = index.search(queries, 10)
+    assert recall_at(found, truth) > max(coarse, 0.9)
+    exact = np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :10]
+    assert np.allclose(scores[0][:3], exact[0][:3], atol=1e-5)  # exact cosines after re-ranking
+    save_index(index, tmp_path / "pq")
+    loaded, _ = load_index(tmp_path / "pq")
+    assert isinstance(loaded.vectors, np.memmap)  # raw rows stay on disk; only re-ranked ones are read
+    assert loaded.search(queries, 10)[0] == found
+    loaded.add(["extra"], vectors[:1] * -1.0)
+    assert loaded.remove(["img0"]) == 1 and "img0" not in sum(loaded.search(queries, 10)[0], [])
+
+
 KILLED_SAVE = """
 import sys, numpy as np
 from cirlab.index import build_index, load_index, save_index

@@ -63,8 +63,9 @@ class Pipeline:
     """Encoders + a trained fusion method + the feature cache."""
 
     def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache,
-                 path: str | Path | None = None) -> None:
+                 path: str | Path | None = None, text_head=None) -> None:
         self.model, self.meta = model, meta
+        self.text_head = text_head  # training.align.TextHead: text-only queries into the gallery space
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.cache = cache
         self.path = Path(path) if path else None
@@ -86,11 +87,20 @@ class Pipeline:
         path = Path(model_path) if model_path else settings.default_model_path()
         if model_path is None and not path.is_file():
             raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or pass --model")
-        meta = read_checkpoint(path)["meta"]
+        ckpt = read_checkpoint(path)
+        meta = ckpt["meta"]
         image_encoder = build_image_encoder(meta["image_encoder"]["spec"])
         text_encoder = build_text_encoder(meta["text_encoder"]["spec"])
         model, meta = load_checkpoint(path, image_encoder, text_encoder)
-        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path)
+        head = None
+        if ckpt.get("text_head"):
+            from cirlab.training.align import head_from_state
+
+            try:
+                head = head_from_state(ckpt["text_head"])
+            except (KeyError, RuntimeError) as e:
+                raise CirlabError(f"{path}: its text-to-image head does not load ({type(e).__name__}); retrain") from None
+        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head)
 
     @torch.inference_mode()
     def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
@@ -115,9 +125,16 @@ class Pipeline:
         return as_tensors(out)
 
     @torch.inference_mode()
-    def compose(self, image: str | Path | Image.Image, text: str) -> np.ndarray:
-        """The query vector of (reference image, modification text)."""
+    def compose(self, image: str | Path | Image.Image | None, text: str) -> np.ndarray:
+        """The query vector of (reference image, modification text); with no image, of the text alone
+        (a plain text-to-image search through the model's text head)."""
         text = check_text(text)
+        if image is None:
+            if self.text_head is None:
+                raise CirlabError("this model has no text-to-image head (its training data had no captions): "
+                                  "give a reference image, or retrain on data with captions")
+            pooled = as_tensors(self.text_encoder.encode_texts([text], ("pooled",)))["pooled"]
+            return self.text_head(pooled)[0].numpy()
         if getattr(self.model, "unified_queries", False):  # DQU: unify the raw query, then encode it
             from cirlab.training.unify import unified_query_views
 
@@ -130,14 +147,14 @@ class Pipeline:
         text_views = as_tensors(tv)
         return self.model.compose(self.reference_views(image), text_views)[0].numpy()
 
-    def search(self, gallery: GalleryVectors, image: str | Path | Image.Image, text: str, k: int = 10,
+    def search(self, gallery: GalleryVectors, image: str | Path | Image.Image | None, text: str, k: int = 10,
                exclude_reference: bool = False) -> list[Hit]:
         """Top-k gallery images for the composed query, best first."""
         if k < 1:
             raise CirlabError(f"-k must be at least 1, got {k}")
         query = self.compose(image, text)
         exclude = None
-        if exclude_reference and not isinstance(image, Image.Image):
+        if exclude_reference and image is not None and not isinstance(image, Image.Image):
             ref = Path(image).resolve()
             rows = [i for i, p in enumerate(gallery.paths) if Path(p).resolve() == ref]
             exclude = np.array([rows[0] if rows else -1])
@@ -154,7 +171,7 @@ class Pipeline:
         index.add(vectors.ids, vectors.vectors, [{"path": str(Path(p).resolve())} for p in vectors.paths])
         return index, vectors.failed
 
-    def search_index(self, index: BaseIndex, image: str | Path | Image.Image, text: str, k: int = 10,
+    def search_index(self, index: BaseIndex, image: str | Path | Image.Image | None, text: str, k: int = 10,
                      exclude_reference: bool = False, scoring: CombinedScoring | None = None) -> list[Hit]:
         """Top-k of an index for the composed query; ``scoring`` re-ranks candidates (paper 000's combined score)."""
         if k < 1:
@@ -164,7 +181,7 @@ class Pipeline:
                               "use the model the index was built with")
         query = self.compose(image, text)[None]
         skip: set[str] = set()
-        if exclude_reference and not isinstance(image, Image.Image):
+        if exclude_reference and image is not None and not isinstance(image, Image.Image):
             ref = str(Path(image).resolve())
             skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
         want = k + len(skip)

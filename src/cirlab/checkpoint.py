@@ -20,7 +20,8 @@ FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_config: dict,
-                    image_encoder, text_encoder, extra: dict | None = None) -> Path:
+                    image_encoder, text_encoder, extra: dict | None = None, text_head: dict | None = None) -> Path:
+    """Write atomically. ``text_head``: the state of a text-to-image head (``training.align``), if any."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -31,7 +32,10 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
         **(extra or {}),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"meta": meta, "state_dict": model.state_dict()}, tmp)
+    ckpt = {"meta": meta, "state_dict": model.state_dict()}
+    if text_head is not None:
+        ckpt["text_head"] = text_head
+    torch.save(ckpt, tmp)
     os.replace(tmp, path)
     return path
 

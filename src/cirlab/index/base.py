@@ -58,6 +58,7 @@ class BaseIndex:
 
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, type]] = {}
+    search_options: ClassVar[tuple[str, ...]] = ()  # options that only act at query time (see ``tune``)
 
     def __init__(self, dim: int, **options: str) -> None:
         unknown = set(options) - set(self.options)
@@ -137,6 +138,15 @@ class BaseIndex:
         out = [[self.ids[r] for r in row if r >= 0] for row in rows]
         return out, scores[:, :k]
 
+    def tune(self, **options) -> None:
+        """Change query-time options (``ef``, ``nprobe``, ``candidates``, ``probe``...) without a rebuild."""
+        bad = set(options) - set(self.search_options)
+        if bad:
+            raise CirlabError(f"index backend {self.name!r} cannot change {sorted(bad)[0]!r} at query time; "
+                              f"it can change: {', '.join(self.search_options) or 'nothing'}")
+        self.opts.update({k: self.options[k](v) for k, v in options.items()})
+        self._tune()
+
     # -- backend hooks ------------------------------------------------------------------------
     def _rebuild(self) -> None:
         """Recreate the search structure from ``self.vectors``."""
@@ -147,6 +157,9 @@ class BaseIndex:
 
     def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def _tune(self) -> None:
+        """Apply query-time options to the structure (most backends read ``self.opts`` per search)."""
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that persist the search structure (empty: it is rebuilt from the vectors on load)."""

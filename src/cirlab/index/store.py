@@ -27,9 +27,20 @@ FORMAT_VERSION = 1
 
 
 def save_index(index: BaseIndex, folder: str | Path, model: dict | None = None) -> Path:
-    """Write ``index`` as a new version of ``folder`` and switch to it; older versions are removed."""
+    """Write ``index`` as a new version of ``folder`` and switch to it; older versions are removed.
+
+    Writers take an exclusive lock on ``folder/.lock``: two processes saving at once (a server adding
+    images while ``cirlab index add`` runs) take turns instead of interleaving versions."""
+    import fcntl
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _save_locked(index, folder, model)
+
+
+def _save_locked(index: BaseIndex, folder: Path, model: dict | None) -> Path:
     versions = [int(p.name[2:]) for p in folder.glob("v-*") if p.name[2:].isdigit()]
     version = folder / f"v-{max(versions, default=0) + 1}"
     for stale in folder.glob(".v-*.tmp"):  # left by a save that died midway; never live
@@ -86,7 +97,9 @@ def load_index(folder: str | Path, dim: int | None = None, model: dict | None = 
                 raise CirlabError(f"{folder} was built with {key} {built[key]}, not {model[key]}: "
                                   "pass the model it was built with (--model) or rebuild the index")
     index = build_index(manifest["backend"], manifest["dim"])
-    index.vectors = np.load(version / "vectors.npy")
+    # backends that search their own compressed structure read raw rows only to re-rank: map them
+    mmap = "r" if getattr(index, "raw_vectors_on_disk", False) else None
+    index.vectors = np.load(version / "vectors.npy", mmap_mode=mmap)
     items = pq.read_table(version / "items.parquet").to_pydict()
     index.ids = list(items["id"])
     index.metadata = [json.loads(m) for m in items["metadata"]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cirlab.config import method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
@@ -14,6 +16,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import Rankings, evaluate
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
+from cirlab.training.align import caption_pairs, fit_text_head, head_state
 from cirlab.training.trainer import TrainConfig, TrainResult, seed_everything, train_fusion
 
 
@@ -80,6 +83,25 @@ class Workspace:
                                                    paths, captions, every, self.progress)
         return self._unified[setting]
 
+    def fit_text_head(self, model: Fusion, train_split: str = "train", test_split: str | None = "test"):
+        """A text-to-image head for ``model`` on the captions of the training images (``training.align``);
+        None where fewer than 8 of them have a caption. Its Recall@K is measured on ``test_split``'s images."""
+        captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
+        splits = {r.get("split") for r in self.dataset.images}
+        train_ids, train_caps = caption_pairs(captions, self.gallery_ids(train_split if train_split in splits else None))
+        if len(train_ids) < 8:
+            return None
+        test_ids, test_caps = caption_pairs(captions, self.gallery_ids(test_split)) if test_split in splits else ([], [])
+        texts = text_table(self.cache, self.text_encoder, train_caps + test_caps, ("pooled",), self.progress)
+
+        def pairs(ids, caps):
+            with torch.inference_mode():
+                images = model.embed_gallery(self.images.tensors(self.images.rows(ids), model.gallery_views))
+            return torch.from_numpy(texts.views["pooled"][texts.rows(caps)]).float(), images.clone()
+
+        held_out = pairs(test_ids, test_caps) if test_ids else None
+        return fit_text_head(*pairs(train_ids, train_caps), model.embed_dim, held_out=held_out)
+
     def evaluate(self, model: Fusion, split: str, exclude_reference: bool = True,
                  gallery_split: str | None | bool = True) -> Rankings:
         """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
@@ -91,9 +113,10 @@ class Workspace:
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
                  progress: bool = True, train_split: str = "train", val_split: str | None = "val",
-                 reuse: bool = False) -> tuple[Fusion, TrainResult | None, dict]:
+                 reuse: bool = False, text_head: bool = True) -> tuple[Fusion, TrainResult | None, dict]:
     """Train ``method`` on ``ws``; save to ``out``. With ``reuse``, a checkpoint at ``out`` trained on the
-    same data, encoders and config is loaded instead of retrained."""
+    same data, encoders and config is loaded instead of retrained. With ``text_head``, a text-to-image
+    head is fitted afterwards on the training images' captions (where the data set has them)."""
     cfg = method_config(method, config)
     if cfg["method"] not in fusion_methods:
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
@@ -101,7 +124,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     if reuse and out and Path(out).is_file():
         try:
             meta = read_checkpoint(out)["meta"]
-            if meta.get("config") == cfg and meta.get("data") == data_id:
+            if meta.get("config") == cfg and meta.get("data") == data_id and (not text_head or "text_head" in meta):
                 model, meta = load_checkpoint(out, ws.image_encoder, ws.text_encoder)
                 return model, None, meta
         except CirlabError:
@@ -117,6 +140,10 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         validate = None
     result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate)
     meta = {"config": cfg, "data": data_id, "train": result.to_dict()}
+    fitted = ws.fit_text_head(model, train_split) if text_head else None
+    if text_head:
+        meta["text_head"] = fitted[1].to_dict() if fitted else None  # None: the data has no captions
     if out:
-        save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)
+        save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta,
+                        text_head=head_state(fitted[0]) if fitted else None)
     return model, result, meta

@@ -1,0 +1,176 @@
+"""Load on ``cirlab serve``: N concurrent clients for T seconds on loopback against a 10k-image gallery.
+
+    .venv/bin/python benchmarks/serve_load.py [--clients 8] [--seconds 60] [--images 10000]
+        [--model CKPT] [--upload-fraction 0.1] [--out benchmarks/results/serve_load.md]
+
+The gallery: the 4,009 Twemoji PNGs (CC-BY 4.0, Twitter/X and contributors), each as drawn, mirrored
+and on a tinted background, until ``--images`` files exist (``data/serve_load/gallery``). It is
+embedded with the model (default: the one ``make demo`` trains) into an exact index; both are
+built once and reused. The server runs as its own process (``cirlab serve``); each client is a
+thread with its own HTTP connection that sends, back to back, ``POST /search`` with a random
+gallery reference (``image_id``) and a random EmojiEdit-style modification text, or with
+probability ``--upload-fraction`` an uploaded reference image instead. Reported: requests per
+second, p50 / p95 / p99 latency, and every non-200 answer or transport failure as an error.
+Clients and server share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["make it red", "give it a dark skin tone", "a green one", "make it a woman", "facing right",
+         "with a medium skin tone", "make it blue", "same but a man", "make it a gender-neutral person",
+         "a lighter skin tone", "turn it yellow", "the same thing in orange"]
+
+
+def build_gallery(folder: Path, n: int) -> None:
+    from PIL import Image, ImageOps
+
+    from cirlab.data.emojiedit import twemoji_folder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.png"))) >= n:
+        return
+    sources = sorted(twemoji_folder().glob("*.png"))
+    tints = [(255, 236, 236), (236, 245, 255), (240, 255, 236)]
+    made = 0
+    for variant in range(3):
+        for src in sources:
+            if made >= n:
+                return
+            im = Image.open(src).convert("RGBA")
+            if variant == 1:
+                im = ImageOps.mirror(im)
+            if variant == 2:
+                bg = Image.new("RGBA", im.size, tints[made % 3] + (255,))
+                bg.alpha_composite(im)
+                im = bg
+            im.save(folder / f"{src.stem}-v{variant}.png")
+            made += 1
+
+
+def build_index(gallery: Path, out: Path, model: str | None) -> None:
+    from cirlab.api import Pipeline
+    from cirlab.index import read_manifest, save_index
+
+    pipe = Pipeline.load(model)
+    if (out / "CURRENT").is_file() and read_manifest(out)[0].get("model") == pipe.identity:
+        return
+    print(f"embedding {gallery} (once; cached) ...", flush=True)
+    index, failed = pipe.index_gallery(gallery, "exact")
+    save_index(index, out, pipe.identity)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--k", type=int, default=12)
+    ap.add_argument("--upload-fraction", type=float, default=0.1)
+    ap.add_argument("--work", type=Path, default=ROOT / "data" / "serve_load")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gallery, index_dir = a.work / "gallery", a.work / "index"
+    build_gallery(gallery, a.images)
+    build_index(gallery, index_dir, a.model)
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "cirlab.cli", "serve", "--index", str(index_dir), "--port", str(port)]
+    if a.model:
+        cmd += ["--model", a.model]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise SystemExit("the server did not start:\n" + (server.stdout.read() if server.stdout else ""))
+            time.sleep(0.3)
+        info = httpx.get(base + "/info").json()
+        ids = [x["id"] for x in httpx.get(base + "/gallery", params={"limit": 100, "random": 1, "seed": 0}).json()["items"]]
+        uploads = [p.read_bytes() for p in sorted(gallery.glob("*.png"))[:50]]
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop = time.perf_counter() + a.seconds
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=base, timeout=60) as http:
+                while time.perf_counter() < stop:
+                    data = {"text": rng.choice(TEXTS), "k": str(a.k)}
+                    files = None
+                    if rng.random() < a.upload_fraction:
+                        files = {"image": ("ref.png", rng.choice(uploads), "image/png")}
+                    else:
+                        data["image_id"] = rng.choice(ids)
+                    t = time.perf_counter()
+                    try:
+                        r = http.post("/search", data=data, files=files)
+                        ok = r.status_code == 200 and len(r.json()["results"]) == a.k
+                        why = None if ok else f"{r.status_code}: {r.text[:120]}"
+                    except httpx.HTTPError as e:
+                        why = f"{type(e).__name__}: {e}"
+                    dt = time.perf_counter() - t
+                    with lock:
+                        latencies.append(dt)
+                        if why:
+                            errors.append(why)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lat = np.array(latencies) * 1e3
+    result = {"clients": a.clients, "seconds": round(wall, 1), "requests": len(lat), "errors": len(errors),
+              "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+              "p95_ms": round(float(np.percentile(lat, 95)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+              "gallery": info["index"]["size"], "backend": info["index"]["backend"], "method": info["model"]["method"],
+              "upload_fraction": a.upload_fraction, "k": a.k}
+    report = (f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n\n"
+              "| clients | seconds | requests | QPS | p50 ms | p95 ms | p99 ms | errors | gallery | method |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+              f"| {a.clients} | {wall:.0f} | {len(lat)} | {result['qps']} | {result['p50_ms']} | {result['p95_ms']} | "
+              f"{result['p99_ms']} | {len(errors)} | {result['gallery']:,} ({result['backend']}) | {result['method']} |\n")
+    print(report)
+    print(json.dumps(result))
+    for e in errors[:5]:
+        print("error:", e)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(report)
+        a.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

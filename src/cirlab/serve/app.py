@@ -1,0 +1,215 @@
+"""The HTTP API and the web page (FastAPI): ``cirlab serve --index DIR``.
+
+    POST   /search            multipart: image (file) or image_id, text, k, method -> {"query", "results"}
+    GET    /images/{id}       the gallery file; ?size=64|128|256|512 a JPEG thumbnail
+    GET    /gallery           ?q=&offset=&limit= or ?random=1: gallery items for picking a reference
+    POST   /gallery           (bearer token) multipart image files -> added, index saved atomically
+    DELETE /gallery/{id}      (bearer token) -> removed, index saved atomically
+    GET    /health, /info, /docs (OpenAPI), / (the page)
+
+Every error is JSON ``{"error": "..."}`` with a fitting status: 401/403 auth, 404 unknown id, 413
+too large (bytes or pixels), 415 not an image, 422 bad fields, 500 never expected (logged).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from cirlab import __version__
+from cirlab.serve.service import SearchService, ServiceError
+
+log = logging.getLogger("cirlab.serve")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, by its Content-Length or,
+    for a chunked body, as soon as the bytes read pass the limit (nothing larger is ever buffered)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _send_json(send, 413, f"the request is {int(length) / 2**20:.1f} MB; uploads are limited to "
+                                               f"{self.limit / 2**20:.0f} MB")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+async def _send_json(send, status: int, message: str) -> None:
+    response = JSONResponse({"error": message}, status_code=status)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _int(value, name: str, default: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ServiceError(422, f"{name} must be an integer, got {str(value)[:40]!r}") from None
+
+
+def create_app(service: SearchService) -> FastAPI:
+    app = FastAPI(title="cirlab", version=__version__,
+                  description="Composed image retrieval: a reference image plus a modification text.")
+    # the body limit leaves room for the form's other fields around one maximal image
+    limit = service.max_upload_bytes + 64 * 1024
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, e: ServiceError):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, e: BodyTooLarge):
+        return JSONResponse({"error": f"the request is over the {service.max_upload_bytes / 2**20:.0f} MB upload limit"},
+                            status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return JSONResponse({"error": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(e).__name__}); the server is still up"}, status_code=500)
+
+    async def read_form(request: Request, max_files: int = 1):
+        if not request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form")):
+            raise ServiceError(415, "send the fields as multipart/form-data (an image file and/or text, k)")
+        try:
+            return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
+        except MultiPartException as e:
+            raise ServiceError(422, f"malformed form: {e.message}") from None
+
+    def check_token(request: Request) -> None:
+        if service.api_token is None:
+            raise ServiceError(403, "gallery changes are off: start the server with CIRLAB_API_TOKEN set to allow them")
+        sent = request.headers.get("authorization", "")
+        scheme, _, token = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), service.api_token.encode()):
+            raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
+
+    @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text")
+    async def search(request: Request):
+        form = await read_form(request)
+        upload = form.get("image")
+        image = None
+        if isinstance(upload, UploadFile):
+            data = await upload.read()
+            if data:
+                image = await run_in_threadpool(service.decode_upload, data, upload.filename or "image")
+        elif upload not in (None, ""):
+            raise ServiceError(422, "the field 'image' must be a file upload; send a gallery id as 'image_id'")
+        text = form.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ServiceError(422, "the field 'text' must be text")
+        image_id = form.get("image_id") or None
+        k = _int(form.get("k"), "k", 12)
+        return await run_in_threadpool(service.search, text, k, image, image_id and str(image_id),
+                                       (form.get("method") or None))
+
+    @app.get("/images/{image_id:path}", summary="A gallery image, or its thumbnail with ?size=")
+    async def image(image_id: str, size: int | None = None):
+        if size is None:
+            path = await run_in_threadpool(service.path_of, image_id)
+            return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+        data = await run_in_threadpool(service.thumbnail, image_id, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/gallery", summary="Browse the gallery: a name filter and a page, or a random pick")
+    async def gallery(q: str = "", offset: int = 0, limit: int = 24, random: bool = False, seed: int | None = None):
+        return await run_in_threadpool(service.browse, q, offset, limit, random, seed)
+
+    @app.post("/gallery", summary="Add images (bearer token)", status_code=201)
+    async def add(request: Request):
+        check_token(request)
+        form = await read_form(request, max_files=32)
+        files = []
+        for upload in form.getlist("image"):
+            if not isinstance(upload, UploadFile):
+                raise ServiceError(422, "the field 'image' must hold file uploads")
+            files.append((upload.filename or "upload", await upload.read()))
+        return {"added": await run_in_threadpool(service.add_images, files), "size": len(service.index)}
+
+    @app.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)")
+    async def remove(image_id: str, request: Request):
+        check_token(request)
+        await run_in_threadpool(service.remove_image, image_id)
+        return {"removed": image_id, "size": len(service.index)}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "index_size": len(service.index)}
+
+    @app.get("/info")
+    async def info():
+        return {"cirlab_version": __version__, **service.info()}
+
+    static = resources.files("cirlab.serve") / "static"
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str):
+        types = {"app.js": "text/javascript", "style.css": "text/css"}
+        if name not in types:  # a fixed list: no path from a request reaches the file system
+            raise ServiceError(404, f"no asset {name!r}")
+        return Response((static / name).read_text(encoding="utf-8"), media_type=types[name])
+
+    app.add_middleware(BodyLimit, limit=limit * 32 if service.api_token else limit)
+    return app
+
+
+def serve(index: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = 10.0, cache: str | None = None) -> None:
+    """Load the model and index once, then run uvicorn until interrupted."""
+    import os
+
+    import uvicorn
+
+    from cirlab.api import Pipeline
+
+    pipe = Pipeline.load(model, cache)
+    service = SearchService(pipe, index, max_upload_bytes=int(max_upload_mb * 2**20),
+                            api_token=os.environ.get("CIRLAB_API_TOKEN"))
+    app = create_app(service)
+    print(f"cirlab serve: {service.info()['model']['method']} over {len(service.index)} images "
+          f"({service.index.spec}) at http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

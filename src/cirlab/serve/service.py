@@ -1,0 +1,237 @@
+"""What the HTTP server does, without HTTP: compose and search, gallery files and thumbnails, and
+atomic gallery changes. The FastAPI app (``serve.app``) only parses requests and maps errors.
+
+One ``SearchService`` holds one pipeline (encoders + a trained fusion method) and the index it
+built. Models load once, at start-up. Inference and index reads run under one lock (2 CPU cores
+gain nothing from interleaving them, and the feature cache is not thread-safe); thumbnails are
+served from a small in-memory LRU and do not take the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cirlab.api import MAX_TEXT_CHARS, Pipeline, check_text
+from cirlab.data.triplets import Gallery
+from cirlab.errors import CirlabError
+from cirlab.images import MAX_PIXELS, decode_image, load_image
+from cirlab.index import load_index, save_index
+
+MAX_K = 100
+THUMB_SIZES = (64, 128, 256, 512)
+
+
+class ServiceError(CirlabError):
+    """An error with the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SearchService:
+    def __init__(self, pipeline: Pipeline, index_dir: str | Path, max_upload_bytes: int = 10 * 2**20,
+                 max_text_chars: int = MAX_TEXT_CHARS, max_pixels: int = MAX_PIXELS, api_token: str | None = None) -> None:
+        self.pipe = pipeline
+        self.index_dir = Path(index_dir)
+        self.index, self.manifest = load_index(self.index_dir, pipeline.model.embed_dim, pipeline.identity)
+        self.max_upload_bytes, self.max_text_chars, self.max_pixels = max_upload_bytes, max_text_chars, max_pixels
+        self.api_token = api_token or None
+        self.lock = threading.RLock()
+        self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
+
+    # -- queries ------------------------------------------------------------------------------
+    def check_text(self, text: str | None) -> str | None:
+        text = (text or "").strip()
+        if not text:
+            return None
+        if len(text) > self.max_text_chars:
+            raise ServiceError(422, f"the text has {len(text)} characters; the limit is {self.max_text_chars}: shorten it")
+        return check_text(text)
+
+    def check_k(self, k: int) -> int:
+        if not 1 <= k <= MAX_K:
+            raise ServiceError(422, f"k must be between 1 and {MAX_K}, got {k}")
+        return k
+
+    def decode_upload(self, data: bytes, name: str) -> Image.Image:
+        if len(data) > self.max_upload_bytes:
+            raise ServiceError(413, f"{name} is {len(data) / 2**20:.1f} MB; uploads are limited to "
+                                    f"{self.max_upload_bytes / 2**20:.0f} MB")
+        from cirlab.images import ImageTooLarge, UnreadableImage
+
+        try:
+            return decode_image(data, name, self.max_pixels)
+        except ImageTooLarge as e:
+            raise ServiceError(413, str(e)) from None
+        except UnreadableImage as e:
+            raise ServiceError(415, f"{e}; send a JPEG, PNG, WebP, GIF or BMP image") from None
+
+    def search(self, text: str | None, k: int = 12, image: Image.Image | None = None, image_id: str | None = None,
+               method: str | None = None) -> dict:
+        """Top-k for (reference, text). Reference: an uploaded image or a gallery id (left out of its own
+        results). No reference: a text-to-image search; no text: images that look like the reference."""
+        k = self.check_k(k)
+        text = self.check_text(text)
+        if method and method != self.pipe.meta["method"]:
+            raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {method!r}: "
+                                    f"start one with a {method} model (cirlab serve --model ...)")
+        if image is not None and image_id:
+            raise ServiceError(422, "send either an image or an image_id, not both")
+        reference: str | Image.Image | None = image
+        if image_id:
+            reference = self.path_of(image_id)
+        if reference is None and text is None:
+            raise ServiceError(422, "send a text, a reference (image or image_id), or both")
+        with self.lock:
+            if text is None:
+                query = self._image_vector(reference)
+            else:
+                try:
+                    query = self.pipe.compose(reference, text)
+                except CirlabError as e:
+                    raise ServiceError(422, str(e)) from None
+            skip = {image_id} if image_id else set()
+            ids, scores = self.index.search(query[None], min(k + len(skip), len(self.index) or 1))
+            rows = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+            results = [self.item(i, score=s) for i, s in rows]
+        mode = "composed" if reference is not None and text else "text" if text else "image"
+        return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k}, "results": results}
+
+    @torch.inference_mode()
+    def _image_vector(self, reference: str | Path | Image.Image) -> np.ndarray:
+        views = self.pipe.reference_views(reference)
+        return self.pipe.model.embed_gallery({v: views[v] for v in self.pipe.model.gallery_views})[0].numpy()
+
+    # -- gallery ------------------------------------------------------------------------------
+    @staticmethod
+    def _name(image_id: str, meta: dict) -> str:
+        return str(meta.get("name") or meta.get("caption") or Path(str(meta.get("path", image_id))).stem)
+
+    def item(self, image_id: str, score: float | None = None) -> dict:
+        row = self.index.row_of[image_id]
+        meta = {k: v for k, v in self.index.metadata[row].items() if k != "path"}  # no server paths leave it
+        out = {"id": image_id, "metadata": meta, "name": self._names[row],
+               "image_url": f"/images/{quote(image_id, safe='')}",
+               "thumbnail_url": f"/images/{quote(image_id, safe='')}?size=256"}
+        if score is not None:
+            out = {"id": image_id, "score": round(score, 6), **{k: v for k, v in out.items() if k != "id"}}
+        return out
+
+    def path_of(self, image_id: str) -> Path:
+        """The file of a gallery id. Only ids in the index have files: no path is ever built from a request."""
+        with self.lock:
+            row = self.index.row_of.get(image_id)
+            path = self.index.metadata[row].get("path") if row is not None else None
+        if not path:
+            raise ServiceError(404, f"no gallery image with id {image_id!r}")
+        path = Path(path)
+        if not path.is_file():
+            raise ServiceError(404, f"the file of gallery image {image_id!r} is gone from disk")
+        return path
+
+    def thumbnail(self, image_id: str, size: int) -> bytes:
+        if size not in THUMB_SIZES:
+            raise ServiceError(422, f"thumbnail size must be one of {', '.join(map(str, THUMB_SIZES))}, got {size}")
+        key = (image_id, size)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        try:
+            im = load_image(self.path_of(image_id))
+        except CirlabError as e:
+            raise ServiceError(404 if isinstance(e, ServiceError) else 415, str(e)) from None
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 4096:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def browse(self, q: str = "", offset: int = 0, limit: int = 24, random: bool = False, seed: int | None = None) -> dict:
+        """Gallery items whose name or id contains ``q`` (case-insensitive), a page at a time, or a random pick."""
+        limit = max(1, min(limit, MAX_K))
+        with self.lock:
+            ids = self.index.ids
+            if q.strip():
+                needle = q.strip().lower()
+                rows = [r for r, (i, n) in enumerate(zip(ids, self._names)) if needle in n.lower() or needle in i.lower()]
+            else:
+                rows = list(range(len(ids)))
+            total = len(rows)
+            if random:
+                rng = np.random.default_rng(seed)
+                pick = rng.choice(total, min(limit, total), replace=False) if total else []
+                rows = [rows[p] for p in pick]
+            else:
+                rows = rows[max(0, offset):max(0, offset) + limit]
+            return {"total": total, "items": [self.item(ids[r]) for r in rows]}
+
+    # -- changes (token-protected in the app) -------------------------------------------------
+    def add_images(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        """Store uploaded images under ``INDEX/files/``, embed them and save the index as a new version."""
+        if not files:
+            raise ServiceError(422, "send one or more files in the field 'image'")
+        decoded = [(name, data, self.decode_upload(data, name)) for name, data in files]  # all checked first
+        folder = self.index_dir / "files"
+        folder.mkdir(exist_ok=True)
+        ids, paths = [], []
+        for name, data, im in decoded:
+            stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-")[:40] or "upload"
+            image_id = f"{stem}-{hashlib.sha1(data).hexdigest()[:8]}"
+            path = folder / f"{image_id}.{'png' if im.mode == 'RGBA' else 'jpg'}"
+            im.save(path, quality=95)
+            ids.append(image_id)
+            paths.append(path.resolve())
+        with self.lock:
+            vectors = self.pipe.encode_gallery(Gallery(ids, paths), progress=False)
+            metadata = [{"path": str(p), "name": Path(n).stem} for (n, _, _), p in zip(decoded, paths)]
+            self._commit(lambda: self.index.add(vectors.ids, vectors.vectors,
+                                                [m for m, i in zip(metadata, ids) if i in set(vectors.ids)]))
+            return [self.item(i) for i in vectors.ids]
+
+    def remove_image(self, image_id: str) -> None:
+        with self.lock:
+            if image_id not in self.index.row_of:
+                raise ServiceError(404, f"no gallery image with id {image_id!r}")
+            self._commit(lambda: self.index.remove([image_id]))
+
+    def _commit(self, change) -> None:
+        """Apply a change in memory and save it as a new index version; on failure, reload the last one."""
+        try:
+            change()
+            save_index(self.index, self.index_dir, self.pipe.identity)
+        except Exception:
+            self.index, self.manifest = load_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity)
+            raise
+        finally:
+            self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
+
+    def info(self) -> dict:
+        meta = self.pipe.meta
+        return {
+            "model": {"method": meta["method"], "checkpoint": self.pipe.path.name if self.pipe.path else None,
+                      "fusion": self.pipe.identity["fusion"], "embed_dim": self.pipe.model.embed_dim,
+                      "text_search": self.pipe.text_head is not None},
+            "encoders": {"image": self.pipe.image_encoder.id, "text": self.pipe.text_encoder.id},
+            "index": {"size": len(self.index), "backend": self.index.spec, "dim": self.index.dim},
+            "limits": {"upload_bytes": self.max_upload_bytes, "text_chars": self.max_text_chars,
+                       "pixels": self.max_pixels, "k": MAX_K},
+            "gallery_changes": self.api_token is not None,
+        }

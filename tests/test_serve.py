@@ -1,0 +1,202 @@
+"""The HTTP API against a real uvicorn on 127.0.0.1: composed, text-only and image-only search,
+gallery files and thumbnails, limits and refusals (every error JSON, the server still up),
+token-protected gallery changes saved atomically to the index on disk."""
+
+import io
+import subprocess
+import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from conftest import API_TOKEN
+from PIL import Image
+
+from cirlab.index import load_index, read_manifest
+
+
+def png_bytes(color=(200, 30, 30), size=48) -> bytes:
+    buf = io.BytesIO()
+    arr = np.full((size, size, 3), 255, np.uint8)
+    arr[8:40, 8:40] = color
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(side=30_000) -> bytes:
+    """A valid PNG header and one compressed chunk claiming side x side pixels: tiny file, huge image."""
+    def chunk(kind, data):
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit greyscale
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    idat = zlib.compress(row * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def search(base, data=None, files=None):
+    return httpx.post(base + "/search", data=data or {}, files=files, timeout=60)
+
+
+def test_health_and_info(served):
+    base, index_dir, _, _ = served
+    assert httpx.get(base + "/health").json() == {"status": "ok", "index_size": 16}
+    info = httpx.get(base + "/info").json()
+    assert info["model"]["method"] == "sum" and info["model"]["text_search"] is True
+    assert info["index"] == {"size": 16, "backend": "exact", "dim": 512}
+    assert info["encoders"]["image"].startswith("efficientnet_lite0") and info["gallery_changes"] is True
+    assert "/search" in httpx.get(base + "/openapi.json").json()["paths"]
+
+
+def test_composed_search_with_a_gallery_reference(served):
+    base, *_ = served
+    r = search(base, {"image_id": "img3", "text": "make it look like shape 5", "k": "5"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"]["mode"] == "composed" and len(body["results"]) == 5
+    ids = [x["id"] for x in body["results"]]
+    assert "img3" not in ids  # the reference is left out of its own results
+    scores = [x["score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    first = body["results"][0]
+    assert set(first) == {"id", "score", "metadata", "name", "image_url", "thumbnail_url"}
+    assert "path" not in first["metadata"]  # no server path leaves the server
+    thumb = httpx.get(base + first["thumbnail_url"])
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+
+
+def test_uploaded_reference_text_only_and_image_only(served):
+    base, _, ds, _ = served
+    upload = (ds / "images" / "img2.png").read_bytes()
+    r = search(base, {"text": "make it look like shape 1", "k": "3"}, files={"image": ("ref.png", upload, "image/png")})
+    assert r.status_code == 200 and r.json()["query"]["mode"] == "composed" and len(r.json()["results"]) == 3
+    text = search(base, {"text": "shape number 4", "k": "16"})
+    assert text.status_code == 200 and text.json()["query"]["mode"] == "text"
+    assert len(text.json()["results"]) == 16
+    alike = search(base, {"k": "4"}, files={"image": ("ref.png", upload, "image/png")})
+    assert alike.json()["query"]["mode"] == "image"
+    assert alike.json()["results"][0]["id"] == "img2"  # the same picture is the closest to itself
+    assert alike.json()["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_gallery_files_are_the_only_files_served(served):
+    base, _, ds, _ = served
+    r = httpx.get(base + "/images/img7")
+    assert r.status_code == 200 and r.content == (ds / "images" / "img7.png").read_bytes()
+    for bad in ("/images/..%2F..%2Fsum.pt", "/images/../../etc/passwd", "/images/%2Fetc%2Fpasswd", "/images/nope"):
+        r = httpx.get(base + bad)
+        assert r.status_code == 404 and "error" in r.json(), bad
+    r = httpx.get(base + "/images/img7?size=33")
+    assert r.status_code == 422 and "size must be one of" in r.json()["error"]
+    page = httpx.get(base + "/gallery", params={"q": "shape 1", "limit": 50}).json()
+    assert page["total"] == 7 and {x["id"] for x in page["items"]} == {"img1", *{f"img{i}" for i in range(10, 16)}}
+    pick = httpx.get(base + "/gallery", params={"random": 1, "limit": 5, "seed": 3}).json()
+    assert len(pick["items"]) == 5 and pick["total"] == 16
+
+
+@pytest.mark.parametrize("data,files,status,message", [
+    ({"text": "x" * 1001}, None, 422, "limit is 1000"),
+    ({"text": "red", "k": "0"}, None, 422, "k must be between 1 and 100"),
+    ({"text": "red", "k": "many"}, None, 422, "k must be an integer"),
+    ({"k": "3"}, None, 422, "send a text, a reference"),
+    ({"text": "red", "image_id": "nope"}, None, 404, "no gallery image with id 'nope'"),
+    ({"text": "red", "method": "mffm"}, None, 422, "serves method 'sum', not 'mffm'"),
+    ({"text": "red"}, {"image": ("a.txt", b"hello, not an image", "text/plain")}, 415, "not a readable image"),
+    ({"text": "red"}, {"image": ("big.png", b"\0" * (1024 * 1024 + 70_000), "image/png")}, 413, "limited to 1 MB"),
+    ({"text": "red"}, {"image": ("bomb.png", bomb_png(), "image/png")}, 413, "pixel"),
+    ({"text": "red", "image_id": "img1"}, {"image": ("r.png", png_bytes(), "image/png")}, 422, "not both"),
+])
+def test_bad_requests_get_a_json_error_and_the_server_stays_up(served, data, files, status, message):
+    base, *_ = served
+    r = search(base, data, files)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"] and set(r.json()) == {"error"}
+    assert httpx.get(base + "/health").status_code == 200
+
+
+def test_a_json_body_and_a_chunked_oversized_body_are_refused(served):
+    base, *_ = served
+    r = httpx.post(base + "/search", json={"text": "red"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(40):
+            yield b"x" * 65536
+    r = httpx.post(base + "/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413 and "upload limit" in r.json()["error"]
+
+
+def test_concurrent_searches_all_succeed(served):
+    base, *_ = served
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: search(base, {"image_id": f"img{i % 16}", "text": "make it bigger"}).status_code,
+                              range(24)))
+    assert codes == [200] * 24
+
+
+def test_gallery_changes_need_the_token_and_are_saved_atomically(served):
+    base, index_dir, _, _ = served
+    files = {"image": ("new red thing.png", png_bytes((250, 0, 0)), "image/png")}
+    assert httpx.post(base + "/gallery", files=files).status_code == 401
+    r = httpx.post(base + "/gallery", files=files, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "API token" in r.json()["error"]
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    before = read_manifest(index_dir)[0]["count"]
+    r = httpx.post(base + "/gallery", files=files, headers=auth, timeout=60)
+    assert r.status_code == 201, r.text
+    new_id = r.json()["added"][0]["id"]
+    assert new_id.startswith("new-red-thing-") and r.json()["size"] == before + 1
+    on_disk, manifest = load_index(index_dir)
+    assert manifest["count"] == before + 1 and new_id in on_disk.row_of
+    alike = search(base, {"k": "1"}, files={"image": ("q.png", png_bytes((250, 0, 0)), "image/png")}).json()
+    assert alike["results"][0]["id"] == new_id
+    assert httpx.get(base + f"/images/{new_id}").status_code == 200
+    bad = httpx.post(base + "/gallery", files={"image": ("x.png", b"garbage", "image/png")}, headers=auth)
+    assert bad.status_code == 415 and load_index(index_dir)[1]["count"] == before + 1
+    r = httpx.delete(base + f"/gallery/{new_id}", headers=auth)
+    assert r.status_code == 200 and r.json()["size"] == before
+    assert new_id not in load_index(index_dir)[0].row_of
+    hits = search(base, {"k": "16"}, files={"image": ("q.png", png_bytes((250, 0, 0)), "image/png")}).json()
+    assert new_id not in {x["id"] for x in hits["results"]}
+    assert httpx.delete(base + "/gallery/nope", headers=auth).status_code == 404
+    assert httpx.delete(base + "/gallery/img1").status_code == 401
+
+
+def test_without_a_configured_token_gallery_changes_are_off(served, tmp_path):
+    import uvicorn
+
+    from cirlab.api import Pipeline
+    from cirlab.serve.app import create_app
+    from cirlab.serve.service import SearchService
+    from conftest import free_port
+
+    base, index_dir, _, model = served
+    service = SearchService(Pipeline.load(model, index_dir.parent / "cache"), index_dir, api_token=None)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+        r = httpx.post(f"http://127.0.0.1:{port}/gallery", files={"image": ("a.png", png_bytes(), "image/png")},
+                       headers={"Authorization": f"Bearer {API_TOKEN}"})
+        assert r.status_code == 403 and "CIRLAB_API_TOKEN" in r.json()["error"]
+        assert httpx.get(f"http://127.0.0.1:{port}/info").json()["gallery_changes"] is False
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("what", ["model", "index"])
+def test_serve_refuses_a_missing_model_or_index_in_one_line(served, tmp_path, what):
+    _, index_dir, _, model = served
+    args = {"model": [str(tmp_path / "none.pt"), str(index_dir)], "index": [str(model), str(tmp_path / "none")]}[what]
+    r = subprocess.run([sys.executable, "-m", "cirlab.cli", "serve", "--model", args[0], "--index", args[1],
+                        "--port", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert ("no model at" if what == "model" else "is not a cirlab index") in r.stderr
