@@ -123,11 +123,16 @@ def test_a_json_body_and_a_chunked_oversized_body_are_refused(served):
     r = httpx.post(base + "/search", json={"text": "red"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
 
-    def chunks():  # no Content-Length: the limit is enforced while reading
+    def chunks():  # a well-formed form with a 2.6 MB file, sent without Content-Length: refused while reading
+        yield (b'--zz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
         for _ in range(40):
             yield b"x" * 65536
+        yield b"\r\n--zz--\r\n"
     r = httpx.post(base + "/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"})
     assert r.status_code == 413 and "upload limit" in r.json()["error"]
+    r = httpx.post(base + "/search", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code in (400, 422) and set(r.json()) == {"error"}
 
 
 def test_concurrent_searches_all_succeed(served):

@@ -29,6 +29,7 @@ from cirlab import __version__
 from cirlab.serve.service import SearchService, ServiceError
 
 log = logging.getLogger("cirlab.serve")
+GALLERY_FILES = 32  # images one POST /gallery may add
 
 
 class BodyTooLarge(Exception):
@@ -39,16 +40,19 @@ class BodyLimit:
     """ASGI middleware: refuse a request body over ``limit`` bytes with 413, by its Content-Length or,
     for a chunked body, as soon as the bytes read pass the limit (nothing larger is ever buffered)."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, gallery_files: int = 1) -> None:
+        self.app, self.limit, self.gallery_files = app, limit, gallery_files
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # an add to the gallery may carry several images; everything else at most one
+        many = scope.get("method") == "POST" and scope.get("path") == "/gallery"
+        limit = self.limit * (self.gallery_files if many else 1)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             return await _send_json(send, 413, f"the request is {int(length) / 2**20:.1f} MB; uploads are limited to "
-                                               f"{self.limit / 2**20:.0f} MB")
+                                               f"{self.limit / 2**20:.0f} MB" + (" per image" if many else ""))
         seen = 0
 
         async def limited():
@@ -56,7 +60,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise BodyTooLarge()
             return message
 
@@ -158,7 +162,7 @@ def create_app(service: SearchService) -> FastAPI:
     @app.post("/gallery", summary="Add images (bearer token)", status_code=201)
     async def add(request: Request):
         check_token(request)
-        form = await read_form(request, max_files=32)
+        form = await read_form(request, max_files=GALLERY_FILES)
         files = []
         for upload in form.getlist("image"):
             if not isinstance(upload, UploadFile):
@@ -193,7 +197,7 @@ def create_app(service: SearchService) -> FastAPI:
             raise ServiceError(404, f"no asset {name!r}")
         return Response((static / name).read_text(encoding="utf-8"), media_type=types[name])
 
-    app.add_middleware(BodyLimit, limit=limit * 32 if service.api_token else limit)
+    app.add_middleware(BodyLimit, limit=limit, gallery_files=GALLERY_FILES)
     return app
 
 
