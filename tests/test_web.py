@@ -95,3 +95,13 @@ def test_pick_from_gallery_text_only_and_phone_width(served, browser):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
     page.close()
+
+
+def test_the_api_docs_render_offline(served, browser):
+    base, *_ = served
+    page = browser.new_page()
+    page.goto(base + "/docs")
+    page.wait_for_selector(".opblock", timeout=20_000)  # Swagger UI drew the operations from /openapi.json
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/search" in paths and "/health" in paths
+    page.close()

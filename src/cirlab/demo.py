@@ -52,9 +52,10 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
     print(f"EmojiEdit: {sum(counts['images'].values())} images, "
           + ", ".join(f"{s} {sum(c.values())} triplets" for s, c in counts["triplets"].items()))
     models_dir = settings.home() / "models" / "emojiedit"
-    results, extra, evals = {}, {}, {}
+    results, extra, evals, metas = {}, {}, {}, {}
     for method in DEMO_METHODS:
         model, tr, meta = train_method(ws, method, out=models_dir / f"{method}.pt", progress=progress, reuse=True)
+        metas[method] = meta
         evals[method] = ev = ws.evaluate(model, "test")
         results[method] = ev.recall
         info = meta["train"]
@@ -66,6 +67,12 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
     table = recall_table(results, extra=extra)
     print("\nRecall@K on the EmojiEdit test split (held-out base emoji, reference excluded):\n")
     print(table)
+    head = metas[DEFAULT_METHOD].get("text_head")
+    if head and head.get("recall"):
+        r = head["recall"]
+        print(f"\nText-only search ({DEFAULT_METHOD}'s text head, {head['pairs']} training captions): "
+              f"R@1 {r['1']:.1f}, R@10 {r['10']:.1f}, R@50 {r['50']:.1f} for the test images' own names "
+              f"among the {len(ws.gallery_ids('test'))} test images")
 
     examples = pick_examples(ws)
     gallery_ids = ws.gallery_ids("test")

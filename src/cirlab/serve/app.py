@@ -19,6 +19,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -83,7 +84,7 @@ def _int(value, name: str, default: int) -> int:
 
 
 def create_app(service: SearchService) -> FastAPI:
-    app = FastAPI(title="cirlab", version=__version__,
+    app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text.")
     # the body limit leaves room for the form's other fields around one maximal image
     limit = service.max_upload_bytes + 64 * 1024
@@ -185,6 +186,24 @@ def create_app(service: SearchService) -> FastAPI:
         return {"cirlab_version": __version__, **service.info()}
 
     static = resources.files("cirlab.serve") / "static"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():  # Swagger UI from the swagger-ui-bundle package: works offline, unlike the CDN default
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="cirlab API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        from swagger_ui_bundle import swagger_ui_path
+
+        types = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                 "favicon-32x32.png": "image/png"}
+        if name not in types:  # a fixed list, as for the page's assets
+            raise ServiceError(404, f"no asset {name!r}")
+        return Response((swagger_ui_path / name).read_bytes(), media_type=types[name],
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     async def page():
