@@ -86,6 +86,8 @@ def _int(value, name: str, default: int) -> int:
 def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text.")
+    # the offline Swagger UI (swagger-ui-bundle 4.x) renders OpenAPI 3.0 documents, not 3.1
+    app.openapi_version = "3.0.3"
     # the body limit leaves room for the form's other fields around one maximal image
     limit = service.max_upload_bytes + 64 * 1024
 
