@@ -30,3 +30,26 @@ def test_recall_at_k_hand_case():
     assert recall_at_k([[5, 6]], [[7]], ks=(1, 2)) == {1: 0.0, 2: 0.0}
     with pytest.raises(ValueError):
         recall_at_k([[1]], [[1], [2]])
+
+
+def test_cirr_recall_subset_restricts_the_ranking_to_the_image_set():
+    from cirlab.eval.metrics import recall_subset_at_k, subset_ranking
+
+    ranked = [["a", "x", "ref", "b", "t", "c"], ["t2", "y", "z"]]
+    members = [["ref", "b", "t", "c", "zz"], ["y", "t2", "ref2"]]
+    # query 0: the set without its reference, in ranked order, is b, t, c: the target is 2nd
+    assert subset_ranking(ranked[0], members[0], "ref") == ["b", "t", "c"]
+    r = recall_subset_at_k(ranked, members, ["ref", "ref2"], [["t"], ["t2"]])
+    assert r == pytest.approx({1: 50.0, 2: 100.0, 3: 100.0})
+
+
+def test_circo_average_precision_by_hand():
+    from cirlab.eval.metrics import average_precision_at_k, map_at_k
+
+    # targets at ranks 1 and 3 of 4: (1/1 + 2/3) / min(4, 2)
+    assert average_precision_at_k(["t1", "x", "t2", "y"], {"t1", "t2"}, 4) == pytest.approx((1 + 2 / 3) / 2)
+    # K smaller than the number of targets: divide by K
+    assert average_precision_at_k(["t1", "x"], {"t1", "t2", "t3"}, 2) == pytest.approx(1 / 2)
+    assert average_precision_at_k(["x", "y"], {"t"}, 2) == 0.0
+    m = map_at_k([["t1", "x", "t2", "y"], ["x", "t"]], [{"t1", "t2"}, {"t"}], ks=(1, 4))
+    assert m == pytest.approx({1: 100 * (1 + 0) / 2, 4: 100 * ((1 + 2 / 3) / 2 + 1 / 2) / 2})

@@ -28,3 +28,41 @@ def recall_at_k(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[
                 first_hit[i] = pos
                 break
     return {k: float(100.0 * np.mean(first_hit < k)) for k in ks}
+
+
+def recall_subset_at_k(ranked: Sequence[Sequence[str]], members: Sequence[Iterable[str]], references: Sequence[str],
+                       targets: Sequence[Iterable[str]], ks: Sequence[int] = (1, 2, 3)) -> dict[int, float]:
+    """CIRR's Recall_subset@K in percent: each query's full ranking restricted to its image set's
+    members (``img_set.members``) without the reference; a hit when a target is among the first K."""
+    restricted = [subset_ranking(r, m, ref) for r, m, ref in zip(ranked, members, references)]
+    hits = [[i for i, x in enumerate(row) if x in set(tg)] for row, tg in zip(restricted, targets)]
+    if not hits:
+        return {k: 0.0 for k in ks}
+    return {k: float(100.0 * np.mean([bool(h) and h[0] < k for h in hits])) for k in ks}
+
+
+def subset_ranking(ranked: Sequence[str], members: Iterable[str], reference: str) -> list[str]:
+    """The order ``ranked`` gives to the members of an image set, the reference left out."""
+    keep = set(members) - {reference}
+    return [x for x in ranked if x in keep]
+
+
+def average_precision_at_k(ranked: Sequence, targets: Iterable, k: int) -> float:
+    """CIRCO's AP@K: the mean of precision@i over the ranks i <= K that hold a target, divided by
+    min(K, number of targets) (so a query with many ground truths is not capped by K)."""
+    targets = set(targets)
+    if not targets:
+        return 0.0
+    hits, total = 0, 0.0
+    for i, x in enumerate(ranked[:k], start=1):
+        if x in targets:
+            hits += 1
+            total += hits / i
+    return total / min(k, len(targets))
+
+
+def map_at_k(ranked: Sequence[Sequence], targets: Sequence[Iterable], ks: Sequence[int] = (5, 10, 25, 50)) -> dict[int, float]:
+    """Mean AP@K in percent over queries (CIRCO-style, several ground truths per query)."""
+    if not len(ranked):
+        return {k: 0.0 for k in ks}
+    return {k: float(100.0 * np.mean([average_precision_at_k(r, t, k) for r, t in zip(ranked, targets)])) for k in ks}
