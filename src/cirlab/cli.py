@@ -75,7 +75,54 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_benchmark(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline
+    from cirlab.data import benchmarks as B
+    import numpy as np
+
+    from cirlab.eval.protocols import cirr_submission, evaluate_benchmark
+
+    if a.annotations is None or a.images is None:
+        raise CirlabError("--benchmark needs --annotations DIR (the published annotation folder) and --images DIR")
+    pipe = Pipeline.load(a.model, a.cache)
+    if a.benchmark == "fashioniq":
+        cats = [a.category] if a.category else list(B.FASHIONIQ_CATEGORIES)
+        splits = [B.load_fashioniq(a.annotations, a.images, c, a.split or "val", a.fiq_gallery, a.join, a.spelling)
+                  for c in cats]
+    elif a.benchmark == "cirr":
+        splits = [B.load_cirr(a.annotations, a.images, a.split or "val")]
+    else:
+        splits = [B.load_shoes(a.annotations, a.images, a.spelling)]
+    results = []
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sp in splits:
+        print(sp.summary())
+        if sp.missing:
+            print(f"  missing image ids: {sp.write_missing(out / f'{sp.name}-missing.txt')}")
+        results.append(evaluate_benchmark(pipe, sp, progress=not a.quiet))
+    keys = list(dict.fromkeys(k for r in results for k in r.metrics))
+    rows = [[r.name] + [f"{r.metrics[k]:.2f}" for k in keys] for r in results if r.metrics]
+    if len(rows) > 1:
+        rows.append(["average"] + [f"{np.mean([r.metrics[k] for r in results]):.2f}" for k in keys])
+    if rows:
+        print("| split | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
+        print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+    report = {"benchmark": a.benchmark, "model": pipe.identity, "protocol": [sp.protocol for sp in splits],
+              "results": [r.to_dict() for r in results]}
+    (out / f"{a.benchmark}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / (a.benchmark + '.json')}")
+    if a.benchmark == "cirr" and (a.split or "val") == "test1":
+        for p in cirr_submission(results[0], out):
+            print(f"wrote {p}")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
+    if a.benchmark:
+        return cmd_eval_benchmark(a)
+    if a.data is None:
+        raise CirlabError("give --data DIR (a cirlab data set) or --benchmark NAME with --annotations and --images")
     from cirlab.api import Pipeline
     from cirlab.data.features import image_table, text_table
     from cirlab.data.triplets import Dataset
@@ -86,6 +133,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     ds = Dataset(a.data)
     views = tuple(sorted(set(pipe.model.image_views) | set(pipe.model.gallery_views)))
     images, failed = image_table(pipe.cache, pipe.image_encoder, ds.gallery(), views)
+    a.split = a.split or "test"
     triplets = {a.split: ds.triplets(a.split)}
     texts = text_table(pipe.cache, pipe.text_encoder, [t.text for t in triplets[a.split]], pipe.model.text_views)
     ws = Workspace(ds, pipe.cache, pipe.image_encoder, pipe.text_encoder, images, texts, triplets, failed)
@@ -275,9 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache(t)
     t.set_defaults(func=cmd_train)
 
-    v = sub.add_parser("eval", help="Recall@K of a trained model on a data set split")
-    v.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
-    v.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    v = sub.add_parser("eval", help="Recall@K of a trained model on a data set split or a public benchmark")
+    v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
+    v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
+    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "shoes"], default=None,
+                   help="evaluate under a public benchmark's protocol (with --annotations and --images)")
+    v.add_argument("--annotations", type=Path, default=None, help="the benchmark's annotation folder, as published")
+    v.add_argument("--images", type=Path, default=None, help="the folder holding the benchmark's images")
+    v.add_argument("--category", choices=["dress", "shirt", "toptee"], default=None,
+                   help="FashionIQ: one category (default: all three and their average)")
+    v.add_argument("--fiq-gallery", choices=["original", "val_union"], default="original",
+                   help="FashionIQ gallery: every image of the split (default) or the val queries' images")
+    v.add_argument("--join", choices=["and", "separate"], default="and",
+                   help="FashionIQ: join the two captions with 'and' (default) or make each its own query")
+    v.add_argument("--spelling", type=Path, default=None,
+                   help="FashionIQ / Shoes: a spelling-correction dictionary (file or DQU-CIR's folder)")
+    v.add_argument("--out", type=Path, default=Path("eval_out"), help="where JSON (and CIRR test1 submissions) go")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.add_argument("--gallery", choices=["split", "all"], default="split",
                    help="gallery: the split's images (default) or every image of the data set")
     v.add_argument("--keep-reference", action="store_true", help="leave the reference image in its own ranking")

@@ -1,0 +1,104 @@
+"""Evaluate a trained pipeline on a loaded benchmark split under that benchmark's protocol, and
+write CIRR's test-server submission files.
+
+The features come from the same cache and encoders as everywhere else; the fusion composes the
+queries in batches; the ranking is exact over the split's gallery (reference removed where the
+protocol says so). CIRR's Recall_subset@K ranks each query's image set by the same scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cirlab.data.benchmarks import BenchmarkSplit
+from cirlab.data.features import QuerySide, image_table, text_table
+from cirlab.data.triplets import Gallery, Triplet
+from cirlab.errors import CirlabError
+from cirlab.eval.evaluate import compose_queries, embed_gallery
+from cirlab.eval.metrics import recall_at_k, recall_subset_at_k
+from cirlab.index.exact import exact_topk
+
+CIRR_VERSION = "rc2"
+
+
+@dataclass
+class BenchmarkResult:
+    name: str
+    metrics: dict[str, float]
+    queries: int
+    gallery: int
+    skipped: int
+    ranked: list[list[str]] = field(repr=False, default_factory=list)  # top 50 per evaluated query
+    scores: np.ndarray | None = field(repr=False, default=None)
+    subset_ranked: list[list[str]] = field(repr=False, default_factory=list)  # CIRR: the image set, best first
+    evaluated: list = field(repr=False, default_factory=list)  # the BenchmarkQuery of each ranking
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "metrics": self.metrics, "queries": self.queries, "gallery": self.gallery,
+                "skipped": self.skipped}
+
+
+@torch.inference_mode()
+def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bool = True) -> BenchmarkResult:
+    """Rank ``split.gallery`` for every query; metrics where the split has targets."""
+    model = pipe.model
+    if getattr(model, "unified_queries", False):
+        raise CirlabError("benchmark evaluation of dqu needs its unified queries, which cirlab builds only for "
+                          "its own data sets so far; evaluate another method")
+    ids = sorted(set(split.gallery) | {q.reference for q in split.queries})
+    views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
+    images, failed = image_table(pipe.cache, pipe.image_encoder, Gallery(ids, [split.paths[i] for i in ids]), views,
+                                 progress)
+    texts = text_table(pipe.cache, pipe.text_encoder, [q.text for q in split.queries], model.text_views, progress)
+    gallery = [g for g in split.gallery if g in images.row]
+    usable = [q for q in split.queries if q.reference in images.row]
+    side = QuerySide(images, texts)
+    triplets = [Triplet(q.reference, q.text, q.targets) for q in usable]
+    query_vectors = compose_queries(model, side, triplets)
+    gallery_vectors = embed_gallery(model, images, gallery)
+    pos = {g: i for i, g in enumerate(gallery)}
+    exclude = np.array([pos.get(q.reference, -1) for q in usable]) if split.exclude_reference else None
+    top, scores = exact_topk(query_vectors, gallery_vectors, max(keep, *split.ks), exclude)
+    # an excluded reference sits last with score -inf when the gallery is shorter than the list: drop it
+    ranked = [[gallery[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
+    metrics: dict[str, float] = {}
+    scored = [i for i, q in enumerate(usable) if q.targets]
+    if scored:
+        rec = recall_at_k(top[scored], [[pos[t] for t in usable[i].targets if t in pos] for i in scored], split.ks)
+        metrics.update({f"R@{k}": v for k, v in rec.items()})
+    subset_ranked = []
+    if usable and usable[0].members is not None:  # CIRR: rank each image set by the same scores
+        for q, vec in zip(usable, query_vectors):
+            members = [m for m in q.members if m != q.reference and m in pos]
+            sims = gallery_vectors[[pos[m] for m in members]] @ vec if members else np.zeros(0)
+            subset_ranked.append([members[j] for j in np.argsort(-sims, kind="stable")])
+        if scored:
+            sub = recall_subset_at_k([subset_ranked[i] for i in scored], [usable[i].members for i in scored],
+                                     [usable[i].reference for i in scored], [usable[i].targets for i in scored])
+            metrics.update({f"Rsubset@{k}": v for k, v in sub.items()})
+            metrics["(R@5+Rsubset@1)/2"] = (metrics["R@5"] + metrics["Rsubset@1"]) / 2
+    return BenchmarkResult(split.name, metrics, len(usable), len(gallery), split.skipped + len(split.queries) - len(usable),
+                           ranked, scores, subset_ranked, usable)
+
+
+def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = "cirr-test1") -> tuple[Path, Path]:
+    """CIRR's two submission files: top 50 per ``pair_id`` for ``recall``, top 3 of the image set for
+    ``recall_subset``, each with the ``version`` and ``metric`` fields the evaluation server reads."""
+    if not result.subset_ranked or any(q.pair_id is None for q in result.evaluated):
+        raise CirlabError("a CIRR submission needs a CIRR split (pair ids and image sets)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recall = {"version": CIRR_VERSION, "metric": "recall"}
+    subset = {"version": CIRR_VERSION, "metric": "recall_subset"}
+    for q, top, sub in zip(result.evaluated, result.ranked, result.subset_ranked):
+        recall[str(q.pair_id)] = top[:50]
+        subset[str(q.pair_id)] = sub[:3]
+    paths = out_dir / f"{prefix}-recall.json", out_dir / f"{prefix}-recall_subset.json"
+    paths[0].write_text(json.dumps(recall))
+    paths[1].write_text(json.dumps(subset))
+    return paths

@@ -1,0 +1,91 @@
+"""Benchmark evaluation under a protocol, on a hand-made CIRR-style split with real small images and
+a trained model: metrics agree with the rankings, the subset ranking is the full ranking restricted
+to the image set, and the CIRR submission files have the server's fields."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_images
+
+from cirlab.api import Pipeline
+from cirlab.data.benchmarks import BenchmarkQuery, BenchmarkSplit
+from cirlab.eval.metrics import recall_at_k
+from cirlab.eval.protocols import cirr_submission, evaluate_benchmark
+
+
+@pytest.fixture(scope="module")
+def cirr_like(served, tmp_path_factory):
+    _, index_dir, _, model = served
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    paths = make_images(tmp_path_factory.mktemp("cirr") / "img", n=12, seed=5)
+    ids = [p.stem for p in paths]
+    queries = [BenchmarkQuery(ids[i], f"make it look like shape {(i + 1) % 12}", [ids[(i + 1) % 12]], 1000 + i,
+                              [ids[(i + d) % 12] for d in range(6)]) for i in range(12)]
+    split = BenchmarkSplit("cirr-val", queries, ids, dict(zip(ids, paths)), True, (1, 5, 10, 50))
+    return pipe, split
+
+
+def test_metrics_follow_the_rankings_and_the_subset_is_the_restricted_ranking(cirr_like):
+    pipe, split = cirr_like
+    res = evaluate_benchmark(pipe, split, progress=False)
+    assert res.queries == 12 and res.gallery == 12 and res.skipped == 0
+    for q, ranked, sub in zip(res.evaluated, res.ranked, res.subset_ranked):
+        assert q.reference not in ranked and len(ranked) == 11  # the reference is removed from its ranking
+        assert sub == [x for x in ranked if x in set(q.members) - {q.reference}]
+    pos = {g: i for i, g in enumerate(split.gallery)}
+    want = recall_at_k([[pos[x] for x in r] for r in res.ranked], [[pos[t] for t in q.targets] for q in res.evaluated],
+                       (1, 5, 10, 50))
+    assert all(res.metrics[f"R@{k}"] == pytest.approx(v) for k, v in want.items())
+    sub1 = np.mean([s[0] == q.targets[0] for s, q in zip(res.subset_ranked, res.evaluated)]) * 100
+    assert res.metrics["Rsubset@1"] == pytest.approx(sub1)
+    assert res.metrics["(R@5+Rsubset@1)/2"] == pytest.approx((res.metrics["R@5"] + sub1) / 2)
+
+
+def test_cirr_submission_files(cirr_like, tmp_path):
+    pipe, split = cirr_like
+    for q in split.queries:
+        q.targets = []  # test1: targets hidden
+    res = evaluate_benchmark(pipe, split, progress=False)
+    assert res.metrics == {}
+    recall_path, subset_path = cirr_submission(res, tmp_path)
+    recall, subset = json.loads(recall_path.read_text()), json.loads(subset_path.read_text())
+    assert recall["version"] == subset["version"] == "rc2"
+    assert recall["metric"] == "recall" and subset["metric"] == "recall_subset"
+    pair_keys = {str(1000 + i) for i in range(12)}
+    assert set(recall) - {"version", "metric"} == pair_keys == set(subset) - {"version", "metric"}
+    q0 = split.queries[0]
+    assert recall["1000"] == res.ranked[0][:50] and len(subset["1000"]) == 3
+    assert q0.reference not in subset["1000"] and set(subset["1000"]) <= set(q0.members)
+
+
+def test_cli_eval_benchmark_on_a_shoes_format_folder(served, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, index_dir, _, model = served
+    paths = make_images(tmp_path / "shoes_images", n=6, seed=9)
+    names = [p.name for p in paths]
+    ann = tmp_path / "shoes_ann"
+    ann.mkdir()
+    (ann / "eval_im_names.txt").write_text("\n".join(names[:5]) + "\n")  # the 6th is a training image
+    rel = [{"ImageName": names[i + 1], "ReferenceImageName": names[i], "RelativeCaption": f"is more like {i + 1}"}
+           for i in range(5)]
+    (ann / "relative_captions_shoes.json").write_text(json.dumps(rel))
+    paths[0].unlink()  # one eval image is missing: its query is skipped and it is listed
+    env = {**os.environ, "CIRLAB_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--benchmark", "shoes", "--annotations", str(ann),
+                        "--images", str(tmp_path / "shoes_images"), "--model", str(model), "--cache",
+                        str(index_dir.parent / "cache"), "--out", str(tmp_path / "out"), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # eval triplets need both images in the eval list: pairs (0,1), (1,2), (2,3), (3,4); (0,1) loses image 0
+    assert "shoes-test: 3 queries over 4 gallery images; 1 images missing, 1 queries skipped" in r.stdout
+    assert "| shoes-test |" in r.stdout and "R@1 | R@10 | R@50" in r.stdout
+    report = json.loads((tmp_path / "out" / "shoes.json").read_text())
+    assert report["results"][0]["queries"] == 3 and report["protocol"][0]["exclude_reference"] is True
+    assert (tmp_path / "out" / "shoes-test-missing.txt").read_text() == names[0] + "\n"
+    bad = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--benchmark", "cirr"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "needs --annotations" in bad.stderr and "Traceback" not in bad.stderr
