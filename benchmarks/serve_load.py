@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -89,27 +88,10 @@ def main() -> None:
     build_gallery(gallery, a.images)
     build_index(gallery, index_dir, a.model)
 
-    import socket
+    from cirlab.serve.launch import start_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "cirlab.cli", "serve", "--index", str(index_dir), "--port", str(port)]
-    if a.model:
-        cmd += ["--model", a.model]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(["--index", index_dir] + (["--model", a.model] if a.model else []))
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start:\n" + (server.stdout.read() if server.stdout else ""))
-            time.sleep(0.3)
         info = httpx.get(base + "/info").json()
         ids = [x["id"] for x in httpx.get(base + "/gallery", params={"limit": 100, "random": 1, "seed": 0}).json()["items"]]
         uploads = [p.read_bytes() for p in sorted(gallery.glob("*.png"))[:50]]

@@ -75,13 +75,7 @@ def make_dataset(folder, n=8, seed=0):
     return folder
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from cirlab.serve.launch import free_port, start_server  # noqa: E402,F401  (free_port: for the tests)
 
 API_TOKEN = "test-token-7f3a"
 
@@ -92,10 +86,6 @@ def served(tmp_path_factory):
     with a model trained on it; gallery changes allowed with ``API_TOKEN``, uploads capped at 1 MB.
     Yields (base URL, index folder, data set folder, model path)."""
     import subprocess
-    import sys
-    import time
-
-    import httpx
 
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
@@ -112,28 +102,12 @@ def served(tmp_path_factory):
     for i, m in zip(index.ids, index.metadata):
         m["name"] = f"shape {i[3:]}"
     save_index(index, root / "index", pipe.identity)
-    port = free_port()
     env = {**os.environ, "CIRLAB_API_TOKEN": API_TOKEN, "CIRLAB_HOME": str(root / "home")}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "serve", "--index", str(root / "index"), "--model",
-                             str(root / "sum.pt"), "--cache", str(cache), "--port", str(port), "--max-upload-mb", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("the server did not start: " + (root / "server.log").read_text()[-2000:])
-        time.sleep(0.3)
+    proc, base = start_server(["--index", root / "index", "--model", root / "sum.pt", "--cache", cache,
+                               "--max-upload-mb", "1"], env=env, log=root / "server.log")
     yield base, root / "index", ds, root / "sum.pt"
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
