@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 
 from cirlab.encoders.base import pad_to_square
 from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
