@@ -18,6 +18,10 @@ class UnreadableImage(CirlabError):
     """The file is not an image cirlab can read; the message says why."""
 
 
+class ImageTooLarge(UnreadableImage):
+    """An image over the pixel limit (a likely decompression bomb)."""
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB; transparency is composited onto white (emoji, product cut-outs)."""
     path = Path(path)
@@ -26,20 +30,7 @@ def load_image(path: str | Path) -> Image.Image:
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise UnreadableImage(f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_BYTES // 2**20} MiB limit")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise UnreadableImage(f"{path}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
-    except UnreadableImage:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return _decode(path, str(path), MAX_PIXELS)
 
 
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -51,10 +42,16 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS
 
     if not data:
         raise UnreadableImage(f"{name}: the file is empty")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, name: str, max_pixels: int) -> Image.Image:
+    """Open a file or file object as RGB (EXIF orientation applied); too many pixels, a decompression
+    bomb or undecodable data become an ``UnreadableImage`` that names ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageTooLarge(f"{name}: {w}x{h} pixels is over the {max_pixels:,} pixel limit")
@@ -65,11 +62,8 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageTooLarge(f"{name}: refused as a decompression bomb (too many pixels)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UnreadableImage(f"{name}: not a readable image ({type(e).__name__})") from None
-
-
-class ImageTooLarge(UnreadableImage):
-    """An image over the pixel limit (a likely decompression bomb)."""
+        detail = f": {e}" if isinstance(source, Path) else ""  # PIL's text names a file, not an in-memory upload
+        raise UnreadableImage(f"{name}: not a readable image ({type(e).__name__}{detail})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
