@@ -76,26 +76,23 @@ class BenchResult:
 
     def edit_table(self, k: int = 10) -> str:
         """R@k per edit type (the triplets' ``attributes.edit``), mean over seeds; empty without edit types."""
-        edits = sorted({e for r in self.runs for e in r.by_edit})
-        if not edits:
-            return ""
-        lines = ["| method | " + " | ".join(edits) + " |", "|---|" + "---:|" * len(edits)]
-        for name in self.names():
-            runs = [r for r in self.runs if r.name == name]
-            cells = [f"{statistics.fmean(r.by_edit.get(e, 0.0) for r in runs):.1f}" for e in edits]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return self._group_table("by_edit", lambda v: f"{statistics.fmean(v):.1f}")
 
     def composition_table(self) -> str:
         """R@1 and R@10 on queries whose target holds attribute pairs seen in training or never seen."""
-        keys = sorted({c for r in self.runs for c in r.by_composition})
+        return self._group_table("by_composition", _mean_std)
+
+    def _group_table(self, attr: str, cell) -> str:
+        """One column per group key of the runs' ``attr`` dicts, one row per method, ``cell`` of the seeds'
+        values (0 where a run lacks the group); empty when no run has groups."""
+        keys = sorted({key for r in self.runs for key in getattr(r, attr)})
         if not keys:
             return ""
         lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for name in self.names():
             runs = [r for r in self.runs if r.name == name]
-            lines.append(f"| {name} | " + " | ".join(_mean_std([r.by_composition.get(c, 0.0) for r in runs])
-                                                      for c in keys) + " |")
+            lines.append(f"| {name} | " + " | ".join(cell([getattr(r, attr).get(key, 0.0) for r in runs])
+                                                      for key in keys) + " |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
