@@ -31,13 +31,13 @@ from cirlab.index.exact import exact_topk
 MAX_TEXT_CHARS = 1000
 
 
-def check_text(text: str | None) -> str:
-    """A modification text must say something and stay within a sane length."""
+def check_text(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
+    """A modification text must say something and stay within ``limit`` characters."""
     text = (text or "").strip()
     if not text:
         raise CirlabError('the modification text is empty; say how the target differs, e.g. --text "make it red"')
-    if len(text) > MAX_TEXT_CHARS:
-        raise CirlabError(f"the modification text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}: shorten it")
+    if len(text) > limit:
+        raise CirlabError(f"the modification text has {len(text)} characters; the limit is {limit}: shorten it")
     return text
 
 
@@ -184,7 +184,13 @@ class Pipeline:
         if exclude_reference and image is not None and not isinstance(image, Image.Image):
             ref = str(Path(image).resolve())
             skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
-        want = k + len(skip)
-        ids, scores = rescore(index, query, want, scoring) if scoring else index.search(query, want)
-        hits = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+        hits = self.rank_index(index, query[0], k, skip, scoring)
         return [Hit(r + 1, i, index.metadata[index.row_of[i]].get("path", ""), s) for r, (i, s) in enumerate(hits)]
+
+    @staticmethod
+    def rank_index(index: BaseIndex, query: np.ndarray, k: int, skip: set[str] = frozenset(),
+                   scoring: CombinedScoring | None = None) -> list[tuple[str, float]]:
+        """The best ``k`` (id, score) of an index for one query vector, leaving out the ids in ``skip``."""
+        want = k + len(skip)
+        ids, scores = rescore(index, query[None], want, scoring) if scoring else index.search(query[None], want)
+        return [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]

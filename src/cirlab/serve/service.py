@@ -42,6 +42,8 @@ class ServiceError(CirlabError):
 class SearchService:
     def __init__(self, pipeline: Pipeline, index_dir: str | Path, max_upload_bytes: int = 10 * 2**20,
                  max_text_chars: int = MAX_TEXT_CHARS, max_pixels: int = MAX_PIXELS, api_token: str | None = None) -> None:
+        if max_text_chars > MAX_TEXT_CHARS:  # Pipeline.compose refuses longer texts whatever the server allows
+            raise CirlabError(f"max_text_chars can be at most {MAX_TEXT_CHARS}, got {max_text_chars}")
         self.pipe = pipeline
         self.index_dir = Path(index_dir)
         self.index, self.manifest = load_index(self.index_dir, pipeline.model.embed_dim, pipeline.identity)
@@ -54,12 +56,13 @@ class SearchService:
 
     # -- queries ------------------------------------------------------------------------------
     def check_text(self, text: str | None) -> str | None:
-        text = (text or "").strip()
-        if not text:
+        """None for no text (a search by the reference alone); else the text within the server's limit."""
+        if not (text or "").strip():
             return None
-        if len(text) > self.max_text_chars:
-            raise ServiceError(422, f"the text has {len(text)} characters; the limit is {self.max_text_chars}: shorten it")
-        return check_text(text)
+        try:
+            return check_text(text, self.max_text_chars)
+        except CirlabError as e:
+            raise ServiceError(422, str(e)) from None
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= MAX_K:
@@ -103,9 +106,7 @@ class SearchService:
                     query = self.pipe.compose(reference, text)
                 except CirlabError as e:
                     raise ServiceError(422, str(e)) from None
-            skip = {image_id} if image_id else set()
-            ids, scores = self.index.search(query[None], min(k + len(skip), len(self.index) or 1))
-            rows = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+            rows = self.pipe.rank_index(self.index, query, k, {image_id} if image_id else set())
             results = [self.item(i, score=s) for i, s in rows]
         mode = "composed" if reference is not None and text else "text" if text else "image"
         return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k}, "results": results}
