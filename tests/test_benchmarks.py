@@ -94,3 +94,40 @@ def test_bad_folders_are_one_line_errors(tmp_path):
         load_cirr(tmp_path, tmp_path)
     with pytest.raises(CirlabError, match="image folder .* does not exist"):
         load_shoes(ROOT / "shoes", tmp_path / "nope")
+
+
+def test_fashioniq_and_shoes_made_cirlab_data_sets(tmp_path):
+    """The train and evaluation splits written as a cirlab data set: counts as in the files, the
+    protocol recorded, DQU-CIR's image captions attached."""
+    from cirlab.data.benchmarks import make_benchmark_dataset
+    from cirlab.data.triplets import Dataset
+
+    ann = ROOT / "fashioniq"
+    names = {n for s in ("train", "val") for n in json.loads((ann / "image_splits" / f"split.dress.{s}.json").read_text())}
+    fill(tmp_path / "fiq", [f"{n}.png" for n in names])
+    counts = make_benchmark_dataset("fashioniq", ann, tmp_path / "fiq", tmp_path / "fiq-ds", ["dress"],
+                                    captions=ROOT / "dqu_cir_aux" / "FashionIQ" / "captions")
+    train = json.loads((ann / "captions" / "cap.dress.train.json").read_text())
+    assert len(train) == 5985
+    assert counts["splits"] == {"train": {"triplets": len(train), "gallery": 11452},
+                                "val-dress": {"triplets": 2017, "gallery": 3817}}
+    assert counts["images"] == 11452 + 3817 and counts["captioned"] == counts["images"]
+    ds = Dataset(tmp_path / "fiq-ds")
+    assert ds.splits == ["train", "val-dress"] and not ds.exclude_reference and ds.meta["protocol"]["gallery"] == "original"
+    assert len(ds.gallery("val-dress")) == 3817 and ds.gallery("val-dress").paths[0].is_file()
+    t0 = ds.triplets("train")[0]
+    assert t0.reference == train[0]["candidate"] and t0.targets == [train[0]["target"]]
+    assert t0.text == join_captions(*train[0]["captions"])
+
+    shoes = ROOT / "shoes"
+    fill(tmp_path / "shoes", (shoes / "train_im_names.txt").read_text().split() + (shoes / "eval_im_names.txt").read_text().split())
+    counts = make_benchmark_dataset("shoes", shoes, tmp_path / "shoes", tmp_path / "shoes-ds")
+    rel = json.loads((shoes / "relative_captions_shoes.json").read_text())
+    train_names = set((shoes / "train_im_names.txt").read_text().split())
+    n_train = sum(r["ImageName"] in train_names and r["ReferenceImageName"] in train_names for r in rel)
+    assert counts["splits"]["test"] == {"triplets": 1761, "gallery": 4658}
+    assert counts["splits"]["train"] == {"triplets": n_train, "gallery": 10000} and n_train > 8000
+    assert counts["captioned"] > 0  # captions_shoes.json, read by default
+    assert Dataset(tmp_path / "shoes-ds").exclude_reference
+    with pytest.raises(CirlabError, match="train captions are not"):
+        make_benchmark_dataset("cirr", ROOT / "cirr", tmp_path, tmp_path / "c")

@@ -89,3 +89,92 @@ def test_cli_eval_benchmark_on_a_shoes_format_folder(served, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--benchmark", "cirr"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "needs --annotations" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def make_fashion200k(root, seed=1):
+    """A folder in Fashion200K's published layout: labels/<category>_<split>_detect_all.txt
+    (path, detection score, caption) and test_queries.txt (source and target paths). Every caption
+    is held by two images, so each query has two targets."""
+    import shutil
+
+    caps = [f"{c} {item}" for c in ("red", "blue", "green") for item in ("dress", "skirt")]
+    (root / "labels").mkdir(parents=True)
+    for split, s in (("train", seed), ("test", seed + 1)):
+        lines = []
+        for k, p in enumerate(make_images(root / "tmp" / split, n=12, seed=s)):
+            rel = f"women/{split}/{k}/{k}_0.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            p.rename(root / rel)
+            lines.append(f"{rel}\t0.87\t{caps[k % 6]}")
+        (root / "labels" / f"dress_{split}_detect_all.txt").write_text("\n".join(lines) + "\n")
+    shutil.rmtree(root / "tmp")
+    queries = [f"women/test/{k}/{k}_0.png women/test/{(k + 2) % 12}/{(k + 2) % 12}_0.png" for k in range(12)]
+    (root / "test_queries.txt").write_text("\n".join(queries) + "\n")
+    return root
+
+
+def test_fashion200k_loader_follows_the_published_protocol(tmp_path):
+    from cirlab.data.benchmarks import load_fashion200k
+
+    root = make_fashion200k(tmp_path / "f200k")
+    test = load_fashion200k(root, root)
+    assert len(test.queries) == 12 and len(test.gallery) == 12 and test.exclude_reference and test.ks == (1, 10, 50)
+    q = test.queries[0]  # "red dress" -> "blue dress": both blue dresses are hits
+    assert q.reference == "women/test/0/0_0" and q.text == "replace red with blue"
+    assert q.targets == ["women/test/2/2_0", "women/test/8/8_0"]
+    train = load_fashion200k(root, root, "train")
+    caption = train.captions
+    for t in train.queries:  # a training pair differs by one word, and every image with the caption is a target
+        a, b = caption[t.reference].split(), caption[t.targets[0]].split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
+        assert set(t.targets) == {i for i, c in caption.items() if c == caption[t.targets[0]]}
+    (root / "women/test/8/8_0.png").unlink()  # one of two targets gone: the query stays with the other
+    gone = load_fashion200k(root, root)
+    assert gone.missing == ["women/test/8/8_0"] and gone.queries[0].targets == ["women/test/2/2_0"]
+    assert gone.skipped == 1  # the query whose reference it was
+
+
+def test_a_benchmark_made_a_data_set_evaluates_as_its_loader_does(served, tmp_path):
+    """``cirlab data make fashion200k`` then ``cirlab eval --data`` gives the same numbers as
+    ``cirlab eval --benchmark fashion200k`` (two routes, one protocol); both write the Recall@K curve
+    and the example page; ``cirlab bench`` runs on the made data set."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, index_dir, _, model = served
+    root = make_fashion200k(tmp_path / "f200k")
+    env = {**os.environ, "CIRLAB_HOME": str(tmp_path / "home")}
+    common = ["--model", str(model), "--cache", str(index_dir.parent / "cache"), "--quiet"]
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "cirlab.cli", *map(str, args)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    made = json.loads(cli("data", "make", "fashion200k", "--annotations", root, "--images", root, "--out", tmp_path / "ds"))
+    assert made["splits"] == {"train": {"triplets": 12, "gallery": 12}, "test": {"triplets": 12, "gallery": 12}}
+    cli("eval", "--data", tmp_path / "ds", "--split", "test", "--out", tmp_path / "a", *common)
+    cli("eval", "--benchmark", "fashion200k", "--annotations", root, "--images", root, "--out", tmp_path / "b", *common)
+    via_data = json.loads((tmp_path / "a" / "fashion200k-test.json").read_text())
+    via_loader = json.loads((tmp_path / "b" / "fashion200k.json").read_text())["results"][0]
+    assert via_data["queries"] == via_loader["queries"] == 12 and via_data["exclude_reference"]
+    for k in (1, 10, 50):
+        assert via_data["recall"][str(k)] == pytest.approx(via_loader["metrics"][f"R@{k}"])
+    for k in (5, 10, 25, 50):  # two targets per query: CIRCO-style mAP@K on both routes
+        assert via_data["map"][str(k)] == pytest.approx(via_loader["metrics"][f"mAP@{k}"])
+    for out, name in ((tmp_path / "a", "fashion200k-test"), (tmp_path / "b", "fashion200k")):
+        with Image.open(out / f"{name}-recall.png") as im:
+            assert im.size[0] > 400
+        page = (out / f"{name}-examples.html").read_text()
+        assert page.count("<div class='q'>") == 12 and "class='gt'" in page and "replace red with blue" in page
+    bench = subprocess.run([sys.executable, "-m", "cirlab.cli", "bench", "--data", tmp_path / "ds", "--methods", "sum",
+                            "--seeds", "1", "--epochs", "1", "--out", tmp_path / "bench", "--cache",
+                            index_dir.parent / "cache", "--quiet", "--name", "f200k"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    assert "| sum |" in bench.stdout and "mAP@10" in bench.stdout
+    assert "reference excluded" in (tmp_path / "bench" / "f200k.md").read_text()

@@ -53,3 +53,38 @@ def test_circo_average_precision_by_hand():
     assert average_precision_at_k(["x", "y"], {"t"}, 2) == 0.0
     m = map_at_k([["t1", "x", "t2", "y"], ["x", "t"]], [{"t1", "t2"}, {"t"}], ks=(1, 4))
     assert m == pytest.approx({1: 100 * (1 + 0) / 2, 4: 100 * ((1 + 2 / 3) / 2 + 1 / 2) / 2})
+
+
+def test_recall_curve_matches_recall_at_k_and_rises():
+    from cirlab.eval.metrics import recall_curve
+
+    ranked = [["a", "b", "c", "d"], ["c", "a", "d", "b"], ["d", "c", "b", "a"]]
+    targets = [["c"], ["x"], ["b", "a"]]  # hits at rank 3, never, rank 3
+    curve = recall_curve(ranked, targets, 4)
+    assert curve == pytest.approx([0.0, 0.0, 200 / 3, 200 / 3])
+    pos = {x: i for i, x in enumerate("abcdx")}
+    want = recall_at_k([[pos[x] for x in r] for r in ranked], [[pos[t] for t in ts] for ts in targets], (1, 2, 3, 4))
+    assert [want[k] for k in (1, 2, 3, 4)] == pytest.approx(curve)
+
+
+def test_an_image_shared_by_two_splits_is_in_both_galleries(tmp_path):
+    """FashionIQ's shirt and toptee val splits share images: the exported record lists both splits."""
+    from PIL import Image
+
+    from cirlab.data.benchmarks import BenchmarkQuery, BenchmarkSplit, export_dataset
+    from cirlab.data.triplets import Dataset
+
+    paths = {}
+    for name in "abcd":
+        paths[name] = tmp_path / "img" / f"{name}.png"
+        paths[name].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(paths[name])
+    one = BenchmarkSplit("s1", [BenchmarkQuery("a", "t", ["b"])], ["a", "b", "c"], paths, False, (10,))
+    two = BenchmarkSplit("s2", [BenchmarkQuery("c", "t", ["d"])], ["c", "d"], paths, False, (10,))
+    counts = export_dataset(tmp_path / "ds", "x", {"val-1": [one], "val-2": [two]}, {"exclude_reference": False},
+                            {"a": "caption of a"})
+    ds = Dataset(tmp_path / "ds")
+    assert counts["images"] == 4 and counts["captioned"] == 1
+    assert ds.gallery("val-1").ids == ["a", "b", "c"] and ds.gallery("val-2").ids == ["c", "d"]
+    assert ds.by_id["c"]["split"] == ["val-1", "val-2"] and ds.by_id["a"]["caption"] == "caption of a"
+    assert not ds.exclude_reference and ds.gallery("val-1").paths[0] == paths["a"].resolve()

@@ -35,8 +35,19 @@ def cmd_data(a: argparse.Namespace) -> int:
         from cirlab.data.css import build_css
 
         counts = build_css(a.out, size=a.size, seed=a.seed, image_size=a.image_size)
+    elif a.name in ("fashioniq", "shoes", "fashion200k", "cirr"):
+        from cirlab.data.benchmarks import make_benchmark_dataset
+
+        if a.annotations is None or a.images is None:
+            raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
+        counts = make_benchmark_dataset(a.name, a.annotations, a.images, a.out, a.category, a.spelling, a.captions,
+                                        a.seed)
+        if counts["missing"]:
+            (Path(a.out) / "missing.txt").write_text("\n".join(counts["missing"]) + "\n")
+            counts["missing"] = f"{len(counts['missing'])} image ids, listed in {Path(a.out) / 'missing.txt'}"
     else:
-        raise CirlabError(f"unknown data set {a.name!r}; this version builds: emojiedit, css")
+        raise CirlabError(f"unknown data set {a.name!r}; this version builds: emojiedit, css, and from a benchmark's "
+                          "files: fashioniq, shoes, fashion200k")
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -91,6 +102,8 @@ def cmd_eval_benchmark(a: argparse.Namespace) -> int:
                   for c in cats]
     elif a.benchmark == "cirr":
         splits = [B.load_cirr(a.annotations, a.images, a.split or "val")]
+    elif a.benchmark == "fashion200k":
+        splits = [B.load_fashion200k(a.annotations, a.images, a.split or "test")]
     else:
         splits = [B.load_shoes(a.annotations, a.images, a.spelling)]
     results = []
@@ -112,10 +125,28 @@ def cmd_eval_benchmark(a: argparse.Namespace) -> int:
               "results": [r.to_dict() for r in results]}
     (out / f"{a.benchmark}.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / (a.benchmark + '.json')}")
+    _write_reports(a, out, a.benchmark, f"{a.benchmark} ({pipe.meta['method']})",
+                   {r.name: r.curve for r in results if r.curve},
+                   [(r.evaluated, r.ranked, r.scores, sp.paths) for r, sp in zip(results, splits)])
     if a.benchmark == "cirr" and (a.split or "val") == "test1":
         for p in cirr_submission(results[0], out):
             print(f"wrote {p}")
     return 0
+
+
+def _write_reports(a: argparse.Namespace, out: Path, name: str, title: str, curves: dict, parts: list) -> None:
+    """The Recall@K curve (PNG) and the page of example queries (HTML) of an evaluation."""
+    from cirlab.eval.report import example_queries, recall_curve_png, write_query_grid
+
+    if curves:
+        print(f"wrote {recall_curve_png(out / f'{name}-recall.png', curves, f'Recall@K: {title}')}")
+    examples = [q for queries, ranked, scores, paths in parts if len(queries)
+                for q in example_queries(queries, ranked, scores, paths, max(1, a.examples // len(parts)))]
+    if examples and a.examples > 0:
+        page = write_query_grid(out / f"{name}-examples.html", f"Example queries: {title}", examples,
+                                "<p>Each query's reference and text, then its top 8 with scores; the ground truth is "
+                                "boxed in green (and shown after the list when it was not retrieved).</p>")
+        print(f"wrote {page}")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -126,6 +157,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
     from cirlab.data.features import image_table, text_table
     from cirlab.data.triplets import Dataset
+    from cirlab.eval.metrics import recall_curve
     from cirlab.eval.report import recall_table
     from cirlab.training.run import Workspace
 
@@ -138,10 +170,25 @@ def cmd_eval(a: argparse.Namespace) -> int:
     texts = text_table(pipe.cache, pipe.text_encoder, [t.text for t in triplets[a.split]], pipe.model.text_views)
     ws = Workspace(ds, pipe.cache, pipe.image_encoder, pipe.text_encoder, images, texts, triplets, failed)
     gallery_split = None if a.gallery == "all" else a.split
-    ev = ws.evaluate(pipe.model, a.split, exclude_reference=not a.keep_reference, gallery_split=gallery_split)
+    ev = ws.evaluate(pipe.model, a.split, exclude_reference=False if a.keep_reference else None,
+                     gallery_split=gallery_split)
     print(recall_table({pipe.meta["method"]: ev.recall}))
+    if ev.map:
+        print("  ".join(f"mAP@{k} {v:.1f}" for k, v in ev.map.items()) + "  (queries with several targets: CIRCO-style)")
     print(f"{len(ev.triplets)} queries over {len(ws.gallery_ids(gallery_split))} gallery images; "
-          f"{ev.skipped} skipped (missing images)")
+          f"{ev.skipped} skipped (missing images); reference {'excluded' if ev.exclude_reference else 'kept'}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{ds.name}-{a.split}"
+    report = {"data": ds.name, "split": a.split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
+              "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
+              "protocol": ds.meta.get("protocol", {})}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / (name + '.json')}")
+    paths = dict(zip(ds.gallery().ids, ds.gallery().paths))
+    _write_reports(a, out, name, f"{ds.name} {a.split} ({pipe.meta['method']})",
+                   {a.split: recall_curve(ev.ids, [t.targets for t in ev.triplets], 50)},
+                   [(ev.triplets, ev.ids, ev.scores, paths)])
     return 0
 
 
@@ -286,13 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="build a data set")
     dsub = d.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = dsub.add_parser("make", help="generate a data set into a folder")
-    m.add_argument("name", help="emojiedit (Twemoji edits) or css (TIRG-style scenes of shapes)")
+    m.add_argument("name", help="emojiedit (Twemoji edits), css (TIRG-style scenes of shapes), or a public "
+                                "benchmark made a cirlab data set from its files: fashioniq, shoes, fashion200k")
     m.add_argument("--out", type=Path, required=True, help="output folder")
     m.add_argument("--seed", type=int, default=0, help="split and phrasing seed (default: %(default)s)")
     m.add_argument("--size", type=int, default=4000, help="css: number of triplets, 70/10/20 train/val/test "
                                                           "(default: %(default)s)")
     m.add_argument("--image-size", type=int, default=224, help="css: pixels of images/ (images64/ is always 64; "
                                                                "default: %(default)s)")
+    m.add_argument("--annotations", type=Path, default=None, help="benchmarks: the annotation folder, as published")
+    m.add_argument("--images", type=Path, default=None, help="benchmarks: the folder holding its images "
+                                                             "(they are referenced, not copied)")
+    m.add_argument("--category", action="append", choices=["dress", "shirt", "toptee"], default=None,
+                   help="fashioniq: train on these categories (repeat; default: all three); each gets a val-<category> split")
+    m.add_argument("--spelling", type=Path, default=None, help="fashioniq / shoes: a spelling-correction dictionary "
+                                                               "(file, or DQU-CIR's folder for fashioniq)")
+    m.add_argument("--captions", type=Path, default=None,
+                   help="benchmarks: per-image captions (DQU-CIR's BLIP-2 files, a file or a folder) for the text "
+                        "head and dqu; shoes reads captions_shoes.json and fashion200k its labels by default")
     m.set_defaults(func=cmd_data)
 
     def add_encoders(q: argparse.ArgumentParser) -> None:
@@ -326,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="Recall@K of a trained model on a data set split or a public benchmark")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
     v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
-    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "shoes"], default=None,
+    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "shoes", "fashion200k"], default=None,
                    help="evaluate under a public benchmark's protocol (with --annotations and --images)")
     v.add_argument("--annotations", type=Path, default=None, help="the benchmark's annotation folder, as published")
     v.add_argument("--images", type=Path, default=None, help="the folder holding the benchmark's images")
@@ -338,11 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FashionIQ: join the two captions with 'and' (default) or make each its own query")
     v.add_argument("--spelling", type=Path, default=None,
                    help="FashionIQ / Shoes: a spelling-correction dictionary (file or DQU-CIR's folder)")
-    v.add_argument("--out", type=Path, default=Path("eval_out"), help="where JSON (and CIRR test1 submissions) go")
+    v.add_argument("--out", type=Path, default=Path("eval_out"),
+                   help="where the JSON, the Recall@K curve (PNG), the example page (HTML) and CIRR test1 submissions go "
+                        "(default: %(default)s)")
+    v.add_argument("--examples", type=int, default=20,
+                   help="queries drawn (seeded) for the example page; 0: no page (default: %(default)s)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.add_argument("--gallery", choices=["split", "all"], default="split",
                    help="gallery: the split's images (default) or every image of the data set")
-    v.add_argument("--keep-reference", action="store_true", help="leave the reference image in its own ranking")
+    v.add_argument("--keep-reference", action="store_true",
+                   help="leave the reference image in its own ranking (default: as the data set's protocol says; "
+                        "excluded unless it says otherwise)")
     _add_model(v)
     add_cache(v)
     v.set_defaults(func=cmd_eval)

@@ -90,6 +90,13 @@ class Gallery:
         return Gallery([i for i, _ in pairs], [p for _, p in pairs])
 
 
+def record_splits(record: dict) -> list[str]:
+    """The splits an image record belongs to: ``"split"`` is one name, or a list where a benchmark
+    shares an image between splits (FashionIQ's shirt and toptee val images)."""
+    split = record.get("split")
+    return list(split) if isinstance(split, list) else [split]
+
+
 class Dataset:
     """A dataset folder: image records, split triplets and the gallery of each split."""
 
@@ -134,6 +141,12 @@ class Dataset:
     def splits(self) -> list[str]:
         return list(self.meta["splits"])
 
+    @property
+    def exclude_reference(self) -> bool:
+        """Whether a query's reference is left out of its ranking: the data set's protocol
+        (``dataset.json`` ``protocol.exclude_reference``), true unless it says otherwise."""
+        return bool(self.meta.get("protocol", {}).get("exclude_reference", True))
+
     def triplets(self, split: str) -> list[Triplet]:
         if split not in self.meta["splits"]:
             raise CirlabError(f"dataset {self.name} has no split {split!r}; it has {', '.join(self.splits)}")
@@ -141,5 +154,5 @@ class Dataset:
 
     def gallery(self, split: str | None = None) -> Gallery:
         """The images of a split (the evaluation gallery), or all images."""
-        recs = [r for r in self.images if split is None or r["split"] == split]
+        recs = [r for r in self.images if split is None or split in record_splits(r)]
         return Gallery([r["id"] for r in recs], [self.image_dir / r["file"] for r in recs])

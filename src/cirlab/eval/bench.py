@@ -50,6 +50,7 @@ class BenchRun:
     by_edit: dict[str, float] = field(default_factory=dict)  # R@10 per triplet attribute "edit"
     # R@1 and R@10 of the "seen" / "novel" compositions (CSS-like test splits mark them)
     by_composition: dict[str, float] = field(default_factory=dict)
+    map: dict[int, float] = field(default_factory=dict)  # mAP@K where queries have several targets (CSS-like adds)
 
 
 @dataclass
@@ -59,17 +60,21 @@ class BenchResult:
     seeds: list[int]
     runs: list[BenchRun] = field(default_factory=list)
     encoders: dict = field(default_factory=dict)
+    exclude_reference: bool = True
 
     def names(self) -> list[str]:
         return list(dict.fromkeys(r.name for r in self.runs))
 
     def table(self, ks: Sequence[int] = DEFAULT_KS) -> str:
-        head = ["method", "params", *(f"R@{k}" for k in ks), "train s"]
+        with_map = all(r.map for r in self.runs) and bool(self.runs)
+        head = ["method", "params", *(f"R@{k}" for k in ks), *(["mAP@10"] if with_map else []), "train s"]
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for name in self.names():
             runs = [r for r in self.runs if r.name == name]
             cells = [name, f"{runs[0].parameters / 1e6:.2f}M"]
             cells += [_mean_std([r.recall[k] for r in runs]) for k in ks]
+            if with_map:
+                cells.append(_mean_std([r.map[10] for r in runs]))
             cells.append(f"{statistics.fmean(r.train_seconds for r in runs):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -117,7 +122,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     if split not in ws.triplets:
         raise CirlabError(f"data set {ws.dataset.name} has no split {split!r}; it has {', '.join(ws.triplets)}")
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
-                         encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id})
+                         encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id},
+                         exclude_reference=ws.dataset.exclude_reference)
     for name in methods:
         for seed in range(seeds):
             override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}}
@@ -126,7 +132,7 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             ev = ws.evaluate(model, split)
             run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
                            recall_by_edit(ev), {f"{c} R@{k}": v for k in (1, 10)
-                                                for c, v in recall_by(ev, "composition", k).items()})
+                                                for c, v in recall_by(ev, "composition", k).items()}, ev.map)
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
@@ -158,7 +164,9 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"Command: `{command}`\n\n"
             f"cirlab {__version__}, {dt.date.today().isoformat()}; seeds {result.seeds}; "
             f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen). "
-            f"Mean ± sample std over seeds of Recall@K (%), reference excluded from its ranking; "
+            f"Mean ± sample std over seeds of Recall@K (%), reference "
+            f"{'excluded from' if result.exclude_reference else 'kept in'} its ranking; "
+            f"{'mAP@10 (%) counts every target of a query (CIRCO-style); ' if 'mAP@10' in result.table() else ''}"
             f"params = trainable parameters of the fusion; train s = mean wall time of training "
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
     edits = result.edit_table()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
+from cirlab.eval.metrics import DEFAULT_KS, map_at_k, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
 
@@ -23,6 +23,8 @@ class Rankings:
     scores: np.ndarray
     recall: dict[int, float]
     skipped: int
+    exclude_reference: bool = True
+    map: dict[int, float] = field(default_factory=dict)  # mAP@K where some query has several targets
 
 
 @torch.inference_mode()
@@ -60,5 +62,7 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
     top, scores = exact_topk(queries, gallery, max(max(ks), keep), exclude)
     targets = [[pos[x] for x in t.targets if x in pos] for t in usable]
-    return Rankings(usable, [[gallery_ids[j] for j in row] for row in top], scores,
-                    recall_at_k(top, targets, ks), len(triplets) - len(usable))
+    ids = [[gallery_ids[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
+    several = any(len(t) > 1 for t in targets)
+    return Rankings(usable, ids, scores, recall_at_k(top, targets, ks), len(triplets) - len(usable), exclude_reference,
+                    map_at_k(ids, [[gallery_ids[j] for j in t] for t in targets]) if several else {})

@@ -66,3 +66,14 @@ def map_at_k(ranked: Sequence[Sequence], targets: Sequence[Iterable], ks: Sequen
     if not len(ranked):
         return {k: 0.0 for k in ks}
     return {k: float(100.0 * np.mean([average_precision_at_k(r, t, k) for r, t in zip(ranked, targets)])) for k in ks}
+
+
+def recall_curve(ranked: Sequence[Sequence], targets: Sequence[Iterable], k_max: int = 50) -> list[float]:
+    """Recall@K in percent for K = 1..k_max (any hashable ids): the curve a Recall@K plot draws."""
+    if not len(ranked):
+        return [0.0] * k_max
+    first = np.full(len(ranked), np.inf)
+    for i, (row, tg) in enumerate(zip(ranked, targets)):
+        tg = set(tg)
+        first[i] = next((pos for pos, x in enumerate(row[:k_max]) if x in tg), np.inf)
+    return [float(100.0 * np.mean(first < k)) for k in range(1, k_max + 1)]

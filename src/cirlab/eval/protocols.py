@@ -20,7 +20,7 @@ from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import compose_queries, embed_gallery
-from cirlab.eval.metrics import recall_at_k, recall_subset_at_k
+from cirlab.eval.metrics import map_at_k, recall_at_k, recall_curve, recall_subset_at_k
 from cirlab.index.exact import exact_topk
 
 CIRR_VERSION = "rc2"
@@ -37,6 +37,7 @@ class BenchmarkResult:
     scores: np.ndarray | None = field(repr=False, default=None)
     subset_ranked: list[list[str]] = field(repr=False, default_factory=list)  # CIRR: the image set, best first
     evaluated: list = field(repr=False, default_factory=list)  # the BenchmarkQuery of each ranking
+    curve: list[float] = field(repr=False, default_factory=list)  # Recall@K for K = 1..keep
 
     def to_dict(self) -> dict:
         return {"name": self.name, "metrics": self.metrics, "queries": self.queries, "gallery": self.gallery,
@@ -48,8 +49,9 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     """Rank ``split.gallery`` for every query; metrics where the split has targets."""
     model = pipe.model
     if getattr(model, "unified_queries", False):
-        raise CirlabError("benchmark evaluation of dqu needs its unified queries, which cirlab builds only for "
-                          "its own data sets so far; evaluate another method")
+        raise CirlabError("dqu needs its unified queries, built from a data set's image captions: make the benchmark "
+                          "a data set ('cirlab data make NAME --annotations A --images I --captions C --out D') "
+                          "and run 'cirlab eval --data D'")
     ids = sorted(set(split.gallery) | {q.reference for q in split.queries})
     views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
     images, failed = image_table(pipe.cache, pipe.image_encoder, Gallery(ids, [split.paths[i] for i in ids]), views,
@@ -71,6 +73,13 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     if scored:
         rec = recall_at_k(top[scored], [[pos[t] for t in usable[i].targets if t in pos] for i in scored], split.ks)
         metrics.update({f"R@{k}": v for k, v in rec.items()})
+        scored_ranked = [ranked[i] for i in scored]
+        scored_targets = [usable[i].targets for i in scored]
+        curve = recall_curve(scored_ranked, scored_targets, keep)
+        if any(len(t) > 1 for t in scored_targets):  # several ground truths: CIRCO-style mAP@K too
+            metrics.update({f"mAP@{k}": v for k, v in map_at_k(scored_ranked, scored_targets).items()})
+    else:
+        curve = []
     subset_ranked = []
     if usable and usable[0].members is not None:  # CIRR: rank each image set by the same scores
         for q, vec in zip(usable, query_vectors):
@@ -83,7 +92,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
             metrics.update({f"Rsubset@{k}": v for k, v in sub.items()})
             metrics["(R@5+Rsubset@1)/2"] = (metrics["R@5"] + metrics["Rsubset@1"]) / 2
     return BenchmarkResult(split.name, metrics, len(usable), len(gallery), split.skipped + len(split.queries) - len(usable),
-                           ranked, scores, subset_ranked, usable)
+                           ranked, scores, subset_ranked, usable, curve)
 
 
 def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = "cirr-test1") -> tuple[Path, Path]:

@@ -98,3 +98,45 @@ def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
+
+
+def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title: str) -> Path:
+    """Recall@K against K (1..len) for each named curve, one PNG (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=1.6)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(1, max((len(c) for c in curves.values()), default=1))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def example_queries(queries: Sequence, ranked: Sequence[Sequence[str]], scores, paths: dict, n: int = 20,
+                    top: int = 8, seed: int = 0) -> list[QueryResult]:
+    """``n`` queries drawn with ``seed`` (objects with ``reference``, ``text``, ``targets``), each with its
+    top results (``ranked`` ids and ``scores``), the ground truth marked: the pages' qualitative figure."""
+    import random
+
+    order = sorted(random.Random(seed).sample(range(len(queries)), min(n, len(queries))))
+    out = []
+    for i in order:
+        q, targets = queries[i], set(queries[i].targets)
+        results = [(paths[x], float(scores[i][j]), x in targets) for j, x in enumerate(ranked[i][:top])]
+        out.append(QueryResult(paths[q.reference], q.text, results, [paths[t] for t in q.targets if t in paths],
+                               title=f"#{i} {q.reference}"))
+    return out

@@ -10,7 +10,7 @@ import torch
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cirlab.config import method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
-from cirlab.data.triplets import Dataset, Triplet
+from cirlab.data.triplets import Dataset, Triplet, record_splits
 from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
@@ -87,7 +87,7 @@ class Workspace:
         """A text-to-image head for ``model`` on the captions of the training images (``training.align``);
         None where fewer than 8 of them have a caption. Its Recall@K is measured on ``test_split``'s images."""
         captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
-        splits = {r.get("split") for r in self.dataset.images}
+        splits = {x for r in self.dataset.images for x in record_splits(r)}
         train_ids, train_caps = caption_pairs(captions, self.gallery_ids(train_split if train_split in splits else None))
         if len(train_ids) < 8:
             return None
@@ -102,10 +102,13 @@ class Workspace:
         held_out = pairs(test_ids, test_caps) if test_ids else None
         return fit_text_head(*pairs(train_ids, train_caps), model.embed_dim, held_out=held_out)
 
-    def evaluate(self, model: Fusion, split: str, exclude_reference: bool = True,
+    def evaluate(self, model: Fusion, split: str, exclude_reference: bool | None = None,
                  gallery_split: str | None | bool = True) -> Rankings:
         """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
-        split's, or the whole data set's (``None``)."""
+        split's, or the whole data set's (``None``). The reference is excluded from its ranking as the
+        data set's protocol says (``None``), or as given."""
+        if exclude_reference is None:
+            exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
         return evaluate(model, self.triplets[split], self.images, self.queries(model), gallery,
                         exclude_reference=exclude_reference)
