@@ -107,3 +107,31 @@ def test_demo_end_to_end_then_search(tmp_path):
                 "--exclude-reference", "--json", home=home)
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)["results"]) == 5
+
+
+def test_train_options_metrics_log_plot_and_resume(tmp_path):
+    from PIL import Image
+
+    from conftest import make_dataset
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    home = tmp_path / "home"
+    args = ("train", "--data", ds, "--method", "sum", "--batch-size", "4", "--lr", "0.001", "--optimizer", "adam",
+            "--schedule", "step", "--warmup-epochs", "0.5", "--grad-clip", "1.0", "--monitor", "R@10")
+    first = run(*args, "--epochs", "2", "--out", tmp_path / "run", "--log", tmp_path / "run" / "log.csv", home=home)
+    assert first.returncode == 0, first.stderr
+    assert "saved" in first.stdout and (tmp_path / "run" / "model.pt").is_file()
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss,lr,seconds,val_R@1") and len(rows) == 3
+    with Image.open(tmp_path / "run" / "log.png") as im:
+        assert im.size[0] > 400
+    more = run(*args, "--epochs", "3", "--out", tmp_path / "run", "--log", tmp_path / "run" / "log.csv", "--resume",
+               home=home)
+    assert more.returncode == 0, more.stderr
+    assert "resumed after epoch 2" in more.stdout
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 4  # the old epochs kept, one added
+    bad = run(*args, "--schedule", "linear", "--out", tmp_path / "x", home=home)
+    assert bad.returncode == 2 and "invalid choice: 'linear'" in bad.stderr and "Traceback" not in bad.stderr
+    assert_one_line_error(run(*args, "--monitor", "mAP", "--out", tmp_path / "x", home=home), "monitor 'mAP'")
+    assert_one_line_error(run(*args, "--lr", "0.5", "--out", tmp_path / "run", "--resume", home=home),
+                          "other settings (lr)")

@@ -130,3 +130,114 @@ def test_the_text_head_learns_to_find_the_image_of_a_caption():
     assert result.recall[1] > 60 and result.pairs == 240
     again = head_from_state(head_state(head))  # the checkpoint round trip
     assert torch.equal(again(test[0]), head(test[0]).detach())
+
+
+def test_schedules_warmup_and_step_decay():
+    step = TrainConfig(schedule="step", step_at=0.5, step_gamma=0.1)
+    assert [step.lr_factor(s, 10, 5) for s in (0, 4, 5, 9)] == [1.0, 1.0, 0.1, 0.1]  # paper 000: x0.1 at half
+    cos = TrainConfig(schedule="cosine", warmup_epochs=1)
+    factors = [cos.lr_factor(s, 20, 4) for s in range(20)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up over one epoch of 4 steps
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[-1] < 0.02
+    assert TrainConfig().lr_factor(7, 10, 2) == 1.0
+    # the rate the optimiser actually used, recorded per epoch
+    images, texts, triplets = _toy()
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
+    res = train_fusion(model, triplets, images, QuerySide(images, texts),
+                       TrainConfig(epochs=4, batch_size=40, lr=1e-2, schedule="step", optimizer="adam"), progress=False)
+    assert [round(r["lr"], 6) for r in res.history] == [0.01, 0.001, 0.001, 0.001]
+
+
+def test_bad_training_options_are_one_line_errors():
+    for bad, match in (({"optimizer": "sgdx"}, "optimizer 'sgdx' unknown"), ({"schedule": "linear"}, "schedule"),
+                       ({"monitor": "mAP"}, "monitor 'mAP' not understood"), ({"epochs": 0}, "epochs >= 1"),
+                       ({"warmup": 2}, "unknown training option")):
+        with pytest.raises(CirlabError, match=match):
+            TrainConfig.from_dict(bad)
+
+
+def test_gradient_clipping_bounds_the_gradient_the_optimiser_sees():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    images, texts, triplets = _toy()
+    norms: list[float] = []
+
+    def record(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        seen = {}
+        for clip in (0.0, 0.05):
+            norms.clear()
+            train_fusion(build_fusion("sum", TOY_DIMS, embed_dim=16), triplets, images, QuerySide(images, texts),
+                         TrainConfig(epochs=2, batch_size=32, lr=1e-2, grad_clip=clip), progress=False)
+            seen[clip] = list(norms)
+    finally:
+        handle.remove()
+    assert max(seen[0.0]) > 0.05  # unclipped gradients are larger than the bound...
+    assert max(seen[0.05]) <= 0.05 * (1 + 1e-4) and len(seen[0.05]) == 8  # ...and clipped ones never exceed it
+
+
+def test_early_stopping_on_validation_r10():
+    images, texts, triplets = _toy()
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
+    scores = iter([(90.0, 10.0), (5.0, 20.0), (1.0, 15.0), (99.0, 12.0), (0.0, 0.0), (0.0, 0.0)])
+
+    def validate(m):
+        r1, r10 = next(scores)
+        return {1: r1, 10: r10}
+
+    res = train_fusion(model, triplets, images, QuerySide(images, texts),
+                       TrainConfig(epochs=6, batch_size=32, lr=1e-2, monitor="R@10", patience=2), False, validate)
+    assert res.best_epoch == 2 and len(res.history) == 4  # R@10 peaked at epoch 2; two stale epochs, stop
+
+
+def test_a_resumed_run_takes_the_uninterrupted_runs_steps(tmp_path):
+    """Stop after epoch 2 of 4 and resume: the next step's loss, every later loss and the final weights
+    equal those of the run that never stopped (dropout, batch order, Adam moments, schedule restored)."""
+    from cirlab.training.trainer import write_metrics_log
+
+    images, texts, triplets = _toy()
+    cfg = dict(epochs=4, batch_size=32, lr=5e-3, schedule="cosine", warmup_epochs=1, grad_clip=1.0, select_best=False)
+    side = QuerySide(images, texts)
+
+    def fresh():  # the same initial weights each time
+        torch.manual_seed(0)
+        return build_fusion("combiner", TOY_DIMS, embed_dim=16, hidden_dim=32, dropout=0.3)
+
+    calls = []
+
+    def validate(m):  # the interrupted run is killed during epoch 3's validation, after epoch 2 was saved
+        calls.append(1)
+        if crash and len(calls) == 3:
+            raise KeyboardInterrupt
+        return {1: 0.0, 10: 0.0}
+
+    crash = False
+    whole = fresh()
+    full = train_fusion(whole, triplets, images, side, TrainConfig(**cfg), False, validate)
+    crash, calls = True, []
+    first = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train_fusion(first, triplets, images, side, TrainConfig(**cfg), False, validate, state_path=tmp_path / "state.pt")
+    crash = False
+    later = fresh()
+    rest = train_fusion(later, triplets, images, side, TrainConfig(**cfg), False, validate,
+                        state_path=tmp_path / "state.pt", resume=True, log_path=tmp_path / "m.csv")
+    per_epoch = len(full.step_losses) // 4
+    assert rest.resumed_from == 2 and len(rest.history) == 4
+    assert rest.step_losses[0] == full.step_losses[2 * per_epoch]  # the next step after resuming
+    assert rest.step_losses == full.step_losses[2 * per_epoch:]
+    for (k, a), b in zip(whole.state_dict().items(), later.state_dict().values()):
+        assert torch.equal(a, b), k
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,loss,lr,seconds,val_R@1") and len(lines) == 5
+    assert write_metrics_log(tmp_path / "m.jsonl", rest.history).read_text().count("\n") == 4
+    with pytest.raises(CirlabError, match="other settings \\(lr\\)"):
+        train_fusion(fresh(), triplets, images, side, TrainConfig(**{**cfg, "lr": 1e-3}), False,
+                     state_path=tmp_path / "state.pt", resume=True)
+    with pytest.raises(CirlabError, match="nothing to resume"):
+        train_fusion(fresh(), triplets, images, side, TrainConfig(**cfg), False, state_path=tmp_path / "none.pt",
+                     resume=True)

@@ -72,18 +72,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cirlab.eval.report import recall_table
     from cirlab.fusion import FeatureDims
     from cirlab.training.run import Workspace, train_method, views_needed
+    from cirlab.training.trainer import TrainConfig
 
     cfg = method_config(a.method, a.config)
+    given = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
+    cfg["train"].update(given)
+    TrainConfig.from_dict(cfg["train"])  # a bad value is a one-line error before any encoding
     dims = FeatureDims.of(build_image_encoder(a.image_encoder), build_text_encoder(a.text_encoder))
     image_views, text_views = views_needed([cfg], dims)
     ws = Workspace.open(a.data, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
                         image_views, text_views, images=a.images)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
-    model, result, _ = train_method(ws, a.method, a.config, out=out)
-    print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s; saved {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = a.log or out.with_name(out.stem + "-metrics.jsonl")
+    state = out.with_name(out.stem + "-state.pt")
+    model, result, _ = train_method(ws, a.method, cfg, out=out, state_path=state, resume=a.resume, log_path=log)
+    resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from else ""
+    print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s{resumed}; best epoch "
+          f"{result.best_epoch or len(result.history)}; saved {out}\nmetrics: {log} and {log.with_suffix('.png')}; "
+          f"training state (for --resume): {state}")
     if "test" in ws.triplets:
         print(recall_table({a.method: ws.evaluate(model, "test").recall}))
     return 0
+
+
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs", "step_at",
+               "step_gamma", "grad_clip", "patience", "monitor", "seed")
 
 
 def cmd_eval_benchmark(a: argparse.Namespace) -> int:
@@ -376,7 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=Path, default=None,
                    help="with a JSONL --data: the image folder its ids are relative to (default: 'images' beside it)")
     t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")
-    t.add_argument("--out", type=Path, required=True, help="output folder (model.pt is written there) or a .pt path")
+    t.add_argument("--out", type=Path, required=True,
+                   help="output folder (model.pt is written there) or a .pt path; beside it go <name>-metrics.jsonl "
+                        "(every epoch's loss, learning rate and validation recall), <name>-metrics.png (their plot) "
+                        "and <name>-state.pt (the training state --resume continues from)")
+    o = t.add_argument_group("training options (each overrides the method's config; see 'cirlab methods --configs')")
+    o.add_argument("--epochs", type=int, help="passes over the training triplets")
+    o.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="triplets per step; the other targets of the batch are each query's negatives")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (AdamW: decoupled; Adam: L2)")
+    o.add_argument("--optimizer", choices=["adamw", "adam"], help="optimiser")
+    o.add_argument("--schedule", choices=["constant", "step", "cosine"],
+                   help="learning-rate schedule per step: constant; step (x --step-gamma once --step-at of training "
+                        "is done; paper 000 drops x0.1 at half); cosine (to zero at the end)")
+    o.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
+                   help="linear warm-up from ~0 to --lr over this many epochs (fractions allowed)")
+    o.add_argument("--step-at", dest="step_at", type=float, help="step schedule: fraction of training where the rate drops")
+    o.add_argument("--step-gamma", dest="step_gamma", type=float, help="step schedule: factor the rate drops by")
+    o.add_argument("--grad-clip", dest="grad_clip", type=float, help="clip the gradient's global L2 norm (0: off)")
+    o.add_argument("--patience", type=int,
+                   help="early stopping: stop after this many epochs without a better validation score (0: off)")
+    o.add_argument("--monitor", help="the validation score for the best epoch and early stopping, e.g. 'R@10' or "
+                                     "'R@1+R@10' (the default)")
+    o.add_argument("--seed", type=int, help="seed of the initial weights, the batch order and dropout")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from <name>-state.pt after its last finished epoch (same config and data; "
+                        "--epochs may grow); the result equals an uninterrupted run")
+    t.add_argument("--log", type=Path, default=None,
+                   help="the metrics log (.csv for CSV, else JSON lines; default: <name>-metrics.jsonl beside --out)")
     add_encoders(t)
     add_cache(t)
     t.set_defaults(func=cmd_train)

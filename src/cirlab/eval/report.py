@@ -140,3 +140,36 @@ def example_queries(queries: Sequence, ranked: Sequence[Sequence[str]], scores, 
         out.append(QueryResult(paths[q.reference], q.text, results, [paths[t] for t in q.targets if t in paths],
                                title=f"#{i} {q.reference}"))
     return out
+
+
+def training_curves_png(path: str | Path, history: list[dict], title: str) -> Path:
+    """The training loss per epoch (left axis) and the validation Recall@K (right axis), one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
+    ax.plot(epochs, [row["loss"] for row in history], color="black", linewidth=1.8, label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    keys = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith("val_")]
+    handles, labels = ax.get_legend_handles_labels()
+    if keys:
+        right = ax.twinx()
+        for k in keys:
+            right.plot(epochs, [row.get(k, float("nan")) for row in history], linewidth=1.3, label=k.replace("_", " "))
+        right.set_ylabel("validation recall (%)")
+        right.set_ylim(0, 100)
+        h2, l2 = right.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="center right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -116,10 +116,12 @@ class Workspace:
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
                  progress: bool = True, train_split: str = "train", val_split: str | None = "val",
-                 reuse: bool = False, text_head: bool = True) -> tuple[Fusion, TrainResult | None, dict]:
+                 reuse: bool = False, text_head: bool = True, state_path: str | Path | None = None,
+                 resume: bool = False, log_path: str | Path | None = None) -> tuple[Fusion, TrainResult | None, dict]:
     """Train ``method`` on ``ws``; save to ``out``. With ``reuse``, a checkpoint at ``out`` trained on the
     same data, encoders and config is loaded instead of retrained. With ``text_head``, a text-to-image
-    head is fitted afterwards on the training images' captions (where the data set has them)."""
+    head is fitted afterwards on the training images' captions (where the data set has them).
+    ``state_path`` / ``resume`` / ``log_path``: see :func:`train_fusion` (the log also gets a PNG plot)."""
     cfg = method_config(method, config)
     if cfg["method"] not in fusion_methods:
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
@@ -141,7 +143,12 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
             return ws.evaluate(m, val_split).recall
     else:
         validate = None
-    result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate)
+    result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate,
+                          state_path, resume, log_path)
+    if log_path:
+        from cirlab.eval.report import training_curves_png
+
+        training_curves_png(Path(log_path).with_suffix(".png"), result.history, f"{cfg['method']} on {ws.dataset.name}")
     meta = {"config": cfg, "data": data_id, "train": result.to_dict()}
     fitted = ws.fit_text_head(model, train_split) if text_head else None
     if text_head:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,6 +36,13 @@ class TrainConfig:
     patience: int = 0  # with a validation split: stop after this many epochs without gain (0: never)
     triplet_weight: float = 0.0  # weight of the triplet loss added to InfoNCE (paper 000)
     triplet_margin: float = 0.2  # its margin, on cosine similarities
+    optimizer: str = "adamw"  # adamw | adam (Adam's weight decay is an L2 term in the gradient)
+    schedule: str = "constant"  # constant | step (x step_gamma at step_at of training, paper 000) | cosine
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (in steps)
+    step_at: float = 0.5  # step schedule: the fraction of training where the rate drops
+    step_gamma: float = 0.1  # step schedule: the factor it drops by
+    grad_clip: float = 0.0  # clip the gradients' global norm to this (0: no clipping)
+    monitor: str = "R@1+R@10"  # the validation score that picks the best epoch and drives patience
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -39,7 +50,47 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise CirlabError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """One-line errors for values no run could use."""
+        if self.optimizer not in OPTIMIZERS:
+            raise CirlabError(f"optimizer {self.optimizer!r} unknown; use one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in ("constant", "step", "cosine"):
+            raise CirlabError(f"schedule {self.schedule!r} unknown; use constant, step or cosine")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
+        if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:
+            raise CirlabError("need 0 < step_at < 1, warmup_epochs >= 0 and grad_clip >= 0")
+        monitor_ks(self.monitor)
+
+    def lr_factor(self, step: int, total: int, per_epoch: int) -> float:
+        """The learning rate's multiplier at optimiser step ``step`` of ``total``."""
+        warm = self.warmup_epochs * per_epoch
+        if warm and step < warm:
+            return (step + 1) / warm
+        if self.schedule == "step":
+            return self.step_gamma if step >= self.step_at * total else 1.0
+        if self.schedule == "cosine":
+            t = (step - warm) / max(total - warm, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+        return 1.0
+
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def monitor_ks(monitor: str) -> list[int]:
+    """The K of a monitor such as ``R@10`` or ``R@1+R@10``."""
+    try:
+        ks = [int(part.strip()[2:]) for part in monitor.split("+") if part.strip().startswith("R@")]
+    except ValueError:
+        ks = []
+    if not ks or len(ks) != len(monitor.split("+")):
+        raise CirlabError(f"monitor {monitor!r} not understood; write Recall@K terms such as 'R@10' or 'R@1+R@10'")
+    return ks
 
 
 @dataclass
@@ -48,9 +99,13 @@ class TrainResult:
     seconds: float = 0.0
     triplets: int = 0
     best_epoch: int = 0
+    resumed_from: int = 0  # the epoch a resumed run started after (0: a fresh run)
+    step_losses: list[float] = field(default_factory=list, repr=False)  # this process's steps, not saved
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("step_losses")
+        return d
 
 
 def seed_everything(seed: int) -> None:
@@ -87,30 +142,71 @@ class TripletIndex:
         return len(self.ref)
 
 
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
+    """The epochs' metrics: CSV where the name ends in .csv, else JSON lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(history)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    return path
+
+
 def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
                  cfg: TrainConfig, progress: bool = True,
-                 validate: Callable[[Fusion], dict[int, float]] | None = None) -> TrainResult:
-    """AdamW on the batch InfoNCE loss (plus the triplet loss where ``triplet_weight`` > 0).
+                 validate: Callable[[Fusion], dict[int, float]] | None = None,
+                 state_path: str | Path | None = None, resume: bool = False,
+                 log_path: str | Path | None = None) -> TrainResult:
+    """Train on the batch InfoNCE loss (plus the triplet loss where ``triplet_weight`` > 0) with the
+    configured optimiser, schedule (per step, with warm-up) and gradient clipping.
 
     ``images`` holds the target (gallery) images; ``queries`` the query halves of the triplets.
 
     ``validate`` returns Recall@K on a validation split after each epoch; with ``select_best``
-    the weights of the best epoch (R@1 + R@10) are kept, with ``patience`` training stops early.
+    the weights of the best epoch (by ``monitor``) are kept, with ``patience`` training stops early.
+
+    ``state_path``: after every epoch the whole training state (weights, optimiser, schedule,
+    random generators, history, best epoch) is saved there; with ``resume`` a run continues from
+    it and takes exactly the steps the uninterrupted run would have taken. ``log_path``: the
+    metrics of every epoch (CSV or JSON lines), rewritten after each epoch.
     """
+    cfg.check()
     seed_everything(cfg.seed)
     index = TripletIndex.build(triplets, images, queries)
     if len(index) < 2:
         raise CirlabError(f"only {len(index)} usable training triplet(s): need at least 2 whose images and texts are encoded")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = sum(1 for s in range(0, len(index), cfg.batch_size) if len(index) - s >= 2)
+    total = per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.lr_factor(step, total, per_epoch))
     rng = np.random.default_rng(cfg.seed)
     result = TrainResult(triplets=len(index))
-    best_score, best_state, stale = float("-inf"), None, 0
+    best_score, best_state, stale, first_epoch, spent = float("-inf"), None, 0, 0, 0.0
+    monitor = monitor_ks(cfg.monitor)
+    state_path = Path(state_path) if state_path else None
+    if resume:
+        first_epoch, best_score, best_state, stale, spent = _restore(state_path, model, opt, sched, rng, cfg, result,
+                                                                      len(index))
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"training {model.name}", disable=not progress)
+    bar = tqdm(range(first_epoch, cfg.epochs), desc=f"training {model.name}", disable=not progress,
+               initial=first_epoch, total=cfg.epochs)
     for epoch in bar:
+        if cfg.patience and stale >= cfg.patience:
+            break
         model.train()
         order = rng.permutation(len(index))
-        total, batches = 0.0, 0
+        total_loss, batches, epoch_start = 0.0, 0, time.perf_counter()
         for s in range(0, len(order), cfg.batch_size):
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
@@ -124,15 +220,21 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                 loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss.detach())
+            sched.step()
+            value = float(loss.detach())
+            result.step_losses.append(value)
+            total_loss += value
             batches += 1
-        row: dict = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
+        row: dict = {"epoch": epoch + 1, "loss": total_loss / max(batches, 1), "lr": opt.param_groups[0]["lr"],
+                     "seconds": round(time.perf_counter() - epoch_start, 3)}
         if validate is not None:
             model.eval()
             recall = validate(model)
             row.update({f"val_R@{k}": v for k, v in recall.items()})
-            score = recall.get(1, 0.0) + recall.get(10, 0.0)
+            score = sum(recall.get(k, 0.0) for k in monitor)
             if score > best_score:
                 best_score, stale = score, 0
                 result.best_epoch = epoch + 1
@@ -142,10 +244,49 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                 stale += 1
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if cfg.patience and stale >= cfg.patience:
-            break
+        if log_path:
+            write_metrics_log(log_path, result.history)
+        if state_path:
+            _atomic_save({"kind": "cirlab-train-state", "epoch": epoch + 1, "config": asdict(cfg),
+                          "triplets": len(index), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
+                          "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                          "history": result.history, "best_epoch": result.best_epoch, "best_score": best_score,
+                          "best_state": best_state, "stale": stale,
+                          "seconds": spent + time.perf_counter() - start}, state_path)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result.seconds = time.perf_counter() - start
+    result.seconds = spent + time.perf_counter() - start
     return result
+
+
+def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result: TrainResult, triplets: int):
+    """Load a training state saved by :func:`train_fusion` into the run's objects."""
+    if path is None or not path.is_file():
+        raise CirlabError(f"nothing to resume: no training state at {path}; run without --resume first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise CirlabError(f"{path} is not a readable training state ({type(e).__name__}); start the run again") from None
+    if not isinstance(state, dict) or state.get("kind") != "cirlab-train-state":
+        raise CirlabError(f"{path} is not a cirlab training state")
+    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+    now = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
+    if saved != now or state["triplets"] != triplets:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)) or ["the training triplets"]
+        raise CirlabError(f"{path} was saved by a run with other settings ({', '.join(diff)}); resume with the "
+                          "same config and data (only epochs may grow)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise CirlabError(f"{path} holds weights of another model; resume with the method it was saved by") from None
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    result.history = list(state["history"])
+    result.best_epoch = state["best_epoch"]
+    result.resumed_from = state["epoch"]
+    return state["epoch"], state["best_score"], state["best_state"], state["stale"], state["seconds"]
