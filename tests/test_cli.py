@@ -135,3 +135,34 @@ def test_train_options_metrics_log_plot_and_resume(tmp_path):
     assert_one_line_error(run(*args, "--monitor", "mAP", "--out", tmp_path / "x", home=home), "monitor 'mAP'")
     assert_one_line_error(run(*args, "--lr", "0.5", "--out", tmp_path / "run", "--resume", home=home),
                           "other settings (lr)")
+
+
+@pytest.mark.slow
+def test_train_both_stages_with_pseudo_triplets(tmp_path):
+    """``--stage both``: stage 1 tunes the image encoder's last block, stage 2 trains on the tuned
+    encoder with pseudo triplets; the model then answers a search from the CLI."""
+    from conftest import make_dataset
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    home = tmp_path / "home"
+    (tmp_path / "s1.json").write_text(json.dumps({"train": {"epochs": 1, "batch_size": 4}}))
+    res = run("train", "--stage", "both", "--data", ds, "--method", "sum", "--tune", "image", "--image-blocks", "1",
+              "--stage1-config", tmp_path / "s1.json", "--epochs", "2", "--batch-size", "4", "--augment",
+              "--eps-l", "-1", "--eps-u", "1", "--alpha", "-1", "--pseudo-every", "1", "--out", tmp_path / "run",
+              "--quiet", home=home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--image-encoder tuned:{tmp_path / 'run' / 'stage1' / 'image.pt'} --text-encoder minilm" in res.stdout
+    # train split: 6 images, 30 triplets; every other training image is a substitute (window [-1, 1], s_max 4)
+    # and every pseudo triplet passes alpha -1: 30 * (4 + 4) minus the substitutes equal to the other image
+    line = next(x for x in res.stdout.splitlines() if x.startswith("pseudo triplets:"))
+    made, kept = int(line.split()[2]), int(line.split()[4])
+    assert 0 < kept == made <= 30 * 8 and "epochs [2]" in line
+    meta = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["meta"]
+    assert meta["image_encoder"]["spec"].startswith("tuned:") and "+ft1:" in meta["image_encoder"]["id"]
+    assert meta["pseudo"]["kept"] == kept
+    found = run("search", "--gallery", ds / "images", "--image", ds / "images" / "img0.png", "--text",
+                "make it look like shape 1", "-k", "3", "--model", tmp_path / "run" / "model.pt", "--json", home=home)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 3
+    bad = run("train", "--data", ds, "--augment", "--out", tmp_path / "x", home=home)
+    assert_one_line_error(bad, "--augment draws pseudo triplets with a stage-1 model")

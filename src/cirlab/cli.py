@@ -65,32 +65,83 @@ def cmd_encode(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_stage1(a: argparse.Namespace, flags_apply: bool):
+    """``cirlab train --stage 1`` (or the first half of ``--stage both``)."""
+    from cirlab.config import _read
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.training.stage1 import run_stage1
+
+    override = dict(_read(a.stage1_config)) if a.stage1_config else {}
+    for key in ("tune", "image_blocks", "text_layers"):
+        if getattr(a, key) is not None:
+            override[key] = getattr(a, key)
+    if flags_apply:
+        override["train"] = {**override.get("train", {}),
+                             **{k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}}
+    out = a.out if a.stage == "1" else a.out / "stage1"
+    res = run_stage1(a.data, out, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
+                     override, progress=not a.quiet, resume=a.resume and a.stage == "1")
+    rec = "  ".join(f"R@{k} {v:.1f}" for k, v in res.val_recall.items())
+    print(f"stage 1 ({res.train.history and len(res.train.history)} epochs, {res.seconds['total']:.0f} s: "
+          f"{res.seconds['features']:.0f} s features, {res.seconds['train']:.0f} s training); "
+          f"val {rec or '(no val split)'}\nencoders: --image-encoder {res.image_spec} --text-encoder {res.text_spec}\n"
+          f"stage-1 model: {out / 'stage1.pt'}; metrics: {out / 'stage1-metrics.jsonl'} and .png")
+    return res
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from cirlab.config import method_config
     from cirlab.encoders import build_image_encoder, build_text_encoder
     from cirlab.encoders.cache import FeatureCache
     from cirlab.eval.report import recall_table
     from cirlab.fusion import FeatureDims
+    from cirlab.training.pseudo import PseudoConfig
     from cirlab.training.run import Workspace, train_method, views_needed
     from cirlab.training.trainer import TrainConfig
 
+    if a.stage == "1":
+        _run_stage1(a, flags_apply=True)
+        return 0
     cfg = method_config(a.method, a.config)
     given = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     cfg["train"].update(given)
     TrainConfig.from_dict(cfg["train"])  # a bad value is a one-line error before any encoding
+    pseudo_options = {k: getattr(a, k) for k in ("s_max", "eps_l", "eps_u", "alpha") if getattr(a, k) is not None}
+    if a.pseudo_every is not None:
+        pseudo_options["every"] = a.pseudo_every
+    PseudoConfig.from_dict(pseudo_options)
+    stage1 = a.stage1
+    if a.stage == "both":
+        stage1 = _run_stage1(a, flags_apply=False).out
+    if stage1 is not None:
+        import json as _json
+
+        info = Path(stage1) / "stage1.json"
+        if not info.is_file():
+            raise CirlabError(f"{stage1} holds no stage1.json; pass the folder 'cirlab train --stage 1' wrote")
+        specs = _json.loads(info.read_text())
+        a.image_encoder, a.text_encoder = specs["image_spec"], specs["text_spec"]
+    if a.augment and stage1 is None:
+        raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
     dims = FeatureDims.of(build_image_encoder(a.image_encoder), build_text_encoder(a.text_encoder))
     image_views, text_views = views_needed([cfg], dims)
     ws = Workspace.open(a.data, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
-                        image_views, text_views, images=a.images)
+                        image_views, text_views, progress=not a.quiet, images=a.images)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
     out.parent.mkdir(parents=True, exist_ok=True)
     log = a.log or out.with_name(out.stem + "-metrics.jsonl")
     state = out.with_name(out.stem + "-state.pt")
-    model, result, _ = train_method(ws, a.method, cfg, out=out, state_path=state, resume=a.resume, log_path=log)
+    model, result, meta = train_method(ws, a.method, cfg, out=out, progress=not a.quiet, state_path=state,
+                                       resume=a.resume, log_path=log, pseudo=stage1 if a.augment else None,
+                                       pseudo_config=pseudo_options)
     resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from else ""
     print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s{resumed}; best epoch "
           f"{result.best_epoch or len(result.history)}; saved {out}\nmetrics: {log} and {log.with_suffix('.png')}; "
           f"training state (for --resume): {state}")
+    if "pseudo" in meta:
+        ps = meta["pseudo"]
+        print(f"pseudo triplets: {ps['made']} made, {ps['kept']} kept (s_max {ps['s_max']}, cosine in "
+              f"[{ps['eps_l']}, {ps['eps_u']}], score > {ps['alpha']}); trained on them in epochs {result.pseudo_epochs}")
     if "test" in ws.triplets:
         print(recall_table({a.method: ws.evaluate(model, "test").recall}))
     return 0
@@ -369,8 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_encoders(q: argparse.ArgumentParser) -> None:
         q.add_argument("--image-encoder", default="efficientnet_lite0",
-                       help="image encoder: efficientnet_lite0 (default), efficientnet_lite2, clip:/path, hf:/path")
-        q.add_argument("--text-encoder", default="minilm", help="text encoder: minilm (default), clip:/path, hf:/path")
+                       help="image encoder: efficientnet_lite0 (default), efficientnet_lite2, clip:/path, hf:/path, "
+                            "tuned:/stage1/image.pt (fine-tuned by stage 1)")
+        q.add_argument("--text-encoder", default="minilm",
+                       help="text encoder: minilm (default), clip:/path, hf:/path, tuned:/stage1/text.pt")
 
     def add_cache(q: argparse.ArgumentParser) -> None:
         q.add_argument("--cache", type=Path, default=None, help=f"feature cache folder (default: {settings.cache_dir()})")
@@ -394,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (model.pt is written there) or a .pt path; beside it go <name>-metrics.jsonl "
                         "(every epoch's loss, learning rate and validation recall), <name>-metrics.png (their plot) "
                         "and <name>-state.pt (the training state --resume continues from)")
-    o = t.add_argument_group("training options (each overrides the method's config; see 'cirlab methods --configs')")
+    o = t.add_argument_group("training options (each overrides the method's config, see 'cirlab methods --configs'; "
+                             "with --stage 1 the train options of configs/stage1.json; with --stage both, stage 2's)")
     o.add_argument("--epochs", type=int, help="passes over the training triplets")
     o.add_argument("--batch-size", dest="batch_size", type=int,
                    help="triplets per step; the other targets of the batch are each query's negatives")
@@ -414,6 +468,33 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--monitor", help="the validation score for the best epoch and early stopping, e.g. 'R@10' or "
                                      "'R@1+R@10' (the default)")
     o.add_argument("--seed", type=int, help="seed of the initial weights, the batch order and dropout")
+    t.add_argument("--stage", choices=["1", "2", "both"], default="2",
+                   help="1: fine-tune the encoders (paper 004's stage 1: sum fusion, batch classification loss at "
+                        "logit scale 100) and write the tuned encoders to --out; 2 (default): train the fusion "
+                        "--method on frozen encoders; both: stage 1 into OUT/stage1, then stage 2 on its encoders")
+    s1 = t.add_argument_group("stage 1 (defaults: configs/stage1.json)")
+    s1.add_argument("--tune", choices=["none", "text", "image", "both"],
+                    help="which encoder adapts: none (only the projections train), text, image or both (default)")
+    s1.add_argument("--image-blocks", dest="image_blocks", type=int,
+                    help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite (default 2)")
+    s1.add_argument("--text-layers", dest="text_layers", type=int,
+                    help="fine-tune the last N transformer layers of the text model (default 1)")
+    s1.add_argument("--stage1-config", dest="stage1_config", type=Path, default=None,
+                    help="JSON file overriding configs/stage1.json (tune, image_blocks, text_layers, embed_dim, "
+                         "head_lr_scale, train)")
+    s2 = t.add_argument_group("stage 2 on stage-1 encoders, and pseudo triplets (paper 004)")
+    s2.add_argument("--stage1", type=Path, default=None,
+                    help="a stage-1 folder: train on the encoders it tuned (sets --image-encoder/--text-encoder)")
+    s2.add_argument("--augment", action="store_true",
+                    help="add pseudo triplets: a reference or target replaced by a similar training image, kept "
+                         "when the stage-1 model scores the pseudo query-target pair above --alpha")
+    s2.add_argument("--s-max", dest="s_max", type=int, help="substitutes per image at most (default 4)")
+    s2.add_argument("--eps-l", dest="eps_l", type=float, help="lowest cosine of a substitute (default 0.90)")
+    s2.add_argument("--eps-u", dest="eps_u", type=float, help="highest cosine: closer is a near duplicate (default 0.995)")
+    s2.add_argument("--alpha", type=float, help="the stage-1 score a pseudo triplet must exceed (default 0.6)")
+    s2.add_argument("--pseudo-every", dest="pseudo_every", type=int,
+                    help="real-triplet epochs before each pseudo-triplet epoch (default 3)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--resume", action="store_true",
                    help="continue from <name>-state.pt after its last finished epoch (same config and data; "
                         "--epochs may grow); the result equals an uninterrupted run")

@@ -1,6 +1,6 @@
 """Encoders: images and texts to feature views, built by name through two registries."""
 
-from cirlab.encoders import clip, efficientnet, hf  # noqa: F401  (registers the backends)
+from cirlab.encoders import clip, efficientnet, hf, tuned  # noqa: F401  (registers the backends)
 from cirlab.encoders.base import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,

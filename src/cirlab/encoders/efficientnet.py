@@ -66,6 +66,33 @@ class EfficientNetLiteEncoder:
                 levels.append(x.mean(dim=(2, 3)))
         return m._swish(m._bn1(m._conv_head(x)))
 
+    # Stage 1 fine-tuning: the last ``n`` MBConv blocks and the head convolution train (BatchNorm keeps
+    # its running statistics); everything before them is a frozen trunk whose output is computed once.
+    def tunable(self, n: int) -> dict[str, torch.nn.Parameter]:
+        """The parameters fine-tuning the last ``n`` blocks trains, by their names in the network."""
+        blocks = len(self.model._blocks)
+        if not 1 <= n <= blocks:
+            raise CirlabError(f"{self.spec} has {blocks} blocks: fine-tune between 1 and {blocks} of them, not {n}")
+        prefixes = tuple(f"_blocks.{i}." for i in range(blocks - n, blocks)) + ("_conv_head.", "_bn1.")
+        return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
+
+    @torch.inference_mode()
+    def trunk(self, images: Sequence[Image.Image], n: int) -> torch.Tensor:
+        """The frozen part's output for images: the input of the last ``n`` blocks."""
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(to_pixels(images, self.size, LITE_MEAN, LITE_STD)
+                                          .contiguous(memory_format=torch.channels_last))))
+        for block in m._blocks[:len(m._blocks) - n]:
+            x = block(x)
+        return x.contiguous()
+
+    def tail(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The trainable part, with gradients: trunk output -> pooled vector (B, 1280)."""
+        m = self.model
+        for block in m._blocks[len(m._blocks) - n:]:
+            x = block(x)
+        return m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "levels"), self.spec)

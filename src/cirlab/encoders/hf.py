@@ -62,18 +62,40 @@ class HFTextEncoder:
             max_length=self.max_tokens, return_tensors="pt",
         )
 
+    def _pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    # Stage 1 fine-tuning: the last ``n`` transformer layers train. The whole model runs forward on
+    # each batch (cheap for short texts); gradients stop at the first trainable layer.
+    def _layers(self):
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if layers is None:
+            raise CirlabError(f"{self.spec}: fine-tuning needs a BERT-style model (model.encoder.layer)")
+        return layers
+
+    def tunable(self, n: int) -> dict[str, torch.nn.Parameter]:
+        """The parameters of the last ``n`` layers, by their names in the model."""
+        count = len(self._layers())
+        if not 1 <= n <= count:
+            raise CirlabError(f"{self.spec} has {count} layers: fine-tune between 1 and {count} of them, not {n}")
+        prefixes = tuple(f"encoder.layer.{i}." for i in range(count - n, count))
+        return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
+
+    def pooled_with_grad(self, texts: Sequence[str]) -> torch.Tensor:
+        """The pooled view as a tensor that gradients flow through (dropout as the model's mode says)."""
+        batch = self.tokenize(texts, pad_to_max=False)
+        return self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "mask"), self.spec)
         batch = self.tokenize(texts, pad_to_max="tokens" in views or "mask" in views)
         states = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         out: dict[str, np.ndarray] = {}
         if "pooled" in views:
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.normalize:
-                pooled = F.normalize(pooled, dim=-1)
-            out["pooled"] = pooled.numpy().astype(np.float32)
+            out["pooled"] = self._pool(states, batch["attention_mask"]).numpy().astype(np.float32)
         if "tokens" in views:
             out["tokens"] = states.numpy().astype(np.float16)
         if "mask" in views:

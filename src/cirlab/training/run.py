@@ -117,11 +117,14 @@ class Workspace:
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
                  progress: bool = True, train_split: str = "train", val_split: str | None = "val",
                  reuse: bool = False, text_head: bool = True, state_path: str | Path | None = None,
-                 resume: bool = False, log_path: str | Path | None = None) -> tuple[Fusion, TrainResult | None, dict]:
+                 resume: bool = False, log_path: str | Path | None = None, pseudo: str | Path | None = None,
+                 pseudo_config: dict | None = None) -> tuple[Fusion, TrainResult | None, dict]:
     """Train ``method`` on ``ws``; save to ``out``. With ``reuse``, a checkpoint at ``out`` trained on the
     same data, encoders and config is loaded instead of retrained. With ``text_head``, a text-to-image
     head is fitted afterwards on the training images' captions (where the data set has them).
-    ``state_path`` / ``resume`` / ``log_path``: see :func:`train_fusion` (the log also gets a PNG plot)."""
+    ``state_path`` / ``resume`` / ``log_path``: see :func:`train_fusion` (the log also gets a PNG plot).
+    ``pseudo``: a stage-1 model (``stage1.pt`` or its folder) that makes pseudo triplets for paper 004's
+    augmentation (``training.pseudo``; options in ``pseudo_config``); it must share this run's encoders."""
     cfg = method_config(method, config)
     if cfg["method"] not in fusion_methods:
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
@@ -129,7 +132,9 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     if reuse and out and Path(out).is_file():
         try:
             meta = read_checkpoint(out)["meta"]
-            if meta.get("config") == cfg and meta.get("data") == data_id and (not text_head or "text_head" in meta):
+            same_pseudo = meta.get("pseudo", {}).get("stage1") == (str(Path(pseudo).resolve()) if pseudo else None)
+            if (meta.get("config") == cfg and meta.get("data") == data_id and same_pseudo
+                    and (not text_head or "text_head" in meta)):
                 model, meta = load_checkpoint(out, ws.image_encoder, ws.text_encoder)
                 return model, None, meta
         except CirlabError:
@@ -143,13 +148,25 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
             return ws.evaluate(m, val_split).recall
     else:
         validate = None
+    extra, pseudo_set, pcfg = None, None, None
+    if pseudo:
+        from cirlab.training.pseudo import PseudoConfig, make_pseudo_triplets
+
+        pcfg = PseudoConfig.from_dict(pseudo_config)
+        path = Path(pseudo) / "stage1.pt" if Path(pseudo).is_dir() else Path(pseudo)
+        scorer, _ = load_checkpoint(path, ws.image_encoder, ws.text_encoder)
+        pseudo_set = make_pseudo_triplets(scorer, ws.triplets[train_split], ws.images, ws.texts,
+                                          ws.gallery_ids(train_split), pcfg)
+        extra = pseudo_set.triplets
     result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate,
-                          state_path, resume, log_path)
+                          state_path, resume, log_path, extra, pcfg.every if pcfg else 3)
     if log_path:
         from cirlab.eval.report import training_curves_png
 
         training_curves_png(Path(log_path).with_suffix(".png"), result.history, f"{cfg['method']} on {ws.dataset.name}")
     meta = {"config": cfg, "data": data_id, "train": result.to_dict()}
+    if pseudo_set is not None:
+        meta["pseudo"] = {"stage1": str(Path(pseudo).resolve()), **pcfg.__dict__, **pseudo_set.stats()}
     fitted = ws.fit_text_head(model, train_split) if text_head else None
     if text_head:
         meta["text_head"] = fitted[1].to_dict() if fitted else None  # None: the data has no captions

@@ -100,6 +100,7 @@ class TrainResult:
     triplets: int = 0
     best_epoch: int = 0
     resumed_from: int = 0  # the epoch a resumed run started after (0: a fresh run)
+    pseudo_epochs: list[int] = field(default_factory=list)  # the epochs trained on pseudo triplets
     step_losses: list[float] = field(default_factory=list, repr=False)  # this process's steps, not saved
 
     def to_dict(self) -> dict:
@@ -167,61 +168,108 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                  cfg: TrainConfig, progress: bool = True,
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
                  state_path: str | Path | None = None, resume: bool = False,
-                 log_path: str | Path | None = None) -> TrainResult:
-    """Train on the batch InfoNCE loss (plus the triplet loss where ``triplet_weight`` > 0) with the
-    configured optimiser, schedule (per step, with warm-up) and gradient clipping.
+                 log_path: str | Path | None = None, pseudo: list[Triplet] | None = None,
+                 pseudo_every: int = 3) -> TrainResult:
+    """Stage 2: train a fusion method on cached features with the batch InfoNCE loss (plus the
+    triplet loss where ``triplet_weight`` > 0), through :func:`fit`.
 
     ``images`` holds the target (gallery) images; ``queries`` the query halves of the triplets.
+    ``pseudo``: pseudo triplets (``training.pseudo``), one epoch on them after every
+    ``pseudo_every`` epochs on the real ones (paper 004's schedule).
+    """
+    from cirlab.training.pseudo import pseudo_epochs
 
-    ``validate`` returns Recall@K on a validation split after each epoch; with ``select_best``
-    the weights of the best epoch (by ``monitor``) are kept, with ``patience`` training stops early.
+    cfg.check()
+    seed_everything(cfg.seed)
+    real = TripletIndex.build(triplets, images, queries)
+    if len(real) < 2:
+        raise CirlabError(f"only {len(real)} usable training triplet(s): need at least 2 whose images and texts are encoded")
+    fake = TripletIndex.build(pseudo, images, queries) if pseudo else None
+    plan = pseudo_epochs(cfg.epochs, pseudo_every) if fake is not None and len(fake) >= 2 else [False] * cfg.epochs
+    current = {"index": real}
+
+    def on_epoch(epoch: int) -> None:
+        current["index"] = fake if plan[epoch] else real
+
+    def batch_loss(b: np.ndarray) -> torch.Tensor:
+        index = current["index"]
+        query = model.compose(queries.images.tensors(index.ref[b], model.image_views),
+                              queries.texts.tensors(index.text[b], model.text_views))
+        target = model.embed_gallery(images.tensors(index.target[b], model.gallery_views))
+        keys = torch.from_numpy(index.target[b])
+        loss = batch_infonce(query, target, cfg.logit_scale, keys)
+        if cfg.triplet_weight:
+            loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
+        return loss
+
+    result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
+                 state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch)
+    result.triplets = len(real)
+    result.pseudo_epochs = [e + 1 for e, p in enumerate(plan) if p]
+    return result
+
+
+def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig,
+        progress: bool = True, validate: Callable | None = None, state_path: str | Path | None = None,
+        resume: bool = False, log_path: str | Path | None = None, desc: str = "training",
+        on_epoch: Callable[[int], None] | None = None, param_groups: list[dict] | None = None) -> TrainResult:
+    """The one optimisation loop of both stages: ``items`` training examples (or a count per epoch) shuffled each epoch,
+    ``batch_loss(rows)`` the loss of a batch; the configured optimiser over the module's trainable
+    parameters, per-step schedule with warm-up, gradient clipping.
+
+    ``validate(module)`` returns Recall@K after each epoch; with ``select_best`` the weights of the
+    best epoch (by ``monitor``) are kept, with ``patience`` training stops early.
 
     ``state_path``: after every epoch the whole training state (weights, optimiser, schedule,
     random generators, history, best epoch) is saved there; with ``resume`` a run continues from
     it and takes exactly the steps the uninterrupted run would have taken. ``log_path``: the
-    metrics of every epoch (CSV or JSON lines), rewritten after each epoch.
+    metrics of every epoch (CSV or JSON lines), rewritten after each epoch. ``on_epoch(epoch)`` runs
+    before each epoch's steps. ``param_groups``: ``[{"params": [...], "lr_scale": s}, ...]`` where parts
+    learn at ``s`` times ``lr`` (stage 1: new projection heads faster than pretrained layers).
     """
     cfg.check()
-    seed_everything(cfg.seed)
-    index = TripletIndex.build(triplets, images, queries)
-    if len(index) < 2:
-        raise CirlabError(f"only {len(index)} usable training triplet(s): need at least 2 whose images and texts are encoded")
-    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = sum(1 for s in range(0, len(index), cfg.batch_size) if len(index) - s >= 2)
-    total = per_epoch * cfg.epochs
+    groups = param_groups or [{"params": list(module.parameters()), "lr_scale": 1.0}]
+    groups = [{"params": [q for q in g["params"] if q.requires_grad], "lr": cfg.lr * g.get("lr_scale", 1.0)}
+              for g in groups]
+    params = [q for g in groups for q in g["params"]]
+    opt = OPTIMIZERS[cfg.optimizer](groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sizes = list(items) if isinstance(items, (list, tuple)) else [items] * cfg.epochs
+    if len(sizes) != cfg.epochs:
+        raise ValueError(f"{len(sizes)} epoch sizes for {cfg.epochs} epochs")
+
+    def batches(n: int) -> int:
+        return sum(1 for s in range(0, n, cfg.batch_size) if n - s >= 2)
+
+    per_epoch = batches(sizes[0])
+    total = sum(batches(n) for n in sizes)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.lr_factor(step, total, per_epoch))
     rng = np.random.default_rng(cfg.seed)
-    result = TrainResult(triplets=len(index))
+    result = TrainResult(triplets=sizes[0])
     best_score, best_state, stale, first_epoch, spent = float("-inf"), None, 0, 0, 0.0
     monitor = monitor_ks(cfg.monitor)
     state_path = Path(state_path) if state_path else None
     if resume:
-        first_epoch, best_score, best_state, stale, spent = _restore(state_path, model, opt, sched, rng, cfg, result,
-                                                                      len(index))
+        first_epoch, best_score, best_state, stale, spent = _restore(state_path, module, opt, sched, rng, cfg, result,
+                                                                      sizes[0])
     start = time.perf_counter()
-    bar = tqdm(range(first_epoch, cfg.epochs), desc=f"training {model.name}", disable=not progress,
-               initial=first_epoch, total=cfg.epochs)
+    bar = tqdm(range(first_epoch, cfg.epochs), desc=desc, disable=not progress, initial=first_epoch, total=cfg.epochs)
     for epoch in bar:
         if cfg.patience and stale >= cfg.patience:
             break
-        model.train()
-        order = rng.permutation(len(index))
+        if on_epoch is not None:
+            on_epoch(epoch)
+        module.train()
+        order = rng.permutation(sizes[epoch])
         total_loss, batches, epoch_start = 0.0, 0, time.perf_counter()
         for s in range(0, len(order), cfg.batch_size):
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            query = model.compose(queries.images.tensors(index.ref[b], model.image_views),
-                                  queries.texts.tensors(index.text[b], model.text_views))
-            target = model.embed_gallery(images.tensors(index.target[b], model.gallery_views))
-            keys = torch.from_numpy(index.target[b])
-            loss = batch_infonce(query, target, cfg.logit_scale, keys)
-            if cfg.triplet_weight:
-                loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
+            loss = batch_loss(b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             value = float(loss.detach())
@@ -231,15 +279,15 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         row: dict = {"epoch": epoch + 1, "loss": total_loss / max(batches, 1), "lr": opt.param_groups[0]["lr"],
                      "seconds": round(time.perf_counter() - epoch_start, 3)}
         if validate is not None:
-            model.eval()
-            recall = validate(model)
+            module.eval()
+            recall = validate(module)
             row.update({f"val_R@{k}": v for k, v in recall.items()})
             score = sum(recall.get(k, 0.0) for k in monitor)
             if score > best_score:
                 best_score, stale = score, 0
                 result.best_epoch = epoch + 1
                 if cfg.select_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             else:
                 stale += 1
         result.history.append(row)
@@ -248,15 +296,15 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
             write_metrics_log(log_path, result.history)
         if state_path:
             _atomic_save({"kind": "cirlab-train-state", "epoch": epoch + 1, "config": asdict(cfg),
-                          "triplets": len(index), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "triplets": sizes[0], "model": module.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                           "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                           "history": result.history, "best_epoch": result.best_epoch, "best_score": best_score,
                           "best_state": best_state, "stale": stale,
                           "seconds": spent + time.perf_counter() - start}, state_path)
     if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        module.load_state_dict(best_state)
+    module.eval()
     result.seconds = spent + time.perf_counter() - start
     return result
 

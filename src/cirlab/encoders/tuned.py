@@ -1,0 +1,88 @@
+"""Fine-tuned encoders: a stage-1 file holds the base encoder's spec and id and the weights of the
+layers stage 1 trained; ``tuned:/path/image.pt`` (image) or ``tuned:/path/text.pt`` (text) builds
+the base encoder afresh and loads them.
+
+A tuned encoder's id is the base id plus the file's content hash, so the feature cache keeps its
+features apart from the base encoder's and re-encodes under the new id; a checkpoint trained on
+them records the spec and reloads the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cirlab import __version__
+from cirlab.encoders.base import fingerprint_file, image_encoders, text_encoders
+from cirlab.errors import CirlabError
+
+KIND = "cirlab-tuned-encoder"
+FORMAT_VERSION = 1
+
+
+def fresh_encoder(side: str, spec: str):
+    """A new instance of an encoder (never the process-wide cached one: fine-tuning changes its weights)."""
+    registry = image_encoders if side == "image" else text_encoders
+    name, sep, arg = spec.partition(":")
+    factory = registry.get(name)
+    return factory(arg) if sep else factory()
+
+
+def save_tuned(path: str | Path, side: str, encoder, layers: int, meta: dict | None = None) -> Path:
+    """Write the weights stage 1 trains (``encoder.tunable(layers)``) with the base encoder's identity."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone() for k, v in encoder.tunable(layers).items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "cirlab_version": __version__, "side": side,
+                "base_spec": encoder.spec, "base_id": encoder.id, "layers": layers, "state": state,
+                "meta": meta or {}}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_tuned(path: str | Path, side: str):
+    """The base encoder with the file's weights; id ``<base id>+ft<layers>:<file hash>``."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise CirlabError(f"no fine-tuned encoder at {path}; run 'cirlab train --stage 1' first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure: not our file)
+        raise CirlabError(f"{path} is not a readable fine-tuned encoder ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or saved.get("kind") != KIND:
+        raise CirlabError(f"{path} is not a cirlab fine-tuned encoder file (written by 'cirlab train --stage 1')")
+    if saved.get("format_version") != FORMAT_VERSION:
+        raise CirlabError(f"{path} was written by cirlab {saved.get('cirlab_version')} in another format; "
+                          "run stage 1 again with this version")
+    if saved["side"] != side:
+        raise CirlabError(f"{path} holds a fine-tuned {saved['side']} encoder; pass it as the {saved['side']} encoder")
+    encoder = fresh_encoder(side, saved["base_spec"])
+    if encoder.id != saved["base_id"]:
+        raise CirlabError(f"{path} fine-tuned {saved['base_id']}, but {saved['base_spec']!r} now loads {encoder.id}; "
+                          "install the same base weights or run stage 1 again")
+    params = encoder.tunable(saved["layers"])
+    if set(params) != set(saved["state"]):
+        raise CirlabError(f"{path}: its weights do not fit {saved['base_spec']}; run stage 1 again")
+    with torch.no_grad():
+        for name, value in saved["state"].items():
+            params[name].copy_(value)
+    encoder.spec = f"tuned:{path}"
+    encoder.id = f"{saved['base_id']}+ft{saved['layers']}:{fingerprint_file(path)}"
+    encoder.tuned_from = saved["base_spec"]
+    return encoder
+
+
+@image_encoders.register("tuned")
+def _tuned_image(path: str | None = None):
+    if not path:
+        raise CirlabError("the tuned encoder needs its file: use 'tuned:/path/to/image.pt'")
+    return load_tuned(path, "image")
+
+
+@text_encoders.register("tuned")
+def _tuned_text(path: str | None = None):
+    if not path:
+        raise CirlabError("the tuned encoder needs its file: use 'tuned:/path/to/text.pt'")
+    return load_tuned(path, "text")

@@ -1,0 +1,254 @@
+"""Stage 1 (paper 004): adapt the encoders to the domain before a fusion is trained on them.
+
+The model is paper 004's stage-1 fusion, ``phi = L2(x_r + t_m)`` (cirlab's ``sum``: our encoders
+differ in width, so each side has a linear projection into one space), trained with the batch
+classification loss at logit scale 100. ``tune`` picks what adapts: ``none`` (only the
+projections), ``text``, ``image`` or ``both`` (004's ablation). On CPU only the last layers train:
+``image_blocks`` MBConv blocks plus the head convolution of EfficientNet-Lite, ``text_layers``
+transformer layers of the text model. The frozen part of the image network runs once per image
+(its output is kept in memory); the text model runs forward on every batch, with gradients
+stopping at the first trainable layer.
+
+Outputs, in one folder: ``image.pt`` / ``text.pt`` (the tuned encoders; use them as
+``tuned:/folder/image.pt``), ``stage1.pt`` (the stage-1 ``sum`` model on those encoders, a normal
+cirlab checkpoint: it scores pseudo triplets and can be evaluated) and ``stage1.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cirlab.checkpoint import save_checkpoint
+from cirlab.data.features import image_table, text_table
+from cirlab.data.triplets import Dataset
+from cirlab.encoders.cache import FeatureCache
+from cirlab.encoders.tuned import fresh_encoder, load_tuned, save_tuned
+from cirlab.errors import CirlabError
+from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
+from cirlab.fusion import FeatureDims, build_fusion
+from cirlab.images import UnreadableImage, load_image
+from cirlab.index.exact import exact_topk
+from cirlab.training.losses import batch_infonce
+from cirlab.training.trainer import TrainConfig, TrainResult, fit, seed_everything
+
+TUNE_CHOICES = ("none", "text", "image", "both")
+
+
+def stage1_config(override: dict | None = None) -> dict:
+    """``configs/stage1.json`` with ``override`` on top (its ``train`` merged key by key)."""
+    cfg = json.loads((resources.files("cirlab") / "configs" / "stage1.json").read_text())
+    for key, value in (override or {}).items():
+        if key == "train":
+            cfg["train"].update(value)
+        elif key in cfg:
+            cfg[key] = value
+        else:
+            raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
+    if cfg["tune"] not in TUNE_CHOICES:
+        raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
+    TrainConfig.from_dict(cfg["train"])
+    return cfg
+
+
+class ImageSide:
+    """Image vectors for stage 1: trunk outputs run through the trainable tail, or frozen pooled features."""
+
+    def __init__(self, encoder, ids: list[str], data, blocks: int) -> None:
+        self.encoder, self.blocks, self.data = encoder, blocks, data
+        self.row = {i: n for n, i in enumerate(ids)}
+
+    def pooled(self, ids) -> torch.Tensor:
+        rows = torch.as_tensor([self.row[i] for i in ids])
+        x = self.data[rows].float()
+        return self.encoder.tail(x, self.blocks) if self.blocks else x
+
+
+class TextSide:
+    def __init__(self, encoder, table=None) -> None:
+        self.encoder, self.table = encoder, table
+
+    def pooled(self, texts) -> torch.Tensor:
+        if self.table is None:
+            return self.encoder.pooled_with_grad(list(texts))
+        return torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]).float()
+
+
+class Stage1Model(nn.Module):
+    """The ``sum`` fusion plus the encoder layers being tuned (kept in eval mode: BatchNorm statistics
+    and dropout stay as pretrained; only weights move)."""
+
+    def __init__(self, fusion, image_parts: dict, text_parts: dict) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.image_tuned = nn.ParameterList(image_parts.values())
+        self.text_tuned = nn.ParameterList(text_parts.values())
+        self.frozen_modules: list[nn.Module] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen_modules:
+            m.eval()
+        return self
+
+
+@dataclass
+class Stage1Result:
+    out: Path
+    image_spec: str
+    text_spec: str
+    train: TrainResult
+    seconds: dict = field(default_factory=dict)
+    val_recall: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "image_spec": self.image_spec, "text_spec": self.text_spec,
+                "train": self.train.to_dict(), "seconds": self.seconds, "val_recall": self.val_recall}
+
+
+def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: bool, batch: int = 32):
+    """The frozen trunk's output for each readable image, float16, one tensor; and the ids kept."""
+    kept, parts = [], []
+    bar = tqdm(total=len(ids), desc=f"stage 1: frozen trunk of {encoder.spec}", disable=not progress, unit="img")
+    for s in range(0, len(ids), batch):
+        chunk, images = [], []
+        for i in ids[s:s + batch]:
+            try:
+                images.append(load_image(paths[i]))
+                chunk.append(i)
+            except UnreadableImage:
+                pass
+        if images:
+            parts.append(encoder.trunk(images, blocks).to(torch.float16))
+            kept += chunk
+        bar.update(len(ids[s:s + batch]))
+    bar.close()
+    if not parts:
+        raise CirlabError("no readable training image for stage 1")
+    return kept, torch.cat(parts)
+
+
+def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
+               config: dict | None = None, progress: bool = True, train_split: str = "train",
+               val_split: str | None = "val", resume: bool = False) -> Stage1Result:
+    """Fine-tune per ``config`` (see ``configs/stage1.json``) on a data set's training triplets; keep
+    the epoch of best validation recall; write the tuned encoders and the stage-1 model to ``out``."""
+    cfg = stage1_config(config)
+    train_cfg = TrainConfig.from_dict(cfg["train"])
+    ds = data if isinstance(data, Dataset) else Dataset.open(data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tune_image, tune_text = cfg["tune"] in ("image", "both"), cfg["tune"] in ("text", "both")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    seed_everything(train_cfg.seed)
+    image_enc = fresh_encoder("image", image_spec) if tune_image else _cached_encoder("image", image_spec)
+    text_enc = fresh_encoder("text", text_spec) if tune_text else _cached_encoder("text", text_spec)
+    for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
+        if tuned and not hasattr(enc, "tunable"):
+            raise CirlabError(f"{enc.spec} cannot be fine-tuned here (supported: efficientnet_lite*, minilm, hf text models)")
+    blocks, layers = (cfg["image_blocks"] if tune_image else 0), (cfg["text_layers"] if tune_text else 0)
+    image_parts = image_enc.tunable(blocks) if tune_image else {}
+    text_parts = text_enc.tunable(layers) if tune_text else {}
+    for p in list(image_parts.values()) + list(text_parts.values()):
+        p.requires_grad_(True)
+
+    triplets = {s: ds.triplets(s) for s in (train_split, val_split) if s and s in ds.splits}
+    gallery = ds.gallery()
+    paths = dict(zip(gallery.ids, gallery.paths))
+    val_gallery = ds.gallery(val_split).ids if val_split in triplets else []
+    needed = sorted({x for t in triplets[train_split] for x in (t.reference, *t.targets[:1])} | set(val_gallery)
+                    | {t.reference for t in triplets.get(val_split, [])})
+    needed = [i for i in needed if i in paths]
+    if tune_image:
+        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress)
+        images = ImageSide(image_enc, kept, trunk, blocks)
+    else:
+        table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
+        images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
+    all_texts = [t.text for ts in triplets.values() for t in ts]
+    texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress))
+    seconds["features"] = time.perf_counter() - t0
+
+    usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row)) for t in triplets[train_split]
+              if t.reference in images.row and any(x in images.row for x in t.targets)]
+    if len(usable) < 2:
+        raise CirlabError(f"only {len(usable)} usable training triplet(s) for stage 1")
+    fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"])
+    model = Stage1Model(fusion, image_parts, text_parts)
+    if tune_image:
+        model.frozen_modules.append(image_enc.model)
+    if tune_text:
+        model.frozen_modules.append(text_enc.model)
+
+    def batch_loss(rows: np.ndarray) -> torch.Tensor:
+        refs, txts, tgts = zip(*(usable[r] for r in rows))
+        both = images.pooled(list(refs) + list(tgts))  # one pass of the tail for references and targets
+        query = fusion.compose({"pooled": both[:len(rows)]}, {"pooled": texts.pooled(txts)})
+        target = fusion.embed_gallery({"pooled": both[len(rows):]})
+        keys = torch.as_tensor([images.row[t] for t in tgts])
+        return batch_infonce(query, target, train_cfg.logit_scale, keys)
+
+    validate = None
+    if val_split in triplets and triplets[val_split]:
+        val = [t for t in triplets[val_split] if t.reference in images.row]
+        val_ids = [g for g in val_gallery if g in images.row]
+
+        @torch.no_grad()
+        def validate(_module) -> dict[int, float]:
+            return _recall(fusion, images, texts, val, val_ids, ds.exclude_reference)
+
+    groups = [{"params": list(fusion.parameters()), "lr_scale": cfg["head_lr_scale"]}]
+    if image_parts or text_parts:
+        groups.append({"params": list(image_parts.values()) + list(text_parts.values()), "lr_scale": 1.0})
+    t1 = time.perf_counter()
+    result = fit(model, len(usable), batch_loss, train_cfg, progress, validate, out / "stage1-state.pt", resume,
+                 out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups)
+    seconds["train"] = time.perf_counter() - t1
+    val_recall = validate(model) if validate else {}
+
+    from cirlab.eval.report import training_curves_png
+
+    training_curves_png(out / "stage1-metrics.png", result.history, f"stage 1, tune {cfg['tune']}, on {ds.name}")
+    meta = {"stage1": {"tune": cfg["tune"], "image_blocks": blocks, "text_layers": layers, "data": ds.name}}
+    if tune_image:
+        save_tuned(out / "image.pt", "image", image_enc, blocks, meta)
+        image_enc = load_tuned(out / "image.pt", "image")
+    if tune_text:
+        save_tuned(out / "text.pt", "text", text_enc, layers, meta)
+        text_enc = load_tuned(out / "text.pt", "text")
+    save_checkpoint(out / "stage1.pt", fusion, {"embed_dim": cfg["embed_dim"]}, cfg["train"], image_enc, text_enc,
+                    {"config": {"method": "sum", "model": {"embed_dim": cfg["embed_dim"]}, "train": cfg["train"]},
+                     "data": {"name": ds.name}, "train": result.to_dict(), **meta})
+    seconds["total"] = time.perf_counter() - t0
+    res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall)
+    (out / "stage1.json").write_text(json.dumps({"config": cfg, **res.to_dict()}, indent=1))
+    return res
+
+
+def _cached_encoder(side: str, spec: str):
+    from cirlab.encoders import build_image_encoder, build_text_encoder
+
+    return build_image_encoder(spec) if side == "image" else build_text_encoder(spec)
+
+
+def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: list[str], exclude_reference: bool,
+            batch: int = 256) -> dict[int, float]:
+    """Recall@K of the stage-1 model on a split (the same ranking as evaluation elsewhere: exact top-k)."""
+    g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(gallery_ids[s:s + batch])})
+                   for s in range(0, len(gallery_ids), batch)]).numpy()
+    q = torch.cat([fusion.compose({"pooled": images.pooled([t.reference for t in triplets[s:s + batch]])},
+                                  {"pooled": texts.pooled([t.text for t in triplets[s:s + batch]])})
+                   for s in range(0, len(triplets), batch)]).numpy()
+    pos = {x: n for n, x in enumerate(gallery_ids)}
+    exclude = np.array([pos.get(t.reference, -1) for t in triplets]) if exclude_reference else None
+    top, _ = exact_topk(q, g, max(DEFAULT_KS), exclude)
+    return recall_at_k(top, [[pos[x] for x in t.targets if x in pos] for t in triplets], DEFAULT_KS)

@@ -1,0 +1,121 @@
+"""Stage 1 (encoder fine-tuning) and paper 004's pseudo triplets: frozen weights stay frozen, tuned
+encoders get their own id and reload, the pseudo-triplet constraints hold on a constructed set."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset
+
+from cirlab.data.features import FeatureTable
+from cirlab.data.triplets import Triplet
+from cirlab.errors import CirlabError
+from cirlab.training.pseudo import PseudoConfig, make_pseudo_triplets, pseudo_epochs, substitutes
+
+
+def unit(angle_deg):
+    a = np.deg2rad(angle_deg)
+    return np.array([np.cos(a), np.sin(a), 0.0], np.float32)
+
+
+def test_substitutes_keep_the_similarity_window_and_the_cap():
+    # cos to image 0: 1 -> 0.9994 (2 deg: a near duplicate), 0.985 (10 deg), 0.940 (20), 0.906 (25), 0.866 (30)
+    v = np.stack([unit(0), unit(2), unit(10), unit(20), unit(25), unit(30)])
+    subs = substitutes(v, s_max=2, eps_l=0.90, eps_u=0.995)
+    assert subs[0].tolist() == [2, 3]  # the near duplicate is out, then the two most similar in the window
+    assert substitutes(v, 4, 0.90, 0.995)[0].tolist() == [2, 3, 4]  # 30 deg (0.866) is below eps_l
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    w = np.concatenate([c + 0.25 * rng.normal(size=(10, 16)) for c in centres])
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    sims = w @ w.T
+    for i, s in enumerate(substitutes(w.astype(np.float32), 4, 0.9, 0.995, chunk=37)):  # chunks: same answer
+        window = [j for j in np.argsort(-sims[i], kind="stable") if j != i and 0.9 <= sims[i, j] <= 0.995]
+        assert s.tolist() == window[:4]
+
+
+class Scorer:
+    """A stage-1 model stand-in over 3-d features: gallery = L2(x), query = L2(L2(x_r) + L2(t))."""
+
+    def eval(self):
+        return self
+
+    def embed_gallery(self, v):
+        return torch.nn.functional.normalize(v["pooled"], dim=-1)
+
+    def compose(self, r, t):
+        return torch.nn.functional.normalize(self.embed_gallery(r) + self.embed_gallery(t), dim=-1)
+
+
+def test_pseudo_triplets_satisfy_both_constraints():
+    ids = ["a", "a1", "a2", "b", "b1", "far"]
+    v = np.stack([unit(0), unit(10), unit(1), unit(90), unit(100), unit(180)])
+    images = FeatureTable(ids, {"pooled": v})
+    texts = FeatureTable(["to b"], {"pooled": unit(90)[None]})
+    triplets = [Triplet("a", "to b", ["b"])]
+    cfg = PseudoConfig(s_max=4, eps_l=0.9, eps_u=0.995, alpha=0.6)
+    made = make_pseudo_triplets(Scorer(), triplets, images, texts, ids, cfg)
+    # substitutes: a -> a1 (a2 at 1 deg is a near duplicate); b -> b1; far has none. Candidates:
+    # (a1, b): query L2(10 deg + 90 deg) = 50 deg, target 90 deg: cos 40 deg = 0.77 > 0.6, kept;
+    # (a, b1): query 45 deg, target 100 deg: cos 55 deg = 0.57 < 0.6, dropped by the matching constraint
+    pairs = {(t.reference, t.targets[0]) for t in made.triplets}
+    assert made.made == 2 and pairs == {("a1", "b")} and made.kept == 1
+    assert made.with_substitutes == 5 and made.images == 6  # every image but "far"
+    for t in made.triplets:  # the matching constraint, recomputed
+        q = Scorer().compose({"pooled": torch.from_numpy(v[[ids.index(t.reference)]])}, {"pooled": torch.from_numpy(unit(90)[None])})
+        g = Scorer().embed_gallery({"pooled": torch.from_numpy(v[[ids.index(t.targets[0])]])})
+        assert float((q * g).sum()) > cfg.alpha and t.attributes["pseudo"] in ("reference", "target")
+    loose = make_pseudo_triplets(Scorer(), triplets, images, texts, ids, PseudoConfig(alpha=0.5))
+    assert loose.made == 2 and loose.kept == 2  # both candidates pass a lower alpha
+    assert pseudo_epochs(8, 3) == [False, False, False, True, False, False, False, True]
+    with pytest.raises(CirlabError, match="unknown pseudo-triplet option"):
+        PseudoConfig.from_dict({"smax": 3})
+
+
+def test_stage2_trains_on_pseudo_epochs_in_the_schedule():
+    from cirlab.data.features import QuerySide
+    from cirlab.fusion import FeatureDims, build_fusion
+    from cirlab.training.trainer import TrainConfig, train_fusion
+
+    rng = np.random.default_rng(0)
+    images = FeatureTable([f"i{i}" for i in range(20)], {"pooled": rng.normal(size=(20, 8)).astype(np.float32)})
+    texts = FeatureTable(["t"], {"pooled": rng.normal(size=(1, 4)).astype(np.float32)})
+    real = [Triplet(f"i{i}", "t", [f"i{(i + 1) % 20}"]) for i in range(20)]
+    fake = [Triplet(f"i{i}", "t", [f"i{(i + 2) % 20}"]) for i in range(6)]
+    model = build_fusion("sum", FeatureDims(image=8, text=4), embed_dim=8)
+    res = train_fusion(model, real, images, QuerySide(images, texts), TrainConfig(epochs=4, batch_size=4),
+                       progress=False, pseudo=fake, pseudo_every=1)
+    assert res.pseudo_epochs == [2, 4]
+    assert len(res.step_losses) == 5 + 2 + 5 + 2  # 20 real triplets = 5 batches, 6 pseudo = 2 batches (4 + 2)
+
+
+@pytest.mark.slow
+def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_path):
+    from cirlab.api import Pipeline
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.tuned import fresh_encoder, load_tuned
+    from cirlab.training.stage1 import run_stage1
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm",
+                     {"tune": "both", "image_blocks": 1, "text_layers": 1,
+                      "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}}, progress=False)
+    assert res.image_spec == f"tuned:{tmp_path / 's1' / 'image.pt'}" and res.text_spec.endswith("text.pt")
+    assert len(res.train.history) == 2 and "val_R@10" in res.train.history[0]
+    for side, spec in (("image", "efficientnet_lite0"), ("text", "minilm")):
+        base, tuned = fresh_encoder(side, spec), load_tuned(tmp_path / "s1" / f"{side}.pt", side)
+        trainable = set(tuned.tunable(1))
+        before, after = base.model.state_dict(), tuned.model.state_dict()
+        frozen = [k for k in before if k not in trainable]
+        assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), side  # weights and BN statistics
+        assert any(not torch.equal(before[k], after[k]) for k in trainable), side
+        assert tuned.id.startswith(base.id + "+ft1:") and tuned.id != base.id
+    # the stage-1 model is a checkpoint on the tuned encoders: it loads, re-encodes under the new ids, searches
+    pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache")
+    assert pipe.image_encoder.id.startswith("efficientnet_lite0@224:") and "+ft1:" in pipe.image_encoder.id
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 1", 3)
+    assert len(hits) == 3
+    with pytest.raises(CirlabError, match="holds a fine-tuned image encoder"):
+        load_tuned(tmp_path / "s1" / "image.pt", "text")
+    with pytest.raises(CirlabError, match="unknown stage-1 option"):
+        run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
