@@ -119,3 +119,40 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
         load_tuned(tmp_path / "s1" / "image.pt", "text")
     with pytest.raises(CirlabError, match="unknown stage-1 option"):
         run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
+
+
+@pytest.mark.slow
+def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
+    import json
+
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.training.stage1 import attribute_labels, image_category, read_stage1_config, run_stage1
+
+    ds = make_dataset(tmp_path / "tiny", n=16)
+    cache = FeatureCache(tmp_path / "cache")
+    align = run_stage1(ds, tmp_path / "align", cache, "efficientnet_lite0", "minilm",
+                       {**read_stage1_config("align"), "train": {"epochs": 30, "batch_size": 8, "lr": 1e-3,
+                                                                 "select_best": False}}, progress=False)
+    assert align.tasks == {"retrieval": 1.0} and align.alignment["train"]["images"] == 8
+    before, after = align.alignment["train"]["before"], align.alignment["train"]["after"]
+    assert after[1] > before[1] and after[1] >= 75 and after[5] >= before[5]  # each caption finds its image
+    assert align.alignment["val"]["images"] == 4
+    # CAFF's domain tasks on images that carry attributes and a category
+    records = [json.loads(x) for x in (ds / "images.jsonl").read_text().splitlines()]
+    for k, r in enumerate(records):
+        r["attributes"] = {"base": f"shape family {k % 3}", "objects": [{"colour": ["red", "blue"][k % 2]}]}
+    (ds / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert attribute_labels(records[1]["attributes"]) == {"base=shape family 1", "colour=blue"}
+    assert image_category(records[1]) == "shape family 1"
+    caff = run_stage1(ds, tmp_path / "caff", cache, "efficientnet_lite0", "minilm",
+                      {**read_stage1_config("caff"), "tune": "image", "image_blocks": 1,
+                       "train": {"epochs": 2, "batch_size": 8}}, progress=False)
+    assert caff.tasks == {"retrieval": 1.0, "attributes": 1.0, "category": 1.0} and not caff.skipped
+    assert all(np.isfinite(r["loss"]) for r in caff.train.history)
+    plain = make_dataset(tmp_path / "plain", n=8)
+    res = run_stage1(plain, tmp_path / "p", cache, "efficientnet_lite0", "minilm",
+                     {"tune": "none", "tasks": {"composed": 1.0, "attributes": 1.0, "category": 1.0},
+                      "train": {"epochs": 1, "batch_size": 4}}, progress=False)
+    assert res.tasks == {"composed": 1.0} and set(res.skipped) == {"attributes", "category"}
+    with pytest.raises(CirlabError, match="neither a file nor a preset"):
+        read_stage1_config("nope")

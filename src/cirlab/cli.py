@@ -67,11 +67,10 @@ def cmd_encode(a: argparse.Namespace) -> int:
 
 def _run_stage1(a: argparse.Namespace, flags_apply: bool):
     """``cirlab train --stage 1`` (or the first half of ``--stage both``)."""
-    from cirlab.config import _read
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
 
-    override = dict(_read(a.stage1_config)) if a.stage1_config else {}
+    override = dict(read_stage1_config(a.stage1_config)) if a.stage1_config else {}
     for key in ("tune", "image_blocks", "text_layers"):
         if getattr(a, key) is not None:
             override[key] = getattr(a, key)
@@ -82,9 +81,15 @@ def _run_stage1(a: argparse.Namespace, flags_apply: bool):
     res = run_stage1(a.data, out, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
                      override, progress=not a.quiet, resume=a.resume and a.stage == "1")
     rec = "  ".join(f"R@{k} {v:.1f}" for k, v in res.val_recall.items())
-    print(f"stage 1 ({res.train.history and len(res.train.history)} epochs, {res.seconds['total']:.0f} s: "
-          f"{res.seconds['features']:.0f} s features, {res.seconds['train']:.0f} s training); "
-          f"val {rec or '(no val split)'}\nencoders: --image-encoder {res.image_spec} --text-encoder {res.text_spec}\n"
+    tasks = ", ".join(f"{k} {w:g}" for k, w in res.tasks.items())
+    skipped = "".join(f"; skipped {k}: {why}" for k, why in res.skipped.items())
+    align = ""
+    for split, r in res.alignment.items():
+        align += (f"\ncaption -> image recall, {split} images ({r['images']}): "
+                  + "  ".join(f"R@{k} {r['before'][k]:.1f} -> {r['after'][k]:.1f}" for k in r["after"]))
+    print(f"stage 1 ({len(res.train.history)} epochs, {res.seconds['total']:.0f} s: "
+          f"{res.seconds['features']:.0f} s features, {res.seconds['train']:.0f} s training; tasks {tasks}{skipped}); "
+          f"val {rec or '(no val split)'}{align}\nencoders: --image-encoder {res.image_spec} --text-encoder {res.text_spec}\n"
           f"stage-1 model: {out / 'stage1.pt'}; metrics: {out / 'stage1-metrics.jsonl'} and .png")
     return res
 
@@ -479,9 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite (default 2)")
     s1.add_argument("--text-layers", dest="text_layers", type=int,
                     help="fine-tune the last N transformer layers of the text model (default 1)")
-    s1.add_argument("--stage1-config", dest="stage1_config", type=Path, default=None,
-                    help="JSON file overriding configs/stage1.json (tune, image_blocks, text_layers, embed_dim, "
-                         "head_lr_scale, train)")
+    s1.add_argument("--stage1-config", dest="stage1_config", default=None,
+                    help="a preset (clip_cd: paper 004's composed objective, the default; caff: paper 001's domain "
+                         "tasks, image-caption retrieval + attribute prediction + category similarity; align: "
+                         "image-text alignment of the projections only) or a JSON file overriding "
+                         "configs/stage1.json (tune, image_blocks, text_layers, embed_dim, head_lr_scale, tasks "
+                         "{composed, retrieval, attributes, category: weights}, train)")
     s2 = t.add_argument_group("stage 2 on stage-1 encoders, and pseudo triplets (paper 004)")
     s2.add_argument("--stage1", type=Path, default=None,
                     help="a stage-1 folder: train on the encoders it tuned (sets --image-encoder/--text-encoder)")

@@ -9,6 +9,13 @@ transformer layers of the text model. The frozen part of the image network runs 
 (its output is kept in memory); the text model runs forward on every batch, with gradients
 stopping at the first trainable layer.
 
+Stage 1 is also where the encoders learn the domain through CAFF's tasks (paper 001), each
+switched on by a weight in ``tasks``: ``composed`` (004's objective above), ``retrieval``
+(image-caption symmetric InfoNCE: with only this task stage 1 is image-text *alignment*, a small
+CLIP on our offline encoders), ``attributes`` (a multi-label head on the image vector, labels from
+the images' ``attributes``) and ``category`` (residual adapters on both sides pulling an image and
+its category's text together). The auxiliary tasks use the images of each composed batch.
+
 Outputs, in one folder: ``image.pt`` / ``text.pt`` (the tuned encoders; use them as
 ``tuned:/folder/image.pt``), ``stage1.pt`` (the stage-1 ``sum`` model on those encoders, a normal
 cirlab checkpoint: it scores pseudo triplets and can be evaluated) and ``stage1.json``.
@@ -43,18 +50,41 @@ from cirlab.training.trainer import TrainConfig, TrainResult, fit, seed_everythi
 TUNE_CHOICES = ("none", "text", "image", "both")
 
 
+def stage1_presets() -> list[str]:
+    """The shipped stage-1 presets (``configs/stage1/<name>.json``): clip_cd, caff, align."""
+    folder = resources.files("cirlab") / "configs" / "stage1"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def read_stage1_config(name_or_path: str | Path) -> dict:
+    """A preset by name, or a JSON file."""
+    preset = resources.files("cirlab") / "configs" / "stage1" / f"{name_or_path}.json"
+    path = Path(name_or_path)
+    if not path.is_file() and preset.is_file():
+        return json.loads(preset.read_text())
+    if not path.is_file():
+        raise CirlabError(f"stage-1 config {name_or_path} is neither a file nor a preset ({', '.join(stage1_presets())})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CirlabError(f"{path}: not valid JSON ({e})") from None
+
+
 def stage1_config(override: dict | None = None) -> dict:
     """``configs/stage1.json`` with ``override`` on top (its ``train`` merged key by key)."""
     cfg = json.loads((resources.files("cirlab") / "configs" / "stage1.json").read_text())
     for key, value in (override or {}).items():
-        if key == "train":
-            cfg["train"].update(value)
+        if key in ("train", "tasks"):
+            cfg[key].update(value)
         elif key in cfg:
             cfg[key] = value
         else:
             raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
     if cfg["tune"] not in TUNE_CHOICES:
         raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
+    unknown = set(cfg["tasks"]) - {"composed", "retrieval", "attributes", "category"}
+    if unknown:
+        raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: composed, retrieval, attributes, category")
     TrainConfig.from_dict(cfg["train"])
     return cfg
 
@@ -67,9 +97,14 @@ class ImageSide:
         self.row = {i: n for n, i in enumerate(ids)}
 
     def pooled(self, ids) -> torch.Tensor:
-        rows = torch.as_tensor([self.row[i] for i in ids])
-        x = self.data[rows].float()
-        return self.encoder.tail(x, self.blocks) if self.blocks else x
+        """Pooled vectors of ``ids``; an image repeated in the batch runs through the tail once."""
+        rows = [self.row[i] for i in ids]
+        unique = sorted(set(rows))
+        x = self.data[torch.as_tensor(unique)].float()
+        if self.blocks:
+            x = self.encoder.tail(x.contiguous(memory_format=torch.channels_last), self.blocks)
+        where = {r: n for n, r in enumerate(unique)}
+        return x[torch.as_tensor([where[r] for r in rows])]
 
 
 class TextSide:
@@ -77,9 +112,50 @@ class TextSide:
         self.encoder, self.table = encoder, table
 
     def pooled(self, texts) -> torch.Tensor:
-        if self.table is None:
-            return self.encoder.pooled_with_grad(list(texts))
+        if self.table is None:  # a text repeated in the batch runs through the model once
+            unique = sorted(set(texts))
+            where = {t: n for n, t in enumerate(unique)}
+            return self.encoder.pooled_with_grad(unique)[torch.as_tensor([where[t] for t in texts])]
         return torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]).float()
+
+
+def attribute_labels(attributes) -> set[str]:
+    """``key=value`` labels of an image's attributes (nested objects and lists walked)."""
+    out: set[str] = set()
+
+    def walk(d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, (str, int, bool)):
+                out.add(f"{k}={v}")
+            elif isinstance(v, dict):
+                walk(v)
+            elif isinstance(v, list):
+                for x in v:
+                    walk(x) if isinstance(x, dict) else out.add(f"{k}={x}")
+
+    if isinstance(attributes, dict):
+        walk(attributes)
+    return out
+
+
+def image_category(record: dict) -> str | None:
+    """The category an image belongs to: its ``category``, else its attributes' category / base."""
+    attrs = record.get("attributes") if isinstance(record.get("attributes"), dict) else {}
+    value = record.get("category") or attrs.get("category") or attrs.get("base")
+    return str(value) if value else None
+
+
+class Adapter(nn.Module):
+    """A residual adapter ``L2(v + W2 ReLU(W1 v))`` (CAFF's category-similarity adapters)."""
+
+    def __init__(self, dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(v + self.net(v), dim=-1)
 
 
 class Stage1Model(nn.Module):
@@ -92,6 +168,7 @@ class Stage1Model(nn.Module):
         self.image_tuned = nn.ParameterList(image_parts.values())
         self.text_tuned = nn.ParameterList(text_parts.values())
         self.frozen_modules: list[nn.Module] = []
+        self.aux = nn.ModuleDict()  # the domain tasks' heads
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -107,11 +184,15 @@ class Stage1Result:
     text_spec: str
     train: TrainResult
     seconds: dict = field(default_factory=dict)
-    val_recall: dict = field(default_factory=dict)
+    val_recall: dict = field(default_factory=dict)  # composed Recall@K of the stage-1 model on the val split
+    tasks: dict = field(default_factory=dict)  # the task weights that ran
+    skipped: dict = field(default_factory=dict)  # tasks asked for that the data cannot feed, and why
+    alignment: dict = field(default_factory=dict)  # caption -> image Recall@K before/after, train and val images
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "image_spec": self.image_spec, "text_spec": self.text_spec,
-                "train": self.train.to_dict(), "seconds": self.seconds, "val_recall": self.val_recall}
+                "train": self.train.to_dict(), "seconds": self.seconds, "val_recall": self.val_recall,
+                "tasks": self.tasks, "skipped_tasks": self.skipped, "alignment": self.alignment}
 
 
 def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: bool, batch: int = 32):
@@ -174,7 +255,29 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
-    all_texts = [t.text for ts in triplets.values() for t in ts]
+    records = {r["id"]: r for r in ds.images}
+    tasks = cfg["tasks"]
+    captions = {i: records[i]["caption"] for i in images.row if records.get(i, {}).get("caption")}
+    categories = {i: c for i in images.row if (c := image_category(records.get(i, {})))}
+    category_names = sorted(set(categories.values()))
+    train_ids = set(ds.gallery(train_split).ids) & set(images.row)
+    counts: dict[str, int] = {}
+    for i in train_ids:
+        for label in attribute_labels(records[i].get("attributes")):
+            counts[label] = counts.get(label, 0) + 1
+    vocab = sorted(k for k, c in counts.items() if c >= 2)[:1024]
+    active = {name: w for name, w in tasks.items() if w}
+    skipped = {}
+    if active.get("retrieval") and len(captions) < 8:
+        skipped["retrieval"] = "fewer than 8 images with captions"
+    if active.get("attributes") and len(vocab) < 2:
+        skipped["attributes"] = "fewer than 2 attribute labels"
+    if active.get("category") and len(category_names) < 2:
+        skipped["category"] = "fewer than 2 image categories"
+    active = {k: w for k, w in active.items() if k not in skipped}
+    if not active:
+        raise CirlabError(f"no stage-1 task can run on {ds.name}: {skipped or 'every task weight is 0'}")
+    all_texts = [t.text for ts in triplets.values() for t in ts] + list(captions.values()) + category_names
     texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress))
     seconds["features"] = time.perf_counter() - t0
 
@@ -188,14 +291,59 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         model.frozen_modules.append(image_enc.model)
     if tune_text:
         model.frozen_modules.append(text_enc.model)
+    if "attributes" in active:
+        model.aux["attributes"] = nn.Linear(cfg["embed_dim"], len(vocab))
+        label_row = {k: n for n, k in enumerate(vocab)}
+        multi_hot = {i: torch.zeros(len(vocab)) for i in train_ids}
+        for i, v in multi_hot.items():
+            for label in attribute_labels(records[i].get("attributes")):
+                if label in label_row:
+                    v[label_row[label]] = 1.0
+    if "category" in active:
+        model.aux["image_adapter"] = Adapter(cfg["embed_dim"])
+        model.aux["text_adapter"] = Adapter(cfg["embed_dim"])
+        category_row = {c: n for n, c in enumerate(category_names)}
+    scale = train_cfg.logit_scale
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
         refs, txts, tgts = zip(*(usable[r] for r in rows))
         both = images.pooled(list(refs) + list(tgts))  # one pass of the tail for references and targets
-        query = fusion.compose({"pooled": both[:len(rows)]}, {"pooled": texts.pooled(txts)})
-        target = fusion.embed_gallery({"pooled": both[len(rows):]})
-        keys = torch.as_tensor([images.row[t] for t in tgts])
-        return batch_infonce(query, target, train_cfg.logit_scale, keys)
+        loss = torch.zeros(())
+        if "composed" in active:
+            query = fusion.compose({"pooled": both[:len(rows)]}, {"pooled": texts.pooled(txts)})
+            target = fusion.embed_gallery({"pooled": both[len(rows):]})
+            keys = torch.as_tensor([images.row[t] for t in tgts])
+            loss = loss + active["composed"] * batch_infonce(query, target, scale, keys)
+        if len(active) == ("composed" in active):
+            return loss
+        ids = list(refs) + list(tgts)
+        first = {}
+        for n, i in enumerate(ids):
+            first.setdefault(i, n)  # each image of the batch once
+        vectors = fusion.embed_gallery({"pooled": both[list(first.values())]})
+        ids = list(first)
+        if "retrieval" in active:
+            sel = [n for n, i in enumerate(ids) if i in captions and i in train_ids]
+            if len(sel) >= 2:
+                caps = [captions[ids[n]] for n in sel]
+                text_vec = fusion.project_text(texts.pooled(caps))
+                keys = torch.as_tensor([hash(c) for c in caps])  # two images with one caption: not negatives
+                loss = loss + active["retrieval"] * 0.5 * (batch_infonce(vectors[sel], text_vec, scale, keys)
+                                                           + batch_infonce(text_vec, vectors[sel], scale, keys))
+        if "attributes" in active:
+            sel = [n for n, i in enumerate(ids) if i in multi_hot]
+            if sel:
+                logits = model.aux["attributes"](vectors[sel])
+                labels = torch.stack([multi_hot[ids[n]] for n in sel])
+                loss = loss + active["attributes"] * nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        if "category" in active:
+            sel = [n for n, i in enumerate(ids) if i in categories and i in train_ids]
+            if sel:
+                names = model.aux["text_adapter"](fusion.project_text(texts.pooled(category_names)))
+                logits = scale * model.aux["image_adapter"](vectors[sel]) @ names.t()
+                labels = torch.as_tensor([category_row[categories[ids[n]]] for n in sel])
+                loss = loss + active["category"] * nn.functional.cross_entropy(logits, labels)
+        return loss
 
     validate = None
     if val_split in triplets and triplets[val_split]:
@@ -206,7 +354,11 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         def validate(_module) -> dict[int, float]:
             return _recall(fusion, images, texts, val, val_ids, ds.exclude_reference)
 
-    groups = [{"params": list(fusion.parameters()), "lr_scale": cfg["head_lr_scale"]}]
+    aligned = {"train": sorted(i for i in train_ids if i in captions),
+               "val": sorted(i for i in val_gallery if i in captions and i in images.row)}
+    aligned = {k: v for k, v in aligned.items() if v}
+    alignment_before = {k: _text_to_image_recall(fusion, images, texts, v, captions) for k, v in aligned.items()}
+    groups = [{"params": list(fusion.parameters()) + list(model.aux.parameters()), "lr_scale": cfg["head_lr_scale"]}]
     if image_parts or text_parts:
         groups.append({"params": list(image_parts.values()) + list(text_parts.values()), "lr_scale": 1.0})
     t1 = time.perf_counter()
@@ -214,11 +366,14 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
                  out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups)
     seconds["train"] = time.perf_counter() - t1
     val_recall = validate(model) if validate else {}
+    alignment = {k: {"images": len(v), "before": alignment_before[k],
+                     "after": _text_to_image_recall(fusion, images, texts, v, captions)} for k, v in aligned.items()}
 
     from cirlab.eval.report import training_curves_png
 
     training_curves_png(out / "stage1-metrics.png", result.history, f"stage 1, tune {cfg['tune']}, on {ds.name}")
-    meta = {"stage1": {"tune": cfg["tune"], "image_blocks": blocks, "text_layers": layers, "data": ds.name}}
+    meta = {"stage1": {"tune": cfg["tune"], "image_blocks": blocks, "text_layers": layers, "data": ds.name,
+                       "tasks": active, "skipped_tasks": skipped}}
     if tune_image:
         save_tuned(out / "image.pt", "image", image_enc, blocks, meta)
         image_enc = load_tuned(out / "image.pt", "image")
@@ -229,7 +384,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
                     {"config": {"method": "sum", "model": {"embed_dim": cfg["embed_dim"]}, "train": cfg["train"]},
                      "data": {"name": ds.name}, "train": result.to_dict(), **meta})
     seconds["total"] = time.perf_counter() - t0
-    res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall)
+    res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall, active, skipped, alignment)
     (out / "stage1.json").write_text(json.dumps({"config": cfg, **res.to_dict()}, indent=1))
     return res
 
@@ -252,3 +407,20 @@ def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: l
     exclude = np.array([pos.get(t.reference, -1) for t in triplets]) if exclude_reference else None
     top, _ = exact_topk(q, g, max(DEFAULT_KS), exclude)
     return recall_at_k(top, [[pos[x] for x in t.targets if x in pos] for t in triplets], DEFAULT_KS)
+
+
+@torch.no_grad()
+def _text_to_image_recall(fusion, images: ImageSide, texts: TextSide, ids: list[str], captions: dict[str, str],
+                          ks=(1, 5, 10)) -> dict[int, float]:
+    """Caption -> image Recall@K in the stage-1 space (``L2(W_t c)`` against ``L2(W_i x)``); an image
+    whose caption another image shares counts any of them as a hit."""
+    if not ids:
+        return {}
+    g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(ids[s:s + 256])}) for s in range(0, len(ids), 256)])
+    caps = [captions[i] for i in ids]
+    t = torch.cat([fusion.project_text(texts.pooled(caps[s:s + 256])) for s in range(0, len(caps), 256)])
+    top, _ = exact_topk(t.numpy(), g.numpy(), max(ks))
+    same = {}
+    for n, c in enumerate(caps):
+        same.setdefault(c, []).append(n)
+    return recall_at_k(top, [same[c] for c in caps], ks)
