@@ -112,6 +112,7 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
     # the stage-1 model is a checkpoint on the tuned encoders: it loads, re-encodes under the new ids, searches
     pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache")
     assert pipe.image_encoder.id.startswith("efficientnet_lite0@224:") and "+ft1:" in pipe.image_encoder.id
+    assert not pipe.text_search  # trained on composed queries only: no text-only search
     gallery = pipe.encode_gallery(ds / "images", progress=False)
     hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 1", 3)
     assert len(hits) == 3
@@ -137,6 +138,14 @@ def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
     before, after = align.alignment["train"]["before"], align.alignment["train"]["after"]
     assert after[1] > before[1] and after[1] >= 75 and after[5] >= before[5]  # each caption finds its image
     assert align.alignment["val"]["images"] == 4
+    from cirlab.api import Pipeline
+
+    pipe = Pipeline.load(tmp_path / "align" / "stage1.pt", tmp_path / "cache")
+    assert pipe.text_search  # the aligned projections answer text-only queries
+    q = pipe.compose(None, "shape number 3")
+    assert q.shape == (512,) and abs(float(np.linalg.norm(q)) - 1) < 1e-4
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    assert len(pipe.search(gallery, None, "shape number 3", 4)) == 4
     # CAFF's domain tasks on images that carry attributes and a category
     records = [json.loads(x) for x in (ds / "images.jsonl").read_text().splitlines()]
     for k, r in enumerate(records):

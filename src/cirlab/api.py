@@ -91,7 +91,7 @@ class Pipeline:
         meta = ckpt["meta"]
         image_encoder = build_image_encoder(meta["image_encoder"]["spec"])
         text_encoder = build_text_encoder(meta["text_encoder"]["spec"])
-        model, meta = load_checkpoint(path, image_encoder, text_encoder)
+        model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):
             from cirlab.training.align import head_from_state
@@ -124,16 +124,23 @@ class Pipeline:
             out = feats.views
         return as_tensors(out)
 
+    @property
+    def text_search(self) -> bool:
+        """Whether text-only queries work: a text head, or a stage-1 model trained on image-caption retrieval."""
+        return self.text_head is not None or bool(self.meta.get("stage1", {}).get("tasks", {}).get("retrieval"))
+
     @torch.inference_mode()
     def compose(self, image: str | Path | Image.Image | None, text: str) -> np.ndarray:
         """The query vector of (reference image, modification text); with no image, of the text alone
         (a plain text-to-image search through the model's text head)."""
         text = check_text(text)
         if image is None:
-            if self.text_head is None:
+            if not self.text_search:
                 raise CirlabError("this model has no text-to-image head (its training data had no captions): "
                                   "give a reference image, or retrain on data with captions")
             pooled = as_tensors(self.text_encoder.encode_texts([text], ("pooled",)))["pooled"]
+            if self.text_head is None:  # a stage-1 model aligned images and captions: its own text projection
+                return self.model.project_text(pooled)[0].numpy()
             return self.text_head(pooled)[0].numpy()
         if getattr(self.model, "unified_queries", False):  # DQU: unify the raw query, then encode it
             from cirlab.training.unify import unified_query_views

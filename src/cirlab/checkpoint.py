@@ -70,9 +70,10 @@ def check_encoders(meta: dict, image_encoder, text_encoder, path: str | Path = "
             )
 
 
-def load_checkpoint(path: str | Path, image_encoder, text_encoder) -> tuple[Fusion, dict]:
-    """Rebuild the fusion module of a checkpoint for these encoders (refused on a mismatch)."""
-    ckpt = read_checkpoint(path)
+def load_checkpoint(path: str | Path, image_encoder, text_encoder, ckpt: dict | None = None) -> tuple[Fusion, dict]:
+    """Rebuild the fusion module of a checkpoint for these encoders (refused on a mismatch);
+    ``ckpt``: the file's contents where the caller has read them already."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     meta = ckpt["meta"]
     check_encoders(meta, image_encoder, text_encoder, path)
     model = build_fusion(meta["method"], FeatureDims.of(image_encoder, text_encoder), **meta["model_config"])

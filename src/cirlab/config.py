@@ -14,7 +14,8 @@ from pathlib import Path
 from cirlab.errors import CirlabError
 
 
-def _read(path) -> dict:
+def read_config(path) -> dict:
+    """A JSON config file (or package resource); invalid JSON is a one-line error."""
     try:
         return json.loads(Path(path).read_text()) if isinstance(path, (str, Path)) else json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -33,15 +34,15 @@ def method_config(method: str, override: str | Path | dict | None = None) -> dic
     variant = root / "variants" / f"{method}.json"
     layers = []
     if variant.is_file():
-        layers.append(_read(variant))
+        layers.append(read_config(variant))
         method = layers[0]["method"]
     shipped = root / "methods" / f"{method}.json"
-    cfg = {"method": method, "model": {}, "train": dict(_read(root / "train.json"))}
-    layers = ([_read(shipped)] if shipped.is_file() else []) + layers
+    cfg = {"method": method, "model": {}, "train": dict(read_config(root / "train.json"))}
+    layers = ([read_config(shipped)] if shipped.is_file() else []) + layers
     if override is not None:
         if not isinstance(override, dict) and not Path(override).is_file():
             raise CirlabError(f"config file {override} does not exist")
-        layers.append(override if isinstance(override, dict) else _read(override))
+        layers.append(override if isinstance(override, dict) else read_config(override))
     for layer in layers:
         unknown = sorted(set(layer) - {"method", "model", "train"}) if isinstance(layer, dict) else ["(not an object)"]
         if unknown:

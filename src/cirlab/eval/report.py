@@ -118,6 +118,12 @@ def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title
     ax.set_title(title, fontsize=10)
     if curves:
         ax.legend(fontsize=8, loc="lower right")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,9 +173,4 @@ def training_curves_png(path: str | Path, history: list[dict], title: str) -> Pa
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="center right")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

@@ -229,7 +229,7 @@ class SearchService:
         return {
             "model": {"method": meta["method"], "checkpoint": self.pipe.path.name if self.pipe.path else None,
                       "fusion": self.pipe.identity["fusion"], "embed_dim": self.pipe.model.embed_dim,
-                      "text_search": self.pipe.text_head is not None},
+                      "text_search": self.pipe.text_search},
             "encoders": {"image": self.pipe.image_encoder.id, "text": self.pipe.text_encoder.id},
             "index": {"size": len(self.index), "backend": self.index.spec, "dim": self.index.dim},
             "limits": {"upload_bytes": self.max_upload_bytes, "text_chars": self.max_text_chars,

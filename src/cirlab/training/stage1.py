@@ -58,16 +58,15 @@ def stage1_presets() -> list[str]:
 
 def read_stage1_config(name_or_path: str | Path) -> dict:
     """A preset by name, or a JSON file."""
+    from cirlab.config import read_config
+
     preset = resources.files("cirlab") / "configs" / "stage1" / f"{name_or_path}.json"
     path = Path(name_or_path)
     if not path.is_file() and preset.is_file():
-        return json.loads(preset.read_text())
+        return read_config(preset)
     if not path.is_file():
         raise CirlabError(f"stage-1 config {name_or_path} is neither a file nor a preset ({', '.join(stage1_presets())})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CirlabError(f"{path}: not valid JSON ({e})") from None
+    return read_config(path)
 
 
 def stage1_config(override: dict | None = None) -> dict:
@@ -258,9 +257,9 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     records = {r["id"]: r for r in ds.images}
     tasks = cfg["tasks"]
     captions = {i: records[i]["caption"] for i in images.row if records.get(i, {}).get("caption")}
-    categories = {i: c for i in images.row if (c := image_category(records.get(i, {})))}
-    category_names = sorted(set(categories.values()))
     train_ids = set(ds.gallery(train_split).ids) & set(images.row)
+    categories = {i: c for i in train_ids if (c := image_category(records.get(i, {})))}  # training images' only
+    category_names = sorted(set(categories.values()))
     counts: dict[str, int] = {}
     for i in train_ids:
         for label in attribute_labels(records[i].get("attributes")):
