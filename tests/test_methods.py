@@ -159,9 +159,10 @@ def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
     res = _cli("train", "--method", "mffm", "--data", ds, "--config", cfg, "--out", tmp_path / "run", home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "trained mffm on 12 triplets" in res.stdout and "| mffm |" in res.stdout
-    res = _cli("eval", "--data", ds, "--model", tmp_path / "run" / "model.pt", home=tmp_path)
+    res = _cli("eval", "--data", ds, "--model", tmp_path / "run" / "model.pt", "--out", tmp_path / "eval", home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "2 queries over 2 gallery images" in res.stdout
+    assert json.loads((tmp_path / "eval" / "tiny-test.json").read_text())["queries"] == 2
     res = _cli("bench", "--data", ds, "--methods", "sum,caff-tggf", "--seeds", "2", "--epochs", "1", "--quiet",
                "--out", tmp_path / "results", "--name", "tiny", home=tmp_path)
     assert res.returncode == 0, res.stderr
