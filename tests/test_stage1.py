@@ -165,3 +165,45 @@ def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
     assert res.tasks == {"composed": 1.0} and set(res.skipped) == {"attributes", "category"}
     with pytest.raises(CirlabError, match="neither a file nor a preset"):
         read_stage1_config("nope")
+
+
+@pytest.mark.slow
+def test_alignment_from_an_image_caption_file_and_dqu_captions_with_it(tmp_path):
+    """Stage 1 on image-caption pairs alone (no triplets); the aligned model then serves as dqu's
+    retrieval captioner: dqu picks, for an image, the phrase the aligned model ranks first."""
+    import json
+
+    from cirlab.data.triplets import Dataset
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.training.run import Workspace, train_method
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+
+    ds = make_dataset(tmp_path / "tiny", n=16)
+    records = [json.loads(x) for x in (ds / "images.jsonl").read_text().splitlines()]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": r["file"], "caption": r["caption"]}) + "\n" for r in records)
+                     + json.dumps({"image": "not-there.png", "caption": "x"}) + "\n")
+    data = Dataset.open(pairs, ds / "images")
+    assert data.meta["captions_only"] and data.meta["unknown_images"] == 1 and len(data.images) == 16
+    assert {r["split"] for r in data.images} == {"train", "val"}
+    cache = FeatureCache(tmp_path / "cache")
+    res = run_stage1(pairs, tmp_path / "align", cache, "efficientnet_lite0", "minilm",
+                     {**read_stage1_config("align"), "tasks": {"composed": 1.0, "retrieval": 1.0},
+                      "train": {"epochs": 20, "batch_size": 8, "lr": 1e-3}}, progress=False, images=ds / "images")
+    assert res.tasks == {"retrieval": 1.0} and "composed" in res.skipped  # no triplets: composed is skipped
+    assert res.alignment["train"]["after"][1] > res.alignment["train"]["before"][1]
+    ws = Workspace.open(ds, cache, progress=False)
+    model, _, _ = train_method(ws, "dqu", {"model": {"captions": "captioner", "captioner_model": str(tmp_path / "align")},
+                                           "train": {"epochs": 1, "batch_size": 8}}, progress=False, text_head=False)
+    assert len(model.captioner_bias) == 512 and model.vocabulary == sorted(r["caption"] for r in records[:8])
+    from cirlab.checkpoint import load_checkpoint
+
+    aligned, _ = load_checkpoint(tmp_path / "align" / "stage1.pt", ws.image_encoder, ws.text_encoder)
+    pooled = torch.from_numpy(ws.images.views["pooled"][ws.images.rows(["img0", "img5", "img9"])]).float()
+    vocab = model.vocabulary
+    texts = torch.from_numpy(ws.text_encoder.encode_texts(vocab)["pooled"]).float()
+    with torch.no_grad():
+        best = (aligned.project_image(pooled) @ aligned.project_text(texts).t()).argmax(dim=1).tolist()
+    assert model.caption(pooled) == [vocab[b] for b in best]
+    with pytest.raises(CirlabError, match="no 'train' triplets to train a fusion on"):
+        train_method(Workspace.open(data, cache, progress=False), "sum", progress=False)

@@ -79,7 +79,7 @@ def _run_stage1(a: argparse.Namespace, flags_apply: bool):
                              **{k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}}
     out = a.out if a.stage == "1" else a.out / "stage1"
     res = run_stage1(a.data, out, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder, a.text_encoder,
-                     override, progress=not a.quiet, resume=a.resume and a.stage == "1")
+                     override, progress=not a.quiet, resume=a.resume and a.stage == "1", images=a.images)
     rec = "  ".join(f"R@{k} {v:.1f}" for k, v in res.val_recall.items())
     tasks = ", ".join(f"{k} {w:g}" for k, w in res.tasks.items())
     skipped = "".join(f"; skipped {k}: {why}" for k, why in res.skipped.items())
@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="combiner", help="a registered method, see 'cirlab methods' (default: %(default)s)")
     t.add_argument("--data", type=Path, required=True,
                    help="dataset folder (with dataset.json; trains on 'train', picks the best epoch on 'val'), "
-                        "or a triplet JSONL file (all of it is trained on)")
+                        "or a triplet JSONL file (all of it is trained on); for --stage 1 also an image-caption "
+                        'JSONL file ({"image": "path", "caption": "..."} lines; 10%% of the images held out)')
     t.add_argument("--images", type=Path, default=None,
                    help="with a JSONL --data: the image folder its ids are relative to (default: 'images' beside it)")
     t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")

@@ -132,10 +132,60 @@ class Dataset:
         return ds
 
     @classmethod
+    def from_captions(cls, path: str | Path, images: str | Path | None = None, val_share: float = 0.1) -> "Dataset":
+        """Image-caption pairs without triplets (``{"image": ..., "caption": ...}`` lines; ``image`` is a path
+        relative to the image folder, with or without suffix), for image-text alignment in stage 1.
+        A seeded ``val_share`` of the images (by a hash of the id) is held out as ``val``."""
+        import hashlib
+
+        path = Path(path)
+        images = Path(images) if images is not None else (path.parent / "images" if (path.parent / "images").is_dir()
+                                                          else path.parent)
+        gallery = Gallery.from_folder(images)
+        by_id = {**{p.relative_to(images).as_posix(): i for i, p in zip(gallery.ids, gallery.paths)},
+                 **{i: i for i in gallery.ids}}
+        records, unknown = {}, 0
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                key, caption = str(d["image"]), str(d["caption"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CirlabError(f"{path}:{n}: not an image-caption line ({type(e).__name__}); "
+                                  'expected {"image": "relative/path.jpg", "caption": "..."}') from None
+            i = by_id.get(key) or by_id.get(Path(key).with_suffix("").as_posix())
+            if i is None:
+                unknown += 1
+                continue
+            split = "val" if int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < val_share else "train"
+            records.setdefault(i, {"id": i, "file": gallery.paths[gallery.position[i]].relative_to(images).as_posix(),
+                                   "split": split, "caption": caption})
+        if not records:
+            raise CirlabError(f"none of the images named in {path} is under {images}; pass --images")
+        ds = cls.__new__(cls)
+        ds.root, ds.image_dir, ds.name = path.parent, images, path.stem
+        ds.meta = {"name": path.stem, "splits": {}, "captions_only": True, "unknown_images": unknown}
+        ds.images = list(records.values())
+        ds.by_id = records
+        return ds
+
+    @classmethod
     def open(cls, data: str | Path, images: str | Path | None = None) -> "Dataset":
-        """A dataset folder, or a triplet JSONL file with its image folder."""
+        """A dataset folder, a triplet JSONL file with its image folder, or an image-caption JSONL file."""
         data = Path(data)
-        return cls.from_triplets(data, images) if data.suffix == ".jsonl" else cls(data)
+        if data.suffix != ".jsonl":
+            return cls(data)
+        if not data.is_file():
+            raise CirlabError(f"{data} does not exist")
+        first = next((x for x in data.read_text().splitlines() if x.strip()), "{}")
+        try:
+            keys = set(json.loads(first))
+        except (json.JSONDecodeError, TypeError):
+            keys = set()
+        if "caption" in keys and "reference" not in keys:
+            return cls.from_captions(data, images)
+        return cls.from_triplets(data, images)
 
     @property
     def splits(self) -> list[str]:

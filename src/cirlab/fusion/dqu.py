@@ -88,18 +88,22 @@ class DQU(Fusion):
     unified_queries = True
 
     def __init__(self, dims: FeatureDims, embed_dim: int = 512, unify: str = "both", hidden_dim: int = 512,
-                 captions: str = "metadata", captioner_ridge: float = 1.0) -> None:
+                 captions: str = "metadata", captioner_ridge: float = 1.0, captioner_model: str | None = None) -> None:
         super().__init__(dims, embed_dim)
         if unify not in ("both", "textual", "visual"):
             raise ValueError(f"unify must be both, textual or visual, got {unify!r}")
         if captions not in ("metadata", "captioner"):
             raise ValueError(f"captions must be metadata or captioner, got {captions!r}")
         self.unify, self.captions, self.ridge = unify, captions, captioner_ridge
+        # None: a ridge map fitted here; a stage-1 folder or stage1.pt trained on image-caption retrieval
+        # (``cirlab train --stage 1 --stage1-config align``): its aligned projections pick the phrase
+        self.captioner_model = captioner_model
         self.mix = mlp([2 * embed_dim, hidden_dim, 1])
         # the retrieval captioner: filled by fit_captioner, sized from the checkpoint on load
         self.register_buffer("captioner_map", torch.zeros(0, dims.text))
         self.register_buffer("vocab_vectors", torch.zeros(0, dims.text))
         self.register_buffer("vocab_bytes", torch.zeros(0, dtype=torch.uint8))
+        self.register_buffer("captioner_bias", torch.zeros(0))  # the aligned captioner's image-side bias
 
     # -- the retrieval captioner ------------------------------------------------------------
     def fit_captioner(self, image_vectors: np.ndarray, caption_vectors: np.ndarray, phrases: list[str],
@@ -109,7 +113,16 @@ class DQU(Fusion):
         t = F.normalize(torch.as_tensor(caption_vectors, dtype=torch.float64), dim=-1)
         gram = x.T @ x + self.ridge * torch.eye(x.shape[1], dtype=torch.float64)
         self.captioner_map = torch.linalg.solve(gram, x.T @ t).float()
+        self.captioner_bias = torch.zeros(0)
         self.vocab_vectors = F.normalize(torch.as_tensor(vocab_vectors, dtype=torch.float32), dim=-1)
+        self.vocab_bytes = torch.frombuffer(bytearray("\n".join(phrases).encode()), dtype=torch.uint8).clone()
+
+    def set_aligned_captioner(self, image_proj: torch.nn.Linear, phrase_vectors: torch.Tensor, phrases: list[str]) -> None:
+        """Caption by an aligned stage-1 model: ``argmax_c L2(W_i L2(x) + b_i) . phrase_vectors[c]``, where the
+        phrase vectors are that model's ``L2(W_t L2(c) + b_t)``."""
+        self.captioner_map = image_proj.weight.detach().t().float().clone()
+        self.captioner_bias = image_proj.bias.detach().float().clone()
+        self.vocab_vectors = F.normalize(phrase_vectors.detach().float(), dim=-1)
         self.vocab_bytes = torch.frombuffer(bytearray("\n".join(phrases).encode()), dtype=torch.uint8).clone()
 
     @property
@@ -120,12 +133,16 @@ class DQU(Fusion):
         """Best phrase of the vocabulary for each image vector."""
         if not len(self.captioner_map):
             return ["an image"] * len(pooled)
-        mapped = F.normalize(F.normalize(torch.as_tensor(pooled).float(), dim=-1) @ self.captioner_map, dim=-1)
+        mapped = F.normalize(torch.as_tensor(pooled).float(), dim=-1) @ self.captioner_map
+        if len(self.captioner_bias):
+            mapped = mapped + self.captioner_bias
+        mapped = F.normalize(mapped, dim=-1)
         vocab = self.vocabulary
         return [vocab[i] for i in (mapped @ self.vocab_vectors.T).argmax(dim=-1).tolist()]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("captioner_map", "vocab_vectors", "vocab_bytes"):
+        state_dict.setdefault(prefix + "captioner_bias", torch.zeros(0))  # checkpoints from before it existed
+        for name in ("captioner_map", "vocab_vectors", "vocab_bytes", "captioner_bias"):
             if prefix + name in state_dict:  # the captioner's size is data, not config
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -74,7 +74,8 @@ class Workspace:
         captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
         if not len(model.captioner_map):
             train_ids = self.gallery_ids("train") if "train" in self.triplets else list(self.images.keys)
-            fit_captioner(model, self.cache, self.text_encoder, self.images, captions, train_ids, self.progress)
+            fit_captioner(model, self.cache, self.text_encoder, self.images, captions, train_ids, self.progress,
+                          self.image_encoder)
         setting = (model.unify, model.captions, hash(model.vocab_bytes.numpy().tobytes()))
         if setting not in self._unified:
             paths = dict(zip(self.dataset.gallery().ids, self.dataset.gallery().paths))
@@ -126,6 +127,10 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     ``pseudo``: a stage-1 model (``stage1.pt`` or its folder) that makes pseudo triplets for paper 004's
     augmentation (``training.pseudo``; options in ``pseudo_config``); it must share this run's encoders."""
     cfg = method_config(method, config)
+    if train_split not in ws.triplets:
+        why = " (image-caption data trains stage 1 only: --stage 1 --stage1-config align)" \
+            if ws.dataset.meta.get("captions_only") else ""
+        raise CirlabError(f"data set {ws.dataset.name} has no {train_split!r} triplets to train a fusion on{why}")
     if cfg["method"] not in fusion_methods:
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
     data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}

@@ -218,12 +218,13 @@ def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: 
 
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
                config: dict | None = None, progress: bool = True, train_split: str = "train",
-               val_split: str | None = "val", resume: bool = False) -> Stage1Result:
-    """Fine-tune per ``config`` (see ``configs/stage1.json``) on a data set's training triplets; keep
-    the epoch of best validation recall; write the tuned encoders and the stage-1 model to ``out``."""
+               val_split: str | None = "val", resume: bool = False, images: str | Path | None = None) -> Stage1Result:
+    """Fine-tune per ``config`` (see ``configs/stage1.json``) on a data set's training triplets (or, for
+    image-caption data, its captioned training images); keep the epoch of best validation recall; write
+    the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a JSONL ``data``."""
     cfg = stage1_config(config)
     train_cfg = TrainConfig.from_dict(cfg["train"])
-    ds = data if isinstance(data, Dataset) else Dataset.open(data)
+    ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tune_image, tune_text = cfg["tune"] in ("image", "both"), cfg["tune"] in ("text", "both")
@@ -242,11 +243,15 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         p.requires_grad_(True)
 
     triplets = {s: ds.triplets(s) for s in (train_split, val_split) if s and s in ds.splits}
+    caption_mode = train_split not in triplets  # an image-caption file: alignment and the other image tasks
     gallery = ds.gallery()
     paths = dict(zip(gallery.ids, gallery.paths))
-    val_gallery = ds.gallery(val_split).ids if val_split in triplets else []
-    needed = sorted({x for t in triplets[train_split] for x in (t.reference, *t.targets[:1])} | set(val_gallery)
-                    | {t.reference for t in triplets.get(val_split, [])})
+    val_gallery = ds.gallery(val_split).ids if val_split in triplets or caption_mode else []
+    if caption_mode:
+        needed = sorted(set(ds.gallery(train_split).ids) | set(val_gallery))
+    else:
+        needed = sorted({x for t in triplets[train_split] for x in (t.reference, *t.targets[:1])} | set(val_gallery)
+                        | {t.reference for t in triplets.get(val_split, [])})
     needed = [i for i in needed if i in paths]
     if tune_image:
         kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress)
@@ -267,6 +272,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     vocab = sorted(k for k, c in counts.items() if c >= 2)[:1024]
     active = {name: w for name, w in tasks.items() if w}
     skipped = {}
+    if caption_mode and active.get("composed"):
+        skipped["composed"] = f"{ds.name} has no {train_split!r} triplets (image-caption data)"
     if active.get("retrieval") and len(captions) < 8:
         skipped["retrieval"] = "fewer than 8 images with captions"
     if active.get("attributes") and len(vocab) < 2:
@@ -280,10 +287,13 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress))
     seconds["features"] = time.perf_counter() - t0
 
-    usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row)) for t in triplets[train_split]
-              if t.reference in images.row and any(x in images.row for x in t.targets)]
+    if caption_mode:  # one training item per captioned training image
+        usable = sorted(i for i in train_ids if i in captions)
+    else:
+        usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row)) for t in triplets[train_split]
+                  if t.reference in images.row and any(x in images.row for x in t.targets)]
     if len(usable) < 2:
-        raise CirlabError(f"only {len(usable)} usable training triplet(s) for stage 1")
+        raise CirlabError(f"only {len(usable)} usable training {'image' if caption_mode else 'triplet'}(s) for stage 1")
     fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"])
     model = Stage1Model(fusion, image_parts, text_parts)
     if tune_image:
@@ -305,9 +315,14 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     scale = train_cfg.logit_scale
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
-        refs, txts, tgts = zip(*(usable[r] for r in rows))
-        both = images.pooled(list(refs) + list(tgts))  # one pass of the tail for references and targets
         loss = torch.zeros(())
+        if caption_mode:
+            ids = [usable[r] for r in rows]
+            both = images.pooled(ids)
+        else:
+            refs, txts, tgts = zip(*(usable[r] for r in rows))
+            ids = list(refs) + list(tgts)
+            both = images.pooled(ids)  # one pass of the tail for references and targets
         if "composed" in active:
             query = fusion.compose({"pooled": both[:len(rows)]}, {"pooled": texts.pooled(txts)})
             target = fusion.embed_gallery({"pooled": both[len(rows):]})
@@ -315,7 +330,6 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
             loss = loss + active["composed"] * batch_infonce(query, target, scale, keys)
         if len(active) == ("composed" in active):
             return loss
-        ids = list(refs) + list(tgts)
         first = {}
         for n, i in enumerate(ids):
             first.setdefault(i, n)  # each image of the batch once

@@ -13,6 +13,7 @@ from PIL import Image
 from cirlab.data.features import FeatureTable, QuerySide, as_tensors
 from cirlab.data.triplets import Triplet
 from cirlab.encoders.cache import FeatureCache
+from cirlab.errors import CirlabError
 from cirlab.fusion.dqu import DQU, DRAW_VERSION, draw_keywords, keywords, unified_text
 from cirlab.images import load_image
 
@@ -30,13 +31,29 @@ def triplet_keywords(t: Triplet) -> str:
 
 
 def fit_captioner(model: DQU, cache: FeatureCache, text_encoder, images: FeatureTable, captions: dict[str, str],
-                  train_ids: list[str], progress: bool = True) -> None:
-    """Fit the retrieval captioner on the training images that have captions."""
+                  train_ids: list[str], progress: bool = True, image_encoder=None) -> None:
+    """Fit the retrieval captioner on the training images that have captions: a ridge map, or the aligned
+    projections of the stage-1 model named by ``model.captioner_model`` (same encoders required)."""
     ids = [i for i in train_ids if captions.get(i) and i in images.row]
     if len(ids) < 2:
         return
     phrases = sorted({captions[i] for i in ids})
     vec = cache.text_features(text_encoder, phrases, ("pooled",), progress=progress)["pooled"]
+    if model.captioner_model:
+        from cirlab.checkpoint import load_checkpoint
+
+        if image_encoder is None:
+            raise CirlabError("dqu's aligned captioner needs the image encoder the features come from")
+        path = Path(model.captioner_model)
+        path = path / "stage1.pt" if path.is_dir() else path
+        aligned, meta = load_checkpoint(path, image_encoder, text_encoder)  # refused unless the same encoders
+        if not meta.get("stage1", {}).get("tasks", {}).get("retrieval"):
+            raise CirlabError(f"{path}: dqu's aligned captioner needs a stage-1 model trained on image-caption "
+                              "retrieval ('cirlab train --stage 1 --stage1-config align')")
+        with torch.no_grad():
+            phrase_vectors = aligned.project_text(torch.from_numpy(vec).float())
+        model.set_aligned_captioner(aligned.image_proj, phrase_vectors, phrases)
+        return
     row = {p: n for n, p in enumerate(phrases)}
     model.fit_captioner(images.views["pooled"][images.rows(ids)], vec[[row[captions[i]] for i in ids]], phrases, vec)
 
