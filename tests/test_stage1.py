@@ -92,7 +92,8 @@ def test_stage2_trains_on_pseudo_epochs_in_the_schedule():
 def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_path):
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.encoders.tuned import fresh_encoder, load_tuned
+    from cirlab.encoders.base import new_encoder
+    from cirlab.encoders.tuned import load_tuned
     from cirlab.training.stage1 import run_stage1
 
     ds = make_dataset(tmp_path / "tiny", n=12)
@@ -102,7 +103,7 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
     assert res.image_spec == f"tuned:{tmp_path / 's1' / 'image.pt'}" and res.text_spec.endswith("text.pt")
     assert len(res.train.history) == 2 and "val_R@10" in res.train.history[0]
     for side, spec in (("image", "efficientnet_lite0"), ("text", "minilm")):
-        base, tuned = fresh_encoder(side, spec), load_tuned(tmp_path / "s1" / f"{side}.pt", side)
+        base, tuned = new_encoder(side, spec), load_tuned(tmp_path / "s1" / f"{side}.pt", side)
         trainable = set(tuned.tunable(1))
         before, after = base.model.state_dict(), tuned.model.state_dict()
         frozen = [k for k in before if k not in trainable]

@@ -66,19 +66,24 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
+def new_encoder(side: str, spec: str):
+    """A new instance of the ``image`` or ``text`` encoder a spec names (``name`` or ``name:/local/path``).
+    Stage 1 uses it directly, since fine-tuning changes the weights; everything else shares one
+    instance per spec through :func:`build_image_encoder` / :func:`build_text_encoder`."""
+    name, arg = _split_spec(spec)
+    factory = (image_encoders if side == "image" else text_encoders).get(name)
+    return factory(arg) if arg is not None else factory()
+
+
 @lru_cache(maxsize=8)
 def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
     """Build (once per process) the image encoder a spec names: ``name`` or ``name:/local/path``."""
-    name, arg = _split_spec(spec)
-    factory = image_encoders.get(name)
-    return factory(arg) if arg is not None else factory()
+    return new_encoder("image", spec)
 
 
 @lru_cache(maxsize=8)
 def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
-    name, arg = _split_spec(spec)
-    factory = text_encoders.get(name)
-    return factory(arg) if arg is not None else factory()
+    return new_encoder("text", spec)
 
 
 def set_threads() -> None:

@@ -14,19 +14,11 @@ from pathlib import Path
 import torch
 
 from cirlab import __version__
-from cirlab.encoders.base import fingerprint_file, image_encoders, text_encoders
+from cirlab.encoders.base import fingerprint_file, image_encoders, new_encoder, text_encoders
 from cirlab.errors import CirlabError
 
 KIND = "cirlab-tuned-encoder"
 FORMAT_VERSION = 1
-
-
-def fresh_encoder(side: str, spec: str):
-    """A new instance of an encoder (never the process-wide cached one: fine-tuning changes its weights)."""
-    registry = image_encoders if side == "image" else text_encoders
-    name, sep, arg = spec.partition(":")
-    factory = registry.get(name)
-    return factory(arg) if sep else factory()
 
 
 def save_tuned(path: str | Path, side: str, encoder, layers: int, meta: dict | None = None) -> Path:
@@ -58,7 +50,7 @@ def load_tuned(path: str | Path, side: str):
                           "run stage 1 again with this version")
     if saved["side"] != side:
         raise CirlabError(f"{path} holds a fine-tuned {saved['side']} encoder; pass it as the {saved['side']} encoder")
-    encoder = fresh_encoder(side, saved["base_spec"])
+    encoder = new_encoder(side, saved["base_spec"])  # a fresh instance: its weights change below
     if encoder.id != saved["base_id"]:
         raise CirlabError(f"{path} fine-tuned {saved['base_id']}, but {saved['base_spec']!r} now loads {encoder.id}; "
                           "install the same base weights or run stage 1 again")

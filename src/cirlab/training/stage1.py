@@ -38,7 +38,9 @@ from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
 from cirlab.encoders.cache import FeatureCache
-from cirlab.encoders.tuned import fresh_encoder, load_tuned, save_tuned
+from cirlab.encoders import build_image_encoder, build_text_encoder
+from cirlab.encoders.base import new_encoder
+from cirlab.encoders.tuned import load_tuned, save_tuned
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
 from cirlab.fusion import FeatureDims, build_fusion
@@ -231,8 +233,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
-    image_enc = fresh_encoder("image", image_spec) if tune_image else _cached_encoder("image", image_spec)
-    text_enc = fresh_encoder("text", text_spec) if tune_text else _cached_encoder("text", text_spec)
+    image_enc = new_encoder("image", image_spec) if tune_image else build_image_encoder(image_spec)
+    text_enc = new_encoder("text", text_spec) if tune_text else build_text_encoder(text_spec)
     for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
         if tuned and not hasattr(enc, "tunable"):
             raise CirlabError(f"{enc.spec} cannot be fine-tuned here (supported: efficientnet_lite*, minilm, hf text models)")
@@ -400,12 +402,6 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall, active, skipped, alignment)
     (out / "stage1.json").write_text(json.dumps({"config": cfg, **res.to_dict()}, indent=1))
     return res
-
-
-def _cached_encoder(side: str, spec: str):
-    from cirlab.encoders import build_image_encoder, build_text_encoder
-
-    return build_image_encoder(spec) if side == "image" else build_text_encoder(spec)
 
 
 def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: list[str], exclude_reference: bool,
