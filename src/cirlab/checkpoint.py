@@ -6,13 +6,13 @@ format, or trained on features of other encoders than the ones in use.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from cirlab import __version__
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_torch_save
 from cirlab.fusion import FeatureDims, Fusion, build_fusion
 
 FORMAT = "cirlab-fusion"
@@ -22,8 +22,6 @@ FORMAT_VERSION = 2
 def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_config: dict,
                     image_encoder, text_encoder, extra: dict | None = None, text_head: dict | None = None) -> Path:
     """Write atomically. ``text_head``: the state of a text-to-image head (``training.align``), if any."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
         "method": model.name, "model_config": model_config, "train_config": train_config, "dims": model.dims.to_dict(),
@@ -31,13 +29,10 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
         "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim},
         **(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     ckpt = {"meta": meta, "state_dict": model.state_dict()}
     if text_head is not None:
         ckpt["text_head"] = text_head
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(ckpt, path)
 
 
 def read_checkpoint(path: str | Path) -> dict:

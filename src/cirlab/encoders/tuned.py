@@ -16,6 +16,7 @@ import torch
 from cirlab import __version__
 from cirlab.encoders.base import fingerprint_file, image_encoders, new_encoder, text_encoders
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_torch_save
 
 KIND = "cirlab-tuned-encoder"
 FORMAT_VERSION = 1
@@ -23,15 +24,10 @@ FORMAT_VERSION = 1
 
 def save_tuned(path: str | Path, side: str, encoder, layers: int, meta: dict | None = None) -> Path:
     """Write the weights stage 1 trains (``encoder.tunable(layers)``) with the base encoder's identity."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone() for k, v in encoder.tunable(layers).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "cirlab_version": __version__, "side": side,
-                "base_spec": encoder.spec, "base_id": encoder.id, "layers": layers, "state": state,
-                "meta": meta or {}}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"kind": KIND, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
+                              "side": side, "base_spec": encoder.spec, "base_id": encoder.id, "layers": layers,
+                              "state": state, "meta": meta or {}}, path)
 
 
 def load_tuned(path: str | Path, side: str):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_torch_save
 from cirlab.fusion.base import Fusion
 from cirlab.training.losses import batch_infonce, batch_triplet
 
@@ -141,12 +142,6 @@ class TripletIndex:
 
     def __len__(self) -> int:
         return len(self.ref)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
@@ -295,7 +290,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
         if log_path:
             write_metrics_log(log_path, result.history)
         if state_path:
-            _atomic_save({"kind": "cirlab-train-state", "epoch": epoch + 1, "config": asdict(cfg),
+            atomic_torch_save({"kind": "cirlab-train-state", "epoch": epoch + 1, "config": asdict(cfg),
                           "triplets": sizes[0], "model": module.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                           "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
@@ -310,7 +305,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
 
 
 def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result: TrainResult, triplets: int):
-    """Load a training state saved by :func:`train_fusion` into the run's objects."""
+    """Load a training state saved by :func:`fit` into the run's objects."""
     if path is None or not path.is_file():
         raise CirlabError(f"nothing to resume: no training state at {path}; run without --resume first")
     try:
