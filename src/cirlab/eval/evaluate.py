@@ -9,7 +9,7 @@ import torch
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.eval.metrics import DEFAULT_KS, map_at_k, recall_at_k
+from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
 
@@ -62,7 +62,12 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
     top, scores = exact_topk(queries, gallery, max(max(ks), keep), exclude)
     targets = [[pos[x] for x in t.targets if x in pos] for t in usable]
-    ids = [[gallery_ids[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
-    several = any(len(t) > 1 for t in targets)
+    ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(usable, ids, scores, recall_at_k(top, targets, ks), len(triplets) - len(usable), exclude_reference,
-                    map_at_k(ids, [[gallery_ids[j] for j in t] for t in targets]) if several else {})
+                    map_where_several(ids, [[gallery_ids[j] for j in t] for t in targets]))
+
+
+def ranked_ids(top: np.ndarray, scores: np.ndarray, gallery_ids: list[str]) -> list[list[str]]:
+    """Gallery ids of each top-k row, best first; an excluded reference (score -inf, last where the gallery
+    is shorter than the list) is dropped."""
+    return [[gallery_ids[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]

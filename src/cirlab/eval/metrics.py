@@ -20,14 +20,17 @@ def recall_at_k(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[
         raise ValueError(f"{len(ranked)} rankings but {len(targets)} target sets")
     if len(ranked) == 0:
         return {k: 0.0 for k in ks}
-    first_hit = np.full(len(ranked), np.inf)
+    first_hit = _first_hits(ranked, targets)
+    return {k: float(100.0 * np.mean(first_hit < k)) for k in ks}
+
+
+def _first_hits(ranked, targets, limit: int | None = None) -> np.ndarray:
+    """The 0-based rank of each query's first target within its first ``limit`` entries (inf: none)."""
+    first = np.full(len(ranked), np.inf)
     for i, (row, tg) in enumerate(zip(ranked, targets)):
         tg = set(tg)
-        for pos, g in enumerate(row):
-            if int(g) in tg:
-                first_hit[i] = pos
-                break
-    return {k: float(100.0 * np.mean(first_hit < k)) for k in ks}
+        first[i] = next((pos for pos, x in enumerate(row[:limit]) if x in tg), np.inf)
+    return first
 
 
 def recall_subset_at_k(ranked: Sequence[Sequence[str]], members: Sequence[Iterable[str]], references: Sequence[str],
@@ -68,12 +71,14 @@ def map_at_k(ranked: Sequence[Sequence], targets: Sequence[Iterable], ks: Sequen
     return {k: float(100.0 * np.mean([average_precision_at_k(r, t, k) for r, t in zip(ranked, targets)])) for k in ks}
 
 
+def map_where_several(ranked: Sequence[Sequence], targets: Sequence[Sequence]) -> dict[int, float]:
+    """mAP@K (:func:`map_at_k`) where some query has several ground truths; empty where none has."""
+    return map_at_k(ranked, targets) if any(len(t) > 1 for t in targets) else {}
+
+
 def recall_curve(ranked: Sequence[Sequence], targets: Sequence[Iterable], k_max: int = 50) -> list[float]:
     """Recall@K in percent for K = 1..k_max (any hashable ids): the curve a Recall@K plot draws."""
     if not len(ranked):
         return [0.0] * k_max
-    first = np.full(len(ranked), np.inf)
-    for i, (row, tg) in enumerate(zip(ranked, targets)):
-        tg = set(tg)
-        first[i] = next((pos for pos, x in enumerate(row[:k_max]) if x in tg), np.inf)
+    first = _first_hits(ranked, targets, k_max)
     return [float(100.0 * np.mean(first < k)) for k in range(1, k_max + 1)]

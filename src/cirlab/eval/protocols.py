@@ -19,8 +19,8 @@ from cirlab.data.benchmarks import BenchmarkSplit
 from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import compose_queries, embed_gallery
-from cirlab.eval.metrics import map_at_k, recall_at_k, recall_curve, recall_subset_at_k
+from cirlab.eval.evaluate import compose_queries, embed_gallery, ranked_ids
+from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
 from cirlab.index.exact import exact_topk
 
 CIRR_VERSION = "rc2"
@@ -66,8 +66,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     pos = {g: i for i, g in enumerate(gallery)}
     exclude = np.array([pos.get(q.reference, -1) for q in usable]) if split.exclude_reference else None
     top, scores = exact_topk(query_vectors, gallery_vectors, max(keep, *split.ks), exclude)
-    # an excluded reference sits last with score -inf when the gallery is shorter than the list: drop it
-    ranked = [[gallery[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
+    ranked = ranked_ids(top, scores, gallery)
     metrics: dict[str, float] = {}
     scored = [i for i, q in enumerate(usable) if q.targets]
     if scored:
@@ -76,8 +75,8 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
         scored_ranked = [ranked[i] for i in scored]
         scored_targets = [usable[i].targets for i in scored]
         curve = recall_curve(scored_ranked, scored_targets, keep)
-        if any(len(t) > 1 for t in scored_targets):  # several ground truths: CIRCO-style mAP@K too
-            metrics.update({f"mAP@{k}": v for k, v in map_at_k(scored_ranked, scored_targets).items()})
+        # several ground truths: CIRCO-style mAP@K too
+        metrics.update({f"mAP@{k}": v for k, v in map_where_several(scored_ranked, scored_targets).items()})
     else:
         curve = []
     subset_ranked = []
