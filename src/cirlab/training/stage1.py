@@ -90,6 +90,13 @@ def stage1_config(override: dict | None = None) -> dict:
     return cfg
 
 
+def once_each(keys, encode) -> torch.Tensor:
+    """``encode`` run on the distinct ``keys`` only (a batch repeats images and texts), rows back in ``keys``' order."""
+    unique = sorted(set(keys))
+    where = {k: n for n, k in enumerate(unique)}
+    return encode(unique)[torch.as_tensor([where[k] for k in keys])]
+
+
 class ImageSide:
     """Image vectors for stage 1: trunk outputs run through the trainable tail, or frozen pooled features."""
 
@@ -99,13 +106,13 @@ class ImageSide:
 
     def pooled(self, ids) -> torch.Tensor:
         """Pooled vectors of ``ids``; an image repeated in the batch runs through the tail once."""
-        rows = [self.row[i] for i in ids]
-        unique = sorted(set(rows))
-        x = self.data[torch.as_tensor(unique)].float()
-        if self.blocks:
-            x = self.encoder.tail(x.contiguous(memory_format=torch.channels_last), self.blocks)
-        where = {r: n for n, r in enumerate(unique)}
-        return x[torch.as_tensor([where[r] for r in rows])]
+        def encode(rows: list[int]) -> torch.Tensor:
+            x = self.data[torch.as_tensor(rows)].float()
+            if self.blocks:
+                x = self.encoder.tail(x.contiguous(memory_format=torch.channels_last), self.blocks)
+            return x
+
+        return once_each([self.row[i] for i in ids], encode)
 
 
 class TextSide:
@@ -114,9 +121,7 @@ class TextSide:
 
     def pooled(self, texts) -> torch.Tensor:
         if self.table is None:  # a text repeated in the batch runs through the model once
-            unique = sorted(set(texts))
-            where = {t: n for n, t in enumerate(unique)}
-            return self.encoder.pooled_with_grad(unique)[torch.as_tensor([where[t] for t in texts])]
+            return once_each(list(texts), self.encoder.pooled_with_grad)
         return torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]).float()
 
 
@@ -380,7 +385,9 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     result = fit(model, len(usable), batch_loss, train_cfg, progress, validate, out / "stage1-state.pt", resume,
                  out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups)
     seconds["train"] = time.perf_counter() - t1
-    val_recall = validate(model) if validate else {}
+    # the kept weights' validation recall, as fit recorded it: the best epoch's row, else the last one's
+    kept = result.history[result.best_epoch - 1 if train_cfg.select_best and result.best_epoch else -1]
+    val_recall = {int(k[6:]): v for k, v in kept.items() if k.startswith("val_R@")}
     alignment = {k: {"images": len(v), "before": alignment_before[k],
                      "after": _text_to_image_recall(fusion, images, texts, v, captions)} for k, v in aligned.items()}
 
