@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from cirlab import settings
-from cirlab.checkpoint import load_checkpoint, read_checkpoint
+from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
 from cirlab.data.features import as_tensors, image_table
 from cirlab.data.triplets import Gallery
 from cirlab.encoders import build_image_encoder, build_text_encoder
@@ -127,7 +127,7 @@ class Pipeline:
     @property
     def text_search(self) -> bool:
         """Whether text-only queries work: a text head, or a stage-1 model trained on image-caption retrieval."""
-        return self.text_head is not None or bool(self.meta.get("stage1", {}).get("tasks", {}).get("retrieval"))
+        return self.text_head is not None or is_aligned(self.meta)
 
     @torch.inference_mode()
     def compose(self, image: str | Path | Image.Image | None, text: str) -> np.ndarray:

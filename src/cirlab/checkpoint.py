@@ -78,3 +78,15 @@ def load_checkpoint(path: str | Path, image_encoder, text_encoder, ckpt: dict | 
         raise CirlabError(f"{path}: weights do not fit method {meta['method']!r} ({str(e).splitlines()[0]}); retrain") from None
     model.eval()
     return model, meta
+
+
+def stage1_model_path(path: str | Path) -> Path:
+    """The stage-1 checkpoint in a stage-1 folder (``stage1.pt``), or the file itself."""
+    path = Path(path)
+    return path / "stage1.pt" if path.is_dir() else path
+
+
+def is_aligned(meta: dict) -> bool:
+    """Whether a checkpoint is a stage-1 model trained on image-caption retrieval (its projections then
+    embed texts and images in one space)."""
+    return bool(meta.get("stage1", {}).get("tasks", {}).get("retrieval"))

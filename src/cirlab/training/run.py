@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path
 from cirlab.config import method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
@@ -158,8 +158,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         from cirlab.training.pseudo import PseudoConfig, make_pseudo_triplets
 
         pcfg = PseudoConfig.from_dict(pseudo_config)
-        path = Path(pseudo) / "stage1.pt" if Path(pseudo).is_dir() else Path(pseudo)
-        scorer, _ = load_checkpoint(path, ws.image_encoder, ws.text_encoder)
+        scorer, _ = load_checkpoint(stage1_model_path(pseudo), ws.image_encoder, ws.text_encoder)
         pseudo_set = make_pseudo_triplets(scorer, ws.triplets[train_split], ws.images, ws.texts,
                                           ws.gallery_ids(train_split), pcfg)
         extra = pseudo_set.triplets

@@ -40,14 +40,13 @@ def fit_captioner(model: DQU, cache: FeatureCache, text_encoder, images: Feature
     phrases = sorted({captions[i] for i in ids})
     vec = cache.text_features(text_encoder, phrases, ("pooled",), progress=progress)["pooled"]
     if model.captioner_model:
-        from cirlab.checkpoint import load_checkpoint
+        from cirlab.checkpoint import is_aligned, load_checkpoint, stage1_model_path
 
         if image_encoder is None:
             raise CirlabError("dqu's aligned captioner needs the image encoder the features come from")
-        path = Path(model.captioner_model)
-        path = path / "stage1.pt" if path.is_dir() else path
+        path = stage1_model_path(model.captioner_model)
         aligned, meta = load_checkpoint(path, image_encoder, text_encoder)  # refused unless the same encoders
-        if not meta.get("stage1", {}).get("tasks", {}).get("retrieval"):
+        if not is_aligned(meta):
             raise CirlabError(f"{path}: dqu's aligned captioner needs a stage-1 model trained on image-caption "
                               "retrieval ('cirlab train --stage 1 --stage1-config align')")
         with torch.no_grad():
