@@ -114,15 +114,18 @@ class DQU(Fusion):
         gram = x.T @ x + self.ridge * torch.eye(x.shape[1], dtype=torch.float64)
         self.captioner_map = torch.linalg.solve(gram, x.T @ t).float()
         self.captioner_bias = torch.zeros(0)
-        self.vocab_vectors = F.normalize(torch.as_tensor(vocab_vectors, dtype=torch.float32), dim=-1)
-        self.vocab_bytes = torch.frombuffer(bytearray("\n".join(phrases).encode()), dtype=torch.uint8).clone()
+        self._set_vocabulary(phrases, torch.as_tensor(vocab_vectors))
 
     def set_aligned_captioner(self, image_proj: torch.nn.Linear, phrase_vectors: torch.Tensor, phrases: list[str]) -> None:
         """Caption by an aligned stage-1 model: ``argmax_c L2(W_i L2(x) + b_i) . phrase_vectors[c]``, where the
         phrase vectors are that model's ``L2(W_t L2(c) + b_t)``."""
         self.captioner_map = image_proj.weight.detach().t().float().clone()
         self.captioner_bias = image_proj.bias.detach().float().clone()
-        self.vocab_vectors = F.normalize(phrase_vectors.detach().float(), dim=-1)
+        self._set_vocabulary(phrases, phrase_vectors.detach())
+
+    def _set_vocabulary(self, phrases: list[str], vectors: torch.Tensor) -> None:
+        """The captioner's phrases (stored as bytes, so the checkpoint carries them) and their unit vectors."""
+        self.vocab_vectors = F.normalize(vectors.float(), dim=-1)
         self.vocab_bytes = torch.frombuffer(bytearray("\n".join(phrases).encode()), dtype=torch.uint8).clone()
 
     @property
