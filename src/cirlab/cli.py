@@ -119,12 +119,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.stage == "both":
         stage1 = _run_stage1(a, flags_apply=False).out
     if stage1 is not None:
-        import json as _json
-
         info = Path(stage1) / "stage1.json"
         if not info.is_file():
             raise CirlabError(f"{stage1} holds no stage1.json; pass the folder 'cirlab train --stage 1' wrote")
-        specs = _json.loads(info.read_text())
+        specs = json.loads(info.read_text())
         a.image_encoder, a.text_encoder = specs["image_spec"], specs["text_spec"]
     if a.augment and stage1 is None:
         raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
@@ -210,9 +208,11 @@ def _write_reports(a: argparse.Namespace, out: Path, name: str, title: str, curv
 
     if curves:
         print(f"wrote {recall_curve_png(out / f'{name}-recall.png', curves, f'Recall@K: {title}')}")
+    if a.examples <= 0:
+        return
     examples = [q for queries, ranked, scores, paths in parts if len(queries)
                 for q in example_queries(queries, ranked, scores, paths, max(1, a.examples // len(parts)))]
-    if examples and a.examples > 0:
+    if examples:
         page = write_query_grid(out / f"{name}-examples.html", f"Example queries: {title}", examples,
                                 "<p>Each query's reference and text, then its top 8 with scores; the ground truth is "
                                 "boxed in green (and shown after the list when it was not retrieved).</p>")
@@ -255,7 +255,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
               "protocol": ds.meta.get("protocol", {})}
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / (name + '.json')}")
-    paths = dict(zip(ds.gallery().ids, ds.gallery().paths))
+    every = ds.gallery()
+    paths = dict(zip(every.ids, every.paths))
     _write_reports(a, out, name, f"{ds.name} {a.split} ({pipe.meta['method']})",
                    {a.split: recall_curve(ev.ids, [t.targets for t in ev.triplets], 50)},
                    [(ev.triplets, ev.ids, ev.scores, paths)])

@@ -25,8 +25,12 @@ def start_server(args: list[str], env: dict | None = None, log: str | Path | Non
     Output goes to ``log`` (default: discarded); a server that exits or stays silent is killed and reported."""
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "serve", *map(str, args), "--port", str(port)],
-                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "serve", *map(str, args), "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log:
+            out.close()  # the child holds its own copy of the handle
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while True:
