@@ -192,6 +192,11 @@ class Dataset:
         return list(self.meta["splits"])
 
     @property
+    def captions(self) -> dict[str, str]:
+        """Image id -> caption, for the images that have one."""
+        return {r["id"]: r["caption"] for r in self.images if r.get("caption")}
+
+    @property
     def exclude_reference(self) -> bool:
         """Whether a query's reference is left out of its ranking: the data set's protocol
         (``dataset.json`` ``protocol.exclude_reference``), true unless it says otherwise."""

@@ -71,7 +71,7 @@ class Workspace:
             return QuerySide(self.images, self.texts)
         from cirlab.training.unify import fit_captioner, unify_queries
 
-        captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
+        captions = self.dataset.captions
         if not len(model.captioner_map):
             train_ids = self.gallery_ids("train") if "train" in self.triplets else list(self.images.keys)
             fit_captioner(model, self.cache, self.text_encoder, self.images, captions, train_ids, self.progress,
@@ -87,7 +87,7 @@ class Workspace:
     def fit_text_head(self, model: Fusion, train_split: str = "train", test_split: str | None = "test"):
         """A text-to-image head for ``model`` on the captions of the training images (``training.align``);
         None where fewer than 8 of them have a caption. Its Recall@K is measured on ``test_split``'s images."""
-        captions = {r["id"]: r.get("caption") or "" for r in self.dataset.images}
+        captions = self.dataset.captions
         splits = {x for r in self.dataset.images for x in record_splits(r)}
         train_ids, train_caps = caption_pairs(captions, self.gallery_ids(train_split if train_split in splits else None))
         if len(train_ids) < 8:

@@ -266,9 +266,9 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
-    records = {r["id"]: r for r in ds.images}
+    records = ds.by_id
     tasks = cfg["tasks"]
-    captions = {i: records[i]["caption"] for i in images.row if records.get(i, {}).get("caption")}
+    captions = {i: c for i, c in ds.captions.items() if i in images.row}
     train_ids = set(ds.gallery(train_split).ids) & set(images.row)
     categories = {i: c for i in train_ids if (c := image_category(records.get(i, {})))}  # training images' only
     category_names = sorted(set(categories.values()))

@@ -87,7 +87,7 @@ def unify_queries(model: DQU, cache: FeatureCache, image_encoder, text_encoder, 
         missing = [t.reference for t in usable if model.captions == "captioner" or not captions.get(t.reference)]
         generated = dict(zip(missing, model.caption(images.views["pooled"][images.rows(missing)]))) if missing else {}
         for t in usable:
-            text_key[(t.reference, t.text)] = unified_text(generated.get(t.reference) or captions[t.reference], t.text)
+            text_key[(t.reference, t.text)] = unified_text(generated.get(t.reference) or captions.get(t.reference, ""), t.text)
     else:
         text_key = {(t.reference, t.text): t.text for t in usable}
     texts = sorted(set(text_key.values()))
