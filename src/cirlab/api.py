@@ -50,6 +50,10 @@ class GalleryVectors:
     vectors: np.ndarray
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    def metadata(self) -> list[dict]:
+        """What an index stores per image: its file."""
+        return [{"path": str(Path(p).resolve())} for p in self.paths]
+
 
 @dataclass
 class Hit:
@@ -175,7 +179,7 @@ class Pipeline:
         vectors = self.encode_gallery(gallery, progress)
         if isinstance(index, str):
             index = build_index(index, self.model.embed_dim)
-        index.add(vectors.ids, vectors.vectors, [{"path": str(Path(p).resolve())} for p in vectors.paths])
+        index.add(vectors.ids, vectors.vectors, vectors.metadata())
         return index, vectors.failed
 
     def search_index(self, index: BaseIndex, image: str | Path | Image.Image | None, text: str, k: int = 10,

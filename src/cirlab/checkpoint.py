@@ -12,7 +12,7 @@ import torch
 
 from cirlab import __version__
 from cirlab.errors import CirlabError
-from cirlab.files import atomic_torch_save
+from cirlab.files import atomic_torch_save, load_weights
 from cirlab.fusion import FeatureDims, Fusion, build_fusion
 
 FORMAT = "cirlab-fusion"
@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CirlabError(f"no model at {path}; train one with 'make demo' or 'cirlab train'")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights(path)
     except Exception as e:  # noqa: BLE001  (any unpickling failure means: not our file)
         raise CirlabError(f"{path} is not a readable cirlab checkpoint ({type(e).__name__}); retrain or pass another --model") from None
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None

@@ -297,20 +297,24 @@ def cmd_search(a: argparse.Namespace) -> int:
 def cmd_index(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
     from cirlab.data.triplets import Gallery
-    from cirlab.index import load_index, read_manifest, save_index
+    from cirlab.index import read_manifest, save_index, update_index, verify_index
 
-    if a.action == "info":
+    if a.action in ("info", "verify"):
+        problems = verify_index(a.dir)
+        if a.action == "verify":
+            print("\n".join(problems) if problems else f"{a.dir}: sound (every file matches its size and checksum)")
+            return 1 if problems else 0
         manifest, version = read_manifest(a.dir)
         model = manifest.get("model", {})
         print(f"vectors    {manifest['count']}\ndimension  {manifest['dim']}\nbackend    {manifest['backend']}\n"
-              f"metric     {manifest['metric']}\nmodel      {model.get('fusion', '?')}\n"
+              f"metric     {manifest.get('metric', '?')}\nmodel      {model.get('fusion', '?')}\n"
               f"encoders   {model.get('image_encoder', '?')} + {model.get('text_encoder', '?')}\n"
-              f"gallery    {model.get('gallery', '?')}\nversion    {version.name} (cirlab {manifest['cirlab_version']})")
-        return 0
+              f"gallery    {model.get('gallery', '?')}\nversion    {version.name} (cirlab {manifest.get('cirlab_version')})\n"
+              f"integrity  {'; '.join(problems) if problems else 'sound'}")
+        return 1 if problems else 0
     if a.action == "remove":
-        index, manifest = load_index(a.dir)
-        removed = index.remove(a.ids)
-        save_index(index, a.dir, manifest.get("model"))
+        with update_index(a.dir) as index:
+            removed = index.remove(a.ids)
         print(f"removed {removed} of {len(a.ids)} id(s); {len(index)} vectors remain")
         return 0
     pipe = Pipeline.load(a.model, a.cache)
@@ -320,7 +324,7 @@ def cmd_index(a: argparse.Namespace) -> int:
         print(f"indexed {len(index)} images ({len(failed)} unreadable) with {index.spec} into {a.out}")
         return 0
     # add: files or folders; ids relative to the gallery the index was built from where possible
-    index, manifest = load_index(a.dir, pipe.model.embed_dim, pipe.identity)
+    manifest, _ = read_manifest(a.dir, pipe.model.embed_dim, pipe.identity)  # refused before encoding
     root = Path(manifest.get("model", {}).get("gallery") or ".")
     ids, paths = [], []
     for item in a.paths:
@@ -331,10 +335,11 @@ def cmd_index(a: argparse.Namespace) -> int:
             p = p.resolve()
             ids.append(p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else str(p))
             paths.append(p)
-    before = len(index)
-    index, failed = pipe.index_gallery(Gallery(ids, paths), index, progress=not a.quiet)
-    save_index(index, a.dir, manifest.get("model"))
-    print(f"added {len(ids) - len(failed)} image(s) ({len(index) - before} new, {len(failed)} unreadable); "
+    vectors = pipe.encode_gallery(Gallery(ids, paths), progress=not a.quiet)  # before the lock: other writers go on
+    with update_index(a.dir, pipe.model.embed_dim, pipe.identity) as index:  # applied to the live version
+        before = len(index)
+        index.add(vectors.ids, vectors.vectors, vectors.metadata())
+    print(f"added {len(vectors.ids)} image(s) ({len(index) - before} new, {len(vectors.failed)} unreadable); "
           f"{len(index)} vectors")
     return 0
 
@@ -581,8 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     ir = isub.add_parser("remove", help="remove images by id")
     ir.add_argument("dir", type=Path, help="index folder")
     ir.add_argument("ids", nargs="+", help="ids to remove (see 'cirlab search --index ... --json')")
-    ii = isub.add_parser("info", help="number of vectors, dimension, backend, model")
+    ii = isub.add_parser("info", help="number of vectors, dimension, backend, model, and an integrity check")
     ii.add_argument("dir", type=Path, help="index folder")
+    iv = isub.add_parser("verify", help="check every file of the live version against the manifest's sizes and "
+                                        "checksums; exit 1 if the index is damaged")
+    iv.add_argument("dir", type=Path, help="index folder")
     ix.set_defaults(func=cmd_index)
 
     b = sub.add_parser("bench", help="train and evaluate several methods over seeds; a mean ± std table")

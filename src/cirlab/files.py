@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,3 +17,11 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     torch.save(obj, tmp)
     os.replace(tmp, path)
     return path
+
+
+def load_weights(path: str | Path):
+    """``torch.load`` of tensors only (no code runs); torch's warnings about foreign pickles are silenced,
+    since callers turn any failure into their own one-line error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -9,9 +9,14 @@ from PIL import Image, ImageOps
 
 from cirlab.errors import CirlabError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".avif", ".tif", ".tiff")
 MAX_PIXELS = 40_000_000  # a larger image is refused as a likely decompression bomb
 MAX_BYTES = 64 * 1024 * 1024
+# Decoded images are shrunk (aspect kept) so that their long side is at most MAX_SIDE before anything
+# pads or copies them: padding to a square then costs at most MAX_SIDE**2 pixels (12.6 MB of RGB),
+# whatever the shape. The decode itself is bounded by MAX_PIXELS (at most 160 MB at 4 bytes a pixel;
+# JPEGs decode at a reduced scale). Encoders read at most 512 px, so nothing downstream loses detail.
+MAX_SIDE = 2048
 
 
 class UnreadableImage(CirlabError):
@@ -55,14 +60,19 @@ def _decode(source, name: str, max_pixels: int) -> Image.Image:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageTooLarge(f"{name}: {w}x{h} pixels is over the {max_pixels:,} pixel limit")
+                im.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale where that suffices
                 im.load()
+                if max(im.size) > MAX_SIDE:
+                    im.thumbnail((MAX_SIDE, MAX_SIDE), Image.BICUBIC)
                 return to_rgb(ImageOps.exif_transpose(im))
     except UnreadableImage:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageTooLarge(f"{name}: refused as a decompression bomb (too many pixels)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        detail = f": {e}" if isinstance(source, Path) else ""  # PIL's text names a file, not an in-memory upload
+    except MemoryError:
+        raise ImageTooLarge(f"{name}: too large to decode in memory") from None
+    except Exception as e:  # noqa: BLE001  (decoder plug-ins raise anything: OSError, RuntimeError, struct.error...)
+        detail = f": {e}" if isinstance(source, Path) and isinstance(e, OSError) else ""  # no paths from uploads
         raise UnreadableImage(f"{name}: not a readable image ({type(e).__name__}{detail})") from None
 
 

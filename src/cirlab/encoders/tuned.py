@@ -16,7 +16,7 @@ import torch
 from cirlab import __version__
 from cirlab.encoders.base import fingerprint_file, image_encoders, new_encoder, text_encoders
 from cirlab.errors import CirlabError
-from cirlab.files import atomic_torch_save
+from cirlab.files import atomic_torch_save, load_weights
 
 KIND = "cirlab-tuned-encoder"
 FORMAT_VERSION = 1
@@ -36,7 +36,7 @@ def load_tuned(path: str | Path, side: str):
     if not path.is_file():
         raise CirlabError(f"no fine-tuned encoder at {path}; run 'cirlab train --stage 1' first")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_weights(path)
     except Exception as e:  # noqa: BLE001  (any unpickling failure: not our file)
         raise CirlabError(f"{path} is not a readable fine-tuned encoder ({type(e).__name__})") from None
     if not isinstance(saved, dict) or saved.get("kind") != KIND:

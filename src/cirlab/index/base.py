@@ -71,6 +71,7 @@ class BaseIndex:
         self.row_of: dict[str, int] = {}
         self.vectors = np.zeros((0, self.dim), np.float32)
         self.metadata: list[dict] = []
+        self.version: str | None = None  # the version folder it was loaded from or saved as (``index.store``)
 
     @property
     def spec(self) -> str:

@@ -2,17 +2,37 @@
 
 Layout: ``DIR/CURRENT`` names the live version folder ``DIR/v-<n>``, which holds
 ``vectors.npy``, ``items.parquet`` (id, metadata as JSON), ``state-<name>.npy`` and
-``manifest.json`` (format, cirlab version, backend spec, dimension, metric, count, model).
-A save writes a whole new version folder, then replaces ``CURRENT`` atomically (write a
-temporary file, rename): a save that dies midway leaves the previous version loadable.
+``manifest.json`` (format, cirlab version, backend spec, dimension, metric, count, model, and
+each file's size and SHA-256).
+
+The guarantees (see ``docs/index.md``):
+
+- **Atomic saves.** A save writes a whole new version folder, then replaces ``CURRENT``
+  atomically (write a temporary file, rename): a save that dies midway leaves the previous
+  version live.
+- **Writes compose.** Every change is a load-modify-save under one exclusive lock on
+  ``DIR/.lock`` (:func:`update_index`): the change is applied to the live version as it is
+  *inside* the lock, so two writers (a server adding uploads, ``cirlab index add``) both keep
+  their additions. Slow work (encoding images) happens before the lock is taken.
+- **Readers are never pulled from under.** A reader pins the version ``CURRENT`` named and holds
+  a shared lock on its manifest while it loads. A save keeps the last :data:`KEEP_VERSIONS`
+  versions and removes an older one only when no reader holds it; a reader that lost the race
+  anyway (its version went between reading ``CURRENT`` and locking) retries on the new one.
+- **Integrity.** Loading checks each file's size against the manifest and the arrays' shapes
+  against its count and dimension; :func:`verify_index` also checks every checksum. A damaged
+  index is a one-line error that names the damaged file.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,69 +44,189 @@ from cirlab.index.base import BaseIndex, build_index
 
 FORMAT = "cirlab-index"
 FORMAT_VERSION = 1
+KEEP_VERSIONS = 3  # the live version and the two before it stay for readers still loading them
+_LOAD_ATTEMPTS = 5
 
 
-def save_index(index: BaseIndex, folder: str | Path, model: dict | None = None) -> Path:
-    """Write ``index`` as a new version of ``folder`` and switch to it; older versions are removed.
+class DamagedIndex(CirlabError):
+    """A file of the live version is missing, of the wrong size or checksum, or unreadable."""
 
-    Writers take an exclusive lock on ``folder/.lock``: two processes saving at once (a server adding
-    images while ``cirlab index add`` runs) take turns instead of interleaving versions."""
-    import fcntl
 
-    folder = Path(folder)
+@contextmanager
+def _writer_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def save_index(index: BaseIndex, folder: str | Path, model: dict | None = None) -> Path:
+    """Write ``index`` as the new live version of ``folder``, whatever is there (``index build``).
+
+    To change an existing index, use :func:`update_index`: this one replaces the live version with
+    ``index`` as it is, so rows another writer added since ``index`` was loaded would be lost."""
+    folder = Path(folder)
+    with _writer_lock(folder):
         return _save_locked(index, folder, model)
 
 
+@contextmanager
+def update_index(folder: str | Path, dim: int | None = None, model: dict | None = None,
+                 held: BaseIndex | None = None) -> Iterator[BaseIndex]:
+    """A load-modify-save under the writer lock: yields the live version, saves it when the block ends.
+
+    ``held``: an index this process already has in memory (a server's); it is used as is when it is
+    still the live version, else the live version is loaded. An exception in the block saves nothing
+    (and ``held`` may then hold half a change: reload it). The manifest's model record is kept."""
+    folder = Path(folder)
+    with _writer_lock(folder):
+        manifest, version = read_manifest(folder)
+        if held is not None and held.version == version.name:
+            index = held
+        else:
+            index, manifest = _load_version(folder, version, manifest, dim, model)
+        yield index
+        _save_locked(index, folder, manifest.get("model"))
+
+
+def live_version(folder: str | Path) -> str | None:
+    """The name of the live version folder (``v-<n>``), or None where there is no index."""
+    try:
+        return (Path(folder) / "CURRENT").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _save_locked(index: BaseIndex, folder: Path, model: dict | None) -> Path:
-    versions = [int(p.name[2:]) for p in folder.glob("v-*") if p.name[2:].isdigit()]
+    versions = _versions(folder)
     version = folder / f"v-{max(versions, default=0) + 1}"
     for stale in folder.glob(".v-*.tmp"):  # left by a save that died midway; never live
         shutil.rmtree(stale, ignore_errors=True)
     work = folder / f".{version.name}.{os.getpid()}.tmp"
     work.mkdir()
-    np.save(work / "vectors.npy", index.vectors)
+    np.save(work / "vectors.npy", np.asarray(index.vectors, dtype=np.float32))
     pq.write_table(pa.table({"id": index.ids, "metadata": [json.dumps(m, ensure_ascii=False) for m in index.metadata]}),
                    work / "items.parquet")
     for name, arr in index.state().items():
         np.save(work / f"state-{name}.npy", np.asarray(arr))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in sorted(work.iterdir())}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
                 "backend": index.spec, "dim": index.dim, "metric": "euclidean" if index.name == "knn" else "cosine",
-                "count": len(index), "model": model or {}}
+                "count": len(index), "model": model or {}, "files": files}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
     os.replace(work, version)
     pointer = folder / f".CURRENT.{os.getpid()}.tmp"
     pointer.write_text(version.name)
     os.replace(pointer, folder / "CURRENT")  # the commit point
-    for old in folder.glob("v-*"):
-        if old != version:
-            shutil.rmtree(old, ignore_errors=True)
+    index.version = version.name
+    _prune(folder, version)
     return version
 
 
-def read_manifest(folder: str | Path) -> tuple[dict, Path]:
-    folder = Path(folder)
-    current = folder / "CURRENT"
-    if not current.is_file():
-        raise CirlabError(f"{folder} is not a cirlab index (no CURRENT file); build one with 'cirlab index build'")
-    version = folder / current.read_text().strip()
+def _versions(folder: Path) -> list[int]:
+    return [int(p.name[2:]) for p in folder.glob("v-*") if p.name[2:].isdigit()]
+
+
+def _prune(folder: Path, live: Path) -> None:
+    """Remove versions older than the last ``KEEP_VERSIONS`` that no reader is loading."""
+    newest_first = sorted(_versions(folder), reverse=True)
+    for n in newest_first[KEEP_VERSIONS:]:
+        old = folder / f"v-{n}"
+        if old == live:
+            continue
+        try:
+            with open(old / "manifest.json", "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a reader holds its shared lock
+                shutil.rmtree(old, ignore_errors=True)
+        except BlockingIOError:
+            continue  # a reader is loading it: the next save removes it
+        except FileNotFoundError:
+            shutil.rmtree(old, ignore_errors=True)  # a version without a manifest is debris
+
+
+def _parse_manifest(folder: Path, version: Path, text: str) -> dict:
     try:
-        manifest = json.loads((version / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CirlabError(f"{folder}: the index manifest is unreadable ({type(e).__name__}); rebuild the index") from None
+        manifest = json.loads(text)
+    except json.JSONDecodeError:
+        raise DamagedIndex(f"{folder}: {version.name}/manifest.json is not valid JSON; "
+                           "restore the index or rebuild it with 'cirlab index build'") from None
+    if not isinstance(manifest, dict):
+        raise DamagedIndex(f"{folder}: {version.name}/manifest.json holds a JSON {type(manifest).__name__}, not the "
+                           "manifest object; restore the index or rebuild it with 'cirlab index build'")
     if manifest.get("format") != FORMAT:
-        raise CirlabError(f"{folder} is not a cirlab index")
+        raise CirlabError(f"{folder} is not a cirlab index ({version.name}/manifest.json is not a cirlab manifest)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CirlabError(f"{folder} was written by cirlab {manifest.get('cirlab_version')} (index format "
                           f"{manifest.get('format_version')}); this cirlab reads format {FORMAT_VERSION}: rebuild it")
+    for key, kind in (("backend", str), ("dim", int), ("count", int)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise DamagedIndex(f"{folder}: {version.name}/manifest.json has no valid {key!r}; rebuild the index")
+    if not isinstance(manifest.get("model", {}), dict) or not isinstance(manifest.get("files", {}), dict):
+        raise DamagedIndex(f"{folder}: {version.name}/manifest.json is malformed; rebuild the index")
+    return manifest
+
+
+def read_manifest(folder: str | Path, dim: int | None = None, model: dict | None = None) -> tuple[dict, Path]:
+    """The live version's manifest and folder (a one-line error for a folder that is not an index);
+    with ``dim`` / ``model``, refuse an index built for others."""
+    folder = Path(folder)
+    name = live_version(folder)
+    if name is None:
+        raise CirlabError(f"{folder} is not a cirlab index (no CURRENT file); build one with 'cirlab index build'")
+    version = folder / name
+    if os.sep in name or not name.startswith("v-"):
+        raise DamagedIndex(f"{folder}: CURRENT names {name!r}, not a version folder; restore the index or rebuild it")
+    try:
+        text = (version / "manifest.json").read_text()
+    except FileNotFoundError:
+        raise DamagedIndex(f"{folder}: {name}/manifest.json is missing; restore the index or rebuild it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DamagedIndex(f"{folder}: {name}/manifest.json is unreadable ({type(e).__name__}); rebuild the index") from None
+    manifest = _parse_manifest(folder, version, text)
+    _check_compatible(folder, manifest, dim, model)
     return manifest, version
 
 
 def load_index(folder: str | Path, dim: int | None = None, model: dict | None = None) -> tuple[BaseIndex, dict]:
-    """Load the live version; with ``dim`` / ``model`` given, refuse an index built for others."""
-    manifest, version = read_manifest(folder)
+    """Load the live version; with ``dim`` / ``model`` given, refuse an index built for others.
+
+    The version is pinned while it loads (a shared lock on its manifest), so a concurrent save cannot
+    remove it; where it went before the lock was taken, the new live version is loaded instead."""
+    folder = Path(folder)
+    for attempt in range(_LOAD_ATTEMPTS):
+        manifest, version = read_manifest(folder)
+        try:
+            return _load_version(folder, version, manifest, dim, model)
+        except DamagedIndex:
+            if live_version(folder) == version.name or attempt == _LOAD_ATTEMPTS - 1:
+                raise  # the live version itself is damaged, not replaced while we read it
+    raise AssertionError("unreachable")
+
+
+def _load_version(folder: Path, version: Path, manifest: dict, dim: int | None, model: dict | None
+                  ) -> tuple[BaseIndex, dict]:
+    try:
+        pin = open(version / "manifest.json", "rb")
+    except FileNotFoundError:
+        raise DamagedIndex(f"{folder}: {version.name}/manifest.json is missing; restore the index or rebuild it") from None
+    with pin:
+        fcntl.flock(pin, fcntl.LOCK_SH)  # held while loading: a save does not remove a pinned version
+        manifest = _parse_manifest(folder, version, pin.read().decode("utf-8", "replace"))
+        _check_compatible(folder, manifest, dim, model)
+        _check_sizes(folder, version, manifest)
+        index = _read_files(folder, version, manifest)
+    return index, manifest
+
+
+def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict | None) -> None:
     if dim is not None and manifest["dim"] != dim:
         raise CirlabError(f"{folder} holds {manifest['dim']}-d vectors but the model makes {dim}-d ones: "
                           "search it with the model it was built with, or rebuild it")
@@ -96,17 +236,86 @@ def load_index(folder: str | Path, dim: int | None = None, model: dict | None = 
             if built.get(key) and model.get(key) and built[key] != model[key]:
                 raise CirlabError(f"{folder} was built with {key} {built[key]}, not {model[key]}: "
                                   "pass the model it was built with (--model) or rebuild the index")
-    index = build_index(manifest["backend"], manifest["dim"])
-    # backends that search their own compressed structure read raw rows only to re-rank: map them
-    mmap = "r" if getattr(index, "raw_vectors_on_disk", False) else None
-    index.vectors = np.load(version / "vectors.npy", mmap_mode=mmap)
-    items = pq.read_table(version / "items.parquet").to_pydict()
-    index.ids = list(items["id"])
-    index.metadata = [json.loads(m) for m in items["metadata"]]
-    index.row_of = {i: n for n, i in enumerate(index.ids)}
-    state = {p.name[6:-4]: np.load(p) for p in version.glob("state-*.npy")}
-    if state:
-        index.load_state(state)
-    else:
-        index._rebuild()
-    return index, manifest
+
+
+def _damaged(folder: Path, version: Path, name: str, what: str) -> DamagedIndex:
+    return DamagedIndex(f"{folder}: {version.name}/{name} {what}; restore the index or rebuild it with 'cirlab index build'")
+
+
+def _check_sizes(folder: Path, version: Path, manifest: dict) -> None:
+    for name in ("vectors.npy", "items.parquet"):
+        if not (version / name).is_file():
+            raise _damaged(folder, version, name, "is missing")
+    for name, info in manifest.get("files", {}).items():
+        path = version / name
+        if not path.is_file():
+            raise _damaged(folder, version, name, "is missing")
+        if path.stat().st_size != info.get("bytes"):
+            raise _damaged(folder, version, name, f"has {path.stat().st_size:,} bytes, the manifest says {info.get('bytes'):,}")
+
+
+def _read_files(folder: Path, version: Path, manifest: dict) -> BaseIndex:
+    try:
+        index = build_index(manifest["backend"], manifest["dim"])
+    except CirlabError as e:
+        raise DamagedIndex(f"{folder}: the manifest's backend {manifest['backend']!r} does not build ({e})") from None
+    count, dim = manifest["count"], manifest["dim"]
+    mmap = "r" if getattr(index, "raw_vectors_on_disk", False) else None  # compressed backends re-rank from disk
+    try:
+        vectors = np.load(version / "vectors.npy", mmap_mode=mmap, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise _damaged(folder, version, "vectors.npy", f"is unreadable ({type(e).__name__})") from None
+    if vectors.shape != (count, dim) or vectors.dtype != np.float32:
+        raise _damaged(folder, version, "vectors.npy", f"holds {vectors.dtype} {vectors.shape}, the manifest says "
+                                                        f"float32 ({count}, {dim})")
+    try:
+        items = pq.read_table(version / "items.parquet").to_pydict()
+        ids, metadata = [str(i) for i in items["id"]], [json.loads(m) for m in items["metadata"]]
+    except (pa.ArrowException, OSError, KeyError, ValueError, TypeError) as e:
+        raise _damaged(folder, version, "items.parquet", f"is unreadable ({type(e).__name__})") from None
+    if len(ids) != count or not all(isinstance(m, dict) for m in metadata):
+        raise _damaged(folder, version, "items.parquet", f"holds {len(ids)} items, the manifest says {count}")
+    index.vectors, index.ids, index.metadata = vectors, ids, metadata
+    index.row_of = {i: n for n, i in enumerate(ids)}
+    state = {}
+    for p in sorted(version.glob("state-*.npy")):
+        try:
+            state[p.name[6:-4]] = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise _damaged(folder, version, p.name, f"is unreadable ({type(e).__name__})") from None
+    try:
+        index.load_state(state) if state else index._rebuild()
+    except (ValueError, RuntimeError, KeyError, IndexError) as e:
+        raise _damaged(folder, version, "state-*.npy", f"does not fit the vectors ({type(e).__name__})") from None
+    index.version = version.name
+    return index
+
+
+def verify_index(folder: str | Path) -> list[str]:
+    """Every problem of the live version (empty: sound): files missing or of the wrong size or
+    checksum, unreadable arrays, counts that disagree with the manifest."""
+    folder = Path(folder)
+    try:
+        manifest, version = read_manifest(folder)
+    except DamagedIndex as e:
+        return [str(e)]
+    problems = []
+    files = manifest.get("files")
+    if not files:
+        problems.append(f"{folder}: {version.name}/manifest.json records no checksums (written by cirlab "
+                        f"{manifest.get('cirlab_version')}); rebuild the index to get them")
+    for name, info in (files or {}).items():
+        path = version / name
+        if not path.is_file():
+            problems.append(str(_damaged(folder, version, name, "is missing")))
+        elif path.stat().st_size != info.get("bytes"):
+            problems.append(str(_damaged(folder, version, name, f"has {path.stat().st_size:,} bytes, the manifest "
+                                                                  f"says {info.get('bytes'):,}")))
+        elif _digest(path) != info.get("sha256"):
+            problems.append(str(_damaged(folder, version, name, "does not match its checksum")))
+    if not problems:
+        try:
+            _load_version(folder, version, manifest, None, None)
+        except CirlabError as e:
+            problems.append(str(e))
+    return problems
