@@ -17,7 +17,8 @@ import hmac
 import logging
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, Security
+from fastapi.security import HTTPBearer
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -27,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from cirlab import __version__
-from cirlab.serve.service import SearchService, ServiceError
+from cirlab.serve.schema import Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body
+from cirlab.serve.service import MAX_K, THUMB_SIZES, SearchService, ServiceError
 
 log = logging.getLogger("cirlab.serve")
 GALLERY_FILES = 32  # images one POST /gallery may add
@@ -101,8 +103,8 @@ def create_app(service: SearchService) -> FastAPI:
                             status_code=413)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+    async def _http_error(request: Request, e: StarletteHTTPException):  # 404 no route, 405 (with its Allow header)
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
@@ -120,8 +122,11 @@ def create_app(service: SearchService) -> FastAPI:
             raise ServiceError(415, "send the fields as multipart/form-data (an image file and/or text, k)")
         try:
             return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
-        except MultiPartException as e:
-            raise ServiceError(422, f"malformed form: {e.message}") from None
+        except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the former into a 400
+            message = str(getattr(e, "message", None) or getattr(e, "detail", "")) or "unreadable form"
+            if "maximum size" in message.lower():
+                raise ServiceError(413, f"a form field is over the 64 KB limit ({message})") from None
+            raise ServiceError(422, f"malformed form: {message}") from None
 
     def check_token(request: Request) -> None:
         if service.api_token is None:
@@ -131,7 +136,22 @@ def create_app(service: SearchService) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), service.api_token.encode()):
             raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
 
-    @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text")
+    bearer = HTTPBearer(auto_error=False, description="CIRLAB_API_TOKEN, for gallery changes")
+    search_fields = {
+        "image_id": {"type": "string", "minLength": 1,
+                     "description": "a gallery image as the reference (instead of an upload)"},
+        "text": {"type": "string", "maxLength": service.max_text_chars, "pattern": r"\S",
+                 "description": "the modification text; without it, images like the reference"},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 12},
+        "method": {"type": "string", "enum": [service.pipe.meta["method"]],
+                   "description": "the served method (a server serves one)"},
+    }
+
+    @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
+              response_model=SearchResponse, responses=errors(404, 413, 415, 422),
+              openapi_extra=form_body(search_fields, files="image", rules={
+                  "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["image_id"]}],
+                  "not": {"required": ["image", "image_id"]}}))
     async def search(request: Request):
         form = await read_form(request)
         upload = form.get("image")
@@ -146,23 +166,37 @@ def create_app(service: SearchService) -> FastAPI:
         if text is not None and not isinstance(text, str):
             raise ServiceError(422, "the field 'text' must be text")
         image_id = form.get("image_id") or None
+        if image_id is not None and not isinstance(image_id, str):
+            raise ServiceError(422, "the field 'image_id' must be text")
+        method = form.get("method") or None
+        if method is not None and not isinstance(method, str):
+            raise ServiceError(422, "the field 'method' must be text")
         k = _int(form.get("k"), "k", 12)
-        return await run_in_threadpool(service.search, text, k, image, image_id and str(image_id),
-                                       (form.get("method") or None))
+        return await run_in_threadpool(service.search, text, k, image, image_id, method)
 
-    @app.get("/images/{image_id:path}", summary="A gallery image, or its thumbnail with ?size=")
-    async def image(image_id: str, size: int | None = None):
+    @app.get("/images/{image_id:path}", summary="A gallery image, or its JPEG thumbnail with ?size=",
+             response_class=Response, responses={200: {"content": {"image/*": {"schema": {"type": "string",
+                                                                                         "format": "binary"}}},
+                                                       "description": "the image file or thumbnail"},
+                                                 **errors(404, 415, 422)})
+    async def image(image_id: str, size: int | None = Query(None, description=f"one of {list(THUMB_SIZES)}",
+                                                            json_schema_extra={"enum": list(THUMB_SIZES)})):
         if size is None:
             path = await run_in_threadpool(service.path_of, image_id)
             return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
         data = await run_in_threadpool(service.thumbnail, image_id, size)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/gallery", summary="Browse the gallery: a name filter and a page, or a random pick")
-    async def gallery(q: str = "", offset: int = 0, limit: int = 24, random: bool = False, seed: int | None = None):
+    @app.get("/gallery", summary="Browse the gallery: a name filter and a page, or a random pick",
+             response_model=GalleryPage, responses=errors(422))
+    async def gallery(q: str = Query("", max_length=200), offset: int = Query(0, ge=0, le=2**31),
+                      limit: int = Query(24, ge=1, le=MAX_K), random: bool = False,
+                      seed: int | None = Query(None, ge=0, le=2**63 - 1)):
         return await run_in_threadpool(service.browse, q, offset, limit, random, seed)
 
-    @app.post("/gallery", summary="Add images (bearer token)", status_code=201)
+    @app.post("/gallery", summary="Add images (bearer token)", status_code=201, response_model=Added,
+              responses=errors(401, 403, 413, 415, 422), dependencies=[Security(bearer)],
+              openapi_extra=form_body({}, ["image"], files="image", many=True))
     async def add(request: Request):
         check_token(request)
         form = await read_form(request, max_files=GALLERY_FILES)
@@ -173,17 +207,18 @@ def create_app(service: SearchService) -> FastAPI:
             files.append((upload.filename or "upload", await upload.read()))
         return {"added": await run_in_threadpool(service.add_images, files), "size": len(service.index)}
 
-    @app.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)")
+    @app.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)", response_model=Removed,
+                responses=errors(401, 403, 404), dependencies=[Security(bearer)])
     async def remove(image_id: str, request: Request):
         check_token(request)
         await run_in_threadpool(service.remove_image, image_id)
         return {"removed": image_id, "size": len(service.index)}
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health():
         return {"status": "ok", "index_size": len(service.index)}
 
-    @app.get("/info")
+    @app.get("/info", response_model=Info)
     async def info():
         return {"cirlab_version": __version__, **service.info()}
 

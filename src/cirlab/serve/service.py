@@ -25,7 +25,8 @@ from cirlab.api import MAX_TEXT_CHARS, Pipeline, check_text
 from cirlab.data.triplets import Gallery
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
-from cirlab.index import load_index, save_index
+from cirlab.index import load_index, update_index
+from cirlab.index.store import live_version
 
 MAX_K = 100
 THUMB_SIZES = (64, 128, 256, 512)
@@ -37,6 +38,12 @@ class ServiceError(CirlabError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def unreadable_gallery_image(image_id: str) -> str:
+    """The reply for a gallery file that went bad on disk: the id, never the server's path."""
+    return (f"the file of gallery image {image_id!r} is unreadable on the server; "
+            "pick another reference, or remove the image from the gallery")
 
 
 class SearchService:
@@ -99,13 +106,11 @@ class SearchService:
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
         with self.lock:
-            if text is None:
-                query = self._image_vector(reference)
-            else:
-                try:
-                    query = self.pipe.compose(reference, text)
-                except CirlabError as e:
-                    raise ServiceError(422, str(e)) from None
+            self.refresh()
+            try:
+                query = self._image_vector(reference) if text is None else self.pipe.compose(reference, text)
+            except CirlabError as e:  # a gallery file gone bad on disk: say so without the server's path
+                raise ServiceError(422, unreadable_gallery_image(image_id) if image_id else str(e)) from None
             rows = self.pipe.rank_index(self.index, query, k, {image_id} if image_id else set())
             results = [self.item(i, score=s) for i, s in rows]
         mode = "composed" if reference is not None and text else "text" if text else "image"
@@ -151,10 +156,11 @@ class SearchService:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
+        path = self.path_of(image_id)
         try:
-            im = load_image(self.path_of(image_id))
-        except CirlabError as e:
-            raise ServiceError(404 if isinstance(e, ServiceError) else 415, str(e)) from None
+            im = load_image(path)
+        except CirlabError:
+            raise ServiceError(415, unreadable_gallery_image(image_id)) from None
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=85)
@@ -168,7 +174,10 @@ class SearchService:
     def browse(self, q: str = "", offset: int = 0, limit: int = 24, random: bool = False, seed: int | None = None) -> dict:
         """Gallery items whose name or id contains ``q`` (case-insensitive), a page at a time, or a random pick."""
         limit = max(1, min(limit, MAX_K))
+        if seed is not None and not 0 <= seed < 2**63:
+            raise ServiceError(422, f"seed must be between 0 and 2**63 - 1, got {seed}")
         with self.lock:
+            self.refresh()
             ids = self.index.ids
             if q.strip():
                 needle = q.strip().lower()
@@ -214,14 +223,23 @@ class SearchService:
             self._commit(lambda: self.index.remove([image_id]))
 
     def _commit(self, change) -> None:
-        """Apply a change in memory and save it as a new index version; on failure, reload the last one."""
+        """Apply a change to the live index version and save it as the next one, under the index's writer
+        lock (another writer's versions are picked up first, so neither loses the other's rows); on
+        failure, reload the live version."""
         try:
-            change()
-            save_index(self.index, self.index_dir, self.pipe.identity)
+            with update_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity, held=self.index) as index:
+                self.index = index
+                change()
         except Exception:
             self.index, self.manifest = load_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity)
             raise
         finally:
+            self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
+
+    def refresh(self) -> None:
+        """Load the live version where another writer (``cirlab index add``) saved a newer one. Call under the lock."""
+        if live_version(self.index_dir) not in (None, self.index.version):
+            self.index, self.manifest = load_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity)
             self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
 
     def info(self) -> dict:
