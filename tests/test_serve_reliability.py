@@ -31,13 +31,36 @@ def add(base: str, name: str, data: bytes) -> httpx.Response:
     return httpx.post(base + "/gallery", files={"image": (name, data, "image/png")}, headers=AUTH, timeout=120)
 
 
-def test_the_server_and_index_add_both_keep_their_images(served, tmp_path):
+@pytest.fixture
+def own_server(served, tmp_path):
+    """A second server over a copy of the shared index, so this test's 40 images stay out of the others'."""
+    import os
+    import shutil
+
+    from cirlab.serve.launch import start_server
+
+    _, shared_index, _, model = served
+    index_dir = tmp_path / "index"
+    shutil.copytree(shared_index, index_dir)
+    cache = shared_index.parent / "cache"
+    env = {**os.environ, "CIRLAB_API_TOKEN": API_TOKEN}
+    proc, base = start_server(["--index", index_dir, "--model", model, "--cache", cache], env=env,
+                              log=tmp_path / "server.log")
+    yield base, index_dir, model, cache
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_the_server_and_index_add_both_keep_their_images(own_server, tmp_path):
     """The sweep lost 9 of 12 images the server had confirmed while ``cirlab index add`` ran."""
-    base, index_dir, _, model = served
+    base, index_dir, model, cache = own_server
     folder = tmp_path / "more"
     make_images(folder, n=40, seed=11)
     cli = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "index", "add", str(index_dir), str(folder), "--model",
-                            str(model), "--cache", str(index_dir.parent / "cache"), "--quiet"],
+                            str(model), "--cache", str(cache), "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     confirmed = []
     while cli.poll() is None or len(confirmed) < 12:
@@ -54,8 +77,6 @@ def test_the_server_and_index_add_both_keep_their_images(served, tmp_path):
     # the server picks up the CLI's version for its searches too
     r = httpx.post(base + "/search", data={"text": "make it red", "k": "100"}, timeout=60)
     assert r.status_code == 200 and httpx.get(base + "/health").json()["index_size"] == len(index)
-    for image_id in confirmed:
-        httpx.delete(base + f"/gallery/{image_id}", headers=AUTH)
 
 
 @pytest.fixture
