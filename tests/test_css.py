@@ -137,3 +137,15 @@ def test_images_at_both_resolutions(css):
     big = np.asarray(draw((Obj(4, "circle", "red", "large"),), 224))
     edge = {tuple(p) for p in big.reshape(-1, 3)}
     assert len(edge) > 3  # antialiased: blended edge colours between red and white
+
+
+def test_named_configurations_fix_the_split_sizes():
+    from cirlab.data.css import CONFIGS, split_sizes
+    from cirlab.errors import CirlabError
+
+    assert split_sizes(4000) == CONFIGS["small"] == {"train": 2800, "val": 400, "test": 800}
+    assert split_sizes(config="large") == {"train": 16000, "val": 1000, "test": 8000}
+    with pytest.raises(CirlabError, match="unknown css configuration 'huge'; choose one of: small, large"):
+        split_sizes(config="huge")
+    with pytest.raises(CirlabError, match="at least 10 triplets"):
+        split_sizes(5)

@@ -130,3 +130,22 @@ def test_hf_backends_resnet_vit_bert(tmp_path):
     assert out["levels"].shape == (1, *v.levels_shape)
     b = build_text_encoder(f"hf:{bert}").encode_texts(["make it shorter"], ("pooled", "mask"))
     assert b["pooled"].shape == (1, 16) and b["mask"][0].sum() == 5
+
+
+@pytest.mark.parametrize("env, threads", [({"OMP_NUM_THREADS": "1"}, "1"), ({"CIRLAB_THREADS": "1"}, "1"),
+                                          ({"CIRLAB_THREADS": "lots"}, "error")])
+def test_the_users_thread_setting_is_respected(env, threads):
+    """Loading an encoder used to force torch onto os.cpu_count() threads, over OMP_NUM_THREADS."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom cirlab.errors import CirlabError\nfrom cirlab.encoders import build_image_encoder\n"
+            "try:\n    build_image_encoder('efficientnet_lite0')\nexcept CirlabError as e:\n    print('error', e)\n"
+            "else:\n    print(torch.get_num_threads())")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CIRLAB_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         timeout=120).stdout.strip()
+    assert out.split()[0] == threads, out
+    if threads == "error":
+        assert "CIRLAB_THREADS='lots' must be a whole number of threads" in out

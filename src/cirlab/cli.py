@@ -34,7 +34,7 @@ def cmd_data(a: argparse.Namespace) -> int:
     elif a.name == "css":
         from cirlab.data.css import build_css
 
-        counts = build_css(a.out, size=a.size, seed=a.seed, image_size=a.image_size)
+        counts = build_css(a.out, size=a.size, seed=a.seed, image_size=a.image_size, config=a.config)
     elif a.name in ("fashioniq", "shoes", "fashion200k", "cirr"):
         from cirlab.data.benchmarks import make_benchmark_dataset
 
@@ -110,6 +110,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = method_config(a.method, a.config)
     given = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     cfg["train"].update(given)
+    if a.image_head:
+        cfg["model"]["image_head"] = a.image_head
     TrainConfig.from_dict(cfg["train"])  # a bad value is a one-line error before any encoding
     pseudo_options = {k: getattr(a, k) for k in ("s_max", "eps_l", "eps_u", "alpha") if getattr(a, k) is not None}
     if a.pseudo_every is not None:
@@ -369,10 +371,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     methods = expand_methods(a.methods)
     result = run_bench(a.data, methods, a.seeds, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
-                       log=lambda line: print(line, file=sys.stderr, flush=True))
+                       log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head)
     print(result.table())
     if result.edit_table():
+        print("\nRecall@1 by edit type:\n" + result.edit_table(1))
         print("\nRecall@10 by edit type:\n" + result.edit_table())
+    if result.carries_table():
+        print("\nTop-1 results carrying the requested attribute (%):\n" + result.carries_table())
     if result.composition_table():
         print("\nRecall on seen and novel compositions:\n" + result.composition_table())
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
@@ -415,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="split and phrasing seed (default: %(default)s)")
     m.add_argument("--size", type=int, default=4000, help="css: number of triplets, 70/10/20 train/val/test "
                                                           "(default: %(default)s)")
+    m.add_argument("--config", default=None, metavar="NAME",
+                   help="css: a named configuration instead of --size: small (2,800/400/800 triplets) or large "
+                        "(16,000/1,000/8,000, a test gallery of over 10,000 scenes)")
     m.add_argument("--image-size", type=int, default=224, help="css: pixels of images/ (images64/ is always 64; "
                                                                "default: %(default)s)")
     m.add_argument("--annotations", type=Path, default=None, help="benchmarks: the annotation folder, as published")
@@ -442,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="encode a folder of images into the feature cache")
     e.add_argument("gallery", type=Path, help="folder of jpg/png/webp images")
     e.add_argument("--image-encoder", default="efficientnet_lite0", help="image encoder spec (default: %(default)s)")
-    e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens"], help="views to cache")
+    e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens", "levels", "colour"],
+                   help="views to cache: the pooled vector, region tokens, intermediate levels, colour statistics")
     add_cache(e)
     e.set_defaults(func=cmd_encode)
 
@@ -455,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=Path, default=None,
                    help="with a JSONL --data: the image folder its ids are relative to (default: 'images' beside it)")
     t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")
+    t.add_argument("--image-head", default=None, metavar="SPEC",
+                   help="how images are embedded on both sides (model.image_head): pooled (the pooled vector alone), "
+                        "attnpool (attention pooling over the region map), grid[:cells=3], colour, or a sum such as "
+                        "attnpool+colour (default: the method's config)")
     t.add_argument("--out", type=Path, required=True,
                    help="output folder (model.pt is written there) or a .pt path; beside it go <name>-metrics.jsonl "
                         "(every epoch's loss, learning rate and validation recall), <name>-metrics.png (their plot) "
@@ -600,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a comma list of methods and variants (default: %(default)s)")
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default: %(default)s)")
     b.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    b.add_argument("--image-head", default=None, metavar="SPEC",
+                   help="the image head every method uses on both sides, e.g. attnpool, grid:cells=3, attnpool+colour "
+                        "(default: each method's config; pooled = the pooled vector alone)")
     b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")

@@ -38,6 +38,10 @@ SIZES = {"small": 4, "large": 8}  # half-sizes in px on the 64 px canvas (TIRG's
 ROWS, COLS = ("top", "center", "bottom"), ("left", "center", "right")
 CELLS = tuple(f"{r}-{c}" for r in ROWS for c in COLS)
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+# Named configurations: triplets per split. ``large`` has a test gallery of over 10,000 scenes, where R@10
+# is no longer saturated by a scene's few siblings (issue 13); ``small`` is ``--size 4000``.
+CONFIGS = {"small": {"train": 2800, "val": 400, "test": 800},
+           "large": {"train": 16000, "val": 1000, "test": 8000}}
 HELD_OUT_PAIRS = 6
 MODS_PER_SOURCE = 3
 VERSION = 1
@@ -169,17 +173,29 @@ def draw(scene: Scene, size: int, supersample: int = 4):
     return im.resize((size, size), Image.LANCZOS) if supersample > 1 else im
 
 
-def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int = 224) -> dict:
-    """Write ``size`` triplets (70/10/20 train/val/test) with their scenes' images; return counts."""
+def split_sizes(size: int = 4000, config: str | None = None) -> dict[str, int]:
+    """Triplets per split: a named configuration (``CONFIGS``), or ``size`` split 70/10/20."""
+    if config is not None:
+        if config not in CONFIGS:
+            raise CirlabError(f"unknown css configuration {config!r}; choose one of: {', '.join(CONFIGS)}")
+        return dict(CONFIGS[config])
     if size < 10:
         raise CirlabError(f"--size must be at least 10 triplets, got {size}")
+    return {split: max(1, round(size * frac)) for split, frac in SPLIT_FRACTIONS.items()}
+
+
+def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int = 224,
+              config: str | None = None) -> dict:
+    """Write ``size`` triplets (70/10/20 train/val/test), or those of a named ``config``, with their
+    scenes' images; return counts."""
+    sizes = split_sizes(size, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = Generator(seed)
     scenes: dict[str, tuple[Scene, str]] = {}  # id -> (scene, split)
     drawn: dict[str, list[tuple]] = defaultdict(list)  # split -> (source, text, target, op, add attrs)
-    for split, frac in SPLIT_FRACTIONS.items():
-        want, novel_ok, seen = max(1, round(size * frac)), split == "test", set()
+    for split, want in sizes.items():
+        novel_ok, seen = split == "test", set()
         while len(drawn[split]) < want:
             source = gen.scene(novel_ok)
             for _ in range(MODS_PER_SOURCE):  # like CSS: a source has several modifications
@@ -198,13 +214,16 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
         by_split[split].append((sid, sc))
     counts: dict = {"images": {}, "triplets": {}, "underspecified": {}, "novel": 0}
     for split, items in drawn.items():
-        adds_index: dict[int, list[tuple[str, Scene]]] = defaultdict(list)  # gallery scenes by object count
+        # gallery scenes by what remains without one of their objects: an add's candidates are the scenes
+        # filed under its source's signature (linear in the gallery, not quadratic)
+        minus_one: dict[str, list[tuple[str, Scene]]] = defaultdict(list)
         for sid, sc in by_split[split]:
-            adds_index[len(sc)].append((sid, sc))
+            for n in range(len(sc)):
+                minus_one[signature(sc[:n] + sc[n + 1:])].append((sid, sc))
         triplets = []
         for source, text, target, op, attrs in items:
             if op == "add":  # credit every gallery scene of the split that satisfies the text
-                targets = sorted(sid for sid, sc in adds_index[len(source) + 1] if satisfies_add(source, sc, attrs))
+                targets = sorted({sid for sid, sc in minus_one[signature(source)] if satisfies_add(source, sc, attrs)})
             else:
                 targets = [scene_id(target)]
             a = {"edit": op.split("-")[0], "operation": op}
@@ -228,7 +247,8 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
                                 "signature": signature(sc),
                                 "attributes": {"objects": [o.__dict__ for o in sc]}}) + "\n")
     counts["images"] = dict(Counter(split for _, split in scenes.values()))
-    meta = {"name": "css", "version": VERSION, "seed": seed, "size": size, "images": "images",
+    meta = {"name": "css", "version": VERSION, "seed": seed, "size": sum(sizes.values()), "config": config,
+            "images": "images",
             "images_64px": "images64", "splits": {s: f"{s}.jsonl" for s in SPLIT_FRACTIONS},
             "held_out_pairs": sorted(" ".join(p[::-1]) for p in gen.held_out), "counts": counts}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))

@@ -3,8 +3,11 @@
 An encoder turns raw inputs into *views*: ``pooled`` (one vector per input, float32),
 ``tokens`` (a sequence per input: image regions of the spatial map, or text token states;
 stored float16), for text ``mask`` (which tokens are real) and for images ``levels``
-(global averages of a few intermediate depths, zero-padded to one width; float16). Fusion methods declare the
-views they need; the feature cache stores exactly those.
+(global averages of a few intermediate depths, zero-padded to one width; float16) and ``colour``
+(colour statistics computed from the pixels, the same for every image encoder, float16: the mean
+RGB of each cell of an 8 x 8 grid over the padded image, then the share of the non-background
+pixels in each of 6 x 6 x 6 joint RGB bins). Fusion methods declare the views they need; the feature cache
+stores exactly those.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from PIL import Image
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
-VIEWS = ("pooled", "tokens", "mask", "levels")
+VIEWS = ("pooled", "tokens", "mask", "levels", "colour")
+COLOUR_GRID = 8  # the layout: mean RGB of each cell of an 8 x 8 grid
+COLOUR_BINS = 6  # the histogram: 6 x 6 x 6 joint RGB bins
+COLOUR_DIM = COLOUR_GRID * COLOUR_GRID * 3 + COLOUR_BINS ** 3
 
 
 @runtime_checkable
@@ -36,6 +42,7 @@ class ImageEncoder(Protocol):
     token_dim: int
     num_tokens: int
     levels_shape: tuple[int, int]
+    colour_dim: int  # width of the ``colour`` view (COLOUR_DIM), 0 where the encoder has none
 
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]: ...
 
@@ -87,8 +94,15 @@ def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
 
 
 def set_threads() -> None:
-    """Use every core for inference (2 on the reference machine)."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Apply ``CIRLAB_THREADS`` to torch's intra-op pool, where it is set. Otherwise torch's own choice
+    stands: ``OMP_NUM_THREADS`` if the user set it, else the physical cores. (Forcing ``os.cpu_count()``
+    here overrode both, so two jobs on two cores ran four threads.)"""
+    value = os.environ.get("CIRLAB_THREADS", "").strip()
+    if not value:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise CirlabError(f"CIRLAB_THREADS={value!r} must be a whole number of threads, 1 or more")
+    torch.set_num_threads(int(value))
 
 
 def fingerprint_file(path: Path) -> str:
@@ -145,6 +159,27 @@ def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], s
     )
     arr = (arr / (255.0 / scale) - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def colour_view(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{"colour": (B, COLOUR_DIM) float16}`` where ``views`` asks for it (else ``{}``). Each image is padded
+    to a square like the encoders' input; the first 192 values are its 8 x 8 grid of mean RGB (0..1,
+    where the colours are); the other 216 the share of its pixels in each 6 x 6 x 6 RGB bin, counting
+    only pixels that are not near-white background (which colours, however small: a skin tone)."""
+    if "colour" not in views:
+        return {}
+    out = np.zeros((len(images), COLOUR_DIM), np.float32)
+    layout = COLOUR_GRID * COLOUR_GRID * 3
+    for n, im in enumerate(images):
+        square = pad_to_square(im.convert("RGB"))
+        out[n, :layout] = np.asarray(square.resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), np.float32).ravel() / 255
+        pixels = np.asarray(square.resize((64, 64), Image.BOX) if square.width > 64 else square).reshape(-1, 3)
+        pixels = pixels[(pixels < 235).any(axis=1)]
+        if len(pixels):
+            bins = pixels.astype(np.int64) * COLOUR_BINS // 256
+            codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
+            out[n, layout:] = np.bincount(codes, minlength=COLOUR_BINS ** 3) / len(pixels)
+    return {"colour": out.astype(np.float16)}
 
 
 def stack_levels(levels: Sequence[torch.Tensor], width: int) -> np.ndarray:

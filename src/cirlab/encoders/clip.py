@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from cirlab.encoders.base import (
+    COLOUR_DIM,
     check_views,
+    colour_view,
     fingerprint_folder,
     hidden_levels,
     image_encoders,
@@ -55,13 +57,14 @@ class CLIPImageEncoder:
         side = self.size // int(self.model.config.vision_config.patch_size)
         self.num_tokens = side * side
         self.levels_shape = (3, self.token_dim)
+        self.colour_dim = COLOUR_DIM
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
         out = self.model.vision_model(pixel_values=to_pixels(images, self.size, self.mean, self.std, scale=1.0),
                                       output_hidden_states="levels" in views)
-        res: dict[str, np.ndarray] = {}
+        res: dict[str, np.ndarray] = colour_view(images, views)
         if "levels" in views:
             res["levels"] = stack_levels(hidden_levels(out.hidden_states, self.levels_shape[0]), self.token_dim)
         if "pooled" in views:

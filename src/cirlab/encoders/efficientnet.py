@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cirlab.encoders.base import check_views, fingerprint_file, image_encoders, set_threads, stack_levels, to_pixels
+from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
+                                  stack_levels, to_pixels)
 from cirlab.errors import CirlabError
 
 # The TF EfficientNet-Lite checkpoints were trained on inputs scaled as (x - 127) / 128.
@@ -54,6 +55,7 @@ class EfficientNetLiteEncoder:
         self.level_blocks = _level_blocks(self.model)
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
+        self.colour_dim = COLOUR_DIM
 
     def feature_map(self, pixels: torch.Tensor, levels: list | None = None) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``levels`` (a list), the
@@ -95,10 +97,12 @@ class EfficientNetLiteEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
+        out: dict[str, np.ndarray] = colour_view(images, views)
+        if not set(views) - {"colour"}:
+            return out
         levels: list[torch.Tensor] | None = [] if "levels" in views else None
         fmap = self.feature_map(to_pixels(images, self.size, LITE_MEAN, LITE_STD), levels)
-        out: dict[str, np.ndarray] = {}
         if levels is not None:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:

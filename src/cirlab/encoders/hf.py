@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cirlab.encoders.base import (
+    COLOUR_DIM,
     check_views,
+    colour_view,
     fingerprint_folder,
     hidden_levels,
     image_encoders,
@@ -125,6 +127,7 @@ class HFImageEncoder:
         self.dim = probe[0].shape[-1]
         self.num_tokens, self.token_dim = probe[1].shape[1:]
         self.levels_shape = (len(probe[2]), max(lv.shape[-1] for lv in probe[2]))
+        self.colour_dim = COLOUR_DIM
 
     def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         out = self.model(pixel_values=pixels, output_hidden_states=True)
@@ -139,9 +142,9 @@ class HFImageEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels"), self.spec)
+        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
         pooled, tokens, levels = self._forward(to_pixels(images, self.size, self.mean, self.std, scale=1.0))
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = colour_view(images, views)
         if "levels" in views:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:

@@ -48,6 +48,9 @@ class BenchRun:
     best_epoch: int
     queries: int
     by_edit: dict[str, float] = field(default_factory=dict)  # R@10 per triplet attribute "edit"
+    by_edit_r1: dict[str, float] = field(default_factory=dict)  # R@1 per edit type
+    # per edit type: the share (%) of queries whose top-1 carries the requested value of the edited attribute
+    carries: dict[str, float] = field(default_factory=dict)
     # R@1 and R@10 of the "seen" / "novel" compositions (CSS-like test splits mark them)
     by_composition: dict[str, float] = field(default_factory=dict)
     map: dict[int, float] = field(default_factory=dict)  # mAP@K where queries have several targets (CSS-like adds)
@@ -61,6 +64,7 @@ class BenchResult:
     runs: list[BenchRun] = field(default_factory=list)
     encoders: dict = field(default_factory=dict)
     exclude_reference: bool = True
+    image_head: str | None = None  # the image head every method used, where the bench set one
 
     def names(self) -> list[str]:
         return list(dict.fromkeys(r.name for r in self.runs))
@@ -80,8 +84,12 @@ class BenchResult:
         return "\n".join(lines)
 
     def edit_table(self, k: int = 10) -> str:
-        """R@k per edit type (the triplets' ``attributes.edit``), mean over seeds; empty without edit types."""
-        return self._group_table("by_edit", lambda v: f"{statistics.fmean(v):.1f}")
+        """R@k (1 or 10) per edit type (the triplets' ``attributes.edit``), mean over seeds; empty without edit types."""
+        return self._group_table("by_edit" if k == 10 else "by_edit_r1", lambda v: f"{statistics.fmean(v):.1f}")
+
+    def carries_table(self) -> str:
+        """Per edit type, the share of top-1 results that carry the requested attribute value."""
+        return self._group_table("carries", lambda v: f"{statistics.fmean(v):.1f}")
 
     def composition_table(self) -> str:
         """R@1 and R@10 on queries whose target holds attribute pairs seen in training or never seen."""
@@ -102,6 +110,7 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
+                "image_head": self.image_head,
                 "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
 
 
@@ -112,27 +121,31 @@ def _mean_std(values: list[float]) -> str:
 
 
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
-              split: str = "test", epochs: int | None = None, progress: bool = True, log=print) -> BenchResult:
-    """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``."""
+              split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
+              image_head: str | None = None) -> BenchResult:
+    """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``.
+    ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's."""
     if seeds < 1:
         raise CirlabError(f"--seeds must be at least 1, got {seeds}")
     dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
-    image_views, text_views = views_needed([method_config(m) for m in methods], dims)
+    model_override = {"image_head": image_head} if image_head else {}
+    image_views, text_views = views_needed([method_config(m, {"model": model_override}) for m in methods], dims)
     ws = Workspace.open(data, cache, image_spec, text_spec, image_views, text_views, progress)
     if split not in ws.triplets:
         raise CirlabError(f"data set {ws.dataset.name} has no split {split!r}; it has {', '.join(ws.triplets)}")
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
                          encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id},
-                         exclude_reference=ws.dataset.exclude_reference)
+                         exclude_reference=ws.dataset.exclude_reference, image_head=image_head)
     for name in methods:
         for seed in range(seeds):
-            override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}}
+            override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}, "model": model_override}
             cfg = method_config(name, override)
             model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
             ev = ws.evaluate(model, split)
             run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
-                           recall_by_edit(ev), {f"{c} R@{k}": v for k in (1, 10)
-                                                for c, v in recall_by(ev, "composition", k).items()}, ev.map)
+                           recall_by_edit(ev), recall_by_edit(ev, 1), top1_carries(ev, ws.dataset.by_id),
+                           {f"{c} R@{k}": v for k in (1, 10) for c, v in recall_by(ev, "composition", k).items()},
+                           ev.map)
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
@@ -155,6 +168,22 @@ def recall_by_edit(ev, k: int = 10) -> dict[str, float]:
     return recall_by(ev, "edit", k)
 
 
+def top1_carries(ev, records: dict[str, dict]) -> dict[str, float]:
+    """Per edit type (and ``all``), the share (%) of queries whose top-1 image has the value the text asks
+    for in the edited attribute (triplet attributes ``edit`` and ``to``, image ``attributes``), whether
+    or not it is the exact target; empty where triplets or images do not name them."""
+    hits: dict[str, list[bool]] = {}
+    for t, ids in zip(ev.triplets, ev.ids):
+        a = t.attributes if isinstance(t.attributes, dict) else {}
+        if "edit" not in a or "to" not in a or not ids:
+            continue
+        top = (records.get(ids[0]) or {}).get("attributes") or {}
+        carried = top.get(a["edit"]) == a["to"]
+        for key in (str(a["edit"]), "all"):
+            hits.setdefault(key, []).append(carried)
+    return {e: 100.0 * sum(h) / len(h) for e, h in sorted(hits.items())}
+
+
 def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str) -> Path:
     """``<name>.md`` (the command, the setting, the table) and ``<name>.json`` (every run) in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -163,7 +192,8 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
     text = (f"# cirlab bench: {result.dataset} ({result.split} split)\n\n"
             f"Command: `{command}`\n\n"
             f"cirlab {__version__}, {dt.date.today().isoformat()}; seeds {result.seeds}; "
-            f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen). "
+            f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen)"
+            f"{'; image head ' + result.image_head if result.image_head else ''}. "
             f"Mean ± sample std over seeds of Recall@K (%), reference "
             f"{'excluded from' if result.exclude_reference else 'kept in'} its ranking; "
             f"{'mAP@10 (%) counts every target of a query (CIRCO-style); ' if 'mAP@10' in result.table() else ''}"
@@ -171,7 +201,12 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
     edits = result.edit_table()
     if edits:
-        text += f"\nRecall@10 (%) by edit type (mean over seeds):\n\n{edits}\n"
+        text += (f"\nRecall@1 (%) by edit type (mean over seeds):\n\n{result.edit_table(1)}\n"
+                 f"\nRecall@10 (%) by edit type (mean over seeds):\n\n{edits}\n")
+    carries = result.carries_table()
+    if carries:
+        text += ("\nTop-1 results that carry the requested attribute value (%), exact target or not "
+                 f"(mean over seeds):\n\n{carries}\n")
     compositions = result.composition_table()
     if compositions:
         text += ("\nRecall (%) on queries whose target holds only attribute pairs seen in training, and on those "

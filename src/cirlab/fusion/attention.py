@@ -130,7 +130,7 @@ class MFFM(Fusion):
         return torch.cat(parts, dim=1) + self.position
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        x = self.project_image(reference["pooled"])
+        x = self.embed_image(reference)
         t = self.project_text(text["pooled"])
         image, words = self.image_tokens(reference, x), self.text_tokens(text["tokens"].float())
         pad = _padding_mask(text)
@@ -205,7 +205,7 @@ class CAFF(Fusion):
         return t + self.tggf_out(g * a)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        x = self.project_image(reference["pooled"])
+        x = self.embed_image(reference)
         t = self.project_text(text["pooled"])
         psi_it = self.iggf(x, text) if self.branches != "tggf" else x
         psi_ti = self.tggf(t, reference) if self.branches != "iggf" else t

@@ -34,22 +34,26 @@ class FeatureDims:
     image_tokens: int = 0  # regions in the map (a square, e.g. 7x7 = 49)
     text_token: int = 0  # one token state
     levels: tuple[int, int] = (0, 0)  # (depths, padded width) of the levels view
+    colour: int = 0  # width of the colour view (0: the encoder has none)
 
     @classmethod
     def of(cls, image_encoder, text_encoder) -> "FeatureDims":
         return cls(image_encoder.dim, text_encoder.dim, image_encoder.token_dim, image_encoder.num_tokens,
-                   text_encoder.token_dim, tuple(getattr(image_encoder, "levels_shape", (0, 0))))
+                   text_encoder.token_dim, tuple(getattr(image_encoder, "levels_shape", (0, 0))),
+                   int(getattr(image_encoder, "colour_dim", 0)))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class Fusion(nn.Module):
-    """Base class: subclasses implement :meth:`compose`; the gallery side is shared.
+    """Base class: subclasses implement :meth:`compose`; the image side is shared.
 
     ``image_views`` / ``text_views`` name the encoder views the query side reads (an instance
-    may narrow them from its config); the gallery side reads ``gallery_views`` only, so a
-    gallery never needs more than pooled vectors on disk.
+    may narrow them from its config); the gallery side reads ``gallery_views`` only. An image
+    (reference or gallery) is embedded by :meth:`embed_image`: the projection of its pooled
+    vector plus the configured image heads (``fusion.heads``: attention pooling over the region
+    map, a grid, a colour layout), so both sides see what global pooling loses.
     """
 
     name: ClassVar[str] = ""
@@ -63,10 +67,48 @@ class Fusion(nn.Module):
         self.dims, self.embed_dim = dims, embed_dim
         self.image_proj = nn.Linear(dims.image, embed_dim)
         self.text_proj = nn.Linear(dims.text, embed_dim)
+        self.image_head = "pooled"
+        self.heads = nn.ModuleList()
+
+    def set_image_head(self, spec: str) -> None:
+        """Add the image heads a spec names (``"attnpool"``, ``"grid:cells=3+colour"``; see ``fusion.heads``)
+        on both sides; the views they read join the query's and the gallery's."""
+        from cirlab.fusion.heads import build_heads
+
+        self.heads = build_heads(spec, self.head_channels(), self.dims.image_tokens, self.embed_dim, self.dims.colour)
+        self.image_head = spec
+        extra = sorted({v for h in self.heads for v in h.views})
+        self.gallery_views = tuple(dict.fromkeys(("pooled", *extra)))
+        self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
+
+    def head_channels(self) -> int:
+        """The width of the region rows the heads read (:meth:`head_tokens`)."""
+        return self.dims.image_token
+
+    def head_tokens(self, image: Views) -> torch.Tensor:
+        """The region rows the heads read: the scaled region tokens (see :meth:`scaled_tokens`)."""
+        return self.scaled_tokens(image)
+
+    def head_output(self, image: Views, tokens: torch.Tensor | None = None) -> torch.Tensor | float:
+        """The sum of the image heads' outputs (0 without heads); ``tokens`` replaces :meth:`head_tokens`."""
+        if not len(self.heads):
+            return 0.0
+        if tokens is None and any(h.needs_tokens for h in self.heads):
+            tokens = self.head_tokens(image)
+        return sum(h(tokens, image) for h in self.heads)
+
+    def image_base(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``W_i L2(x)``: the linear projection of the pooled vector, before the L2."""
+        return self.image_proj(F.normalize(pooled.float(), dim=-1))
 
     def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
-        """x -> L2(W_i L2(x)): reference and gallery images share this projection."""
-        return F.normalize(self.image_proj(F.normalize(pooled.float(), dim=-1)), dim=-1)
+        """x -> L2(W_i L2(x)): the pooled projection alone."""
+        return F.normalize(self.image_base(pooled), dim=-1)
+
+    def embed_image(self, image: Views) -> torch.Tensor:
+        """An image's views -> its unit vector, ``L2(W_i L2(x) + sum of heads)``: the reference and every
+        gallery image go through this one function."""
+        return F.normalize(self.image_base(image["pooled"]) + self.head_output(image), dim=-1)
 
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(F.normalize(pooled.float(), dim=-1)), dim=-1)
@@ -83,7 +125,7 @@ class Fusion(nn.Module):
 
     def embed_gallery(self, image: Views) -> torch.Tensor:
         """Gallery image views -> unit vectors (B, embed_dim)."""
-        return self.project_image(image["pooled"])
+        return self.embed_image(image)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         """(reference image views, text views) -> unit query vectors (B, embed_dim)."""
@@ -99,10 +141,15 @@ class Fusion(nn.Module):
 def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
     """A fusion method by its registered name, with its config parameters."""
     cls = fusion_methods.get(method)
+    params = dict(params)
+    head = params.pop("image_head", None)
     try:
-        return cls(dims, **params)
+        model = cls(dims, **params)
     except (TypeError, ValueError) as e:
         raise CirlabError(f"method {method!r} cannot be built: {e}; check its config (cirlab methods --configs)") from None
+    if head and head != "pooled":
+        model.set_image_head(str(head))
+    return model
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, norm: bool = False) -> nn.Sequential:

@@ -16,7 +16,7 @@ class ImageOnly(Fusion):
     paper = "baseline (papers 000-004)"
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        return self.project_image(reference["pooled"])
+        return self.embed_image(reference)
 
 
 @fusion_methods.register("text_only")
@@ -38,7 +38,7 @@ class Sum(Fusion):
     paper = "baseline; paper 004 eq. for stage 1"
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        return F.normalize(self.project_image(reference["pooled"]) + self.project_text(text["pooled"]), dim=-1)
+        return F.normalize(self.embed_image(reference) + self.project_text(text["pooled"]), dim=-1)
 
 
 @fusion_methods.register("concat_mlp")
@@ -54,5 +54,5 @@ class ConcatMLP(Fusion):
         self.mlp = mlp([2 * embed_dim, hidden_dim, embed_dim], dropout=dropout, norm=True)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        both = torch.cat([self.project_image(reference["pooled"]), self.project_text(text["pooled"])], dim=-1)
+        both = torch.cat([self.embed_image(reference), self.project_text(text["pooled"])], dim=-1)
         return F.normalize(self.mlp(both), dim=-1)

@@ -61,7 +61,7 @@ class Combiner(Fusion):
         self.head = CombinerHead(embed_dim, projection_dim, hidden_dim, dropout, zero_init_output)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        x = self.project_image(reference["pooled"])
+        x = self.embed_image(reference)
         t = self.project_text(text["pooled"])
         return F.normalize(self.head(x, t), dim=-1)
 
@@ -103,7 +103,7 @@ class ClipCD(Fusion):
         return self.bil_out(self.bil_dropout(F.relu(self.bil_hidden(outer))))
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        x = self.project_image(reference["pooled"])
+        x = self.embed_image(reference)
         t = self.project_text(text["pooled"])
         q = self.head(x, t)
         if self.bilinear:

@@ -153,7 +153,7 @@ class DQU(Fusion):
     # -- the fusion -------------------------------------------------------------------------
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         """``reference``: views of the drawn reference image; ``text``: views of the unified text."""
-        f_visual = self.project_image(reference["pooled"])
+        f_visual = self.embed_image(reference)
         f_textual = self.project_text(text["pooled"])
         if self.unify == "textual":
             return f_textual

@@ -33,7 +33,7 @@ class TIRG(Fusion):
         self.w_residual = nn.Parameter(torch.tensor(float(residual_weight)))
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        x = self.project_image(reference["pooled"])
+        x = self.embed_image(reference)
         both = torch.cat([x, self.project_text(text["pooled"])], dim=-1)
         return F.normalize(self.w_gate * torch.sigmoid(self.gate(both)) * x + self.w_residual * self.residual(both), dim=-1)
 
@@ -51,6 +51,8 @@ class TIRGGate(Fusion):
 
     The gallery goes through ``L2(W_o W_p L2(pooled))``, which equals the average of the
     projected map (linear operations commute with the average), i.e. the query with a gate of 1.
+    Image heads (``image_head``) read the projected map ``X`` on the gallery side and the gated
+    map ``f_gate`` on the query side, so the gate reaches them too.
     """
 
     name = "tirg_gate"
@@ -71,10 +73,16 @@ class TIRGGate(Fusion):
         )
         self.out = nn.Linear(channels, embed_dim)
 
-    def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
+    def image_base(self, pooled: torch.Tensor) -> torch.Tensor:
         x = F.normalize(pooled.float(), dim=-1)
-        w = self.map_proj.weight.flatten(1)
-        return F.normalize(self.out(F.linear(x, w, self.map_proj.bias)), dim=-1)
+        return self.out(F.linear(x, self.map_proj.weight.flatten(1), self.map_proj.bias))
+
+    # image heads read the projected map X on the gallery side and the gated map on the query side
+    def head_channels(self) -> int:
+        return self.map_proj.out_channels
+
+    def head_tokens(self, image: Views) -> torch.Tensor:
+        return F.linear(self.scaled_tokens(image), self.map_proj.weight.flatten(1), self.map_proj.bias)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         s = self.scaled_tokens(reference)
@@ -82,4 +90,5 @@ class TIRGGate(Fusion):
         fmap = self.map_proj(s.transpose(1, 2).reshape(b, d, self.side, self.side))
         t = self.text_to_map(self.project_text(text["pooled"]))[:, :, None, None].expand(-1, -1, self.side, self.side)
         gated = torch.sigmoid(self.gate(torch.cat([fmap, t], dim=1))) * fmap
-        return F.normalize(self.out(gated.mean(dim=(2, 3))), dim=-1)
+        heads = self.head_output(reference, gated.flatten(2).transpose(1, 2))
+        return F.normalize(self.out(gated.mean(dim=(2, 3))) + heads, dim=-1)
