@@ -88,7 +88,7 @@ def main() -> None:
     build_gallery(gallery, a.images)
     build_index(gallery, index_dir, a.model)
 
-    from cirlab.serve.launch import start_server
+    from cirlab.serve.launch import start_server, stop_server
 
     server, base = start_server(["--index", index_dir] + (["--model", a.model] if a.model else []))
     try:
@@ -131,8 +131,7 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - t0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server, timeout=30)
     lat = np.array(latencies) * 1e3
     result = {"clients": a.clients, "seconds": round(wall, 1), "requests": len(lat), "errors": len(errors),
               "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),

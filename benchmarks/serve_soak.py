@@ -195,7 +195,7 @@ def main() -> None:
     from cirlab.api import Pipeline
     from cirlab.data.triplets import Gallery
     from cirlab.index import load_index, save_index
-    from cirlab.serve.launch import start_server
+    from cirlab.serve.launch import start_server, stop_server
 
     settings.offline()
     gallery = ROOT / "data" / "serve_load" / "gallery"
@@ -234,8 +234,7 @@ def main() -> None:
     adder.join()
     elapsed = time.time() - t0
     memory["end"] = rss_mib(proc.pid)
-    proc.terminate()
-    proc.wait(timeout=60)
+    stop_server(proc, timeout=60)
     on_disk, manifest = load_index(work / "index")
     disk = set(on_disk.ids)
     expected = (soak.acked - soak.deleted) | set(cli_added)

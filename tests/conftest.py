@@ -75,7 +75,7 @@ def make_dataset(folder, n=8, seed=0):
     return folder
 
 
-from cirlab.serve.launch import free_port, start_server  # noqa: E402,F401  (free_port: for the tests)
+from cirlab.serve.launch import free_port, start_server, stop_server  # noqa: E402,F401  (free_port: for the tests)
 
 API_TOKEN = "test-token-7f3a"
 
@@ -85,8 +85,6 @@ def served(tmp_path_factory):
     """A real ``cirlab serve`` (uvicorn on 127.0.0.1) over an index of a tiny captioned data set,
     with a model trained on it; gallery changes allowed with ``API_TOKEN``, uploads capped at 1 MB.
     Yields (base URL, index folder, data set folder, model path)."""
-    import subprocess
-
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
     from cirlab.index import save_index
@@ -106,8 +104,4 @@ def served(tmp_path_factory):
     proc, base = start_server(["--index", root / "index", "--model", root / "sum.pt", "--cache", cache,
                                "--max-upload-mb", "1"], env=env, log=root / "server.log")
     yield base, root / "index", ds, root / "sum.pt"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)

@@ -37,7 +37,7 @@ def own_server(served, tmp_path):
     import os
     import shutil
 
-    from cirlab.serve.launch import start_server
+    from cirlab.serve.launch import start_server, stop_server
 
     _, shared_index, _, model = served
     index_dir = tmp_path / "index"
@@ -47,11 +47,7 @@ def own_server(served, tmp_path):
     proc, base = start_server(["--index", index_dir, "--model", model, "--cache", cache], env=env,
                               log=tmp_path / "server.log")
     yield base, index_dir, model, cache
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def test_the_server_and_index_add_both_keep_their_images(own_server, tmp_path):

@@ -85,7 +85,7 @@ class BenchResult:
 
     def edit_table(self, k: int = 10) -> str:
         """R@k (1 or 10) per edit type (the triplets' ``attributes.edit``), mean over seeds; empty without edit types."""
-        return self._group_table("by_edit" if k == 10 else "by_edit_r1", lambda v: f"{statistics.fmean(v):.1f}")
+        return self._group_table({1: "by_edit_r1", 10: "by_edit"}[k], lambda v: f"{statistics.fmean(v):.1f}")
 
     def carries_table(self) -> str:
         """Per edit type, the share of top-1 results that carry the requested attribute value."""

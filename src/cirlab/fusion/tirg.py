@@ -73,16 +73,19 @@ class TIRGGate(Fusion):
         )
         self.out = nn.Linear(channels, embed_dim)
 
+    def project_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``W_p`` (the 1x1 convolution) applied to (..., D) rows: regions, or the pooled vector."""
+        return F.linear(rows, self.map_proj.weight.flatten(1), self.map_proj.bias)
+
     def image_base(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(pooled.float(), dim=-1)
-        return self.out(F.linear(x, self.map_proj.weight.flatten(1), self.map_proj.bias))
+        return self.out(self.project_rows(F.normalize(pooled.float(), dim=-1)))
 
     # image heads read the projected map X on the gallery side and the gated map on the query side
     def head_channels(self) -> int:
         return self.map_proj.out_channels
 
     def head_tokens(self, image: Views) -> torch.Tensor:
-        return F.linear(self.scaled_tokens(image), self.map_proj.weight.flatten(1), self.map_proj.bias)
+        return self.project_rows(self.scaled_tokens(image))
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         s = self.scaled_tokens(reference)

@@ -45,3 +45,13 @@ def start_server(args: list[str], env: dict | None = None, log: str | Path | Non
             tail = Path(log).read_text()[-2000:] if log else ""
             raise CirlabError(f"cirlab serve did not start (exit {proc.poll()}): {tail}")
         time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server from :func:`start_server`: SIGTERM (uvicorn shuts down cleanly), SIGKILL after ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
