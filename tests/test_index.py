@@ -277,3 +277,24 @@ def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_en
     assert res.returncode == 2 and "was built with fusion sum:" in res.stderr and "Traceback" not in res.stderr
     res = _cli("index", "info", tmp_path / "nowhere", home=tmp_path)
     assert res.returncode == 2 and "not a cirlab index" in res.stderr
+
+
+def test_evaluation_through_an_index_backend():
+    """``eval.evaluate.index_topk``: paper 003's KNN gives exact search's rows over unit vectors, the
+    reference row is dropped, and K-means + SVM (one cluster probed) pads short lists with -1 / -inf."""
+    from cirlab.eval.evaluate import index_topk
+    from cirlab.index.exact import exact_topk
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(300, 16)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = g[:40] + 0.3 * rng.normal(size=(40, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exclude = np.arange(40)
+    rows, _ = exact_topk(q, g, 10, exclude)
+    knn_rows, knn_scores = index_topk("knn", q, g, 10, exclude)
+    np.testing.assert_array_equal(knn_rows, rows)
+    assert not (knn_rows == exclude[:, None]).any() and (np.diff(knn_scores, axis=1) <= 1e-6).all()
+    svm_rows, svm_scores = index_topk("kmeans_svm:k=15", q, g, 100, exclude)
+    short = svm_rows == -1
+    assert short.any() and np.isneginf(svm_scores[short]).all() and not (svm_rows == exclude[:, None]).any()

@@ -164,13 +164,16 @@ def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
     assert "2 queries over 2 gallery images" in res.stdout
     assert json.loads((tmp_path / "eval" / "tiny-test.json").read_text())["queries"] == 2
     res = _cli("bench", "--data", ds, "--methods", "sum,caff-tggf", "--seeds", "2", "--epochs", "1", "--quiet",
-               "--out", tmp_path / "results", "--name", "tiny", home=tmp_path)
+               "--retrieval", "exact;knn", "--out", tmp_path / "results", "--name", "tiny", home=tmp_path)
     assert res.returncode == 0, res.stderr
     table = (tmp_path / "results" / "tiny.md").read_text()
     assert "--methods sum,caff-tggf --seeds 2" in table
     assert "| sum |" in table and "| caff-tggf |" in table and " ± " in table
     runs = json.loads((tmp_path / "results" / "tiny.json").read_text())["runs"]
     assert [(r["name"], r["seed"]) for r in runs] == [("sum", 0), ("sum", 1), ("caff-tggf", 0), ("caff-tggf", 1)]
+    assert "| method | exact R@1 | exact R@10 | knn R@1 | knn R@10 |" in table
+    for r in runs:  # Euclidean KNN over unit vectors ranks as cosine does
+        assert r["by_retrieval"]["knn R@1"] == r["by_retrieval"]["exact R@1"] == r["recall"]["1"]
     res = _cli("bench", "--data", ds, "--methods", "sum,nonsense", home=tmp_path)
     assert res.returncode == 2 and "unknown method or variant 'nonsense'" in res.stderr
 

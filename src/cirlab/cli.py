@@ -60,7 +60,17 @@ def cmd_encode(a: argparse.Namespace) -> int:
 
     enc = build_image_encoder(a.image_encoder)
     gallery = Gallery.from_folder(a.gallery)
-    table, failed = image_table(FeatureCache(a.cache or settings.cache_dir()), enc, gallery, tuple(a.views))
+    cache = FeatureCache(a.cache or settings.cache_dir())
+    if a.fit_vocabulary:
+        if not hasattr(enc, "fit"):
+            raise CirlabError(f"{a.image_encoder} learns nothing from images; --fit-vocabulary is for sift_bovw")
+        enc = enc.fit(gallery.paths, cache.root, progress=not a.quiet, refit=True)
+        print(f"visual vocabulary of {enc.k} words fitted on {len(gallery)} images: {enc.vocab_path}\n"
+              f"use it with --image-encoder {enc.spec}")
+    elif not getattr(enc, "fitted", True):
+        raise CirlabError(f"{a.image_encoder} has no visual vocabulary yet: add --fit-vocabulary to learn one "
+                          "from this folder, or name one with vocab=PATH")
+    table, failed = image_table(cache, enc, gallery, tuple(a.views), not a.quiet)
     print(f"{len(table)} images encoded or read from the cache by {enc.id}; {len(failed)} unreadable")
     return 0
 
@@ -371,7 +381,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     methods = expand_methods(a.methods)
     result = run_bench(a.data, methods, a.seeds, FeatureCache(a.cache or settings.cache_dir()), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
-                       log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head)
+                       log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
+                       retrieval=[x for x in (a.retrieval or "").split(";") if x])
     print(result.table())
     if result.edit_table():
         print("\nRecall@1 by edit type:\n" + result.edit_table(1))
@@ -380,6 +391,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print("\nTop-1 results carrying the requested attribute (%):\n" + result.carries_table())
     if result.composition_table():
         print("\nRecall on seen and novel compositions:\n" + result.composition_table())
+    if result.retrieval_table():
+        print("\nRecall through other index backends:\n" + result.retrieval_table())
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     command = "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     path = save_bench(result, a.out, name, command)
@@ -452,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-encoder", default="efficientnet_lite0", help="image encoder spec (default: %(default)s)")
     e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens", "levels", "colour"],
                    help="views to cache: the pooled vector, region tokens, intermediate levels, colour statistics")
+    e.add_argument("--fit-vocabulary", action="store_true",
+                   help="sift_bovw: learn the visual vocabulary (k-means over SIFT descriptors) from this folder "
+                        "first, then encode; prints the spec that names it")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     add_cache(e)
     e.set_defaults(func=cmd_encode)
 
@@ -616,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-head", default=None, metavar="SPEC",
                    help="the image head every method uses on both sides, e.g. attnpool, grid:cells=3, attnpool+colour "
                         "(default: each method's config; pooled = the pooled vector alone)")
+    b.add_argument("--retrieval", default=None, metavar="SPECS",
+                   help="also rank each trained model through these index backends, ';'-separated, e.g. "
+                        "'exact;knn;kmeans_svm:k=15' (paper 003's KNN and K-means + SVM)")
     b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")

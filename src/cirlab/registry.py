@@ -40,3 +40,21 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"lsh:bits=512,candidates=200"`` -> ``("lsh", {"bits": "512", "candidates": "200"})``;
+    parts without ``=`` form the positional ``factory`` option:
+    ``"faiss:IVF1024,PQ64,nprobe=16"`` -> ``("faiss", {"factory": "IVF1024,PQ64", "nprobe": "16"})``."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    positional = []
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if eq:
+            options[key.strip()] = value.strip()
+        else:
+            positional.append(part)
+    if positional:
+        options["factory"] = ",".join(positional)
+    return name, options

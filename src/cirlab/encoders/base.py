@@ -17,7 +17,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -91,6 +91,16 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
 @lru_cache(maxsize=8)
 def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
     return new_encoder("text", spec)
+
+
+def fit_image_encoder(encoder: ImageEncoder, paths: Callable[[], Sequence[Path]], cache_root: Path,
+                      progress: bool = False) -> ImageEncoder:
+    """The encoder ready to encode: one that learns from images (``sift_bovw``'s visual vocabulary) and
+    names no fitted state yet is fitted on ``paths()`` (a data set's training images) and returned as a
+    new instance whose spec names that state; every other encoder is returned as it is."""
+    if getattr(encoder, "fitted", True):
+        return encoder
+    return encoder.fit(paths(), cache_root, progress)
 
 
 def set_threads() -> None:

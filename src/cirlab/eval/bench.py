@@ -17,6 +17,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS
 from cirlab.fusion import FeatureDims, fusion_methods
+from cirlab.index import build_index
 from cirlab.training.run import Workspace, train_method, views_needed
 
 
@@ -54,6 +55,8 @@ class BenchRun:
     # R@1 and R@10 of the "seen" / "novel" compositions (CSS-like test splits mark them)
     by_composition: dict[str, float] = field(default_factory=dict)
     map: dict[int, float] = field(default_factory=dict)  # mAP@K where queries have several targets (CSS-like adds)
+    # R@1 and R@10 when ranking through other index backends (paper 003's knn, kmeans_svm)
+    by_retrieval: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +98,10 @@ class BenchResult:
         """R@1 and R@10 on queries whose target holds attribute pairs seen in training or never seen."""
         return self._group_table("by_composition", _mean_std)
 
+    def retrieval_table(self) -> str:
+        """R@1 and R@10 of each model ranked by exact search and by the other backends the bench was given."""
+        return self._group_table("by_retrieval", _mean_std)
+
     def _group_table(self, attr: str, cell) -> str:
         """One column per group key of the runs' ``attr`` dicts, one row per method, ``cell`` of the seeds'
         values (0 where a run lacks the group); empty when no run has groups."""
@@ -122,11 +129,14 @@ def _mean_std(values: list[float]) -> str:
 
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
-              image_head: str | None = None) -> BenchResult:
+              image_head: str | None = None, retrieval: Sequence[str] = ()) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``.
-    ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's."""
+    ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
+    ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through."""
     if seeds < 1:
         raise CirlabError(f"--seeds must be at least 1, got {seeds}")
+    for backend in retrieval:
+        build_index(backend, 8)  # an unknown backend or option fails now, not after the first training
     dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
     model_override = {"image_head": image_head} if image_head else {}
     image_views, text_views = views_needed([method_config(m, {"model": model_override}) for m in methods], dims)
@@ -146,6 +156,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
                            recall_by_edit(ev), recall_by_edit(ev, 1), top1_carries(ev, ws.dataset.by_id),
                            {f"{c} R@{k}": v for k in (1, 10) for c, v in recall_by(ev, "composition", k).items()},
                            ev.map)
+            for backend in retrieval:
+                other = ev if backend == "exact" else ws.evaluate(model, split, backend=backend)
+                run.by_retrieval.update({f"{backend} R@{k}": other.recall[k] for k in (1, 10)})
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
@@ -211,6 +224,9 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
     if compositions:
         text += ("\nRecall (%) on queries whose target holds only attribute pairs seen in training, and on those "
                  f"with a pair never seen in training (novel compositions):\n\n{compositions}\n")
+    retrieval = result.retrieval_table()
+    if retrieval:
+        text += f"\nRecall (%) when the same models rank through other index backends:\n\n{retrieval}\n"
     md.write_text(text)
     (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return md

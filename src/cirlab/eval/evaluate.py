@@ -46,11 +46,14 @@ def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], 
 
 
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
-             gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50) -> Rankings:
+             gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50,
+             backend: str | None = None) -> Rankings:
     """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
     counted. With ``exclude_reference`` the reference image never appears in its own ranking.
+    ``backend``: rank through that index backend (``knn``, ``kmeans_svm:k=15``...) instead of exact
+    cosine search; a backend that returns fewer than ``keep`` candidates leaves the rest unranked.
     """
     model.eval()
     gallery_set = set(gallery_ids)
@@ -60,7 +63,9 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     gallery = embed_gallery(model, images, gallery_ids)
     queries = compose_queries(model, queries, usable)
     exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
-    top, scores = exact_topk(queries, gallery, max(max(ks), keep), exclude)
+    k = max(max(ks), keep)
+    top, scores = exact_topk(queries, gallery, k, exclude) if backend is None else \
+        index_topk(backend, queries, gallery, k, exclude)
     targets = [[pos[x] for x in t.targets if x in pos] for t in usable]
     ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(usable, ids, scores, recall_at_k(top, targets, ks), len(triplets) - len(usable), exclude_reference,
@@ -71,3 +76,22 @@ def ranked_ids(top: np.ndarray, scores: np.ndarray, gallery_ids: list[str]) -> l
     """Gallery ids of each top-k row, best first; an excluded reference (score -inf, last where the gallery
     is shorter than the list) is dropped."""
     return [[gallery_ids[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
+
+
+def index_topk(backend: str, queries: np.ndarray, gallery: np.ndarray, k: int,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`exact_topk`, through an index of ``gallery`` built with ``backend``: rows (-1 where
+    the backend found fewer than ``k``) and scores (-inf there); the excluded row of a query is dropped."""
+    from cirlab.index import build_index
+
+    index = build_index(backend, gallery.shape[1])
+    index.add([str(i) for i in range(len(gallery))], gallery)
+    found, found_scores = index.search(queries, min(k + 1, len(gallery)))
+    top = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    for q, (ids, row_scores) in enumerate(zip(found, found_scores)):
+        keep = [(int(i), s) for i, s in zip(ids, row_scores) if exclude is None or int(i) != exclude[q]][:k]
+        if keep:
+            top[q, :len(keep)] = [i for i, _ in keep]
+            scores[q, :len(keep)] = [s for _, s in keep]
+    return top, scores

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cirlab.errors import CirlabError
-from cirlab.registry import Registry
+from cirlab.registry import Registry, parse_spec
 
 image_heads: Registry = Registry("image head")
 
@@ -171,17 +171,16 @@ def parse_head(spec: str | None) -> list[tuple[str, dict]]:
     ``pooled`` (or nothing) adds no head."""
     out = []
     for part in filter(None, (p.strip() for p in (spec or "pooled").split("+"))):
-        name, _, rest = part.partition(":")
+        name, given = parse_spec(part)
         if name == "pooled":
             continue
         image_heads.get(name)  # a one-line error for unknown names
+        if "factory" in given:
+            raise CirlabError(f"image head option {given['factory']!r} needs key=value (e.g. grid:cells=4)")
         options = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise CirlabError(f"image head option {item!r} needs key=value (e.g. grid:cells=4)")
+        for key, value in given.items():
             try:
-                options[key.strip()] = int(value)
+                options[key] = int(value)
             except ValueError:
                 raise CirlabError(f"image head option {key}={value!r} must be an integer") from None
         out.append((name, options))

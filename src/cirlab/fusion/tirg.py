@@ -63,6 +63,10 @@ class TIRGGate(Fusion):
         super().__init__(dims, embed_dim)
         del self.image_proj  # the image side is the 1x1 convolution below, then W_o
         self.side = int(math.isqrt(dims.image_tokens))
+        if dims.image != dims.image_token:
+            raise ValueError(f"tirg_gate projects the pooled vector and the region tokens with one 1x1 convolution, so "
+                             f"they need one width; the encoder gives {dims.image} and {dims.image_token} "
+                             "(for sift_bovw: tokens=grid without pyramid)")
         if self.side * self.side != dims.image_tokens or dims.image_tokens == 0:
             raise ValueError(f"tirg_gate needs a square map of region tokens, the encoder gives {dims.image_tokens}")
         self.map_proj = nn.Conv2d(dims.image_token, channels, 1)

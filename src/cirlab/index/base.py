@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from cirlab.errors import CirlabError
-from cirlab.registry import Registry
+from cirlab.registry import Registry, parse_spec
 
 index_backends: Registry = Registry("index backend")
 
@@ -28,24 +28,6 @@ class VectorIndex(Protocol):
     def remove(self, ids: Sequence[str]) -> int: ...
     def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]: ...
     def __len__(self) -> int: ...
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"lsh:bits=512,candidates=200"`` -> ``("lsh", {"bits": "512", "candidates": "200"})``;
-    parts without ``=`` form the positional ``factory`` option:
-    ``"faiss:IVF1024,PQ64,nprobe=16"`` -> ``("faiss", {"factory": "IVF1024,PQ64", "nprobe": "16"})``."""
-    name, _, rest = spec.partition(":")
-    options: dict[str, str] = {}
-    positional = []
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if eq:
-            options[key.strip()] = value.strip()
-        else:
-            positional.append(part)
-    if positional:
-        options["factory"] = ",".join(positional)
-    return name, options
 
 
 class BaseIndex:

@@ -11,7 +11,8 @@ from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint,
 from cirlab.config import method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
-from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder
+from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder,
+                             fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import Rankings, evaluate
@@ -52,6 +53,7 @@ class Workspace:
         """Encode (or read from the cache) a dataset folder, or a triplet file with its ``images`` folder."""
         ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
         ie, te = build_image_encoder(image_spec), build_text_encoder(text_spec)
+        ie = fit_image_encoder(ie, lambda: ds.gallery("train").paths or ds.gallery().paths, cache.root, progress)
         images, failed = image_table(cache, ie, ds.gallery(), image_views, progress)
         triplets = {s: ds.triplets(s) for s in ds.splits}
         texts = text_table(cache, te, [t.text for ts in triplets.values() for t in ts], text_views, progress)
@@ -104,15 +106,16 @@ class Workspace:
         return fit_text_head(*pairs(train_ids, train_caps), model.embed_dim, held_out=held_out)
 
     def evaluate(self, model: Fusion, split: str, exclude_reference: bool | None = None,
-                 gallery_split: str | None | bool = True) -> Rankings:
+                 gallery_split: str | None | bool = True, backend: str | None = None) -> Rankings:
         """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
         split's, or the whole data set's (``None``). The reference is excluded from its ranking as the
-        data set's protocol says (``None``), or as given."""
+        data set's protocol says (``None``), or as given. ``backend``: an index backend to rank through
+        instead of exact search."""
         if exclude_reference is None:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
         return evaluate(model, self.triplets[split], self.images, self.queries(model), gallery,
-                        exclude_reference=exclude_reference)
+                        exclude_reference=exclude_reference, backend=backend)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
