@@ -38,7 +38,7 @@ from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
 from cirlab.encoders.cache import FeatureCache
-from cirlab.encoders import build_image_encoder, build_text_encoder
+from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.tuned import load_tuned, save_tuned
 from cirlab.errors import CirlabError
@@ -239,6 +239,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
     image_enc = new_encoder("image", image_spec) if tune_image else build_image_encoder(image_spec)
+    image_enc = fit_image_encoder(image_enc, lambda: ds.gallery(train_split).paths or ds.gallery().paths, cache.root,
+                                  progress)
     text_enc = new_encoder("text", text_spec) if tune_text else build_text_encoder(text_spec)
     for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
         if tuned and not hasattr(enc, "tunable"):
