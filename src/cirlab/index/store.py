@@ -5,7 +5,7 @@ Layout: ``DIR/CURRENT`` names the live version folder ``DIR/v-<n>``, which holds
 ``manifest.json`` (format, cirlab version, backend spec, dimension, metric, count, model, and
 each file's size and SHA-256).
 
-The guarantees (see ``docs/index.md``):
+The guarantees (see ``docs/index-on-disk.md``):
 
 - **Atomic saves.** A save writes a whole new version folder, then replaces ``CURRENT``
   atomically (write a temporary file, rename): a save that dies midway leaves the previous
