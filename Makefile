@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test test-fast bench clean
+.PHONY: setup browser demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 # the web page's tests drive Debian's chromium through Playwright (no browser download)
@@ -28,7 +28,10 @@ browser:
 demo: setup
 	$(VENV)/bin/cirlab demo
 
-test: setup browser
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: setup browser lint
 	$(PY) -m pytest -q
 
 test-fast: setup browser

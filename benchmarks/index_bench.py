@@ -190,7 +190,8 @@ def main() -> None:
                     print(f"  {r['backend']}: build {build:.1f}s, {per_vec:.0f} B/vec, {single_ms:.2f} ms, "
                           f"{qps:.0f} QPS ({r['x_exact']:.1f}x exact), R@10 {recall:.3f}", flush=True)
                 del index
-    table = ["| data | vectors | backend | build s | bytes/vector | 1-query ms | batched QPS | x exact QPS | Recall@10 | 1-query vs bound |",
+    table = ["| data | vectors | backend | build s | bytes/vector | 1-query ms | batched QPS | x exact QPS | Recall@10 "
+             "| 1-query vs bound |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         bound = f"{r['vs_bound']:.2f}x" if r["vs_bound"] is not None else ""

@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from cirlab import settings
 from cirlab.encoders.cache import FeatureCache
-from cirlab.training.run import Workspace
+from cirlab.experiment.workspace import Workspace
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -41,7 +41,7 @@ from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_i
 from cirlab.encoders.cache import FeatureCache  # noqa: E402
 from cirlab.errors import CirlabError  # noqa: E402
 from cirlab.fusion import FeatureDims  # noqa: E402
-from cirlab.training.run import Workspace, train_method, views_needed  # noqa: E402
+from cirlab.experiment.workspace import Workspace, train_method, views_needed  # noqa: E402
 from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config  # noqa: E402
 
 TASKS = ("retrieval", "attributes", "category")

@@ -88,7 +88,7 @@ def served(tmp_path_factory):
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
     from cirlab.index import save_index
-    from cirlab.training.run import Workspace, train_method
+    from cirlab.experiment.workspace import Workspace, train_method
 
     root = tmp_path_factory.mktemp("served")
     ds = make_dataset(root / "tiny", n=16)

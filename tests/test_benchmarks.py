@@ -120,7 +120,8 @@ def test_fashioniq_and_shoes_made_cirlab_data_sets(tmp_path):
     assert t0.text == join_captions(*train[0]["captions"])
 
     shoes = ROOT / "shoes"
-    fill(tmp_path / "shoes", (shoes / "train_im_names.txt").read_text().split() + (shoes / "eval_im_names.txt").read_text().split())
+    fill(tmp_path / "shoes",
+         (shoes / "train_im_names.txt").read_text().split() + (shoes / "eval_im_names.txt").read_text().split())
     counts = make_benchmark_dataset("shoes", shoes, tmp_path / "shoes", tmp_path / "shoes-ds")
     rel = json.loads((shoes / "relative_captions_shoes.json").read_text())
     train_names = set((shoes / "train_im_names.txt").read_text().split())

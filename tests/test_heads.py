@@ -94,7 +94,7 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
     from cirlab.serve.service import SearchService
-    from cirlab.training.run import Workspace, train_method, views_needed
+    from cirlab.experiment.workspace import Workspace, train_method, views_needed
     from cirlab.config import method_config
 
     ds = make_dataset(tmp_path / "tiny", n=12)
@@ -133,7 +133,7 @@ def test_a_tuned_encoder_with_a_spatial_head_round_trips_and_serves(tmp_path):
     from cirlab.config import method_config
     from cirlab.encoders import build_image_encoder, build_text_encoder
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.run import Workspace, train_method, views_needed
+    from cirlab.experiment.workspace import Workspace, train_method, views_needed
     from cirlab.training.stage1 import run_stage1
 
     ds = make_dataset(tmp_path / "tiny", n=12)
@@ -197,7 +197,7 @@ def test_on_emojiedit_facing_pairs_the_colour_head_moves_mirrors_apart(tmp_path)
     from cirlab.data.triplets import Dataset
     from cirlab.encoders.cache import FeatureCache
     from cirlab.eval.evaluate import embed_gallery
-    from cirlab.training.run import Workspace, train_method
+    from cirlab.experiment.workspace import Workspace, train_method
 
     pairs = facing_subset(tmp_path / "ee")
     assert len(pairs) >= 50

@@ -248,7 +248,7 @@ def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_en
     model = build_fusion("sum", FeatureDims.of(image_encoder, text_encoder), **cfg["model"]).eval()
     ckpt = save_checkpoint(tmp_path / "m.pt", model, cfg["model"], cfg["train"], image_encoder, text_encoder)
     imgs = make_images(tmp_path / "gallery", n=5)
-    extra = make_images(tmp_path / "more", n=2, seed=3)
+    make_images(tmp_path / "more", n=2, seed=3)  # what "index add" adds below
     res = _cli("index", "build", tmp_path / "gallery", "--out", tmp_path / "ix", "--model", ckpt,
                "--backend", "faiss:Flat", "--quiet", home=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -14,7 +14,7 @@ from cirlab.config import method_config
 from cirlab.encoders.cache import FeatureCache
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 from cirlab.fusion.dqu import draw_keywords, keywords, unified_text
-from cirlab.training.run import Workspace, train_method, views_needed
+from cirlab.experiment.workspace import Workspace, train_method, views_needed
 from conftest import make_dataset, make_images
 
 
@@ -198,7 +198,7 @@ def test_train_from_a_triplet_file_and_an_image_folder(tmp_path):
 
 def test_recall_by_edit_type_counts_hits_per_group():
     from cirlab.data.triplets import Triplet
-    from cirlab.eval.bench import recall_by_edit
+    from cirlab.experiment.sweep import recall_by_edit
     from cirlab.eval.evaluate import Rankings
 
     trip = [Triplet("a", "t", ["x"], {"edit": "tone"}), Triplet("b", "t", ["y"], {"edit": "tone"}),

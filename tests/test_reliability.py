@@ -19,7 +19,7 @@ from PIL import Image, features
 
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_SIDE, UnreadableImage, decode_image, load_image
-from cirlab.index import DamagedIndex, build_index, load_index, read_manifest, save_index, update_index, verify_index
+from cirlab.index import build_index, load_index, read_manifest, save_index, update_index, verify_index
 from cirlab.index.store import KEEP_VERSIONS, live_version
 
 WRITER = textwrap.dedent("""

@@ -9,7 +9,8 @@ from conftest import make_dataset
 from cirlab.data.features import FeatureTable
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
-from cirlab.training.pseudo import PseudoConfig, make_pseudo_triplets, pseudo_epochs, substitutes
+from cirlab.config import PseudoConfig
+from cirlab.training.pseudo import make_pseudo_triplets, pseudo_epochs, substitutes
 
 
 def unit(angle_deg):
@@ -61,7 +62,8 @@ def test_pseudo_triplets_satisfy_both_constraints():
     assert made.made == 2 and pairs == {("a1", "b")} and made.kept == 1
     assert made.with_substitutes == 5 and made.images == 6  # every image but "far"
     for t in made.triplets:  # the matching constraint, recomputed
-        q = Scorer().compose({"pooled": torch.from_numpy(v[[ids.index(t.reference)]])}, {"pooled": torch.from_numpy(unit(90)[None])})
+        q = Scorer().compose({"pooled": torch.from_numpy(v[[ids.index(t.reference)]])},
+                             {"pooled": torch.from_numpy(unit(90)[None])})
         g = Scorer().embed_gallery({"pooled": torch.from_numpy(v[[ids.index(t.targets[0])]])})
         assert float((q * g).sum()) > cfg.alpha and t.attributes["pseudo"] in ("reference", "target")
     loose = make_pseudo_triplets(Scorer(), triplets, images, texts, ids, PseudoConfig(alpha=0.5))
@@ -74,7 +76,8 @@ def test_pseudo_triplets_satisfy_both_constraints():
 def test_stage2_trains_on_pseudo_epochs_in_the_schedule():
     from cirlab.data.features import QuerySide
     from cirlab.fusion import FeatureDims, build_fusion
-    from cirlab.training.trainer import TrainConfig, train_fusion
+    from cirlab.config import TrainConfig
+    from cirlab.training.trainer import train_fusion
 
     rng = np.random.default_rng(0)
     images = FeatureTable([f"i{i}" for i in range(20)], {"pooled": rng.normal(size=(20, 8)).astype(np.float32)})
@@ -128,7 +131,8 @@ def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
     import json
 
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.stage1 import attribute_labels, image_category, read_stage1_config, run_stage1
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1_tasks import attribute_labels, image_category
 
     ds = make_dataset(tmp_path / "tiny", n=16)
     cache = FeatureCache(tmp_path / "cache")
@@ -176,7 +180,7 @@ def test_alignment_from_an_image_caption_file_and_dqu_captions_with_it(tmp_path)
 
     from cirlab.data.triplets import Dataset
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.run import Workspace, train_method
+    from cirlab.experiment.workspace import Workspace, train_method
     from cirlab.training.stage1 import read_stage1_config, run_stage1
 
     ds = make_dataset(tmp_path / "tiny", n=16)

@@ -10,7 +10,8 @@ from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.training.losses import batch_infonce, batch_triplet
-from cirlab.training.trainer import TrainConfig, train_fusion
+from cirlab.config import TrainConfig
+from cirlab.training.trainer import train_fusion
 
 
 def test_infonce_against_hand_computation():
@@ -49,14 +50,16 @@ def _toy(n_img=40, n_txt=4, seed=0):
     feats = np.stack([group[i // 4] + 0.7 * variant[i % 4] for i in range(n_img)]).astype(np.float32)
     images = FeatureTable([f"i{i}" for i in range(n_img)], {"pooled": feats})
     texts = FeatureTable([f"t{j}" for j in range(n_txt)], {"pooled": rng.normal(size=(n_txt, 8)).astype(np.float32)})
-    triplets = [Triplet(f"i{g * 4 + a}", f"t{b}", [f"i{g * 4 + b}"]) for g in range(10) for a in range(4) for b in range(4) if a != b]
+    triplets = [Triplet(f"i{g * 4 + a}", f"t{b}", [f"i{g * 4 + b}"])
+                for g in range(10) for a in range(4) for b in range(4) if a != b]
     return images, texts, triplets
 
 
 def test_trainer_lowers_the_loss_on_a_tiny_set():
     images, texts, triplets = _toy()
     model = build_fusion("sum", TOY_DIMS, embed_dim=16)
-    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=15, batch_size=32, lr=1e-2), progress=False)
+    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=15, batch_size=32, lr=1e-2),
+                       progress=False)
     assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
     assert res.triplets == 120
 
@@ -71,7 +74,8 @@ def test_select_best_keeps_the_best_validation_epoch():
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {1: next(scores), 10: 0.0}
 
-    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=4, batch_size=32, lr=1e-2), False, validate)
+    res = train_fusion(model, triplets, images, QuerySide(images, texts), TrainConfig(epochs=4, batch_size=32, lr=1e-2),
+                       False, validate)
     assert res.best_epoch == 2
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k])
@@ -118,7 +122,8 @@ def test_the_text_head_learns_to_find_the_image_of_a_caption():
     of held-out captions far above chance, an untrained one does not."""
     import torch.nn.functional as F
 
-    from cirlab.training.align import fit_text_head, head_from_state, head_state, text_recall
+    from cirlab.fusion.text_head import head_from_state, head_state
+    from cirlab.training.align import fit_text_head, text_recall
 
     g = torch.Generator().manual_seed(0)
     texts = torch.randn(300, 24, generator=g)

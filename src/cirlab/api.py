@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,14 +19,17 @@ from PIL import Image
 
 from cirlab import settings
 from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
-from cirlab.data.features import as_tensors, image_table
+from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
 from cirlab.encoders import build_image_encoder, build_text_encoder
+from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
+from cirlab.fusion.dqu import unified_query_views
+from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
-from cirlab.index import BaseIndex, CombinedScoring, build_index, rescore
+from cirlab.index import BaseIndex, CombinedScoring, build_index, read_manifest, rescore, update_index
 from cirlab.index.exact import exact_topk
 
 MAX_TEXT_CHARS = 1000
@@ -69,7 +73,7 @@ class Pipeline:
     def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache,
                  path: str | Path | None = None, text_head=None) -> None:
         self.model, self.meta = model, meta
-        self.text_head = text_head  # training.align.TextHead: text-only queries into the gallery space
+        self.text_head = text_head  # fusion.text_head.TextHead: text-only queries into the gallery space
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.cache = cache
         self.path = Path(path) if path else None
@@ -98,8 +102,6 @@ class Pipeline:
         model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):
-            from cirlab.training.align import head_from_state
-
             try:
                 head = head_from_state(ckpt["text_head"])
             except (KeyError, RuntimeError) as e:
@@ -147,8 +149,6 @@ class Pipeline:
                 return self.model.project_text(pooled)[0].numpy()
             return self.text_head(pooled)[0].numpy()
         if getattr(self.model, "unified_queries", False):  # DQU: unify the raw query, then encode it
-            from cirlab.training.unify import unified_query_views
-
             if not isinstance(image, Image.Image):
                 self.reference_views(image)  # a missing or unreadable file: the same one-line error
                 image = load_image(image)
@@ -181,6 +181,28 @@ class Pipeline:
             index = build_index(index, self.model.embed_dim)
         index.add(vectors.ids, vectors.vectors, vectors.metadata())
         return index, vectors.failed
+
+    def add_to_index(self, index_dir: str | Path, paths: Sequence[str | Path], progress: bool = True) -> dict:
+        """Embed images (files or folders of them) and add them to a saved index (``cirlab index add``). Ids are
+        paths relative to the gallery the index was built from, where the images lie under it. The images are
+        encoded before the index's writer lock is taken, so other writers go on meanwhile; the rows are added
+        to the version live inside the lock. Returns counts: ``added``, ``new``, ``unreadable``, ``total``."""
+        manifest, _ = read_manifest(index_dir, self.model.embed_dim, self.identity)  # refused before encoding
+        root = Path(manifest.get("model", {}).get("gallery") or ".")
+        ids, files = [], []
+        for item in map(Path, paths):
+            if not item.exists():
+                raise CirlabError(f"{item} does not exist")
+            for p in ([item] if item.is_file() else Gallery.from_folder(item).paths):
+                p = p.resolve()
+                ids.append(p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else str(p))
+                files.append(p)
+        vectors = self.encode_gallery(Gallery(ids, files), progress)
+        with update_index(index_dir, self.model.embed_dim, self.identity) as index:
+            before = len(index)
+            index.add(vectors.ids, vectors.vectors, vectors.metadata())
+        return {"added": len(vectors.ids), "new": len(index) - before, "unreadable": len(vectors.failed),
+                "total": len(index)}
 
     def search_index(self, index: BaseIndex, image: str | Path | Image.Image | None, text: str, k: int = 10,
                      exclude_reference: bool = False, scoring: CombinedScoring | None = None) -> list[Hit]:

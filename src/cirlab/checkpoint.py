@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from cirlab import __version__
 from cirlab.errors import CirlabError
@@ -43,7 +42,8 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = load_weights(path)
     except Exception as e:  # noqa: BLE001  (any unpickling failure means: not our file)
-        raise CirlabError(f"{path} is not a readable cirlab checkpoint ({type(e).__name__}); retrain or pass another --model") from None
+        raise CirlabError(f"{path} is not a readable cirlab checkpoint ({type(e).__name__}); retrain, or use another "
+                          "checkpoint") from None
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CirlabError(f"{path} is not a cirlab fusion checkpoint; pass a file written by 'cirlab train'")

@@ -1,5 +1,6 @@
-"""Method configs are data: ``configs/methods/<name>.json`` (model and training options) over
-``configs/train.json`` (training defaults). A user file given with ``--config`` overrides both.
+"""Method configs are data: ``configs/methods/<name>.json`` (model and training options) over the
+training defaults, which are :class:`TrainConfig`'s fields. A user file given with ``--config``
+overrides both.
 
 Ablation *variants* (``configs/variants/<name>.json``, e.g. ``mffm-L2``) name a method and
 override some of its options; they are used wherever a method name is.
@@ -8,10 +9,128 @@ override some of its options; they are used wherever a method name is.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 from cirlab.errors import CirlabError
+
+DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"  # the offline default encoders (encoders/)
+DEFAULT_TEXT_ENCODER = "minilm"
+OPTIMIZER_NAMES = ("adamw", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def monitor_ks(monitor: str) -> list[int]:
+    """The K of a monitor such as ``R@10`` or ``R@1+R@10``."""
+    try:
+        ks = [int(part.strip()[2:]) for part in monitor.split("+") if part.strip().startswith("R@")]
+    except ValueError:
+        ks = []
+    if not ks or len(ks) != len(monitor.split("+")):
+        raise CirlabError(f"monitor {monitor!r} not understood; write Recall@K terms such as 'R@10' or 'R@1+R@10'")
+    return ks
+
+
+def _option(default, help: str, flag: bool = True, choices: tuple | None = None):
+    """A training option: its default, and the help text its ``cirlab train`` flag shows (``flag=False``:
+    config files only)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings, the one source of their defaults. A method's config file overrides any of
+    them; ``cirlab train`` has a flag for each one marked ``flag`` (its help is the field's)."""
+
+    epochs: int = _option(12, "passes over the training triplets")
+    batch_size: int = _option(256, "triplets per step; the other targets of the batch are each query's negatives")
+    lr: float = _option(5e-4, "peak learning rate")
+    weight_decay: float = _option(0.01, "weight decay (AdamW: decoupled; Adam: an L2 term in the gradient)")
+    logit_scale: float = _option(30.0, "InfoNCE's logit scale (the inverse temperature)", flag=False)
+    seed: int = _option(0, "seed of the initial weights, the batch order and dropout")
+    select_best: bool = _option(True, "with a validation split: keep the epoch of the best validation score",
+                                flag=False)
+    patience: int = _option(0, "early stopping: stop after this many epochs without a better validation score "
+                               "(0: off)")
+    triplet_weight: float = _option(0.0, "weight of the triplet loss added to InfoNCE (mffm)", flag=False)
+    triplet_margin: float = _option(0.2, "the triplet loss's margin, on cosine similarities", flag=False)
+    optimizer: str = _option("adamw", "optimiser", choices=OPTIMIZER_NAMES)
+    schedule: str = _option("constant", "learning-rate schedule per step: constant; step (x step-gamma once "
+                                        "step-at of training is done; mffm's paper drops x0.1 at half); cosine "
+                                        "(to zero at the end)", choices=SCHEDULES)
+    warmup_epochs: float = _option(0.0, "linear warm-up from ~0 to the peak rate over this many epochs "
+                                        "(fractions allowed)")
+    step_at: float = _option(0.5, "step schedule: the fraction of training where the rate drops")
+    step_gamma: float = _option(0.1, "step schedule: the factor the rate drops by")
+    grad_clip: float = _option(0.0, "clip the gradients' global L2 norm to this (0: off)")
+    monitor: str = _option("R@1+R@10", "the validation score for the best epoch and early stopping, e.g. 'R@10' "
+                                       "or 'R@1+R@10'")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CirlabError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+        cfg = cls(**d)
+        cfg.check()
+        return cfg
+
+    @classmethod
+    def flags(cls) -> list:
+        """The fields ``cirlab train`` offers as flags."""
+        return [f for f in fields(cls) if f.metadata.get("flag")]
+
+    def check(self) -> None:
+        """One-line errors for values no run could use."""
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise CirlabError(f"optimizer {self.optimizer!r} unknown; use one of {', '.join(OPTIMIZER_NAMES)}")
+        if self.schedule not in SCHEDULES:
+            raise CirlabError(f"schedule {self.schedule!r} unknown; use {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
+        if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:
+            raise CirlabError("need 0 < step_at < 1, warmup_epochs >= 0 and grad_clip >= 0")
+        monitor_ks(self.monitor)
+
+    def lr_factor(self, step: int, total: int, per_epoch: int) -> float:
+        """The learning rate's multiplier at optimiser step ``step`` of ``total``."""
+        warm = self.warmup_epochs * per_epoch
+        if warm and step < warm:
+            return (step + 1) / warm
+        if self.schedule == "step":
+            return self.step_gamma if step >= self.step_at * total else 1.0
+        if self.schedule == "cosine":
+            t = (step - warm) / max(total - warm, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+        return 1.0
+
+
+
+
+@dataclass
+class PseudoConfig:
+    """Paper 004's pseudo triplets (``training.pseudo``), the one source of their defaults; ``cirlab train``
+    has a flag for each (``--s-max``... ``--pseudo-every``), its help the field's."""
+
+    s_max: int = _option(4, "substitutes per image at most")
+    eps_l: float = _option(0.90, "lowest cosine of a substitute")
+    eps_u: float = _option(0.995, "highest cosine of a substitute: closer is a near duplicate")
+    alpha: float = _option(0.6, "the stage-1 score a pseudo triplet must exceed")
+    every: int = _option(3, "real-triplet epochs before each pseudo-triplet epoch")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PseudoConfig":
+        known = {f.name for f in fields(cls)}
+        bad = set(d or {}) - known
+        if bad:
+            raise CirlabError(f"unknown pseudo-triplet option(s) {sorted(bad)}; known: {sorted(known)}")
+        cfg = cls(**(d or {}))
+        if not (cfg.s_max >= 1 and -1 <= cfg.eps_l <= cfg.eps_u <= 1 and cfg.every >= 1):
+            raise CirlabError("pseudo triplets need s_max >= 1, eps_l <= eps_u within [-1, 1] and every >= 1")
+        return cfg
 
 
 def read_config(path) -> dict:
@@ -37,7 +156,7 @@ def method_config(method: str, override: str | Path | dict | None = None) -> dic
         layers.append(read_config(variant))
         method = layers[0]["method"]
     shipped = root / "methods" / f"{method}.json"
-    cfg = {"method": method, "model": {}, "train": dict(read_config(root / "train.json"))}
+    cfg = {"method": method, "model": {}, "train": asdict(TrainConfig())}
     layers = ([read_config(shipped)] if shipped.is_file() else []) + layers
     if override is not None:
         if not isinstance(override, dict) and not Path(override).is_file():

@@ -17,7 +17,7 @@ from cirlab import settings
 from cirlab.data.emojiedit import build_emojiedit
 from cirlab.encoders.cache import FeatureCache
 from cirlab.eval.report import QueryResult, recall_table, recall_table_html, write_query_grid
-from cirlab.training.run import Workspace, train_method
+from cirlab.experiment.workspace import Workspace, train_method
 
 DEMO_METHODS = ("image_only", "text_only", "sum", "combiner")
 DEFAULT_METHOD = "combiner"

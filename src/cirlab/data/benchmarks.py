@@ -167,7 +167,8 @@ def load_fashioniq(annotations: str | Path, images: str | Path, category: str, s
 def load_cirr(annotations: str | Path, images: str | Path, split: str = "val") -> BenchmarkSplit:
     ann, root = Path(annotations), Path(images)
     if split not in ("val", "test1"):
-        raise CirlabError(f"CIRR split {split!r}: cirlab evaluates 'val' and exports 'test1' (train captions are not published here)")
+        raise CirlabError(f"CIRR split {split!r}: cirlab evaluates 'val' and exports 'test1' (train captions are not "
+                          "published here)")
     records = _read_json(ann / "captions" / f"cap.rc2.{split}.json")
     relative = _read_json(ann / "image_splits" / f"split.rc2.{split}.json")
     queries = [BenchmarkQuery(r["reference"], r["caption"], [r["target_hard"]] if "target_hard" in r else [],

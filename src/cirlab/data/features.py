@@ -10,15 +10,10 @@ import numpy as np
 import torch
 
 from cirlab.data.triplets import Gallery
+from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
 
 log = logging.getLogger("cirlab")
-
-
-def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Encoder output arrays as the tensors fusion methods read: float, masks as bool."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).bool() if k == "mask"
-            else torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in views.items()}
 
 
 @dataclass

@@ -104,7 +104,8 @@ class Dataset:
         self.root = Path(root)
         manifest = self.root / "dataset.json"
         if not manifest.is_file():
-            raise CirlabError(f"{self.root} is not a cirlab dataset (no dataset.json); build one with 'cirlab data make emojiedit'")
+            raise CirlabError(f"{self.root} is not a cirlab dataset (no dataset.json); build one with "
+                              "'cirlab data make emojiedit'")
         self.meta = json.loads(manifest.read_text())
         self.name = self.meta["name"]
         self.image_dir = self.root / self.meta.get("images", "images")

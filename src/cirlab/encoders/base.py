@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
@@ -63,8 +64,6 @@ class TextEncoder(Protocol):
 image_encoders: Registry = Registry("image encoder")
 text_encoders: Registry = Registry("text encoder")
 
-DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
-DEFAULT_TEXT_ENCODER = "minilm"
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:
@@ -159,7 +158,8 @@ def pad_to_square(im: Image.Image, fill: tuple[int, int, int] = (255, 255, 255))
     return canvas
 
 
-def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float], scale: float = 255.0) -> torch.Tensor:
+def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float],
+              scale: float = 255.0) -> torch.Tensor:
     """Pad to square, resize (bicubic, antialiased) and normalise: a (B, 3, size, size) float tensor.
 
     ``mean``/``std`` are given in units of ``scale`` (255 for 0..255 statistics, 1 for 0..1).
@@ -190,6 +190,12 @@ def colour_view(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str
             codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
             out[n, layout:] = np.bincount(codes, minlength=COLOUR_BINS ** 3) / len(pixels)
     return {"colour": out.astype(np.float16)}
+
+
+def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Encoder output arrays as the tensors fusion methods read: float, masks as bool."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).bool() if k == "mask"
+            else torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in views.items()}
 
 
 def stack_levels(levels: Sequence[torch.Tensor], width: int) -> np.ndarray:

@@ -212,7 +212,8 @@ class FeatureCache:
         """Views for items named by string keys, computed by ``encode`` on a miss."""
         store = self.store(encoder_id)
         views = tuple(sorted(set(views)))
-        missing = sorted({k for k in keys if k not in store.entries or not set(views) <= set(store.entries[k]["views"].split(","))})
+        missing = sorted({k for k in keys
+                          if k not in store.entries or not set(views) <= set(store.entries[k]["views"].split(","))})
         if missing:
             enc_views = tuple(sorted(set(views).union(*(self._had(store, k) for k in missing))))
             flush_every = batch_size * 16  # long runs keep what they did if interrupted

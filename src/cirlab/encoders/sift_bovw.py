@@ -38,6 +38,7 @@ from PIL import Image
 from cirlab import __version__
 from cirlab.encoders.base import COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, pad_to_square
 from cirlab.errors import CirlabError
+from cirlab.optional import need
 from cirlab.registry import parse_spec
 
 log = logging.getLogger("cirlab")
@@ -52,12 +53,7 @@ MAX_DESCRIPTORS = 200_000  # k-means sample; more adds time, not words
 
 
 def _sift():
-    try:
-        import cv2
-    except ImportError:
-        raise CirlabError("the sift_bovw encoder needs OpenCV: pip install 'cirlab[sift]' "
-                          "(opencv-python-headless)") from None
-    return cv2.SIFT_create()
+    return need("cv2", "sift", "the sift_bovw encoder").SIFT_create()
 
 
 class SiftBovwEncoder:
@@ -237,8 +233,7 @@ class SiftBovwEncoder:
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k-means (scikit-learn's mini-batch form: the same objective, minutes less at 200k x 128) -> (k, 128)."""
-    from sklearn.cluster import MiniBatchKMeans
-
+    MiniBatchKMeans = need("sklearn.cluster", "index", "fitting a sift_bovw vocabulary").MiniBatchKMeans
     km = MiniBatchKMeans(k, random_state=seed, batch_size=4096, n_init=3, max_iter=100, max_no_improvement=20)
     return km.fit(x).cluster_centers_.astype(np.float32)
 

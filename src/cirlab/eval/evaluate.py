@@ -59,16 +59,25 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     gallery_set = set(gallery_ids)
     usable = [t for t in triplets
               if queries.key(t.reference, t.text) is not None and any(x in gallery_set for x in t.targets)]
-    pos = {g: i for i, g in enumerate(gallery_ids)}
     gallery = embed_gallery(model, images, gallery_ids)
-    queries = compose_queries(model, queries, usable)
-    exclude = np.array([pos.get(t.reference, -1) for t in usable], dtype=np.int64) if exclude_reference else None
+    vectors = compose_queries(model, queries, usable)
+    return rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
+                skipped=len(triplets) - len(usable))
+
+
+def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,
+         exclude_reference: bool = True, keep: int = 50, backend: str | None = None, skipped: int = 0) -> Rankings:
+    """Rankings and Recall@K of query vectors (one per triplet) over gallery vectors: the part of
+    :func:`evaluate` after the model, shared with stage 1's validation. A triplet whose targets are
+    all outside the gallery counts as a miss."""
+    pos = {g: i for i, g in enumerate(gallery_ids)}
+    exclude = np.array([pos.get(t.reference, -1) for t in triplets], dtype=np.int64) if exclude_reference else None
     k = max(max(ks), keep)
     top, scores = exact_topk(queries, gallery, k, exclude) if backend is None else \
         index_topk(backend, queries, gallery, k, exclude)
-    targets = [[pos[x] for x in t.targets if x in pos] for t in usable]
+    targets = [[pos[x] for x in t.targets if x in pos] for t in triplets]
     ids = ranked_ids(top, scores, gallery_ids)
-    return Rankings(usable, ids, scores, recall_at_k(top, targets, ks), len(triplets) - len(usable), exclude_reference,
+    return Rankings(triplets, ids, scores, recall_at_k(top, targets, ks), skipped, exclude_reference,
                     map_where_several(ids, [[gallery_ids[j] for j in t] for t in targets]))
 
 

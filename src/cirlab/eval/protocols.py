@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cirlab.data.benchmarks import BenchmarkSplit
+from cirlab.data.benchmarks import (FASHIONIQ_CATEGORIES, BenchmarkSplit, load_cirr, load_fashion200k, load_fashioniq,
+                                     load_shoes)
 from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
@@ -110,3 +111,32 @@ def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = 
     paths[0].write_text(json.dumps(recall))
     paths[1].write_text(json.dumps(subset))
     return paths
+
+
+def load_benchmark(benchmark: str, annotations: str | Path, images: str | Path, split: str | None = None,
+                   category: str | None = None, fiq_gallery: str = "original", join: str = "and",
+                   spelling: str | Path | None = None) -> list[BenchmarkSplit]:
+    """The evaluation splits of a public benchmark from its published files: FashionIQ's categories (one,
+    or all three), CIRR's val or test1, Shoes' test, Fashion200K's test."""
+    if benchmark == "fashioniq":
+        cats = [category] if category else list(FASHIONIQ_CATEGORIES)
+        return [load_fashioniq(annotations, images, c, split or "val", fiq_gallery, join, spelling) for c in cats]
+    if benchmark == "cirr":
+        return [load_cirr(annotations, images, split or "val")]
+    if benchmark == "fashion200k":
+        return [load_fashion200k(annotations, images, split or "test")]
+    if benchmark == "shoes":
+        return [load_shoes(annotations, images, spelling)]
+    raise CirlabError(f"unknown benchmark {benchmark!r}; choose fashioniq, cirr, shoes or fashion200k")
+
+
+def benchmark_table(results: list[BenchmarkResult]) -> str:
+    """The splits' metrics as a Markdown table, with their average where there are several (FashionIQ)."""
+    keys = list(dict.fromkeys(k for r in results for k in r.metrics))
+    rows = [[r.name] + [f"{r.metrics[k]:.2f}" for k in keys] for r in results if r.metrics]
+    if len(rows) > 1:
+        rows.append(["average"] + [f"{np.mean([r.metrics[k] for r in results]):.2f}" for k in keys])
+    if not rows:
+        return ""
+    return ("| split | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys) + "\n"
+            + "\n".join("| " + " | ".join(r) + " |" for r in rows))

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from cirlab.images import load_image
+from cirlab.optional import pyplot
 
 
-def _recall_rows(rows: dict[str, dict[int, float]], ks: Sequence[int], extra: dict[str, dict] | None) -> tuple[list[str], list[list[str]]]:
+def _recall_rows(rows: dict[str, dict[int, float]], ks: Sequence[int],
+                 extra: dict[str, dict] | None) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the Markdown and HTML renderings of a recall table."""
     extra = extra or {}
     extra_cols = sorted({c for v in extra.values() for c in v})
@@ -22,7 +24,8 @@ def _recall_rows(rows: dict[str, dict[int, float]], ks: Sequence[int], extra: di
     return head, body
 
 
-def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
+def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50),
+                 extra: dict[str, dict] | None = None) -> str:
     """A Markdown table: one row per method, one column per Recall@K (and any extra columns)."""
     head, body = _recall_rows(rows, ks, extra)
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -30,7 +33,8 @@ def recall_table(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 1
     return "\n".join(lines)
 
 
-def recall_table_html(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50), extra: dict[str, dict] | None = None) -> str:
+def recall_table_html(rows: dict[str, dict[int, float]], ks: Sequence[int] = (1, 5, 10, 50),
+                      extra: dict[str, dict] | None = None) -> str:
     """The same table as :func:`recall_table`, as HTML."""
     head, body = _recall_rows(rows, ks, extra)
     th = "".join(f"<th>{html.escape(c)}</th>" for c in head)
@@ -80,7 +84,8 @@ def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult
         parts.append(intro)
     for n, q in enumerate(queries, 1):
         parts.append(f"<div class='q'><h3>Query {n}{': ' + html.escape(q.title) if q.title else ''}</h3><div class='row'>")
-        parts.append(f"<figure class='ref'><img src='{thumbnail_uri(q.reference)}' alt='reference'><figcaption>reference</figcaption></figure>")
+        parts.append(f"<figure class='ref'><img src='{thumbnail_uri(q.reference)}' alt='reference'>"
+                     "<figcaption>reference</figcaption></figure>")
         parts.append(f"<div class='text'>+ &ldquo;{html.escape(q.text)}&rdquo;</div></div><div class='row'>")
         for rank, (p, score, hit) in enumerate(q.results, 1):
             cls = " class='gt'" if hit else ""
@@ -89,7 +94,8 @@ def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult
         missed = [t for t in q.targets if t not in {p for p, _, h in q.results if h}]
         if missed:
             parts.append("<div style='margin-left:1rem'>ground truth not in the list:</div>")
-            parts += [f"<figure class='gt'><img src='{thumbnail_uri(t)}' alt='ground truth'><figcaption>target</figcaption></figure>" for t in missed]
+            parts += [f"<figure class='gt'><img src='{thumbnail_uri(t)}' alt='ground truth'>"
+                      "<figcaption>target</figcaption></figure>" for t in missed]
         parts.append("</div></div>")
     if credit:
         parts.append(f"<footer>{credit}</footer>")
@@ -100,13 +106,12 @@ def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult
     return path
 
 
-def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title: str) -> Path:
-    """Recall@K against K (1..len) for each named curve, one PNG (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title: str) -> Path | None:
+    """Recall@K against K (1..len) for each named curve, one PNG (matplotlib, no display needed; None
+    without it)."""
+    plt = pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, curve in curves.items():
         ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=1.6)
@@ -122,8 +127,7 @@ def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title
 
 
 def _save_figure(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,13 +152,12 @@ def example_queries(queries: Sequence, ranked: Sequence[Sequence[str]], scores, 
     return out
 
 
-def training_curves_png(path: str | Path, history: list[dict], title: str) -> Path:
-    """The training loss per epoch (left axis) and the validation Recall@K (right axis), one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def training_curves_png(path: str | Path, history: list[dict], title: str) -> Path | None:
+    """The training loss per epoch (left axis) and the validation Recall@K (right axis), one PNG (None
+    without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return None
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
     ax.plot(epochs, [row["loss"] for row in history], color="black", linewidth=1.8, label="train loss")
@@ -174,3 +177,23 @@ def training_curves_png(path: str | Path, history: list[dict], title: str) -> Pa
     ax.legend(handles, labels, fontsize=8, loc="center right")
     ax.set_title(title, fontsize=10)
     return _save_figure(fig, path)
+
+
+def write_reports(out: Path, name: str, title: str, curves: dict, parts: list, examples: int = 20) -> list[Path]:
+    """An evaluation's Recall@K curve (``<name>-recall.png``) and its page of ``examples`` example queries
+    drawn with a fixed seed (``<name>-examples.html``); ``parts``: (queries, ranked ids, scores, paths)
+    of each evaluated split. Returns the files written."""
+    written = []
+    if curves:
+        png = recall_curve_png(out / f"{name}-recall.png", curves, f"Recall@K: {title}")
+        written += [png] if png else []
+    if examples <= 0:
+        return written
+    chosen = [q for queries, ranked, scores, paths in parts if len(queries)
+              for q in example_queries(queries, ranked, scores, paths, max(1, examples // len(parts)))]
+    if chosen:
+        written.append(write_query_grid(out / f"{name}-examples.html", f"Example queries: {title}", chosen,
+                                        "<p>Each query's reference and text, then its top 8 with scores; the ground "
+                                        "truth is boxed in green (and shown after the list when it was not "
+                                        "retrieved).</p>"))
+    return written

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from cirlab.encoders.base import pad_to_square
+from cirlab.encoders.base import as_tensors, pad_to_square
 from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
 
 # Function words (articles, pronouns, auxiliaries, prepositions, conjunctions) and the verbs of
@@ -161,3 +161,16 @@ class DQU(Fusion):
             return f_visual
         lam = torch.sigmoid(self.mix(torch.cat([f_textual, f_visual], dim=-1)))
         return F.normalize(lam * f_textual + (1 - lam) * f_visual, dim=-1)
+
+
+@torch.inference_mode()
+def unified_query_views(model: DQU, image_encoder, text_encoder, image: Image.Image, text: str,
+                        caption: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One query, unified: the drawn reference's views and the unified text's views (for serving)."""
+    image = image.convert("RGB")
+    if caption is None:
+        caption = model.caption(image_encoder.encode_images([image], ("pooled",))["pooled"])[0]
+    drawn = draw_keywords(image, keywords(text), image_encoder.size) if model.unify != "textual" else image
+    iv = image_encoder.encode_images([drawn], model.image_views)
+    tv = text_encoder.encode_texts([unified_text(caption, text) if model.unify != "visual" else text], model.text_views)
+    return as_tensors(iv), as_tensors(tv)

@@ -3,7 +3,8 @@
 from cirlab.index import backends  # noqa: F401  (registers the backends)
 from cirlab.index.base import BaseIndex, VectorIndex, build_index, index_backends, parse_spec
 from cirlab.index.scoring import CombinedScoring, rescore
-from cirlab.index.store import DamagedIndex, load_index, read_manifest, save_index, update_index, verify_index
+from cirlab.index.store import DamagedIndex, describe_index, load_index, read_manifest, save_index, update_index, verify_index
 
-__all__ = ["BaseIndex", "CombinedScoring", "DamagedIndex", "VectorIndex", "build_index", "index_backends", "load_index",
+__all__ = ["BaseIndex", "CombinedScoring", "DamagedIndex", "VectorIndex", "build_index", "describe_index",
+           "index_backends", "load_index",
            "parse_spec", "read_manifest", "rescore", "save_index", "update_index", "verify_index"]

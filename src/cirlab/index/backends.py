@@ -8,6 +8,7 @@ import torch
 from cirlab.errors import CirlabError
 from cirlab.index.base import BaseIndex, index_backends
 from cirlab.index.exact import exact_topk
+from cirlab.optional import need
 
 
 @index_backends.register("exact")
@@ -62,7 +63,7 @@ class KDTreeIndex(BaseIndex):
     options = {"leaf_size": int}
 
     def _rebuild(self) -> None:
-        from sklearn.neighbors import KDTree
+        KDTree = need("sklearn.neighbors", "index", "the kdtree index backend").KDTree
 
         self._tree = KDTree(self.vectors, leaf_size=self.opts.get("leaf_size", 40)) if len(self.vectors) else None
 
@@ -146,10 +147,7 @@ class FaissIndex(BaseIndex):
 
     def __init__(self, dim: int, **options: str) -> None:
         super().__init__(dim, **options)
-        try:
-            import faiss  # noqa: F401
-        except ImportError:
-            raise CirlabError("the faiss backend needs faiss: pip install faiss-cpu") from None
+        need("faiss", "index", "the faiss index backend")
         self.opts.setdefault("factory", "Flat")
         self._index = None
 
@@ -224,8 +222,8 @@ class KMeansSVMIndex(BaseIndex):
     search_options = ("probe",)
 
     def _rebuild(self) -> None:
-        from sklearn.cluster import KMeans
-        from sklearn.svm import LinearSVC
+        KMeans = need("sklearn.cluster", "index", "the kmeans_svm index backend").KMeans
+        LinearSVC = need("sklearn.svm", "index", "the kmeans_svm index backend").LinearSVC
 
         n = len(self.vectors)
         k = max(1, min(self.opts.get("k", 15), n))

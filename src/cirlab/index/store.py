@@ -319,3 +319,17 @@ def verify_index(folder: str | Path) -> list[str]:
         except CirlabError as e:
             problems.append(str(e))
     return problems
+
+
+def describe_index(folder: str | Path) -> tuple[str, list[str]]:
+    """``cirlab index info``: the live version's size, backend, model and integrity, as text; and the
+    integrity problems (empty for a sound index)."""
+    problems = verify_index(folder)
+    manifest, version = read_manifest(folder)
+    model = manifest.get("model", {})
+    text = (f"vectors    {manifest['count']}\ndimension  {manifest['dim']}\nbackend    {manifest['backend']}\n"
+            f"metric     {manifest.get('metric', '?')}\nmodel      {model.get('fusion', '?')}\n"
+            f"encoders   {model.get('image_encoder', '?')} + {model.get('text_encoder', '?')}\n"
+            f"gallery    {model.get('gallery', '?')}\nversion    {version.name} (cirlab {manifest.get('cirlab_version')})\n"
+            f"integrity  {'; '.join(problems) if problems else 'sound'}")
+    return text, problems

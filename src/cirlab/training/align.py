@@ -14,21 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from cirlab.fusion.text_head import TextHead
 from cirlab.training.losses import batch_infonce
 from cirlab.training.trainer import seed_everything
-
-
-class TextHead(nn.Module):
-    """Pooled text vector -> unit vector in the gallery space: a residual-free two-layer MLP."""
-
-    def __init__(self, text_dim: int, embed_dim: int, hidden_dim: int = 1024) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, embed_dim))
-
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(text), dim=-1)
 
 
 @dataclass
@@ -81,14 +70,3 @@ def caption_pairs(captions: dict[str, str], ids: list[str]) -> tuple[list[str], 
     """(image ids, captions) of the images that have a caption."""
     keep = [i for i in ids if (captions.get(i) or "").strip()]
     return keep, [captions[i].strip() for i in keep]
-
-
-def head_state(head: TextHead) -> dict:
-    return {"text_dim": head.net[0].in_features, "hidden_dim": head.net[0].out_features,
-            "embed_dim": head.net[2].out_features, "state_dict": head.state_dict()}
-
-
-def head_from_state(state: dict) -> TextHead:
-    head = TextHead(state["text_dim"], state["embed_dim"], state["hidden_dim"])
-    head.load_state_dict(state["state_dict"])
-    return head.eval()

@@ -14,34 +14,15 @@ crowd near cosine 1, where CLIP's embeddings, which the paper's thresholds were 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from cirlab.config import PseudoConfig
 from cirlab.data.features import FeatureTable
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
-
-
-@dataclass
-class PseudoConfig:
-    s_max: int = 4
-    eps_l: float = 0.90
-    eps_u: float = 0.995
-    alpha: float = 0.6
-    every: int = 3  # real-triplet epochs before each pseudo-triplet epoch
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PseudoConfig":
-        known = {f.name for f in fields(cls)}
-        bad = set(d or {}) - known
-        if bad:
-            raise CirlabError(f"unknown pseudo-triplet option(s) {sorted(bad)}; known: {sorted(known)}")
-        cfg = cls(**(d or {}))
-        if not (cfg.s_max >= 1 and -1 <= cfg.eps_l <= cfg.eps_u <= 1 and cfg.every >= 1):
-            raise CirlabError("pseudo triplets need s_max >= 1, eps_l <= eps_u within [-1, 1] and every >= 1")
-        return cfg
 
 
 @dataclass

@@ -42,12 +42,14 @@ from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_e
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.tuned import load_tuned, save_tuned
 from cirlab.errors import CirlabError
+from cirlab.eval.evaluate import rank
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
 from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.images import UnreadableImage, load_image
 from cirlab.index.exact import exact_topk
-from cirlab.training.losses import batch_infonce
-from cirlab.training.trainer import TrainConfig, TrainResult, fit, seed_everything
+from cirlab.config import TrainConfig
+from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
+from cirlab.training.trainer import TrainResult, fit, seed_everything
 
 TUNE_CHOICES = ("none", "text", "image", "both")
 
@@ -83,9 +85,9 @@ def stage1_config(override: dict | None = None) -> dict:
             raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
     if cfg["tune"] not in TUNE_CHOICES:
         raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
-    unknown = set(cfg["tasks"]) - {"composed", "retrieval", "attributes", "category"}
+    unknown = set(cfg["tasks"]) - set(stage1_tasks.names())
     if unknown:
-        raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: composed, retrieval, attributes, category")
+        raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: {', '.join(stage1_tasks.in_order())}")
     TrainConfig.from_dict(cfg["train"])
     return cfg
 
@@ -125,45 +127,6 @@ class TextSide:
         return torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]).float()
 
 
-def attribute_labels(attributes) -> set[str]:
-    """``key=value`` labels of an image's attributes (nested objects and lists walked)."""
-    out: set[str] = set()
-
-    def walk(d: dict) -> None:
-        for k, v in d.items():
-            if isinstance(v, (str, int, bool)):
-                out.add(f"{k}={v}")
-            elif isinstance(v, dict):
-                walk(v)
-            elif isinstance(v, list):
-                for x in v:
-                    walk(x) if isinstance(x, dict) else out.add(f"{k}={x}")
-
-    if isinstance(attributes, dict):
-        walk(attributes)
-    return out
-
-
-def image_category(record: dict) -> str | None:
-    """The category an image belongs to: its ``category``, else its attributes' category / base."""
-    attrs = record.get("attributes") if isinstance(record.get("attributes"), dict) else {}
-    value = record.get("category") or attrs.get("category") or attrs.get("base")
-    return str(value) if value else None
-
-
-class Adapter(nn.Module):
-    """A residual adapter ``L2(v + W2 ReLU(W1 v))`` (CAFF's category-similarity adapters)."""
-
-    def __init__(self, dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(v + self.net(v), dim=-1)
-
-
 class Stage1Model(nn.Module):
     """The ``sum`` fusion plus the encoder layers being tuned (kept in eval mode: BatchNorm statistics
     and dropout stay as pretrained; only weights move)."""
@@ -195,6 +158,20 @@ class Stage1Result:
     skipped: dict = field(default_factory=dict)  # tasks asked for that the data cannot feed, and why
     alignment: dict = field(default_factory=dict)  # caption -> image Recall@K before/after, train and val images
 
+    def summary(self) -> str:
+        """What ``cirlab train --stage 1`` prints: time, tasks, validation and alignment recall, the specs."""
+        rec = "  ".join(f"R@{k} {v:.1f}" for k, v in self.val_recall.items())
+        tasks = ", ".join(f"{k} {w:g}" for k, w in self.tasks.items())
+        skipped = "".join(f"; skipped {k}: {why}" for k, why in self.skipped.items())
+        align = "".join(f"\ncaption -> image recall, {split} images ({r['images']}): "
+                        + "  ".join(f"R@{k} {r['before'][k]:.1f} -> {r['after'][k]:.1f}" for k in r["after"])
+                        for split, r in self.alignment.items())
+        return (f"stage 1 ({len(self.train.history)} epochs, {self.seconds['total']:.0f} s: "
+                f"{self.seconds['features']:.0f} s features, {self.seconds['train']:.0f} s training; tasks "
+                f"{tasks}{skipped}); val {rec or '(no val split)'}{align}\nencoders: --image-encoder {self.image_spec} "
+                f"--text-encoder {self.text_spec}\nstage-1 model: {self.out / 'stage1.pt'}; metrics: "
+                f"{self.out / 'stage1-metrics.jsonl'} and .png")
+
     def to_dict(self) -> dict:
         return {"out": str(self.out), "image_spec": self.image_spec, "text_spec": self.text_spec,
                 "train": self.train.to_dict(), "seconds": self.seconds, "val_recall": self.val_recall,
@@ -221,6 +198,15 @@ def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: 
     if not parts:
         raise CirlabError("no readable training image for stage 1")
     return kept, torch.cat(parts)
+
+
+def stage1_encoders(folder: str | Path) -> tuple[str, str]:
+    """The image and text encoder specs a stage-1 folder tuned (from its ``stage1.json``)."""
+    info = Path(folder) / "stage1.json"
+    if not info.is_file():
+        raise CirlabError(f"{folder} holds no stage1.json: it is not a folder stage 1 wrote")
+    specs = json.loads(info.read_text())
+    return specs["image_spec"], specs["text_spec"]
 
 
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
@@ -268,36 +254,28 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
-    records = ds.by_id
-    tasks = cfg["tasks"]
-    captions = {i: c for i, c in ds.captions.items() if i in images.row}
-    train_ids = set(ds.gallery(train_split).ids) & set(images.row)
-    categories = {i: c for i in train_ids if (c := image_category(records.get(i, {})))}  # training images' only
-    category_names = sorted(set(categories.values()))
-    counts: dict[str, int] = {}
-    for i in train_ids:
-        for label in attribute_labels(records[i].get("attributes")):
-            counts[label] = counts.get(label, 0) + 1
-    vocab = sorted(k for k, c in counts.items() if c >= 2)[:1024]
-    active = {name: w for name, w in tasks.items() if w}
-    skipped = {}
-    if caption_mode and active.get("composed"):
-        skipped["composed"] = f"{ds.name} has no {train_split!r} triplets (image-caption data)"
-    if active.get("retrieval") and len(captions) < 8:
-        skipped["retrieval"] = "fewer than 8 images with captions"
-    if active.get("attributes") and len(vocab) < 2:
-        skipped["attributes"] = "fewer than 2 attribute labels"
-    if active.get("category") and len(category_names) < 2:
-        skipped["category"] = "fewer than 2 image categories"
-    active = {k: w for k, w in active.items() if k not in skipped}
-    if not active:
+    data = TaskData(ds.name, caption_mode, train_split, {i: c for i, c in ds.captions.items() if i in images.row},
+                    set(ds.gallery(train_split).ids) & set(images.row), ds.by_id)
+    weights = {name: w for name, w in cfg["tasks"].items() if w}
+    tasks, skipped = {}, {}
+    for name in stage1_tasks.in_order():  # the registry's order: heads are built and losses added in it
+        if name in weights:
+            task = stage1_tasks.get(name)(data, cfg["embed_dim"], train_cfg.logit_scale)
+            why = task.skip_reason()
+            if why:
+                skipped[name] = why
+            else:
+                tasks[name] = task
+    if not tasks:
         raise CirlabError(f"no stage-1 task can run on {ds.name}: {skipped or 'every task weight is 0'}")
-    all_texts = [t.text for ts in triplets.values() for t in ts] + list(captions.values()) + category_names
+    active = {name: weights[name] for name in tasks}
+    captions = data.captions
+    all_texts = [t.text for ts in triplets.values() for t in ts] + list(captions.values()) + data.category_names
     texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress))
     seconds["features"] = time.perf_counter() - t0
 
     if caption_mode:  # one training item per captioned training image
-        usable = sorted(i for i in train_ids if i in captions)
+        usable = sorted(i for i in data.train_ids if i in captions)
     else:
         usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row)) for t in triplets[train_split]
                   if t.reference in images.row and any(x in images.row for x in t.targets)]
@@ -309,62 +287,21 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         model.frozen_modules.append(image_enc.model)
     if tune_text:
         model.frozen_modules.append(text_enc.model)
-    if "attributes" in active:
-        model.aux["attributes"] = nn.Linear(cfg["embed_dim"], len(vocab))
-        label_row = {k: n for n, k in enumerate(vocab)}
-        multi_hot = {i: torch.zeros(len(vocab)) for i in train_ids}
-        for i, v in multi_hot.items():
-            for label in attribute_labels(records[i].get("attributes")):
-                if label in label_row:
-                    v[label_row[label]] = 1.0
-    if "category" in active:
-        model.aux["image_adapter"] = Adapter(cfg["embed_dim"])
-        model.aux["text_adapter"] = Adapter(cfg["embed_dim"])
-        category_row = {c: n for n, c in enumerate(category_names)}
-    scale = train_cfg.logit_scale
+    for task in tasks.values():
+        model.aux.update(task.modules())
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
-        loss = torch.zeros(())
         if caption_mode:
-            ids = [usable[r] for r in rows]
-            both = images.pooled(ids)
+            ids, triples = [usable[r] for r in rows], None
         else:
-            refs, txts, tgts = zip(*(usable[r] for r in rows))
-            ids = list(refs) + list(tgts)
-            both = images.pooled(ids)  # one pass of the tail for references and targets
-        if "composed" in active:
-            query = fusion.compose({"pooled": both[:len(rows)]}, {"pooled": texts.pooled(txts)})
-            target = fusion.embed_gallery({"pooled": both[len(rows):]})
-            keys = torch.as_tensor([images.row[t] for t in tgts])
-            loss = loss + active["composed"] * batch_infonce(query, target, scale, keys)
-        if len(active) == ("composed" in active):
-            return loss
-        first = {}
-        for n, i in enumerate(ids):
-            first.setdefault(i, n)  # each image of the batch once
-        vectors = fusion.embed_gallery({"pooled": both[list(first.values())]})
-        ids = list(first)
-        if "retrieval" in active:
-            sel = [n for n, i in enumerate(ids) if i in captions and i in train_ids]
-            if len(sel) >= 2:
-                caps = [captions[ids[n]] for n in sel]
-                text_vec = fusion.project_text(texts.pooled(caps))
-                keys = torch.as_tensor([hash(c) for c in caps])  # two images with one caption: not negatives
-                loss = loss + active["retrieval"] * 0.5 * (batch_infonce(vectors[sel], text_vec, scale, keys)
-                                                           + batch_infonce(text_vec, vectors[sel], scale, keys))
-        if "attributes" in active:
-            sel = [n for n, i in enumerate(ids) if i in multi_hot]
-            if sel:
-                logits = model.aux["attributes"](vectors[sel])
-                labels = torch.stack([multi_hot[ids[n]] for n in sel])
-                loss = loss + active["attributes"] * nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        if "category" in active:
-            sel = [n for n, i in enumerate(ids) if i in categories and i in train_ids]
-            if sel:
-                names = model.aux["text_adapter"](fusion.project_text(texts.pooled(category_names)))
-                logits = scale * model.aux["image_adapter"](vectors[sel]) @ names.t()
-                labels = torch.as_tensor([category_row[categories[ids[n]]] for n in sel])
-                loss = loss + active["category"] * nn.functional.cross_entropy(logits, labels)
+            triples = tuple(zip(*(usable[r] for r in rows)))
+            ids = list(triples[0]) + list(triples[2])  # one pass of the tail for references and targets
+        batch = Batch(fusion, ids, images.pooled(ids), images, texts, triples)
+        loss = torch.zeros(())
+        for name, task in tasks.items():
+            term = task.loss(batch, model.aux)
+            if term is not None:
+                loss = loss + active[name] * term
         return loss
 
     validate = None
@@ -376,7 +313,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         def validate(_module) -> dict[int, float]:
             return _recall(fusion, images, texts, val, val_ids, ds.exclude_reference)
 
-    aligned = {"train": sorted(i for i in train_ids if i in captions),
+    aligned = {"train": sorted(i for i in data.train_ids if i in captions),
                "val": sorted(i for i in val_gallery if i in captions and i in images.row)}
     aligned = {k: v for k, v in aligned.items() if v}
     alignment_before = {k: _text_to_image_recall(fusion, images, texts, v, captions) for k, v in aligned.items()}
@@ -421,10 +358,7 @@ def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: l
     q = torch.cat([fusion.compose({"pooled": images.pooled([t.reference for t in triplets[s:s + batch]])},
                                   {"pooled": texts.pooled([t.text for t in triplets[s:s + batch]])})
                    for s in range(0, len(triplets), batch)]).numpy()
-    pos = {x: n for n, x in enumerate(gallery_ids)}
-    exclude = np.array([pos.get(t.reference, -1) for t in triplets]) if exclude_reference else None
-    top, _ = exact_topk(q, g, max(DEFAULT_KS), exclude)
-    return recall_at_k(top, [[pos[x] for x in t.targets if x in pos] for t in triplets], DEFAULT_KS)
+    return rank(q, g, gallery_ids, triplets, DEFAULT_KS, exclude_reference, keep=max(DEFAULT_KS)).recall
 
 
 @torch.no_grad()

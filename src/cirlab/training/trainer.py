@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cirlab.config import TrainConfig, monitor_ks
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
@@ -23,75 +23,7 @@ from cirlab.fusion.base import Fusion
 from cirlab.training.losses import batch_infonce, batch_triplet
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings; a method's config file overrides any of them."""
-
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    logit_scale: float = 30.0
-    seed: int = 0
-    select_best: bool = True  # with a validation split: keep the epoch of best val R@1 + R@10
-    patience: int = 0  # with a validation split: stop after this many epochs without gain (0: never)
-    triplet_weight: float = 0.0  # weight of the triplet loss added to InfoNCE (paper 000)
-    triplet_margin: float = 0.2  # its margin, on cosine similarities
-    optimizer: str = "adamw"  # adamw | adam (Adam's weight decay is an L2 term in the gradient)
-    schedule: str = "constant"  # constant | step (x step_gamma at step_at of training, paper 000) | cosine
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (in steps)
-    step_at: float = 0.5  # step schedule: the fraction of training where the rate drops
-    step_gamma: float = 0.1  # step schedule: the factor it drops by
-    grad_clip: float = 0.0  # clip the gradients' global norm to this (0: no clipping)
-    monitor: str = "R@1+R@10"  # the validation score that picks the best epoch and drives patience
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CirlabError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        """One-line errors for values no run could use."""
-        if self.optimizer not in OPTIMIZERS:
-            raise CirlabError(f"optimizer {self.optimizer!r} unknown; use one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in ("constant", "step", "cosine"):
-            raise CirlabError(f"schedule {self.schedule!r} unknown; use constant, step or cosine")
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
-        if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise CirlabError("need 0 < step_at < 1, warmup_epochs >= 0 and grad_clip >= 0")
-        monitor_ks(self.monitor)
-
-    def lr_factor(self, step: int, total: int, per_epoch: int) -> float:
-        """The learning rate's multiplier at optimiser step ``step`` of ``total``."""
-        warm = self.warmup_epochs * per_epoch
-        if warm and step < warm:
-            return (step + 1) / warm
-        if self.schedule == "step":
-            return self.step_gamma if step >= self.step_at * total else 1.0
-        if self.schedule == "cosine":
-            t = (step - warm) / max(total - warm, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
-        return 1.0
-
-
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-
-
-def monitor_ks(monitor: str) -> list[int]:
-    """The K of a monitor such as ``R@10`` or ``R@1+R@10``."""
-    try:
-        ks = [int(part.strip()[2:]) for part in monitor.split("+") if part.strip().startswith("R@")]
-    except ValueError:
-        ks = []
-    if not ks or len(ks) != len(monitor.split("+")):
-        raise CirlabError(f"monitor {monitor!r} not understood; write Recall@K terms such as 'R@10' or 'R@1+R@10'")
-    return ks
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}  # the names TrainConfig accepts
 
 
 @dataclass

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from cirlab.data.features import FeatureTable, QuerySide, as_tensors
+from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
@@ -94,16 +93,3 @@ def unify_queries(model: DQU, cache: FeatureCache, image_encoder, text_encoder, 
     text_table = FeatureTable(texts, cache.text_features(text_encoder, texts, model.text_views, progress=progress))
     keys_map = {q: (image_key.get(q, q[0]), text_key[q]) for q in text_key}
     return QuerySide(drawn_table, text_table, keys_map)
-
-
-@torch.inference_mode()
-def unified_query_views(model: DQU, image_encoder, text_encoder, image: Image.Image, text: str,
-                        caption: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One query, unified: the drawn reference's views and the unified text's views (for serving)."""
-    image = image.convert("RGB")
-    if caption is None:
-        caption = model.caption(image_encoder.encode_images([image], ("pooled",))["pooled"])[0]
-    drawn = draw_keywords(image, keywords(text), image_encoder.size) if model.unify != "textual" else image
-    iv = image_encoder.encode_images([drawn], model.image_views)
-    tv = text_encoder.encode_texts([unified_text(caption, text) if model.unify != "visual" else text], model.text_views)
-    return as_tensors(iv), as_tensors(tv)

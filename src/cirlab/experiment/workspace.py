@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path
-from cirlab.config import method_config
+from cirlab.config import TrainConfig, method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
 from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder,
@@ -17,8 +17,9 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import Rankings, evaluate
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
-from cirlab.training.align import caption_pairs, fit_text_head, head_state
-from cirlab.training.trainer import TrainConfig, TrainResult, seed_everything, train_fusion
+from cirlab.fusion.text_head import head_state
+from cirlab.training.align import caption_pairs, fit_text_head
+from cirlab.training.trainer import TrainResult, seed_everything, train_fusion
 
 
 def views_needed(configs: list[dict], dims: FeatureDims) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -58,6 +59,26 @@ class Workspace:
         triplets = {s: ds.triplets(s) for s in ds.splits}
         texts = text_table(cache, te, [t.text for ts in triplets.values() for t in ts], text_views, progress)
         return cls(ds, cache, ie, te, images, texts, triplets, failed, progress)
+
+    @classmethod
+    def for_configs(cls, data: str | Path | Dataset, cache: FeatureCache, image_spec: str, text_spec: str,
+                    configs: list[dict], progress: bool = True, images: str | Path | None = None) -> "Workspace":
+        """:meth:`open` with the views the configured methods read (``views_needed``)."""
+        dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
+        image_views, text_views = views_needed(configs, dims)
+        return cls.open(data, cache, image_spec, text_spec, image_views, text_views, progress, images)
+
+    @classmethod
+    def for_model(cls, data: str | Path | Dataset, model: Fusion, image_encoder, text_encoder, cache: FeatureCache,
+                  split: str, progress: bool = True) -> "Workspace":
+        """What a trained model reads of a data set: its images' views (all of them, for any gallery choice)
+        and the texts of one split (``cirlab eval``)."""
+        ds = data if isinstance(data, Dataset) else Dataset(data)
+        views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
+        images, failed = image_table(cache, image_encoder, ds.gallery(), views, progress)
+        triplets = {split: ds.triplets(split)}
+        texts = text_table(cache, text_encoder, [t.text for t in triplets[split]], model.text_views, progress)
+        return cls(ds, cache, image_encoder, text_encoder, images, texts, triplets, failed, progress)
 
     @property
     def dims(self) -> FeatureDims:
@@ -158,7 +179,8 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         validate = None
     extra, pseudo_set, pcfg = None, None, None
     if pseudo:
-        from cirlab.training.pseudo import PseudoConfig, make_pseudo_triplets
+        from cirlab.config import PseudoConfig
+        from cirlab.training.pseudo import make_pseudo_triplets
 
         pcfg = PseudoConfig.from_dict(pseudo_config)
         scorer, _ = load_checkpoint(stage1_model_path(pseudo), ws.image_encoder, ws.text_encoder)

@@ -12,13 +12,12 @@ from typing import Sequence
 
 from cirlab import __version__
 from cirlab.config import method_config, variant_names
-from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS
-from cirlab.fusion import FeatureDims, fusion_methods
+from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.fusion import fusion_methods
 from cirlab.index import build_index
-from cirlab.training.run import Workspace, train_method, views_needed
 
 
 def expand_methods(spec: str) -> list[str]:
@@ -98,6 +97,17 @@ class BenchResult:
         """R@1 and R@10 on queries whose target holds attribute pairs seen in training or never seen."""
         return self._group_table("by_composition", _mean_std)
 
+    def sections(self) -> list[tuple[str, str]]:
+        """The tables after the overall one, each with its heading; only those the runs have data for."""
+        parts = [("Recall@1 (%) by edit type (mean over seeds)", self.edit_table(1) if self.edit_table() else ""),
+                 ("Recall@10 (%) by edit type (mean over seeds)", self.edit_table()),
+                 ("Top-1 results that carry the requested attribute value (%), exact target or not (mean over seeds)",
+                  self.carries_table()),
+                 ("Recall (%) on queries whose target holds only attribute pairs seen in training, and on those with "
+                  "a pair never seen in training (novel compositions)", self.composition_table()),
+                 ("Recall (%) when the same models rank through other index backends", self.retrieval_table())]
+        return [(heading, table) for heading, table in parts if table]
+
     def retrieval_table(self) -> str:
         """R@1 and R@10 of each model ranked by exact search and by the other backends the bench was given."""
         return self._group_table("by_retrieval", _mean_std)
@@ -137,10 +147,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
         raise CirlabError(f"--seeds must be at least 1, got {seeds}")
     for backend in retrieval:
         build_index(backend, 8)  # an unknown backend or option fails now, not after the first training
-    dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
     model_override = {"image_head": image_head} if image_head else {}
-    image_views, text_views = views_needed([method_config(m, {"model": model_override}) for m in methods], dims)
-    ws = Workspace.open(data, cache, image_spec, text_spec, image_views, text_views, progress)
+    ws = Workspace.for_configs(data, cache, image_spec, text_spec,
+                               [method_config(m, {"model": model_override}) for m in methods], progress)
     if split not in ws.triplets:
         raise CirlabError(f"data set {ws.dataset.name} has no split {split!r}; it has {', '.join(ws.triplets)}")
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
@@ -212,21 +221,7 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"{'mAP@10 (%) counts every target of a query (CIRCO-style); ' if 'mAP@10' in result.table() else ''}"
             f"params = trainable parameters of the fusion; train s = mean wall time of training "
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
-    edits = result.edit_table()
-    if edits:
-        text += (f"\nRecall@1 (%) by edit type (mean over seeds):\n\n{result.edit_table(1)}\n"
-                 f"\nRecall@10 (%) by edit type (mean over seeds):\n\n{edits}\n")
-    carries = result.carries_table()
-    if carries:
-        text += ("\nTop-1 results that carry the requested attribute value (%), exact target or not "
-                 f"(mean over seeds):\n\n{carries}\n")
-    compositions = result.composition_table()
-    if compositions:
-        text += ("\nRecall (%) on queries whose target holds only attribute pairs seen in training, and on those "
-                 f"with a pair never seen in training (novel compositions):\n\n{compositions}\n")
-    retrieval = result.retrieval_table()
-    if retrieval:
-        text += f"\nRecall (%) when the same models rank through other index backends:\n\n{retrieval}\n"
+    text += "".join(f"\n{heading}:\n\n{table}\n" for heading, table in result.sections())
     md.write_text(text)
     (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
     return md

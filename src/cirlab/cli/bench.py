@@ -1,0 +1,47 @@
+"""``cirlab bench``: several methods over several seeds (``experiment.sweep``), tables saved."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from cirlab.cli import common
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("bench", parents=[common.quiet(), common.encoders(), common.cache()],
+                       help="train and evaluate several methods over seeds; a mean ± std table")
+    b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    b.add_argument("--methods", default="all",
+                   help="'all' (every registered method), 'ablations' (every variant and its base method), "
+                        "or a comma list of methods and variants (default: %(default)s)")
+    b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default: %(default)s)")
+    b.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    b.add_argument("--image-head", default=None, metavar="SPEC",
+                   help="the image head every method uses on both sides, e.g. attnpool, grid:cells=3, attnpool+colour "
+                        "(default: each method's config; pooled = the pooled vector alone)")
+    b.add_argument("--retrieval", default=None, metavar="SPECS",
+                   help="also rank each trained model through these index backends, ';'-separated, e.g. "
+                        "'exact;knn;kmeans_svm:k=15' (paper 003's KNN and K-means + SVM)")
+    b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
+    b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
+    b.add_argument("--name", default=None, help="file name of the table, without suffix")
+    b.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from cirlab.experiment import expand_methods, run_bench, save_bench
+
+    result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
+                       a.text_encoder, a.split, a.epochs, progress=not a.quiet,
+                       log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
+                       retrieval=[x for x in (a.retrieval or "").split(";") if x])
+    print(result.table())
+    for heading, table in result.sections():
+        print(f"\n{heading}:\n{table}")
+    name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
+    path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    print(f"saved {path} and {path.with_suffix('.json')}", file=sys.stderr)
+    return 0

@@ -1,0 +1,56 @@
+"""Flags several commands share, as argparse parents: each is declared once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cirlab import settings
+from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+
+FIELD_TYPES = {"int": int, "float": float, "str": str}  # a config dataclass field's type -> argparse's
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def quiet() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def cache() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--cache", type=Path, default=None, help=f"feature cache folder (default: {settings.cache_dir()})")
+    return p
+
+
+def model() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--model", type=Path, default=None,
+                   help=f"checkpoint to use (default: the model 'make demo' trains, {settings.default_model_path()})")
+    return p
+
+
+def image_encoder() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER,
+                   help=f"image encoder: {DEFAULT_IMAGE_ENCODER} (default), efficientnet_lite2, clip:/path, hf:/path, "
+                        "tuned:/stage1/image.pt (fine-tuned by stage 1), sift_bovw:k=1000[,pyramid=1,tokens=grid]")
+    return p
+
+
+def encoders() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                   help=f"text encoder: {DEFAULT_TEXT_ENCODER} (default), clip:/path, hf:/path, tuned:/stage1/text.pt")
+    return argparse.ArgumentParser(add_help=False, parents=[image_encoder(), p])
+
+
+def feature_cache(a: argparse.Namespace):
+    """The feature cache a command's ``--cache`` names, or the default one."""
+    from cirlab.encoders.cache import FeatureCache
+
+    return FeatureCache(a.cache or settings.cache_dir())

@@ -1,0 +1,113 @@
+"""``cirlab eval``: a checkpoint on a data set's split (``experiment.Workspace.for_model``), or on a public
+benchmark under its own protocol (``eval.protocols``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cirlab.cli import common
+from cirlab.errors import CirlabError
+
+
+def add_parser(sub) -> None:
+    v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.cache()],
+                       help="Recall@K of a trained model on a data set split or a public benchmark")
+    v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
+    v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
+    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "shoes", "fashion200k"], default=None,
+                   help="evaluate under a public benchmark's protocol (with --annotations and --images)")
+    v.add_argument("--annotations", type=Path, default=None, help="the benchmark's annotation folder, as published")
+    v.add_argument("--images", type=Path, default=None, help="the folder holding the benchmark's images")
+    v.add_argument("--category", choices=["dress", "shirt", "toptee"], default=None,
+                   help="FashionIQ: one category (default: all three and their average)")
+    v.add_argument("--fiq-gallery", choices=["original", "val_union"], default="original",
+                   help="FashionIQ gallery: every image of the split (default) or the val queries' images")
+    v.add_argument("--join", choices=["and", "separate"], default="and",
+                   help="FashionIQ: join the two captions with 'and' (default) or make each its own query")
+    v.add_argument("--spelling", type=Path, default=None,
+                   help="FashionIQ / Shoes: a spelling-correction dictionary (file or DQU-CIR's folder)")
+    v.add_argument("--out", type=Path, default=Path("eval_out"),
+                   help="where the JSON, the Recall@K curve (PNG), the example page (HTML) and CIRR test1 submissions go "
+                        "(default: %(default)s)")
+    v.add_argument("--examples", type=int, default=20,
+                   help="queries drawn (seeded) for the example page; 0: no page (default: %(default)s)")
+    v.add_argument("--gallery", choices=["split", "all"], default="split",
+                   help="gallery: the split's images (default) or every image of the data set")
+    v.add_argument("--keep-reference", action="store_true",
+                   help="leave the reference image in its own ranking (default: as the data set's protocol says; "
+                        "excluded unless it says otherwise)")
+    v.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    if a.benchmark:
+        return _benchmark(a)
+    if a.data is None:
+        raise CirlabError("give --data DIR (a cirlab data set) or --benchmark NAME with --annotations and --images")
+    from cirlab.api import Pipeline
+    from cirlab.eval.metrics import recall_curve
+    from cirlab.eval.report import recall_table, write_reports
+    from cirlab.experiment import Workspace
+
+    pipe = Pipeline.load(a.model, a.cache)
+    split = a.split or "test"
+    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split)
+    ds = ws.dataset
+    gallery_split = None if a.gallery == "all" else split
+    ev = ws.evaluate(pipe.model, split, exclude_reference=False if a.keep_reference else None,
+                     gallery_split=gallery_split)
+    print(recall_table({pipe.meta["method"]: ev.recall}))
+    if ev.map:
+        print("  ".join(f"mAP@{k} {v:.1f}" for k, v in ev.map.items()) + "  (queries with several targets: CIRCO-style)")
+    print(f"{len(ev.triplets)} queries over {len(ws.gallery_ids(gallery_split))} gallery images; "
+          f"{ev.skipped} skipped (missing images); reference {'excluded' if ev.exclude_reference else 'kept'}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = f"{ds.name}-{split}"
+    report = {"data": ds.name, "split": split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
+              "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
+              "protocol": ds.meta.get("protocol", {})}
+    (a.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {a.out / (name + '.json')}")
+    every = ds.gallery()
+    for path in write_reports(a.out, name, f"{ds.name} {split} ({pipe.meta['method']})",
+                              {split: recall_curve(ev.ids, [t.targets for t in ev.triplets], 50)},
+                              [(ev.triplets, ev.ids, ev.scores, dict(zip(every.ids, every.paths)))], a.examples):
+        print(f"wrote {path}")
+    return 0
+
+
+def _benchmark(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline
+    from cirlab.eval.protocols import benchmark_table, cirr_submission, evaluate_benchmark, load_benchmark
+    from cirlab.eval.report import write_reports
+
+    if a.annotations is None or a.images is None:
+        raise CirlabError("--benchmark needs --annotations DIR (the published annotation folder) and --images DIR")
+    pipe = Pipeline.load(a.model, a.cache)
+    splits = load_benchmark(a.benchmark, a.annotations, a.images, a.split, a.category, a.fiq_gallery, a.join,
+                            a.spelling)
+    a.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for sp in splits:
+        print(sp.summary())
+        if sp.missing:
+            print(f"  missing image ids: {sp.write_missing(a.out / f'{sp.name}-missing.txt')}")
+        results.append(evaluate_benchmark(pipe, sp, progress=not a.quiet))
+    table = benchmark_table(results)
+    if table:
+        print(table)
+    report = {"benchmark": a.benchmark, "model": pipe.identity, "protocol": [sp.protocol for sp in splits],
+              "results": [r.to_dict() for r in results]}
+    (a.out / f"{a.benchmark}.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {a.out / (a.benchmark + '.json')}")
+    for path in write_reports(a.out, a.benchmark, f"{a.benchmark} ({pipe.meta['method']})",
+                              {r.name: r.curve for r in results if r.curve},
+                              [(r.evaluated, r.ranked, r.scores, sp.paths) for r, sp in zip(results, splits)],
+                              a.examples):
+        print(f"wrote {path}")
+    if a.benchmark == "cirr" and (a.split or "val") == "test1":
+        for p in cirr_submission(results[0], a.out):
+            print(f"wrote {p}")
+    return 0

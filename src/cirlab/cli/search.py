@@ -1,0 +1,60 @@
+"""``cirlab search``: composed search over a folder (``api.Pipeline.search``) or an index
+(``api.Pipeline.search_index``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from cirlab.cli import common
+from cirlab.errors import CirlabError
+
+log = logging.getLogger("cirlab")
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("search", parents=[common.model(), common.cache()],
+                       help="composed search over a folder of images or an index")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
+    where.add_argument("--index", type=Path, help="an index folder made by 'cirlab index build'")
+    s.add_argument("--scoring", default=None,
+                   help="with --index: paper 000's combined score, e.g. 'cosine=1,euclidean=0.5,hamming=0.2,l1=0,"
+                        "candidates=100' (re-ranks the backend's candidates)")
+    s.add_argument("--image", type=Path, default=None,
+                   help="reference image (left out: a plain text-to-image search through the model's text head)")
+    s.add_argument("--text", required=True, help='modification text, e.g. "make it red"')
+    s.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
+    s.add_argument("--exclude-reference", action="store_true", help="leave the reference image out of the results")
+    s.add_argument("--json", action="store_true", help="print JSON for machines")
+    s.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from cirlab.api import Pipeline, check_text
+    from cirlab.index import CombinedScoring, load_index
+
+    check_text(a.text)
+    if a.image is not None and not a.image.is_file():
+        raise CirlabError(f"reference image {a.image} does not exist")
+    pipe = Pipeline.load(a.model, a.cache)
+    skipped = 0
+    if a.index is not None:
+        index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)
+        scoring = CombinedScoring.parse(a.scoring) if a.scoring else None
+        hits = pipe.search_index(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring)
+    else:
+        gallery = pipe.encode_gallery(a.gallery, progress=not a.json)
+        if gallery.failed:
+            log.warning("skipped %d unreadable gallery image(s), e.g. %s", len(gallery.failed), gallery.failed[0][1])
+        hits = pipe.search(gallery, a.image, a.text, a.k, exclude_reference=a.exclude_reference)
+        skipped = len(gallery.failed)
+    if a.json:
+        print(json.dumps({"query": {"image": str(a.image) if a.image else None, "text": a.text},
+                          "model": pipe.meta["method"], "results": [h.__dict__ for h in hits], "skipped": skipped}))
+    else:
+        for h in hits:
+            print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.id}")
+    return 0

@@ -1,0 +1,37 @@
+"""``cirlab serve``: the HTTP API and the web page over an index (``serve.app``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cirlab.cli import common
+from cirlab.errors import CirlabError
+
+
+def add_parser(sub) -> None:
+    sv = sub.add_parser("serve", parents=[common.model(), common.cache()],
+                        help="the HTTP API and web page over an index (FastAPI + uvicorn)",
+                        description="Serve composed search over an index: POST /search, GET /images/{id}, GET /gallery, "
+                                    "GET /health, GET /info, /docs, and the page at /. POST /gallery and DELETE "
+                                    "/gallery/{id} need the bearer token in $CIRLAB_API_TOKEN (unset: they are off).")
+    sv.add_argument("--index", type=Path, required=True, help="an index folder made by 'cirlab index build'")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default: %(default)s)")
+    sv.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from cirlab.optional import need
+
+    for module in ("fastapi", "uvicorn", "swagger_ui_bundle"):
+        need(module, "serve", "cirlab serve")
+    from cirlab.serve.app import serve
+
+    if not 1 <= a.port <= 65535:
+        raise CirlabError(f"--port must be between 1 and 65535, got {a.port}")
+    if a.max_upload_mb <= 0:
+        raise CirlabError(f"--max-upload-mb must be positive, got {a.max_upload_mb}")
+    serve(str(a.index), a.model, a.host, a.port, a.max_upload_mb, a.cache)
+    return 0

@@ -1,0 +1,139 @@
+"""``cirlab train``: stage 1 (``training.stage1``), stage 2 (``experiment.train_method``), or both."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from cirlab.cli import common
+from cirlab.config import PseudoConfig, TrainConfig
+from cirlab.errors import CirlabError
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", parents=[common.quiet(), common.encoders(), common.cache()],
+                       help="train a fusion method on a data set's train split")
+    t.add_argument("--method", default="combiner", help="a registered method, see 'cirlab methods' (default: %(default)s)")
+    t.add_argument("--data", type=Path, required=True,
+                   help="dataset folder (with dataset.json; trains on 'train', picks the best epoch on 'val'), "
+                        "or a triplet JSONL file (all of it is trained on); for --stage 1 also an image-caption "
+                        'JSONL file ({"image": "path", "caption": "..."} lines; 10%% of the images held out)')
+    t.add_argument("--images", type=Path, default=None,
+                   help="with a JSONL --data: the image folder its ids are relative to (default: 'images' beside it)")
+    t.add_argument("--config", type=Path, default=None, help="JSON file overriding the method's model/train options")
+    t.add_argument("--image-head", default=None, metavar="SPEC",
+                   help="how images are embedded on both sides (model.image_head): pooled (the pooled vector alone), "
+                        "attnpool (attention pooling over the region map), grid[:cells=3], colour, or a sum such as "
+                        "attnpool+colour (default: the method's config)")
+    t.add_argument("--out", type=Path, required=True,
+                   help="output folder (model.pt is written there) or a .pt path; beside it go <name>-metrics.jsonl "
+                        "(every epoch's loss, learning rate and validation recall), <name>-metrics.png (their plot) "
+                        "and <name>-state.pt (the training state --resume continues from)")
+    o = t.add_argument_group("training options (each overrides the method's config, see 'cirlab methods --configs'; "
+                             "with --stage 1 the train options of configs/stage1.json; with --stage both, stage 2's)")
+    for f in TrainConfig.flags():  # the flags, their types and their help come from the dataclass
+        o.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=common.FIELD_TYPES[f.type], default=None,
+                       choices=f.metadata["choices"],
+                       help=f"{f.metadata['help']} (default {f.default}, unless the method's config sets it)")
+    t.add_argument("--stage", choices=["1", "2", "both"], default="2",
+                   help="1: fine-tune the encoders (paper 004's stage 1: sum fusion, batch classification loss at "
+                        "logit scale 100) and write the tuned encoders to --out; 2 (default): train the fusion "
+                        "--method on frozen encoders; both: stage 1 into OUT/stage1, then stage 2 on its encoders")
+    s1 = t.add_argument_group("stage 1 (defaults: configs/stage1.json)")
+    s1.add_argument("--tune", choices=["none", "text", "image", "both"],
+                    help="which encoder adapts: none (only the projections train), text, image or both (default)")
+    s1.add_argument("--image-blocks", dest="image_blocks", type=int,
+                    help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite (default 2)")
+    s1.add_argument("--text-layers", dest="text_layers", type=int,
+                    help="fine-tune the last N transformer layers of the text model (default 1)")
+    s1.add_argument("--stage1-config", dest="stage1_config", default=None,
+                    help="a preset (clip_cd: paper 004's composed objective, the default; caff: paper 001's domain "
+                         "tasks, image-caption retrieval + attribute prediction + category similarity; align: "
+                         "image-text alignment of the projections only) or a JSON file overriding "
+                         "configs/stage1.json (tune, image_blocks, text_layers, embed_dim, head_lr_scale, tasks "
+                         "{composed, retrieval, attributes, category: weights}, train)")
+    s2 = t.add_argument_group("stage 2 on stage-1 encoders, and pseudo triplets (paper 004)")
+    s2.add_argument("--stage1", type=Path, default=None,
+                    help="a stage-1 folder: train on the encoders it tuned (sets --image-encoder/--text-encoder)")
+    s2.add_argument("--augment", action="store_true",
+                    help="add pseudo triplets: a reference or target replaced by a similar training image, kept "
+                         "when the stage-1 model scores the pseudo query-target pair above --alpha")
+    for f in fields(PseudoConfig):
+        s2.add_argument("--" + _pseudo_dest(f.name).replace("_", "-"), dest=_pseudo_dest(f.name),
+                        type=common.FIELD_TYPES[f.type], default=None, help=f"{f.metadata['help']} (default {f.default})")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from <name>-state.pt after its last finished epoch (same config and data; "
+                        "--epochs may grow); the result equals an uninterrupted run")
+    t.add_argument("--log", type=Path, default=None,
+                   help="the metrics log (.csv for CSV, else JSON lines; default: <name>-metrics.jsonl beside --out)")
+    t.set_defaults(func=run)
+
+
+def _pseudo_dest(name: str) -> str:
+    """A pseudo-triplet option's flag name: ``every`` is ``--pseudo-every``, the rest as they are."""
+    return "pseudo_every" if name == "every" else name
+
+
+def _given(a: argparse.Namespace) -> dict:
+    """The training options given as flags."""
+    return {f.name: getattr(a, f.name) for f in TrainConfig.flags() if getattr(a, f.name) is not None}
+
+
+def _stage1(a: argparse.Namespace, flags_apply: bool):
+    """``--stage 1``, or the first half of ``--stage both`` (the training flags then go to stage 2)."""
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+
+    override = dict(read_stage1_config(a.stage1_config)) if a.stage1_config else {}
+    override.update({k: getattr(a, k) for k in ("tune", "image_blocks", "text_layers") if getattr(a, k) is not None})
+    if flags_apply:
+        override["train"] = {**override.get("train", {}), **_given(a)}
+    out = a.out if a.stage == "1" else a.out / "stage1"
+    res = run_stage1(a.data, out, common.feature_cache(a), a.image_encoder, a.text_encoder, override,
+                     progress=not a.quiet, resume=a.resume and a.stage == "1", images=a.images)
+    print(res.summary())
+    return res
+
+
+def run(a: argparse.Namespace) -> int:
+    from cirlab.config import method_config
+    from cirlab.eval.report import recall_table
+    from cirlab.experiment import Workspace, train_method
+    from cirlab.training.stage1 import stage1_encoders
+
+    if a.stage == "1":
+        _stage1(a, flags_apply=True)
+        return 0
+    cfg = method_config(a.method, a.config)
+    cfg["train"].update(_given(a))
+    if a.image_head:
+        cfg["model"]["image_head"] = a.image_head
+    TrainConfig.from_dict(cfg["train"])  # a bad value is a one-line error before any encoding
+    pseudo_options = {f.name: getattr(a, _pseudo_dest(f.name)) for f in fields(PseudoConfig)
+                      if getattr(a, _pseudo_dest(f.name)) is not None}
+    PseudoConfig.from_dict(pseudo_options)
+    stage1 = _stage1(a, flags_apply=False).out if a.stage == "both" else a.stage1
+    if stage1 is not None:
+        a.image_encoder, a.text_encoder = stage1_encoders(stage1)
+    if a.augment and stage1 is None:
+        raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
+    ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
+                               progress=not a.quiet, images=a.images)
+    out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = a.log or out.with_name(out.stem + "-metrics.jsonl")
+    state = out.with_name(out.stem + "-state.pt")
+    model, result, meta = train_method(ws, a.method, cfg, out=out, progress=not a.quiet, state_path=state,
+                                       resume=a.resume, log_path=log, pseudo=stage1 if a.augment else None,
+                                       pseudo_config=pseudo_options)
+    resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from else ""
+    print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s{resumed}; best epoch "
+          f"{result.best_epoch or len(result.history)}; saved {out}\nmetrics: {log} and {log.with_suffix('.png')}; "
+          f"training state (for --resume): {state}")
+    if "pseudo" in meta:
+        ps = meta["pseudo"]
+        print(f"pseudo triplets: {ps['made']} made, {ps['kept']} kept (s_max {ps['s_max']}, cosine in "
+              f"[{ps['eps_l']}, {ps['eps_u']}], score > {ps['alpha']}); trained on them in epochs {result.pseudo_epochs}")
+    if "test" in ws.triplets:
+        print(recall_table({a.method: ws.evaluate(model, "test").recall}))
+    return 0
