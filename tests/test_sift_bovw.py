@@ -62,7 +62,9 @@ def test_fit_is_deterministic_and_refit_on_other_images_changes_the_id(fitted, t
     other = SiftBovwEncoder(k=16).fit(scenes(tmp_path / "more", seed=1), root / "cache")
     assert other.vocab_path != enc.vocab_path and other.id != enc.id
     assert not np.allclose(other.centroids, enc.centroids)
-    assert SiftBovwEncoder(k=16).id.endswith(":unfitted")
+    asked = SiftBovwEncoder(k=16)
+    asked.fit(paths, tmp_path / "third-cache", refit=True)
+    assert not asked.fitted and asked.id.endswith(":unfitted")  # fit returns a new encoder; this one is unchanged
 
 
 def test_encoding_is_deterministic_and_the_spec_rebuilds_the_encoder(fitted):

@@ -134,10 +134,7 @@ class SiftBovwEncoder:
 
     def words(self, desc: np.ndarray) -> np.ndarray:
         """The nearest visual word of each descriptor."""
-        if not len(desc):
-            return np.zeros(0, np.int64)
-        d2 = (self.centroids ** 2).sum(1)[None] - 2 * desc @ self.centroids.T
-        return d2.argmin(axis=1)
+        return _nearest(desc, self.centroids)
 
     def histograms(self, geo: np.ndarray, words: np.ndarray, side: int) -> np.ndarray:
         """(side * side, k) tf-idf weights of the words in each cell; tf counts over the whole image."""
@@ -213,10 +210,9 @@ class SiftBovwEncoder:
         rng = np.random.default_rng(seed)
         sample = desc if len(desc) <= MAX_DESCRIPTORS else desc[rng.choice(len(desc), MAX_DESCRIPTORS, replace=False)]
         centroids = _kmeans(sample, self.k, seed)
-        self.centroids = centroids
         df = np.zeros(self.k, np.float64)
-        for d in per_image:
-            df[np.unique(self.words(d))] += 1
+        for d in per_image:  # this instance stays unfitted: the fitted one is built from the file below
+            df[np.unique(_nearest(d, centroids))] += 1
         idf = (np.log((1 + len(per_image)) / (1 + df)) + 1).astype(np.float32)  # smoothed, as scikit-learn's
         meta = {"kind": KIND, "format_version": FORMAT_VERSION, "cirlab_version": __version__, "k": self.k,
                 "size": self.size, "seed": seed, "images": len(per_image), "unreadable": unreadable,
@@ -229,6 +225,13 @@ class SiftBovwEncoder:
 
     def _fitted(self, path: Path) -> "SiftBovwEncoder":
         return SiftBovwEncoder(self.k, self.pyramid, self.tokens, self.size, vocab=path)
+
+
+def _nearest(desc: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The index of the nearest centroid (visual word) of each descriptor."""
+    if not len(desc):
+        return np.zeros(0, np.int64)
+    return ((centroids ** 2).sum(1)[None] - 2 * desc @ centroids.T).argmin(axis=1)
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:

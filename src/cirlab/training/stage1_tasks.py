@@ -206,6 +206,10 @@ class Category(Stage1Task):
 
     name = "category"
 
+    def __init__(self, data: TaskData, embed_dim: int, scale: float) -> None:
+        super().__init__(data, embed_dim, scale)
+        self.row = {c: n for n, c in enumerate(data.category_names)}
+
     def skip_reason(self) -> str | None:
         return "fewer than 2 image categories" if len(self.data.category_names) < 2 else None
 
@@ -219,6 +223,5 @@ class Category(Stage1Task):
             return None
         names = heads["text_adapter"](batch.fusion.project_text(batch.texts.pooled(self.data.category_names)))
         logits = self.scale * heads["image_adapter"](vectors[sel]) @ names.t()
-        row = {c: n for n, c in enumerate(self.data.category_names)}
-        labels = torch.as_tensor([row[self.data.categories[ids[n]]] for n in sel])
+        labels = torch.as_tensor([self.row[self.data.categories[ids[n]]] for n in sel])
         return nn.functional.cross_entropy(logits, labels)
