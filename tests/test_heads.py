@@ -127,8 +127,9 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
 
 @pytest.mark.slow
 def test_a_tuned_encoder_with_a_spatial_head_round_trips_and_serves(tmp_path):
-    """Stage 1 fine-tunes the last image block; stage 2 trains a spatial head on the tuned encoder's region
-    map; the checkpoint reloads both and serves from an index built with it."""
+    """Stage 1 fine-tunes the whole image network end to end (96 px input, augmented images); stage 2 trains
+    a spatial head on the tuned encoder's region map; the checkpoint reloads both and serves from an index
+    built with it."""
     from cirlab.api import Pipeline
     from cirlab.config import method_config
     from cirlab.encoders import build_image_encoder, build_text_encoder
@@ -138,15 +139,17 @@ def test_a_tuned_encoder_with_a_spatial_head_round_trips_and_serves(tmp_path):
 
     ds = make_dataset(tmp_path / "tiny", n=12)
     cache = FeatureCache(tmp_path / "cache")
-    s1 = run_stage1(ds, tmp_path / "s1", cache, "efficientnet_lite0", "minilm",
-                    {"tune": "image", "image_blocks": 1, "train": {"epochs": 1, "batch_size": 4}}, progress=False)
+    s1 = run_stage1(ds, tmp_path / "s1", cache, "efficientnet_lite0:size=96", "minilm",
+                    {"tune": "image", "image_blocks": "all", "augment": "scale=0.2,blur=1",
+                     "train": {"epochs": 1, "batch_size": 4}}, progress=False)
     cfg = method_config("sum", {"model": {"image_head": "grid"}, "train": {"epochs": 2, "batch_size": 8}})
     image_views, text_views = views_needed([cfg], FeatureDims.of(build_image_encoder(s1.image_spec),
                                                                  build_text_encoder("minilm")))
     ws = Workspace.open(ds, cache, s1.image_spec, "minilm", image_views, text_views, progress=False)
     model, _, _ = train_method(ws, "sum", cfg, out=tmp_path / "m.pt", progress=False)
     pipe = Pipeline.load(tmp_path / "m.pt", tmp_path / "cache")
-    assert "+ft1:" in pipe.image_encoder.id and pipe.model.image_head == "grid"
+    assert pipe.image_encoder.id.startswith("efficientnet_lite0@96:") and "+ftall:" in pipe.image_encoder.id
+    assert pipe.image_encoder.num_tokens == 9 and pipe.model.image_head == "grid"
     for a, b in zip(model.state_dict().values(), pipe.model.state_dict().values()):
         assert torch.equal(a, b)
     index, failed = pipe.index_gallery(ds / "images", "exact", progress=False)

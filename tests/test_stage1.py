@@ -126,6 +126,66 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
         run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
 
 
+@pytest.mark.parametrize("blocks", [2, "all"])
+def test_end_to_end_stage1_from_augmented_images_moves_only_the_tuned_weights(tmp_path, blocks):
+    """Reading augmented pixels every batch (64 px input, two micro-batches a step): gradients reach every
+    tuned weight, the frozen blocks and all BatchNorm statistics stay as pretrained, and the file reloads
+    at its resolution."""
+    from cirlab.encoders.base import new_encoder
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.tuned import load_tuned
+    from cirlab.training.stage1 import run_stage1
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0:size=64", "minilm",
+                     {"tune": "image", "image_blocks": blocks, "augment": "scale=0.2,blur=1.5,noise=0.03",
+                      "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "accumulate": 2}}, progress=False)
+    assert len(res.train.history) == 2
+    base, tuned = new_encoder("image", "efficientnet_lite0:size=64"), load_tuned(tmp_path / "s1" / "image.pt", "image")
+    assert tuned.id.startswith(f"efficientnet_lite0@64:{base.id.split(':')[1]}+ft{blocks}:") and tuned.size == 64
+    before, after = base.model.state_dict(), tuned.model.state_dict()
+    trainable = set(tuned.tunable(blocks))
+    assert all(not torch.equal(before[k], after[k]) for k in trainable)  # every tuned weight got a gradient
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in trainable)  # frozen ones and BN stats
+    assert any("running" in k for k in before)
+    assert ("_conv_stem.weight" in trainable) == (blocks == "all")
+    with pytest.raises(CirlabError, match="needs tune image or both"):
+        run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm",
+                   {"tune": "text", "augment": "scale=0.1"})
+    with pytest.raises(CirlabError, match="image_blocks"):
+        run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm",
+                   {"image_blocks": "most"})
+
+
+def test_augmentations_keep_the_background_and_the_colour_and_are_seeded():
+    """No augmentation changes a blank image (the fill is the background) or an object's colour much; the
+    draws follow torch's seed; flips and colour jitter are refused."""
+    from cirlab.encoders.base import to_pixels
+    from cirlab.training.augment import Augment
+    from PIL import Image
+
+    mean, std = (127.0,) * 3, (128.0,) * 3
+    white, black = (to_pixels([Image.new("RGB", (4, 4), c)], 8, mean, std)[0, :, 0, 0] for c in ("white", "black"))
+    red = Image.new("RGB", (64, 64), "white")
+    red.paste((200, 30, 30), (20, 20, 44, 44))
+    x = to_pixels([Image.new("RGB", (64, 64), "white"), red] * 4, 64, mean, std)
+    aug = Augment.parse("scale=0.3,blur=1.5")
+    torch.manual_seed(0)
+    y = aug(x, white, black)
+    assert torch.allclose(y[0::2], x[0::2], atol=1e-5)  # blank stays blank: the fill is the background
+    assert not torch.allclose(y[1::2], x[1::2])
+    rgb = (y[1::2] * 128 + 127).permute(0, 2, 3, 1).reshape(-1, 3)
+    drawn = rgb[(rgb < 235).any(dim=1)]
+    assert drawn[:, 0].mean() > 150 and drawn[:, 1:].mean() < 120  # still a red object
+    torch.manual_seed(0)
+    assert torch.equal(aug(x, white, black), y)
+    assert not Augment.parse("") and Augment.parse("noise=0.05").spec == "noise=0.05"
+    with pytest.raises(CirlabError, match="no colour jitter or flips"):
+        Augment.parse("flip=1")
+    with pytest.raises(CirlabError, match="out of range"):
+        Augment.parse("scale=1.5")
+
+
 @pytest.mark.slow
 def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
     import json

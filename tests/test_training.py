@@ -246,3 +246,20 @@ def test_a_resumed_run_takes_the_uninterrupted_runs_steps(tmp_path):
     with pytest.raises(CirlabError, match="nothing to resume"):
         train_fusion(fresh(), triplets, images, side, TrainConfig(**cfg), False, state_path=tmp_path / "none.pt",
                      resume=True)
+
+
+def test_gradient_accumulation_equals_one_step_on_a_mean_loss():
+    """With a loss that is a mean over rows, two micro-batches give the same update as the whole batch."""
+    from cirlab.training.trainer import fit
+
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    results = []
+    for parts in (1, 2, 4):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        fit(model, 8, lambda rows: ((model(x[rows]) - y[rows]) ** 2).mean(),
+            TrainConfig(epochs=2, batch_size=8, lr=0.1, accumulate=parts), progress=False)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6) and torch.allclose(results[0], results[2], atol=1e-6)
+    with pytest.raises(CirlabError, match="micro-batch"):
+        TrainConfig.from_dict({"batch_size": 4, "accumulate": 3})

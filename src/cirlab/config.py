@@ -65,6 +65,9 @@ class TrainConfig:
     step_at: float = _option(0.5, "step schedule: the fraction of training where the rate drops")
     step_gamma: float = _option(0.1, "step schedule: the factor the rate drops by")
     grad_clip: float = _option(0.0, "clip the gradients' global L2 norm to this (0: off)")
+    accumulate: int = _option(1, "split each batch into this many micro-batches, one backward pass each, and take "
+                                 "one optimiser step on their summed gradients: memory of batch-size / accumulate "
+                                 "(each micro-batch's queries see only its own targets as negatives)")
     monitor: str = _option("R@1+R@10", "the validation score for the best epoch and early stopping, e.g. 'R@10' "
                                        "or 'R@1+R@10'")
 
@@ -93,6 +96,9 @@ class TrainConfig:
             raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
         if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise CirlabError("need 0 < step_at < 1, warmup_epochs >= 0 and grad_clip >= 0")
+        if self.accumulate < 1 or self.batch_size < 2 * self.accumulate:
+            raise CirlabError(f"accumulate {self.accumulate} must be 1 or more, with at least 2 triplets per "
+                              f"micro-batch (batch_size {self.batch_size})")
         monitor_ks(self.monitor)
 
     def lr_factor(self, step: int, total: int, per_epoch: int) -> float:

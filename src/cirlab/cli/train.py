@@ -43,8 +43,13 @@ def add_parser(sub) -> None:
     s1 = t.add_argument_group("stage 1 (defaults: configs/stage1.json)")
     s1.add_argument("--tune", choices=["none", "text", "image", "both"],
                     help="which encoder adapts: none (only the projections train), text, image or both (default)")
-    s1.add_argument("--image-blocks", dest="image_blocks", type=int,
-                    help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite (default 2)")
+    s1.add_argument("--image-blocks", dest="image_blocks", type=_blocks, metavar="N|all",
+                    help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite, or all of "
+                         "it from the stem (default 2)")
+    s1.add_argument("--image-augment", dest="image_augment", metavar="SPEC",
+                    help="train the image encoder from augmented images, read every batch: scale=S (shrink and "
+                         "move), blur=SIGMA (pixels), noise=STD (share of the range), e.g. scale=0.2,blur=1.5 "
+                         "(default: none; the frozen trunk's output is then computed once)")
     s1.add_argument("--text-layers", dest="text_layers", type=int,
                     help="fine-tune the last N transformer layers of the text model (default 1)")
     s1.add_argument("--stage1-config", dest="stage1_config", default=None,
@@ -70,6 +75,16 @@ def add_parser(sub) -> None:
     t.set_defaults(func=run)
 
 
+def _blocks(text: str) -> int | str:
+    """``--image-blocks``: a whole number, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of blocks or 'all'") from None
+
+
 def _pseudo_dest(name: str) -> str:
     """A pseudo-triplet option's flag name: ``every`` is ``--pseudo-every``, the rest as they are."""
     return "pseudo_every" if name == "every" else name
@@ -86,6 +101,8 @@ def _stage1(a: argparse.Namespace, flags_apply: bool):
 
     override = dict(read_stage1_config(a.stage1_config)) if a.stage1_config else {}
     override.update({k: getattr(a, k) for k in ("tune", "image_blocks", "text_layers") if getattr(a, k) is not None})
+    if a.image_augment is not None:
+        override["augment"] = a.image_augment
     if flags_apply:
         override["train"] = {**override.get("train", {}), **_given(a)}
     out = a.out if a.stage == "1" else a.out / "stage1"

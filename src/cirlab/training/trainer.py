@@ -136,6 +136,18 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
     return result
 
 
+def _backward(batch_loss: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray, parts: int) -> torch.Tensor:
+    """Backward passes for a batch, in ``parts`` micro-batches (each weighted by its share of the rows so the
+    gradients add up to a batch mean); the batch's loss, detached."""
+    pieces = [p for p in np.array_split(rows, min(parts, len(rows) // 2)) if len(p)]
+    total = torch.zeros(())
+    for piece in pieces:
+        loss = batch_loss(piece) * (len(piece) / len(rows))
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
 def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig,
         progress: bool = True, validate: Callable | None = None, state_path: str | Path | None = None,
         resume: bool = False, log_path: str | Path | None = None, desc: str = "training",
@@ -192,9 +204,8 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            loss = batch_loss(b)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _backward(batch_loss, b, cfg.accumulate)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
