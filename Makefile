@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo lint test test-fast bench clean
+.PHONY: setup browser styles demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -25,16 +25,23 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# EmojiEdit's other art sets: Fluent Emoji (MIT) from npm into the environment, rasterised by rsvg-convert
+FLUENT := $(VENV)/npm/node_modules/fluentui-emoji/icons
+styles: setup
+	@test -x /usr/bin/rsvg-convert || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq librsvg2-bin >/dev/null; }
+	@test -d $(FLUENT) || npm install --prefix $(VENV)/npm --no-save --no-audit --no-fund --loglevel=error \
+		fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6
+
 demo: setup
 	$(VENV)/bin/cirlab demo
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: setup browser lint
+test: setup browser styles lint
 	$(PY) -m pytest -q
 
-test-fast: setup browser
+test-fast: setup browser styles
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup

@@ -64,3 +64,41 @@ def test_datasheet_counts(built):
     assert counts["triplets"]["test"]["tone"] > 1000
     meta = json.loads((built[0] / "a" / "dataset.json").read_text())
     assert "CC-BY 4.0" in meta["license"]
+
+
+def test_a_held_out_art_style_keeps_the_bases_texts_and_splits(built, tmp_path, monkeypatch):
+    """Twemoji for training, Fluent Emoji (flat) held out: the test split is drawn only in the held-out
+    style, over the same held-out bases and texts as the Twemoji test split, whose queries become
+    test-twemoji; every triplet stays within one style; no held-out-style image is in train or val."""
+    import numpy as np
+    from PIL import Image
+
+    from cirlab.errors import CirlabError
+
+    counts = build_emojiedit(tmp_path / "styles", seed=0, styles=["twemoji"], test_style="fluent-flat")
+    ds, plain = Dataset.open(tmp_path / "styles"), Dataset.open(built[0] / "a")
+    style_of = {r["id"]: r["style"] for r in ds.images}
+    assert {style_of[i] for i in ds.gallery("train").ids + ds.gallery("val").ids} == {"twemoji"}
+    assert {style_of[i] for i in ds.gallery("test").ids} == {"fluent-flat"}
+    assert [(t.reference, t.text, t.targets) for t in ds.triplets("test-twemoji")] == \
+        [("twemoji_" + t.reference, t.text, ["twemoji_" + x for x in t.targets]) for t in plain.triplets("test")]
+    held_out = ds.triplets("test")
+    assert 0.9 * len(plain.triplets("test")) < len(held_out) <= len(plain.triplets("test"))
+    bases, plain_bases = {t.attributes["base"] for t in held_out}, {t.attributes["base"] for t in plain.triplets("test")}
+    assert bases <= plain_bases and len(bases) >= 0.8 * len(plain_bases)  # Fluent lacks a few (wrestling, ...)
+    plain_texts = {(t.reference, t.text) for t in plain.triplets("test")}
+    assert all((t.reference.removeprefix("fluent-flat_"), t.text) in plain_texts for t in held_out)
+    assert all(style_of[x] == style_of[t.reference] for s in ds.splits for t in ds.triplets(s) for x in t.targets)
+    assert counts["missing_per_style"]["fluent-flat"] == len(plain.gallery("test").ids) - len(ds.gallery("test").ids)
+    a = np.asarray(Image.open(tmp_path / "styles" / "images" / "fluent-flat_1f385.png"), np.float32)
+    b = np.asarray(Image.open(tmp_path / "styles" / "images" / "twemoji_1f385.png"), np.float32)
+    assert a.shape == b.shape == (72, 72, 3) and (a < 200).any(axis=2).mean() > 0.2  # drawn, not blank
+    assert np.abs(a - b).mean() > 20  # another artwork of the same emoji
+    with pytest.raises(CirlabError, match="also a training style"):
+        build_emojiedit(tmp_path / "x", styles=["fluent-flat"], test_style="fluent-flat")
+    monkeypatch.setenv("CIRLAB_NPM", str(tmp_path / "nowhere"))
+    import cirlab.data.emojiedit as ee
+    ee.fluent_names.cache_clear()
+    with pytest.raises(CirlabError, match="npm install --prefix"):
+        build_emojiedit(tmp_path / "y", styles=["fluent-color"])
+    ee.fluent_names.cache_clear()

@@ -24,6 +24,12 @@ def add_parser(sub) -> None:
                         "(16,000/1,000/8,000, a test gallery of over 10,000 scenes)")
     m.add_argument("--image-size", type=int, default=224, help="css: pixels of images/ (images64/ is always 64; "
                                                                "default: %(default)s)")
+    m.add_argument("--style", action="append", default=None, metavar="STYLE",
+                   help="emojiedit: the art set the images are drawn in (repeat for several): twemoji (default), "
+                        "fluent-flat, fluent-color, fluent-high-contrast (Fluent Emoji: 'make styles' installs it)")
+    m.add_argument("--test-style", default=None, metavar="STYLE",
+                   help="emojiedit: an art set held out of training: the test split is drawn in it alone, and "
+                        "the same queries in each --style set form the split test-<style>")
     m.add_argument("--annotations", type=Path, default=None, help="benchmarks: the annotation folder, as published")
     m.add_argument("--images", type=Path, default=None, help="benchmarks: the folder holding its images "
                                                              "(they are referenced, not copied)")
@@ -44,6 +50,6 @@ def run(a: argparse.Namespace) -> int:
     if a.name in FROM_FILES and (a.annotations is None or a.images is None):
         raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
     counts = make_dataset(a.name, a.out, a.seed, a.size, a.config, a.image_size, a.annotations, a.images, a.category,
-                          a.spelling, a.captions)
+                          a.spelling, a.captions, a.style, a.test_style)
     print(json.dumps(counts, indent=2))
     return 0

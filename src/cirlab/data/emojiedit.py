@@ -6,18 +6,39 @@ in exactly one factor make a triplet; the text names the target's value of that 
 of several phrasings ("change it to a woman", "give it a dark skin tone"), so each query has
 exactly one correct target. Splits are by base: the test split holds whole base emoji never
 seen in training. Images: Twemoji by Twitter/X and contributors, CC-BY 4.0.
+
+**Art styles.** The emoji, their factors, the splits and the texts always come from the Twemoji set,
+so every style has the same held-out bases. The images can come from another art set
+(``emoji_styles``): Microsoft's Fluent Emoji (MIT) in its ``fluent-flat``, ``fluent-color`` and
+``fluent-high-contrast`` styles, from the npm package ``fluentui-emoji`` (SVG, rasterised by
+Debian's ``rsvg-convert``) with code points matched through ``@iconify-json/fluent-emoji-flat``'s
+``chars.json``. One style gives the usual data set drawn in that style (image ids are the code
+points). Several styles, or a ``test_style``, give one data set where each image id is
+``<style>_<code points>`` and each triplet stays within one style: train and val in every training
+style; test in the held-out ``test_style`` only (its images never appear in training), and the same
+test triplets in each training style as the split ``test-<style>``, for the in-style comparison (each
+test gallery holds one style).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from cirlab.data.triplets import Triplet, write_triplets
 from cirlab.errors import CirlabError
+from cirlab.registry import Registry
 
 TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
 GENDERS = ("person", "man", "woman")
@@ -196,12 +217,88 @@ def make_triplets(records: list[dict], seed: int) -> list[Triplet]:
     return triplets
 
 
-def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72) -> dict:
-    """Write the data set to ``out`` (images, images.jsonl, split triplets, dataset.json); return counts."""
+@dataclass(frozen=True)
+class EmojiStyle:
+    """An emoji art set: where the picture of a Twemoji record's emoji is (PNG or SVG), if the set has it."""
+
+    name: str
+    credit: str
+    folder: str = ""  # the fluentui-emoji style folder
+
+    def source(self, record: dict) -> Path | None:
+        if self.name == "twemoji":
+            return record["src"]
+        name = fluent_names().get("-".join(c for c in record["id"].split("-") if c != "fe0f"))
+        folder = fluent_root() / "fluentui-emoji" / "icons" / self.folder
+        # an emoji that has skin-tone variants is "<name>-default" in its untoned form
+        paths = [folder / f"{name}.svg", folder / f"{name}-default.svg"] if name else []
+        return next((p for p in paths if p.is_file()), None)
+
+
+emoji_styles: Registry = Registry("emoji style")
+FLUENT_CREDIT = "Fluent Emoji (c) Microsoft Corporation, MIT licence (npm fluentui-emoji)"
+for _style in (EmojiStyle("twemoji", "Twemoji (c) Twitter/X and contributors, CC-BY 4.0"),
+               EmojiStyle("fluent-flat", FLUENT_CREDIT, "flat"), EmojiStyle("fluent-color", FLUENT_CREDIT, "modern"),
+               EmojiStyle("fluent-high-contrast", FLUENT_CREDIT, "high-contrast")):
+    emoji_styles.register(_style.name)(_style)
+FLUENT_PACKAGES = "fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6"
+
+
+def fluent_root() -> Path:
+    """The ``node_modules`` folder holding Fluent Emoji: ``$CIRLAB_NPM/node_modules``, by default in the
+    Python environment (``<prefix>/npm``, where ``make styles`` installs it)."""
+    prefix = Path(os.environ.get("CIRLAB_NPM") or Path(sys.prefix) / "npm")
+    root = prefix / "node_modules"
+    if not (root / "fluentui-emoji" / "icons").is_dir() or not (root / "@iconify-json/fluent-emoji-flat").is_dir():
+        raise CirlabError(f"Fluent Emoji is not installed in {prefix}: npm install --prefix {prefix} "
+                          f"{FLUENT_PACKAGES} (or 'make styles'; CIRLAB_NPM names another prefix)")
+    return root
+
+
+@lru_cache(maxsize=1)
+def fluent_names() -> dict[str, str]:
+    """Code points (without FE0F, dash-joined) -> Fluent Emoji icon name."""
+    return json.loads((fluent_root() / "@iconify-json" / "fluent-emoji-flat" / "chars.json").read_text())
+
+
+def render(src: Path, dst: Path, size: int) -> None:
+    """Write ``src`` (a PNG, or an SVG rasterised by rsvg-convert) as a ``size`` px RGB PNG on white."""
     from PIL import Image
 
     from cirlab.images import to_rgb
 
+    with tempfile.TemporaryDirectory() as tmp:
+        if src.suffix == ".svg":
+            if not shutil.which("rsvg-convert"):
+                raise CirlabError("drawing SVG emoji needs rsvg-convert: apt-get install librsvg2-bin")
+            png = Path(tmp) / "x.png"
+            subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "-o", str(png), str(src)], check=True,
+                           capture_output=True)
+            src = png
+        with Image.open(src) as im:
+            rgb = to_rgb(im)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BICUBIC)
+            rgb.save(dst)
+
+
+def _plan(styles: list[str], test_style: str | None) -> list[tuple[str, dict[str, str]]]:
+    """Per style, which base split its images serve and under which split name."""
+    if len(styles) == 1 and test_style is None:
+        return [(styles[0], {s: s for s in SPLIT_FRACTIONS})]
+    plan = [(s, {"train": "train", "val": "val", "test": f"test-{s}" if test_style else "test"}) for s in styles]
+    return plan + ([(test_style, {"test": "test"})] if test_style else [])
+
+
+def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles: list[str] | None = None,
+                    test_style: str | None = None) -> dict:
+    """Write the data set to ``out`` (images, images.jsonl, split triplets, dataset.json); return counts.
+    ``styles``: the art sets drawn (default Twemoji); ``test_style``: a set held out for the test split."""
+    styles = list(styles or ["twemoji"])
+    for name in styles + ([test_style] if test_style else []):
+        emoji_styles.get(name)
+    if test_style in styles:
+        raise CirlabError(f"the test style {test_style} is also a training style; hold out another one")
     out = Path(out)
     records = collect_emoji()
     if not records:
@@ -212,35 +309,60 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72) -> dic
     triplets = make_triplets(records, seed)
     in_pairs = {i for t in triplets for i in (t.reference, *t.targets)}
     records = [r for r in records if r["id"] in in_pairs]  # a gallery of emoji that take part in an edit
-    img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    for r in records:
-        dst = img_dir / f"{r['id']}.png"
-        if not dst.is_file():
-            with Image.open(r["src"]) as im:
-                rgb = to_rgb(im)
-                if rgb.size != (image_size, image_size):
-                    rgb = rgb.resize((image_size, image_size), Image.BICUBIC)
-                rgb.save(dst)
-    split_id = {r["id"]: r["split"] for r in records}
+    plan = _plan(styles, test_style)
+    single = len(plan) == 1
+    images, missing = _draw(out / "images", records, plan, single, image_size)
+    order = list(SPLIT_FRACTIONS) + [f"test-{s}" for s in styles]
+    by_split: dict[str, list[Triplet]] = {s: [] for s in order if any(s in splits.values() for _, splits in plan)}
+    tagged = not (single and plan[0][0] == "twemoji")  # the Twemoji default keeps its files as they were
+    for style, splits in plan:
+        for t in triplets:
+            if split_of[t.attributes["base"]] not in splits:
+                continue
+            key = (lambda i: i) if single else (lambda i, s=style: f"{s}_{i}")
+            targets = [key(x) for x in t.targets if key(x) in images]
+            if key(t.reference) in images and targets:
+                by_split[splits[split_of[t.attributes["base"]]]].append(
+                    Triplet(key(t.reference), t.text, targets, {**t.attributes, **({"style": style} if tagged else {})}))
     with open(out / "images.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps({"id": r["id"], "file": f"{r['id']}.png", "split": r["split"], "char": r["char"],
-                                "caption": r["name"].replace("_", " "), "attributes": r["factors"]},
-                               ensure_ascii=False) + "\n")
-    counts: dict = {"images": Counter(), "triplets": defaultdict(Counter), "bases": Counter()}
-    for split in SPLIT_FRACTIONS:
-        ts = [t for t in triplets if split_id[t.reference] == split]
+        for rec in images.values():
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    counts: dict = {"images": dict(Counter(r["split"] for r in images.values())),
+                    "bases": dict(Counter(split_of[b] for b in {r["factors"]["base"] for r in records})),
+                    "triplets": {s: dict(Counter(t.attributes["edit"] for t in ts)) for s, ts in by_split.items()}}
+    if missing:
+        counts["missing_per_style"] = missing
+    for split, ts in by_split.items():
         write_triplets(out / f"{split}.jsonl", ts)
-        for t in ts:
-            counts["triplets"][split][t.attributes["edit"]] += 1
-    for r in records:
-        counts["images"][r["split"]] += 1
-    counts["bases"] = Counter(split_of[b] for b in {r["factors"]["base"] for r in records})
+    credits = sorted({emoji_styles.get(s).credit for s, _ in plan})
     meta = {"name": "emojiedit", "version": VERSION, "seed": seed, "images": "images",
-            "splits": {s: f"{s}.jsonl" for s in SPLIT_FRACTIONS},
-            "license": "Images: Twemoji (c) Twitter/X and contributors, CC-BY 4.0",
-            "counts": {"images": dict(counts["images"]), "bases": dict(counts["bases"]),
-                       "triplets": {s: dict(c) for s, c in counts["triplets"].items()}}}
+            "splits": {s: f"{s}.jsonl" for s in by_split}, "license": "Images: " + "; ".join(credits),
+            **({"styles": styles, "test_style": test_style} if tagged else {}), "counts": counts}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
-    return meta["counts"]
+    return counts
+
+
+def _draw(folder: Path, records: list[dict], plan, single: bool, size: int) -> tuple[dict[str, dict], dict[str, int]]:
+    """Draw every (style, record) the plan needs into ``folder``; their image records by id, and per style
+    the count of emoji the style has no picture of."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, jobs, missing = {}, [], Counter()
+    for style_name, splits in plan:
+        style = emoji_styles.get(style_name)
+        for r in records:
+            if r["split"] not in splits:
+                continue
+            src = style.source(r)
+            if src is None:
+                missing[style_name] += 1
+                continue
+            image_id = r["id"] if single else f"{style_name}_{r['id']}"
+            dst = folder / f"{image_id}.png"
+            if not dst.is_file():
+                jobs.append((src, dst))
+            images[image_id] = {"id": image_id, "file": dst.name, "split": splits[r["split"]], "char": r["char"],
+                                "caption": r["name"].replace("_", " "), "attributes": r["factors"],
+                                **({"style": style_name} if not (single and style_name == "twemoji") else {})}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(lambda job: render(job[0], job[1], size), jobs))
+    return images, dict(missing)

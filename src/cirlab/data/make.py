@@ -13,14 +13,18 @@ FROM_FILES = ("fashioniq", "shoes", "fashion200k", "cirr")  # made from a public
 def make_dataset(name: str, out: str | Path, seed: int = 0, size: int = 4000, config: str | None = None,
                  image_size: int = 224, annotations: str | Path | None = None, images: str | Path | None = None,
                  categories: list[str] | None = None, spelling: str | Path | None = None,
-                 captions: str | Path | None = None) -> dict:
+                 captions: str | Path | None = None, styles: list[str] | None = None,
+                 test_style: str | None = None) -> dict:
     """Build data set ``name`` into ``out`` and return its counts. EmojiEdit and CSS-like are drawn here
-    (``size`` / ``config`` / ``image_size``: CSS-like's); a public benchmark becomes a cirlab data set that
-    points at the user's ``images``, its missing image ids listed in ``out/missing.txt``."""
+    (``size`` / ``config`` / ``image_size``: CSS-like's; ``styles`` / ``test_style``: EmojiEdit's art sets);
+    a public benchmark becomes a cirlab data set that points at the user's ``images``, its missing image
+    ids listed in ``out/missing.txt``."""
+    if (styles or test_style) and name != "emojiedit":
+        raise CirlabError("art styles (--style, --test-style) are EmojiEdit's; leave them out for " + name)
     if name == "emojiedit":
         from cirlab.data.emojiedit import build_emojiedit
 
-        return build_emojiedit(out, seed=seed)
+        return build_emojiedit(out, seed=seed, styles=styles, test_style=test_style)
     if name == "css":
         from cirlab.data.css import build_css
 
