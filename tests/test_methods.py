@@ -164,7 +164,8 @@ def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
     assert "2 queries over 2 gallery images" in res.stdout
     assert json.loads((tmp_path / "eval" / "tiny-test.json").read_text())["queries"] == 2
     res = _cli("bench", "--data", ds, "--methods", "sum,caff-tggf", "--seeds", "2", "--epochs", "1", "--quiet",
-               "--retrieval", "exact;knn", "--out", tmp_path / "results", "--name", "tiny", home=tmp_path)
+               "--retrieval", "exact;knn", "--extra-splits", "val", "--out", tmp_path / "results", "--name", "tiny",
+               home=tmp_path)
     assert res.returncode == 0, res.stderr
     table = (tmp_path / "results" / "tiny.md").read_text()
     assert "--methods sum,caff-tggf --seeds 2" in table
@@ -174,6 +175,10 @@ def test_cli_train_eval_and_bench_on_a_tiny_dataset(tmp_path):
     assert "| method | exact R@1 | exact R@10 | knn R@1 | knn R@10 |" in table
     for r in runs:  # Euclidean KNN over unit vectors ranks as cosine does
         assert r["by_retrieval"]["knn R@1"] == r["by_retrieval"]["exact R@1"] == r["recall"]["1"]
+    assert "| method | val R@1 | val R@10 |" in table  # the same models on another split
+    assert all(r["by_split"]["val R@10"] == 100.0 for r in runs)  # 2 val images: the target is always within 10
+    res = _cli("bench", "--data", ds, "--methods", "sum", "--extra-splits", "dev", home=tmp_path)
+    assert res.returncode == 2 and "has no split 'dev'" in res.stderr
     res = _cli("bench", "--data", ds, "--methods", "sum,nonsense", home=tmp_path)
     assert res.returncode == 2 and "unknown method or variant 'nonsense'" in res.stderr
 

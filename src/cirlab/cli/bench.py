@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                    help="also rank each trained model through these index backends, ';'-separated, e.g. "
                         "'exact;knn;kmeans_svm:k=15' (paper 003's KNN and K-means + SVM)")
     b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
+    b.add_argument("--extra-splits", default=None, metavar="SPLITS",
+                   help="comma list of other splits each model is also evaluated on, e.g. test-twemoji next to a "
+                        "held-out art style's test")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")
     b.set_defaults(func=run)
@@ -37,7 +40,8 @@ def run(a: argparse.Namespace) -> int:
     result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
-                       retrieval=[x for x in (a.retrieval or "").split(";") if x])
+                       retrieval=[x for x in (a.retrieval or "").split(";") if x],
+                       extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()])
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -56,6 +56,8 @@ class BenchRun:
     map: dict[int, float] = field(default_factory=dict)  # mAP@K where queries have several targets (CSS-like adds)
     # R@1 and R@10 when ranking through other index backends (paper 003's knn, kmeans_svm)
     by_retrieval: dict[str, float] = field(default_factory=dict)
+    # R@1 and R@10 of the same model on other splits (EmojiEdit's in-style test-<style> next to a held-out style)
+    by_split: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,7 +107,8 @@ class BenchResult:
                   self.carries_table()),
                  ("Recall (%) on queries whose target holds only attribute pairs seen in training, and on those with "
                   "a pair never seen in training (novel compositions)", self.composition_table()),
-                 ("Recall (%) when the same models rank through other index backends", self.retrieval_table())]
+                 ("Recall (%) when the same models rank through other index backends", self.retrieval_table()),
+                 ("Recall (%) of the same models on other splits", self._group_table("by_split", _mean_std))]
         return [(heading, table) for heading, table in parts if table]
 
     def retrieval_table(self) -> str:
@@ -139,10 +142,12 @@ def _mean_std(values: list[float]) -> str:
 
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
-              image_head: str | None = None, retrieval: Sequence[str] = ()) -> BenchResult:
+              image_head: str | None = None, retrieval: Sequence[str] = (),
+              extra_splits: Sequence[str] = ()) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
-    ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through."""
+    ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
+    ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10)."""
     if seeds < 1:
         raise CirlabError(f"--seeds must be at least 1, got {seeds}")
     for backend in retrieval:
@@ -150,8 +155,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     model_override = {"image_head": image_head} if image_head else {}
     ws = Workspace.for_configs(data, cache, image_spec, text_spec,
                                [method_config(m, {"model": model_override}) for m in methods], progress)
-    if split not in ws.triplets:
-        raise CirlabError(f"data set {ws.dataset.name} has no split {split!r}; it has {', '.join(ws.triplets)}")
+    for name in (split, *extra_splits):
+        if name not in ws.triplets:
+            raise CirlabError(f"data set {ws.dataset.name} has no split {name!r}; it has {', '.join(ws.triplets)}")
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
                          encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id},
                          exclude_reference=ws.dataset.exclude_reference, image_head=image_head)
@@ -168,6 +174,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             for backend in retrieval:
                 other = ev if backend == "exact" else ws.evaluate(model, split, backend=backend)
                 run.by_retrieval.update({f"{backend} R@{k}": other.recall[k] for k in (1, 10)})
+            for other_split in extra_splits:
+                other = ws.evaluate(model, other_split)
+                run.by_split.update({f"{other_split} R@{k}": other.recall[k] for k in (1, 10)})
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
