@@ -75,6 +75,33 @@ def make_dataset(folder, n=8, seed=0):
     return folder
 
 
+def tiny_tokenizer(folder):
+    """A 12-word BERT vocabulary saved in ``folder``; returns its size."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "dress", "shorter"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return len(vocab)
+
+
+def make_tiny_clip(folder):
+    """A tiny randomly initialised CLIP (2 layers a tower, 32 px, 16-d joint space) saved in ``folder``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    n = tiny_tokenizer(folder)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=3, pad_token_id=0, bos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    return folder
+
+
 from cirlab.serve.launch import free_port, start_server, stop_server  # noqa: E402,F401  (free_port: for the tests)
 
 API_TOKEN = "test-token-7f3a"

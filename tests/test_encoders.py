@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_tiny_clip, tiny_tokenizer
+
 from cirlab.encoders import build_image_encoder, build_text_encoder, image_encoders, text_encoders
 from cirlab.errors import CirlabError
 
@@ -71,30 +73,9 @@ def test_bring_your_own_weights_never_download(spec):
         build_text_encoder(spec)
 
 
-def _tiny_tokenizer(folder):
-    from transformers import BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "dress", "shorter"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    return len(vocab)
-
-
 def test_clip_backend_from_local_folder(tmp_path):
     """A tiny randomly initialised CLIP saved by the test, loaded by path through both towers."""
-    from transformers import CLIPConfig, CLIPModel
-
-    folder = tmp_path / "tiny-clip"
-    folder.mkdir()
-    n = _tiny_tokenizer(folder)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=3, pad_token_id=0, bos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(folder)
+    folder = make_tiny_clip(tmp_path / "tiny-clip")
     img = build_image_encoder(f"clip:{folder}")
     txt = build_text_encoder(f"clip:{folder}")
     iv = img.encode_images([Image.new("RGB", (50, 30), "red")], ("pooled", "tokens", "levels"))
@@ -117,7 +98,7 @@ def test_hf_backends_resnet_vit_bert(tmp_path):
                        image_size=32, patch_size=8)).save_pretrained(vit)
     bert = tmp_path / "bert"
     bert.mkdir()
-    n = _tiny_tokenizer(bert)
+    n = tiny_tokenizer(bert)
     BertModel(BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(bert)
     im = Image.new("RGB", (40, 40), "blue")

@@ -157,6 +157,46 @@ def test_end_to_end_stage1_from_augmented_images_moves_only_the_tuned_weights(tm
                    {"image_blocks": "most"})
 
 
+def test_stage1_fine_tunes_a_whole_clip_tower_and_leaves_the_base_encoder_alone(tmp_path):
+    """Paper 004's CLIP preset on a tiny random CLIP: the whole image tower (from augmented images, with
+    gradient checkpointing) and the last text layer move, the rest of the text tower stays; a base
+    ``clip:`` encoder of the same folder, built before, still gives its old vectors; the stage-1 model
+    reloads on the tuned towers and searches."""
+    from PIL import Image
+
+    from cirlab.api import Pipeline
+    from cirlab.encoders import build_image_encoder
+    from cirlab.encoders.base import new_encoder
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.tuned import load_tuned
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from conftest import make_tiny_clip
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    probe = [Image.new("RGB", (40, 40), "red")]
+    base = build_image_encoder(clip)
+    before_vec = base.encode_images(probe)["pooled"]
+    cfg = read_stage1_config("clip_ft")
+    assert cfg["train"]["lr"] == 2e-6 and cfg["image_blocks"] == cfg["text_layers"] == "all"
+    cfg.update({"text_layers": 1, "augment": "scale=0.2", "gradient_checkpointing": True,
+                "train": {**cfg["train"], "epochs": 2, "batch_size": 4, "lr": 1e-3}})
+    run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip, cfg, progress=False)
+    fresh = new_encoder("image", clip).model.state_dict()
+    image, text = (load_tuned(tmp_path / "s1" / f"{side}.pt", side) for side in ("image", "text"))
+    tuned_image, tuned_text = image.model.state_dict(), text.model.state_dict()
+    moved = lambda state, key: not torch.equal(fresh[key], state[key])  # noqa: E731
+    assert all(moved(tuned_image, k) for k in image.tunable("all"))  # the whole image tower
+    assert moved(tuned_text, "text_model.encoder.layers.1.mlp.fc1.weight") and moved(tuned_text, "text_projection.weight")
+    assert not moved(tuned_text, "text_model.encoder.layers.0.mlp.fc1.weight")
+    assert not moved(tuned_text, "text_model.embeddings.token_embedding.weight")
+    np.testing.assert_array_equal(base.encode_images(probe)["pooled"], before_vec)  # the base encoder is untouched
+    assert not np.allclose(image.encode_images(probe)["pooled"], before_vec)
+    pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache")
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    assert len(pipe.search(gallery, ds / "images" / "img0.png", "make it red", 3)) == 3
+
+
 def test_augmentations_keep_the_background_and_the_colour_and_are_seeded():
     """No augmentation changes a blank image (the fill is the background) or an object's colour much; the
     draws follow torch's seed; flips and colour jitter are refused."""

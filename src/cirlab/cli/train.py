@@ -50,10 +50,14 @@ def add_parser(sub) -> None:
                     help="train the image encoder from augmented images, read every batch: scale=S (shrink and "
                          "move), blur=SIGMA (pixels), noise=STD (share of the range), e.g. scale=0.2,blur=1.5 "
                          "(default: none; the frozen trunk's output is then computed once)")
-    s1.add_argument("--text-layers", dest="text_layers", type=int,
-                    help="fine-tune the last N transformer layers of the text model (default 1)")
+    s1.add_argument("--text-layers", dest="text_layers", type=_blocks, metavar="N|all",
+                    help="fine-tune the last N transformer layers of the text model, or all of it (default 1)")
+    s1.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
+                    help="recompute the tuned image layers' activations in the backward pass (less memory, more time)")
     s1.add_argument("--stage1-config", dest="stage1_config", default=None,
-                    help="a preset (clip_cd: paper 004's composed objective, the default; caff: paper 001's domain "
+                    help="a preset (clip_cd: paper 004's composed objective, the default; clip_ft: the same with "
+                         "paper 004's CLIP recipe, both towers whole, AdamW lr 2e-6, weight decay 0.01, batch 64; "
+                         "caff: paper 001's domain "
                          "tasks, image-caption retrieval + attribute prediction + category similarity; align: "
                          "image-text alignment of the projections only) or a JSON file overriding "
                          "configs/stage1.json (tune, image_blocks, text_layers, embed_dim, head_lr_scale, tasks "
@@ -100,7 +104,8 @@ def _stage1(a: argparse.Namespace, flags_apply: bool):
     from cirlab.training.stage1 import read_stage1_config, run_stage1
 
     override = dict(read_stage1_config(a.stage1_config)) if a.stage1_config else {}
-    override.update({k: getattr(a, k) for k in ("tune", "image_blocks", "text_layers") if getattr(a, k) is not None})
+    override.update({k: getattr(a, k) for k in ("tune", "image_blocks", "text_layers", "gradient_checkpointing")
+                     if getattr(a, k) is not None})
     if a.image_augment is not None:
         override["augment"] = a.image_augment
     if flags_apply:

@@ -3,11 +3,15 @@
 Pooled views are the projected embeddings (CLIP's joint space, what CLIP4Cir's Combiner and
 papers 001/002/004 fuse); token views are the towers' last hidden states (patch tokens
 without CLS for images; token states plus mask for text).
+
+Stage 1 can fine-tune either tower as a whole (``"all"``: embeddings, every layer, final norm and
+projection; paper 004's recipe) or its last N transformer layers plus final norm and projection.
+Each encoder instance loads its own copy of the weights, so fine-tuning one never changes another
+(the base ``clip:`` encoder of the same folder included).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -30,17 +34,31 @@ from cirlab.encoders.base import (
     to_pixels,
 )
 from cirlab.encoders.hf import _load
+from cirlab.errors import CirlabError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@lru_cache(maxsize=2)
 def _clip(folder: Path):
     from transformers import CLIPModel
 
     set_threads()
     return _load(CLIPModel, folder, "CLIP model").eval().requires_grad_(False)
+
+
+def _tower_tunable(model, tower: str, projection: str, final_norm: str, n: int | str, spec: str) -> dict:
+    """The parameters of one CLIP tower that fine-tuning ``n`` (a count of last layers, or ``"all"``) trains."""
+    count = len(getattr(model, tower).encoder.layers)
+    if n == "all":
+        prefixes: tuple[str, ...] = (f"{tower}.", f"{projection}.")
+    elif isinstance(n, int) and 1 <= n <= count:
+        prefixes = tuple(f"{tower}.encoder.layers.{i}." for i in range(count - n, count)) + (
+            f"{tower}.{final_norm}.", f"{projection}.")
+    else:
+        raise CirlabError(f"{spec} has {count} {tower} layers: fine-tune between 1 and {count} of them, or 'all', "
+                          f"not {n!r}")
+    return {k: v for k, v in model.named_parameters() if k.startswith(prefixes)}
 
 
 class CLIPImageEncoder:
@@ -59,10 +77,44 @@ class CLIPImageEncoder:
         self.levels_shape = (3, self.token_dim)
         self.colour_dim = COLOUR_DIM
 
+    # Stage 1: the frozen trunk is the patch embedding and the first layers; the tail the last ``n`` layers,
+    # the final norm on the CLS token and the projection (``"all"``: the tail is the whole tower).
+    checkpointing = False  # stage 1 sets it: the tail's layers recompute activations in the backward pass
+
+    def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
+        return _tower_tunable(self.model, "vision_model", "visual_projection", "post_layernorm", n, self.spec)
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return to_pixels(images, self.size, self.mean, self.std, scale=1.0)
+
+    def trunk_of_pixels(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
+        if n == "all":
+            return x
+        vm = self.model.vision_model
+        with torch.no_grad():
+            x = vm.pre_layrnorm(vm.embeddings(x))
+            for layer in vm.encoder.layers[:len(vm.encoder.layers) - n]:
+                x = layer(x, None)
+        return x
+
+    @torch.inference_mode()
+    def trunk(self, images: Sequence[Image.Image], n: int) -> torch.Tensor:
+        return self.trunk_of_pixels(self.pixels(images), n)
+
+    def tail(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        vm = self.model.vision_model
+        if n == "all":
+            x, n = vm.pre_layrnorm(vm.embeddings(x)), len(vm.encoder.layers)
+        for layer in vm.encoder.layers[len(vm.encoder.layers) - n:]:
+            x = checkpoint(layer, x, None, use_reentrant=False) if self.checkpointing else layer(x, None)
+        return self.model.visual_projection(vm.post_layernorm(x[:, 0]))
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
-        out = self.model.vision_model(pixel_values=to_pixels(images, self.size, self.mean, self.std, scale=1.0),
+        out = self.model.vision_model(pixel_values=self.pixels(images),
                                       output_hidden_states="levels" in views)
         res: dict[str, np.ndarray] = colour_view(images, views)
         if "levels" in views:
@@ -85,6 +137,16 @@ class CLIPTextEncoder:
         self.id = f"clip-text:{fingerprint_folder(folder)}:{self.max_tokens}"
         self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.text_config.hidden_size)
+
+    def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
+        return _tower_tunable(self.model, "text_model", "text_projection", "final_layer_norm", n, self.spec)
+
+    def pooled_with_grad(self, texts: Sequence[str]) -> torch.Tensor:
+        """The pooled view as a tensor that gradients flow through (the whole tower runs forward)."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self.model.text_projection(out.pooler_output)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:

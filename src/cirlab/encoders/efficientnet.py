@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.checkpoint import checkpoint
 
 from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
                                   stack_levels, to_pixels)
@@ -89,6 +90,8 @@ class EfficientNetLiteEncoder:
         prefixes = tuple(f"_blocks.{i}." for i in range(blocks - n, blocks)) + ("_conv_head.", "_bn1.")
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
 
+    checkpointing = False  # stage 1 sets it: the tuned blocks recompute activations in the backward pass
+
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Images as the network's normalised (B, 3, size, size) input."""
         return to_pixels(images, self.size, LITE_MEAN, LITE_STD)
@@ -113,11 +116,12 @@ class EfficientNetLiteEncoder:
     def tail(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
         """The trainable part, with gradients: trunk output (or, for ``"all"``, pixels) -> pooled vector (B, 1280)."""
         m = self.model
+        x = x.contiguous(memory_format=torch.channels_last)
         if n == "all":
-            x = m._swish(m._bn0(m._conv_stem(x.contiguous(memory_format=torch.channels_last))))
+            x = m._swish(m._bn0(m._conv_stem(x)))
             n = len(m._blocks)
         for block in m._blocks[len(m._blocks) - n:]:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if self.checkpointing else block(x)
         return m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
 
     @torch.inference_mode()

@@ -77,11 +77,14 @@ class HFTextEncoder:
             raise CirlabError(f"{self.spec}: fine-tuning needs a BERT-style model (model.encoder.layer)")
         return layers
 
-    def tunable(self, n: int) -> dict[str, torch.nn.Parameter]:
-        """The parameters of the last ``n`` layers, by their names in the model."""
+    def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
+        """The parameters of the last ``n`` layers (``"all"``: the whole model), by their names in the model."""
+        if n == "all":
+            return dict(self.model.named_parameters())
         count = len(self._layers())
-        if not 1 <= n <= count:
-            raise CirlabError(f"{self.spec} has {count} layers: fine-tune between 1 and {count} of them, not {n}")
+        if not isinstance(n, int) or not 1 <= n <= count:
+            raise CirlabError(f"{self.spec} has {count} layers: fine-tune between 1 and {count} of them, or 'all', "
+                              f"not {n!r}")
         prefixes = tuple(f"encoder.layer.{i}." for i in range(count - n, count))
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
 

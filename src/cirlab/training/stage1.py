@@ -14,7 +14,9 @@ kept in memory (the fast path). With ``augment`` (``scale=0.2,blur=1.5,noise=0.0
 and every batch reads them afresh: augmented, through the frozen trunk (no gradient) and the tuned
 tail. Validation reads them unaugmented. The text model runs forward on every batch, with
 gradients stopping at the first trainable layer. ``train.accumulate`` splits a batch into
-micro-batches when it does not fit in memory.
+micro-batches when it does not fit in memory, and ``gradient_checkpointing`` recomputes the tuned
+image layers' activations in the backward pass instead of keeping them. A ``clip:`` encoder tunes
+either tower whole (``"all"``) or its last layers (preset ``clip_ft``: paper 004's recipe).
 
 Stage 1 is also where the encoders learn the domain through CAFF's tasks (paper 001), each
 switched on by a weight in ``tasks``: ``composed`` (004's objective above), ``retrieval``
@@ -93,9 +95,10 @@ def stage1_config(override: dict | None = None) -> dict:
             raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
     if cfg["tune"] not in TUNE_CHOICES:
         raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
-    blocks = cfg["image_blocks"]
-    if blocks != "all" and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1):
-        raise CirlabError(f"image_blocks {blocks!r}: give a number of final blocks (1 or more) or \"all\"")
+    for key in ("image_blocks", "text_layers"):
+        n = cfg[key]
+        if n != "all" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise CirlabError(f"{key} {n!r}: give a number of final layers (1 or more) or \"all\"")
     if Augment.parse(cfg["augment"]) and cfg["tune"] not in ("image", "both"):
         raise CirlabError("augmentation changes the images the image encoder reads: it needs tune image or both")
     unknown = set(cfg["tasks"]) - set(stage1_tasks.names())
@@ -136,7 +139,7 @@ class ImageSide:
                     x = self.augment(x, self.white, self.black)
                 x = self.encoder.trunk_of_pixels(x, self.blocks)
             if self.blocks:
-                x = self.encoder.tail(x.contiguous(memory_format=torch.channels_last), self.blocks)
+                x = self.encoder.tail(x, self.blocks)
             return x
 
         return once_each([self.row[i] for i in ids], encode)
@@ -261,8 +264,13 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     text_enc = new_encoder("text", text_spec) if tune_text else build_text_encoder(text_spec)
     for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
         if tuned and not hasattr(enc, "tunable"):
-            raise CirlabError(f"{enc.spec} cannot be fine-tuned here (supported: efficientnet_lite*, minilm, hf text models)")
+            raise CirlabError(f"{enc.spec} cannot be fine-tuned here (supported: efficientnet_lite*, clip:, minilm, hf "
+                              "text models)")
     blocks, layers = (cfg["image_blocks"] if tune_image else 0), (cfg["text_layers"] if tune_text else 0)
+    if tune_image and cfg["gradient_checkpointing"]:
+        if not hasattr(image_enc, "checkpointing"):
+            raise CirlabError(f"{image_enc.spec} has no gradient checkpointing here (efficientnet_lite*, clip: do)")
+        image_enc.checkpointing = True
     image_parts = image_enc.tunable(blocks) if tune_image else {}
     text_parts = text_enc.tunable(layers) if tune_text else {}
     for p in list(image_parts.values()) + list(text_parts.values()):
@@ -281,7 +289,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     needed = [i for i in needed if i in paths]
     augment = Augment.parse(cfg["augment"]) if tune_image else Augment()
     if augment and not hasattr(image_enc, "trunk_of_pixels"):
-        raise CirlabError(f"{image_enc.spec} cannot be trained from augmented images (supported: efficientnet_lite*)")
+        raise CirlabError(f"{image_enc.spec} cannot be trained from augmented images (supported: efficientnet_lite*, "
+                          "clip:)")
     if tune_image:
         kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress, pixels=bool(augment))
         images = ImageSide(image_enc, kept, trunk, blocks, augment if augment else None)
