@@ -9,7 +9,7 @@ import pytest
 from conftest import make_images
 
 from cirlab.api import Pipeline
-from cirlab.data.benchmarks import BenchmarkQuery, BenchmarkSplit
+from cirlab.data.public import BenchmarkQuery, BenchmarkSplit
 from cirlab.eval.metrics import recall_at_k
 from cirlab.eval.protocols import cirr_submission, evaluate_benchmark
 
@@ -114,7 +114,7 @@ def make_fashion200k(root, seed=1):
 
 
 def test_fashion200k_loader_follows_the_published_protocol(tmp_path):
-    from cirlab.data.benchmarks import load_fashion200k
+    from cirlab.data.fashion200k import load_fashion200k
 
     root = make_fashion200k(tmp_path / "f200k")
     test = load_fashion200k(root, root)

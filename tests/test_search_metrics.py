@@ -71,7 +71,7 @@ def test_an_image_shared_by_two_splits_is_in_both_galleries(tmp_path):
     """FashionIQ's shirt and toptee val splits share images: the exported record lists both splits."""
     from PIL import Image
 
-    from cirlab.data.benchmarks import BenchmarkQuery, BenchmarkSplit, export_dataset
+    from cirlab.data.public import BenchmarkQuery, BenchmarkSplit, export_dataset
     from cirlab.data.triplets import Dataset
 
     paths = {}

@@ -39,7 +39,7 @@ def check_text(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
     """A modification text must say something and stay within ``limit`` characters."""
     text = (text or "").strip()
     if not text:
-        raise CirlabError('the modification text is empty; say how the target differs, e.g. --text "make it red"')
+        raise CirlabError('the modification text is empty; say how the target differs, e.g. "make it red"')
     if len(text) > limit:
         raise CirlabError(f"the modification text has {len(text)} characters; the limit is {limit}: shorten it")
     return text
@@ -94,7 +94,7 @@ class Pipeline:
         settings.offline()
         path = Path(model_path) if model_path else settings.default_model_path()
         if model_path is None and not path.is_file():
-            raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or pass --model")
+            raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or give a model path")
         ckpt = read_checkpoint(path)
         meta = ckpt["meta"]
         image_encoder = build_image_encoder(meta["image_encoder"]["spec"])

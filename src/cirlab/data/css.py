@@ -180,7 +180,7 @@ def split_sizes(size: int = 4000, config: str | None = None) -> dict[str, int]:
             raise CirlabError(f"unknown css configuration {config!r}; choose one of: {', '.join(CONFIGS)}")
         return dict(CONFIGS[config])
     if size < 10:
-        raise CirlabError(f"--size must be at least 10 triplets, got {size}")
+        raise CirlabError(f"size must be at least 10 triplets, got {size}")
     return {split: max(1, round(size * frac)) for split, frac in SPLIT_FRACTIONS.items()}
 
 

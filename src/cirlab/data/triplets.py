@@ -163,7 +163,7 @@ class Dataset:
             records.setdefault(i, {"id": i, "file": gallery.paths[gallery.position[i]].relative_to(images).as_posix(),
                                    "split": split, "caption": caption})
         if not records:
-            raise CirlabError(f"none of the images named in {path} is under {images}; pass --images")
+            raise CirlabError(f"none of the images named in {path} is under {images}; give the folder its ids are relative to")
         ds = cls.__new__(cls)
         ds.root, ds.image_dir, ds.name = path.parent, images, path.stem
         ds.meta = {"name": path.stem, "splits": {}, "captions_only": True, "unknown_images": unknown}

@@ -164,8 +164,8 @@ class SiftBovwEncoder:
             words = self.words(desc)
             whole = self.histograms(geo, words, 1)[0]
             norm = float(np.linalg.norm(whole))
-            if self.pyramid:
-                parts = [w * self.histograms(geo, words, s).ravel() for s, w in PYRAMID]
+            if self.pyramid:  # the 1x1 level is the whole-image histogram already computed
+                parts = [w * (whole if s == 1 else self.histograms(geo, words, s).ravel()) for s, w in PYRAMID]
                 vec = np.concatenate(parts)
                 pooled[n] = vec / max(float(np.linalg.norm(vec)), 1e-12)
             else:

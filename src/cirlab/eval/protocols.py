@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cirlab.data.benchmarks import (FASHIONIQ_CATEGORIES, BenchmarkSplit, load_cirr, load_fashion200k, load_fashioniq,
-                                     load_shoes)
+from cirlab.data.cirr import load_cirr
+from cirlab.data.fashion200k import load_fashion200k
+from cirlab.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+from cirlab.data.public import BenchmarkSplit
+from cirlab.data.shoes import load_shoes
 from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError

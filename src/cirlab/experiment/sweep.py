@@ -149,7 +149,7 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
     ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10)."""
     if seeds < 1:
-        raise CirlabError(f"--seeds must be at least 1, got {seeds}")
+        raise CirlabError(f"seeds must be at least 1, got {seeds}")
     for backend in retrieval:
         build_index(backend, 8)  # an unknown backend or option fails now, not after the first training
     model_override = {"image_head": image_head} if image_head else {}

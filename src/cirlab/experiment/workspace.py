@@ -152,7 +152,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     augmentation (``training.pseudo``; options in ``pseudo_config``); it must share this run's encoders."""
     cfg = method_config(method, config)
     if train_split not in ws.triplets:
-        why = " (image-caption data trains stage 1 only: --stage 1 --stage1-config align)" \
+        why = " (image-caption data trains stage 1 only, with the align preset)" \
             if ws.dataset.meta.get("captions_only") else ""
         raise CirlabError(f"data set {ws.dataset.name} has no {train_split!r} triplets to train a fusion on{why}")
     if cfg["method"] not in fusion_methods:

@@ -250,7 +250,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
 def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result: TrainResult, triplets: int):
     """Load a training state saved by :func:`fit` into the run's objects."""
     if path is None or not path.is_file():
-        raise CirlabError(f"nothing to resume: no training state at {path}; run without --resume first")
+        raise CirlabError(f"nothing to resume: no training state at {path}; start the run afresh first (resume off)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file

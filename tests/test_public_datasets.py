@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cirlab.data.benchmarks import correct_spelling, join_captions, load_cirr, load_fashioniq, load_shoes
+from cirlab.data.cirr import load_cirr
+from cirlab.data.fashioniq import load_fashioniq
+from cirlab.data.public import correct_spelling, join_captions
+from cirlab.data.shoes import load_shoes
 from cirlab.errors import CirlabError
 
 # the published annotation files (33 MB, not in the repository): beside the checkout, or where
@@ -99,7 +102,7 @@ def test_bad_folders_are_one_line_errors(tmp_path):
 def test_fashioniq_and_shoes_made_cirlab_data_sets(tmp_path):
     """The train and evaluation splits written as a cirlab data set: counts as in the files, the
     protocol recorded, DQU-CIR's image captions attached."""
-    from cirlab.data.benchmarks import make_benchmark_dataset
+    from cirlab.data.make import make_benchmark_dataset
     from cirlab.data.triplets import Dataset
 
     ann = ROOT / "fashioniq"
