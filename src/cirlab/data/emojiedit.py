@@ -316,10 +316,10 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
     by_split: dict[str, list[Triplet]] = {s: [] for s in order if any(s in splits.values() for _, splits in plan)}
     tagged = not (single and plan[0][0] == "twemoji")  # the Twemoji default keeps its files as they were
     for style, splits in plan:
+        key = (lambda i: i) if single else (lambda i, s=style: f"{s}_{i}")
         for t in triplets:
             if split_of[t.attributes["base"]] not in splits:
                 continue
-            key = (lambda i: i) if single else (lambda i, s=style: f"{s}_{i}")
             targets = [key(x) for x in t.targets if key(x) in images]
             if key(t.reference) in images and targets:
                 by_split[splits[split_of[t.attributes["base"]]]].append(

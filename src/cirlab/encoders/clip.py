@@ -97,10 +97,6 @@ class CLIPImageEncoder:
                 x = layer(x, None)
         return x
 
-    @torch.inference_mode()
-    def trunk(self, images: Sequence[Image.Image], n: int) -> torch.Tensor:
-        return self.trunk_of_pixels(self.pixels(images), n)
-
     def tail(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 

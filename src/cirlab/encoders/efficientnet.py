@@ -58,8 +58,8 @@ class EfficientNetLiteEncoder:
         self.spec = variant if self.size == native else f"{variant}:size={self.size}"
         self.id = f"{variant}@{self.size}:{fingerprint_file(weights)}"
         self.dim = self.token_dim = 1280
-        side = self.model.feature_output_image_size  # the final map's side (7 at 224, 4 at 112)
-        self.num_tokens = (side[0] * side[1]) if isinstance(side, (tuple, list)) else side * side
+        side = self.model.feature_output_image_size  # the final map's [height, width]: 7 x 7 at 224, 4 x 4 at 112
+        self.num_tokens = side[0] * side[1]
         self.level_blocks = _level_blocks(self.model)
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
@@ -107,11 +107,6 @@ class EfficientNetLiteEncoder:
             for block in m._blocks[:len(m._blocks) - n]:
                 x = block(x)
         return x.contiguous()
-
-    @torch.inference_mode()
-    def trunk(self, images: Sequence[Image.Image], n: int) -> torch.Tensor:
-        """The frozen part's output for images: the input of the last ``n`` blocks."""
-        return self.trunk_of_pixels(self.pixels(images), n)
 
     def tail(self, x: torch.Tensor, n: int | str) -> torch.Tensor:
         """The trainable part, with gradients: trunk output (or, for ``"all"``, pixels) -> pooled vector (B, 1280)."""

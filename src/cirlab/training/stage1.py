@@ -135,7 +135,7 @@ class ImageSide:
         def encode(rows: list[int]) -> torch.Tensor:
             x = self.data[torch.as_tensor(rows)].float()
             if self.augment is not None:
-                if self.training and self.augment:
+                if self.training:
                     x = self.augment(x, self.white, self.black)
                 x = self.encoder.trunk_of_pixels(x, self.blocks)
             if self.blocks:
@@ -225,7 +225,9 @@ def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int | str, prog
             except UnreadableImage:
                 pass
         if images:
-            parts.append((encoder.pixels(images) if pixels else encoder.trunk(images, blocks)).to(torch.float16))
+            with torch.inference_mode():
+                x = encoder.pixels(images)
+                parts.append((x if pixels else encoder.trunk_of_pixels(x, blocks)).to(torch.float16))
             kept += chunk
         bar.update(len(ids[s:s + batch]))
     bar.close()
