@@ -1,34 +1,55 @@
-"""Throughput of the default encoders on this machine (no cache): images/s and texts/s.
+"""Throughput of the default encoders on this machine under each inference runtime (no cache): images/s and
+texts/s, PyTorch against ONNX Runtime and OpenVINO, with ONNX Runtime int8 (dynamic quantisation) as an extra.
 
-    .venv/bin/python benchmarks/encode_throughput.py [--images 256] [--batch 32]
+    .venv/bin/python benchmarks/encode_throughput.py [--images 256] [--batch 32] [--rounds 3]
+        [--runtimes torch,onnx,openvino] [--int8] [--out benchmarks/results/encode_throughput.md]
 
-Images are EmojiEdit-sized PNGs drawn from Twemoji (decoding and preprocessing included);
-texts are modification texts of EmojiEdit's phrasings. Prints a Markdown table.
+Images are EmojiEdit-sized PNGs drawn from Twemoji (decoding and preprocessing included); texts are
+modification texts of EmojiEdit's phrasings. The runtimes run in one process, interleaved round by round,
+so the noise of a shared machine hits them alike; each figure is the best round. Parity is the smallest
+cosine between a runtime's pooled vectors and PyTorch's over all the images and texts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cirlab.data.emojiedit import collect_emoji  # noqa: E402
-from cirlab.encoders import build_image_encoder, build_text_encoder  # noqa: E402
+from cirlab.encoders.base import new_encoder  # noqa: E402
+from cirlab.encoders.runtime import OrtSession, export_onnx  # noqa: E402
 from cirlab.images import load_image  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def int8_encoders(image, text):
+    """Copies of the ONNX Runtime encoders whose graphs are dynamically quantised to int8 (weights int8,
+    activations quantised on the fly): MatMul/Gemm in MiniLM, Conv/MatMul in EfficientNet-Lite."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = []
+    for enc in (image, text):
+        src = export_onnx(enc)
+        dst = src.with_name("model.int8.onnx")
+        if not dst.is_file():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        enc._runtime_session = ((enc.id, "onnx"), OrtSession(dst))  # what the runtime would build, on int8
+        out.append(enc)
+    return out
 
 
 def main() -> None:
@@ -37,30 +58,66 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text-batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runtimes", default="torch,onnx,openvino")
+    ap.add_argument("--int8", action="store_true", help="also ONNX Runtime on int8 dynamically quantised graphs")
+    ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    ie, te = build_image_encoder(), build_text_encoder()
+    arms = {}
+    for runtime in a.runtimes.split(","):
+        image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
+        image.runtime = text.runtime = runtime
+        arms[runtime] = (image, text)
+    if a.int8:
+        image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
+        image.runtime = text.runtime = "onnx"
+        arms["onnx-int8"] = tuple(int8_encoders(image, text))
     paths = [r["src"] for r in collect_emoji()[: a.images]]
     texts = [f"change it to {c} and make it {s}" for c in ("red", "blue", "dark skin", "a woman") for s in ("smaller", "larger")]
     texts = (texts * (a.texts // len(texts) + 1))[: a.texts]
 
-    def images() -> None:
-        for s in range(0, len(paths), a.batch):
-            ie.encode_images([load_image(p) for p in paths[s:s + a.batch]])
+    def images(enc) -> np.ndarray:
+        return np.concatenate([enc.encode_images([load_image(p) for p in paths[s:s + a.batch]])["pooled"]
+                               for s in range(0, len(paths), a.batch)])
 
-    def texts_fn() -> None:
-        for s in range(0, len(texts), a.text_batch):
-            te.encode_texts(texts[s:s + a.text_batch])
+    def texts_fn(enc) -> np.ndarray:
+        return np.concatenate([enc.encode_texts(texts[s:s + a.text_batch])["pooled"]
+                               for s in range(0, len(texts), a.text_batch)])
 
-    images()  # warm-up
-    ti = timed(images, a.repeats)
-    tt = timed(texts_fn, a.repeats)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print("| encoder | batch | items | seconds | items/s |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| {ie.spec} (224 px, pooled) | {a.batch} | {len(paths)} | {ti:.2f} | {len(paths) / ti:.1f} |")
-    print(f"| {te.spec} (pooled) | {a.text_batch} | {len(texts)} | {tt:.2f} | {len(texts) / tt:.1f} |")
+    vectors = {name: (images(i), texts_fn(t)) for name, (i, t) in arms.items()}  # warm-up (and exports)
+    best = {name: [float("inf"), float("inf")] for name in arms}
+    for _ in range(a.rounds):
+        for name, (i, t) in arms.items():
+            for side, (fn, enc) in enumerate(((images, i), (texts_fn, t))):
+                start = time.perf_counter()
+                fn(enc)
+                best[name][side] = min(best[name][side], time.perf_counter() - start)
+    base = best.get("torch")
+    rows = []
+    for name in arms:
+        ti, tt = best[name]
+        ref = vectors.get("torch", vectors[name])
+        rows.append({"runtime": name, "images_per_s": round(len(paths) / ti, 1), "texts_per_s": round(len(texts) / tt, 1),
+                     "image_speedup": round(base[0] / ti, 2) if base else None,
+                     "text_speedup": round(base[1] / tt, 2) if base else None,
+                     "image_min_cosine": round(min_cosine(ref[0], vectors[name][0]), 6),
+                     "text_min_cosine": round(min_cosine(ref[1], vectors[name][1]), 6)})
+    command = "python benchmarks/encode_throughput.py " + " ".join(sys.argv[1:])
+    lines = [f"Command: `{command}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads; {len(paths)} Twemoji images (decode + preprocess + network, batch "
+             f"{a.batch}) and {len(texts)} texts (batch {a.text_batch}); best of {a.rounds} interleaved rounds.", "",
+             "| runtime | images/s | x torch | min cosine | texts/s | x torch | min cosine |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['runtime']} | {r['images_per_s']} | {r['image_speedup']} | {r['image_min_cosine']} | "
+                     f"{r['texts_per_s']} | {r['text_speedup']} | {r['text_min_cosine']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text)
+        a.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

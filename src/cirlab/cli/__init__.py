@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cirlab import __version__, settings
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "runtime", None):  # every encoder this command builds runs on it
+            from cirlab.encoders.runtime import resolve_runtime
+
+            os.environ["CIRLAB_RUNTIME"] = resolve_runtime(args.runtime)
         return args.func(args)
     except CirlabError as e:
         print(f"cirlab: error: {e}", file=sys.stderr)

@@ -49,6 +49,15 @@ def encoders() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False, parents=[image_encoder(), p])
 
 
+def runtime() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--runtime", default=None, choices=("auto", "torch", "onnx", "openvino"),
+                   help="what runs the encoders' networks: auto (default, or $CIRLAB_RUNTIME: ONNX Runtime where "
+                        "installed, else PyTorch), torch, onnx (ONNX Runtime) or openvino; stage-1 training always "
+                        "runs PyTorch")
+    return p
+
+
 def feature_cache(a: argparse.Namespace):
     """The feature cache a command's ``--cache`` names, or the default one."""
     from cirlab.encoders.cache import FeatureCache

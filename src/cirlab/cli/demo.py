@@ -9,7 +9,7 @@ from cirlab.cli import common
 
 
 def add_parser(sub) -> None:
-    d = sub.add_parser("demo", parents=[common.quiet()],
+    d = sub.add_parser("demo", parents=[common.quiet(), common.runtime()],
                        help="build EmojiEdit, encode, train, evaluate, show example queries")
     d.add_argument("--data", type=Path, default=Path("data/emojiedit"),
                    help="where the data set is built (default: %(default)s)")

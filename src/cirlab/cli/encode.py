@@ -10,7 +10,7 @@ from cirlab.errors import CirlabError
 
 
 def add_parser(sub) -> None:
-    e = sub.add_parser("encode", parents=[common.image_encoder(), common.quiet(), common.cache()],
+    e = sub.add_parser("encode", parents=[common.image_encoder(), common.quiet(), common.cache(), common.runtime()],
                        help="encode a folder of images into the feature cache")
     e.add_argument("gallery", type=Path, help="folder of jpg/png/webp images")
     e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens", "levels", "colour"],

@@ -12,7 +12,7 @@ from cirlab.errors import CirlabError
 
 
 def add_parser(sub) -> None:
-    v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.cache()],
+    v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.cache(), common.runtime()],
                        help="Recall@K of a trained model on a data set split or a public benchmark")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
     v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")

@@ -11,7 +11,7 @@ from cirlab.cli import common
 def add_parser(sub) -> None:
     ix = sub.add_parser("index", help="build, grow, shrink and describe a persistent index of a gallery")
     isub = ix.add_subparsers(dest="action", metavar="ACTION", required=True)
-    writer = [common.quiet(), common.model(), common.cache()]
+    writer = [common.quiet(), common.model(), common.cache(), common.runtime()]
     ib = isub.add_parser("build", parents=writer, help="embed a folder of images with a model and index it")
     ib.add_argument("gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
     ib.add_argument("--out", type=Path, required=True, help="index folder to write")

@@ -15,7 +15,7 @@ log = logging.getLogger("cirlab")
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("search", parents=[common.model(), common.cache()],
+    s = sub.add_parser("search", parents=[common.model(), common.cache(), common.runtime()],
                        help="composed search over a folder of images or an index")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")

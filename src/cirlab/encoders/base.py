@@ -81,15 +81,28 @@ def new_encoder(side: str, spec: str):
     return factory(arg) if arg is not None else factory()
 
 
-@lru_cache(maxsize=8)
-def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
-    """Build (once per process) the image encoder a spec names: ``name`` or ``name:/local/path``."""
-    return new_encoder("image", spec)
+def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, runtime: str | None = None) -> ImageEncoder:
+    """Build (once per process) the image encoder a spec names (``name`` or ``name:/local/path``) for inference,
+    its network run by ``runtime`` (``auto``, ``torch``, ``onnx`` or ``openvino``; None: ``$CIRLAB_RUNTIME``, else
+    ``auto``, see :mod:`cirlab.encoders.runtime`)."""
+    from cirlab.encoders.runtime import resolve_runtime
+
+    return _built("image", spec, resolve_runtime(runtime))
 
 
-@lru_cache(maxsize=8)
-def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
-    return new_encoder("text", spec)
+def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, runtime: str | None = None) -> TextEncoder:
+    """As :func:`build_image_encoder`, for texts."""
+    from cirlab.encoders.runtime import resolve_runtime
+
+    return _built("text", spec, resolve_runtime(runtime))
+
+
+@lru_cache(maxsize=16)
+def _built(side: str, spec: str, runtime: str):
+    encoder = new_encoder(side, spec)
+    if hasattr(encoder, "network"):  # a neural network: the runtime runs it (sift_bovw has none)
+        encoder.runtime = runtime
+    return encoder
 
 
 def fit_image_encoder(encoder: ImageEncoder, paths: Callable[[], Sequence[Path]], cache_root: Path,

@@ -2,14 +2,15 @@
 
 Layout, one folder per encoder id::
 
-    <root>/<encoder id>/entries.parquet           key, size, mtime_ns, sha1, shard, row, views
+    <root>/<encoder id>/entries.parquet           key, size, mtime_ns, sha1, shard, row, views, runtime
     <root>/<encoder id>/shard-00000.pooled.npy    float32 (n, D)
     <root>/<encoder id>/shard-00000.tokens.npy    float16 (n, N, Dt)
 
-Image keys are absolute paths; an entry is a hit when size and mtime match, or, when they
-do not, when the content hash still matches (a fresh clone or a ``touch`` re-encodes
-nothing). Text keys are the texts themselves. Shards are ``.npy`` and the entries table is
-parquet, so other tools read them directly. Writes go to a temporary name and are renamed.
+Each entry records the runtime that made it (``torch``, ``onnx``, ``openvino``; ``native`` for an
+encoder without a network). Runtimes hold parity, so they share the encoder id. Image keys are absolute
+paths; an entry is a hit when size and mtime match, or, when they do not, when the content hash still
+matches (a fresh clone or a ``touch`` re-encodes nothing). Text keys are the texts themselves. Shards
+are ``.npy`` and the entries table is parquet, so other tools read them directly. Writes go to a temporary name and are renamed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from cirlab.encoders.runtime import runtime_name
 from cirlab.images import UnreadableImage, load_image
 
 FLUSH_EVERY = 1024  # items per shard: a crash mid-encoding keeps what was flushed
@@ -59,17 +61,18 @@ class _Store:
         table_path = folder / "entries.parquet"
         if table_path.is_file():
             for row in pq.read_table(table_path).to_pylist():
+                row.setdefault("runtime", "torch")  # written before entries recorded it
                 self.entries[row["key"]] = row
         self._next_shard = 1 + max((e["shard"] for e in self.entries.values()), default=-1)
 
     def save_entries(self) -> None:
-        cols = ("key", "size", "mtime_ns", "sha1", "shard", "row", "views")
+        cols = ("key", "size", "mtime_ns", "sha1", "shard", "row", "views", "runtime")
         table = pa.table({c: [e[c] for e in self.entries.values()] for c in cols})
         tmp = self.folder / f".entries.{os.getpid()}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / "entries.parquet")
 
-    def write_shard(self, keys: list[dict], arrays: dict[str, np.ndarray]) -> None:
+    def write_shard(self, keys: list[dict], arrays: dict[str, np.ndarray], runtime: str) -> None:
         shard = self._next_shard
         self._next_shard += 1
         for view, arr in arrays.items():
@@ -78,7 +81,7 @@ class _Store:
             os.replace(tmp, self.folder / f"shard-{shard:05d}.{view}.npy")
         views = ",".join(sorted(arrays))
         for row, meta in enumerate(keys):
-            self.entries[meta["key"]] = {**meta, "shard": shard, "row": row, "views": views}
+            self.entries[meta["key"]] = {**meta, "shard": shard, "row": row, "views": views, "runtime": runtime}
         self.save_entries()
 
     def gather(self, keys: Sequence[str], views: Sequence[str]) -> dict[str, np.ndarray]:
@@ -178,10 +181,10 @@ class FeatureCache:
                 pending_meta += metas
             bar.update(len(chunk))
             if len(pending_meta) >= FLUSH_EVERY:
-                self._flush(store, pending_meta, pending)
+                self._flush(store, pending_meta, pending, runtime_name(encoder))
                 pending_meta, pending = [], {v: [] for v in views}
         if pending_meta:
-            self._flush(store, pending_meta, pending)
+            self._flush(store, pending_meta, pending, runtime_name(encoder))
         elif todo:
             store.save_entries()
         bar.close()
@@ -193,8 +196,8 @@ class FeatureCache:
         return set(e["views"].split(",")) if e else set()
 
     @staticmethod
-    def _flush(store: _Store, metas: list[dict], pending: dict[str, list[np.ndarray]]) -> None:
-        store.write_shard(metas, {v: np.concatenate(parts) for v, parts in pending.items()})
+    def _flush(store: _Store, metas: list[dict], pending: dict[str, list[np.ndarray]], runtime: str) -> None:
+        store.write_shard(metas, {v: np.concatenate(parts) for v, parts in pending.items()}, runtime)
 
     def text_features(
         self, encoder, texts: Sequence[str], views: Sequence[str] = ("pooled",),
@@ -202,12 +205,12 @@ class FeatureCache:
     ) -> dict[str, np.ndarray]:
         """Views for every text (duplicates encoded once)."""
         return self.keyed_features(encoder.id, list(texts), views, encoder.encode_texts,
-                                   batch_size, progress, f"encoding texts ({encoder.spec})")
+                                   batch_size, progress, f"encoding texts ({encoder.spec})", runtime_name(encoder))
 
     def keyed_features(
         self, encoder_id: str, keys: list[str], views: Sequence[str],
         encode: Callable[[list[str], tuple[str, ...]], dict[str, np.ndarray]], batch_size: int = 128,
-        progress: bool = True, desc: str = "encoding",
+        progress: bool = True, desc: str = "encoding", runtime: str = "native",
     ) -> dict[str, np.ndarray]:
         """Views for items named by string keys, computed by ``encode`` on a miss."""
         store = self.store(encoder_id)
@@ -225,5 +228,5 @@ class FeatureCache:
                     for v in enc_views:
                         parts[v].append(out[v])
                 metas = [{"key": k, "size": 0, "mtime_ns": 0, "sha1": ""} for k in todo]
-                store.write_shard(metas, {v: np.concatenate(p) for v, p in parts.items()})
+                store.write_shard(metas, {v: np.concatenate(p) for v, p in parts.items()}, runtime)
         return store.gather(keys, views)

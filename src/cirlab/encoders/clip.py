@@ -33,7 +33,8 @@ from cirlab.encoders.base import (
     text_encoders,
     to_pixels,
 )
-from cirlab.encoders.hf import _load
+from cirlab.encoders.hf import _load, _TextNetwork
+from cirlab.encoders.runtime import Network, run_network
 from cirlab.errors import CirlabError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,6 +77,13 @@ class CLIPImageEncoder:
         self.num_tokens = side * side
         self.levels_shape = (3, self.token_dim)
         self.colour_dim = COLOUR_DIM
+        self.network_module = _CLIPImageNetwork(self.model, self.levels_shape[0])
+
+    def network(self) -> Network:
+        """The network an inference runtime runs: pixels -> (projected embedding, patch tokens, level averages...)."""
+        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
+                       ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])),
+                       {"pixels": {0: "batch"}})
 
     # Stage 1: the frozen trunk is the patch embedding and the first layers; the tail the last ``n`` layers,
     # the final norm on the CLS token and the projection (``"all"``: the tail is the whole tower).
@@ -110,15 +118,14 @@ class CLIPImageEncoder:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
-        out = self.model.vision_model(pixel_values=self.pixels(images),
-                                      output_hidden_states="levels" in views)
+        pooled, tokens, *levels = run_network(self, {"pixels": self.pixels(images)})
         res: dict[str, np.ndarray] = colour_view(images, views)
         if "levels" in views:
-            res["levels"] = stack_levels(hidden_levels(out.hidden_states, self.levels_shape[0]), self.token_dim)
+            res["levels"] = stack_levels(levels, self.token_dim)
         if "pooled" in views:
-            res["pooled"] = self.model.visual_projection(out.pooler_output).numpy().astype(np.float32)
+            res["pooled"] = pooled.numpy().astype(np.float32)
         if "tokens" in views:
-            res["tokens"] = out.last_hidden_state[:, 1:].numpy().astype(np.float16)
+            res["tokens"] = tokens.numpy().astype(np.float16)
         return res
 
 
@@ -133,6 +140,17 @@ class CLIPTextEncoder:
         self.id = f"clip-text:{fingerprint_folder(folder)}:{self.max_tokens}"
         self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.text_config.hidden_size)
+        model = self.model
+        self.network_module = _TextNetwork(model.text_model,
+                                           lambda out: (model.text_projection(out.pooler_output), out.last_hidden_state))
+
+    def network(self) -> Network:
+        """The network an inference runtime runs: token ids and mask -> (projected embedding, token states)."""
+        batch = self.tokenizer(["a red one", "make it larger and blue"], padding=True, return_tensors="pt")
+        axes = {0: "batch", 1: "sequence"}
+        names = ("input_ids", "attention_mask")
+        return Network(self.network_module, {n: batch[n] for n in names}, ("pooled", "states"),
+                       {n: axes for n in names})
 
     def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
         return _tower_tunable(self.model, "text_model", "text_projection", "final_layer_norm", n, self.spec)
@@ -149,15 +167,28 @@ class CLIPTextEncoder:
         check_views(views, ("pooled", "tokens", "mask"), self.spec)
         pad = "max_length" if ("tokens" in views or "mask" in views) else True
         batch = self.tokenizer(list(texts), padding=pad, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        pooled, states = run_network(self, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
         res: dict[str, np.ndarray] = {}
         if "pooled" in views:
-            res["pooled"] = self.model.text_projection(out.pooler_output).numpy().astype(np.float32)
+            res["pooled"] = pooled.numpy().astype(np.float32)
         if "tokens" in views:
-            res["tokens"] = out.last_hidden_state.numpy().astype(np.float16)
+            res["tokens"] = states.numpy().astype(np.float16)
         if "mask" in views:
             res["mask"] = batch["attention_mask"].numpy().astype(np.uint8)
         return res
+
+
+class _CLIPImageNetwork(torch.nn.Module):
+    """CLIP's vision tower and projection: pixels -> (projected embedding, patch tokens without CLS, level averages)."""
+
+    def __init__(self, model: torch.nn.Module, levels: int) -> None:
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.vision_model(pixel_values=pixels, output_hidden_states=True)
+        return (self.model.visual_projection(out.pooler_output), out.last_hidden_state[:, 1:],
+                *hidden_levels(out.hidden_states, self.levels))
 
 
 @image_encoders.register("clip")

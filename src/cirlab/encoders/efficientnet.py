@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
                                   stack_levels, to_pixels)
+from cirlab.encoders.runtime import Network, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import parse_spec
 
@@ -64,6 +65,13 @@ class EfficientNetLiteEncoder:
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
         self.colour_dim = COLOUR_DIM
+        self.network_module = _LiteNetwork(self)
+
+    def network(self) -> Network:
+        """The network an inference runtime runs: pixels -> (final map, level averages...)."""
+        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
+                       ("map",) + tuple(f"level{i}" for i in range(len(self.level_blocks))),
+                       {"pixels": {0: "batch"}})
 
     def feature_map(self, pixels: torch.Tensor, levels: list | None = None) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``levels`` (a list), the
@@ -125,15 +133,28 @@ class EfficientNetLiteEncoder:
         out: dict[str, np.ndarray] = colour_view(images, views)
         if not set(views) - {"colour"}:
             return out
-        levels: list[torch.Tensor] | None = [] if "levels" in views else None
-        fmap = self.feature_map(self.pixels(images), levels)
-        if levels is not None:
+        fmap, *levels = run_network(self, {"pixels": self.pixels(images)})
+        if "levels" in views:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:
             out["pooled"] = fmap.mean(dim=(2, 3)).numpy().astype(np.float32)
         if "tokens" in views:
             out["tokens"] = fmap.flatten(2).transpose(1, 2).numpy().astype(np.float16)
         return out
+
+
+class _LiteNetwork(torch.nn.Module):
+    """The encoder's network as one module: pixels -> (final map, global averages of the level blocks)."""
+
+    def __init__(self, encoder: EfficientNetLiteEncoder) -> None:
+        super().__init__()
+        self.encoder = [encoder]  # a list: not registered as a submodule twice
+        self.model = encoder.model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        levels: list[torch.Tensor] = []
+        fmap = self.encoder[0].feature_map(pixels, levels)
+        return (fmap, *levels)
 
 
 def _level_blocks(model) -> tuple[int, ...]:

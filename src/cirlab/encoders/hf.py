@@ -31,6 +31,7 @@ from cirlab.encoders.base import (
     text_encoders,
     to_pixels,
 )
+from cirlab.encoders.runtime import Network, run_network
 from cirlab.errors import CirlabError
 from cirlab.settings import offline
 
@@ -57,6 +58,16 @@ class HFTextEncoder:
         self.spec = spec
         self.id = f"{spec.split(':')[0]}:{fingerprint_folder(folder)}:mean{'-l2' if normalize else ''}:{max_tokens}"
         self.dim = self.token_dim = int(self.model.config.hidden_size)
+        self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids")
+                                 if n in self.tokenizer.model_input_names)
+        self.network_module = _TextNetwork(self.model, lambda out: (out.last_hidden_state,))
+
+    def network(self) -> Network:
+        """The network an inference runtime runs: token ids and masks -> token states."""
+        batch = self.tokenize(["a red one", "make it larger and blue"], pad_to_max=False)
+        axes = {0: "batch", 1: "sequence"}
+        return Network(self.network_module, {n: batch[n] for n in self.input_names}, ("states",),
+                       {n: axes for n in self.input_names})
 
     def tokenize(self, texts: Sequence[str], pad_to_max: bool) -> dict[str, torch.Tensor]:
         return self.tokenizer(
@@ -97,7 +108,7 @@ class HFTextEncoder:
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "mask"), self.spec)
         batch = self.tokenize(texts, pad_to_max="tokens" in views or "mask" in views)
-        states = self.model(**batch).last_hidden_state
+        (states,) = run_network(self, {n: batch[n] for n in self.input_names})
         out: dict[str, np.ndarray] = {}
         if "pooled" in views:
             out["pooled"] = self._pool(states, batch["attention_mask"]).numpy().astype(np.float32)
@@ -106,6 +117,20 @@ class HFTextEncoder:
         if "mask" in views:
             out["mask"] = batch["attention_mask"].numpy().astype(np.uint8)
         return out
+
+
+class _TextNetwork(torch.nn.Module):
+    """A transformer text model as one module: (input_ids, attention_mask[, token_type_ids]) -> tuple of the
+    tensors ``pick`` takes from its output (the last hidden states; for CLIP also the pooled output)."""
+
+    def __init__(self, model: torch.nn.Module, pick) -> None:
+        super().__init__()
+        self.model, self.pick = model, pick
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.pick(self.model(input_ids=input_ids, attention_mask=attention_mask, **extra))
 
 
 class HFImageEncoder:
@@ -125,6 +150,7 @@ class HFImageEncoder:
         self.std = pre.get("image_std", [0.229, 0.224, 0.225])
         self.spec = spec
         self.id = f"hf-image:{fingerprint_folder(folder)}@{self.size}"
+        self.network_module = _HFImageNetwork(self)
         with torch.inference_mode():
             probe = self._forward(torch.zeros(1, 3, self.size, self.size))
         self.dim = probe[0].shape[-1]
@@ -143,10 +169,17 @@ class HFImageEncoder:
             pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else hidden[:, 0]
         return pooled.flatten(1), tokens, hidden_levels(out.hidden_states)
 
+    def network(self) -> Network:
+        """The network an inference runtime runs: pixels -> (pooled, tokens, level averages...)."""
+        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
+                       ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])),
+                       {"pixels": {0: "batch"}})
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
         check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
-        pooled, tokens, levels = self._forward(to_pixels(images, self.size, self.mean, self.std, scale=1.0))
+        pooled, tokens, *levels = run_network(self, {"pixels": to_pixels(images, self.size, self.mean, self.std,
+                                                                           scale=1.0)})
         out: dict[str, np.ndarray] = colour_view(images, views)
         if "levels" in views:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
@@ -155,6 +188,17 @@ class HFImageEncoder:
         if "tokens" in views:
             out["tokens"] = tokens.numpy().astype(np.float16)
         return out
+
+
+class _HFImageNetwork(torch.nn.Module):
+    def __init__(self, encoder: HFImageEncoder) -> None:
+        super().__init__()
+        self.encoder = [encoder]  # a list: not registered as a submodule twice
+        self.model = encoder.model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pooled, tokens, levels = self.encoder[0]._forward(pixels)
+        return (pooled, tokens, *levels)
 
 
 @text_encoders.register("minilm")

@@ -12,6 +12,7 @@ import torch
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.encoders.cache import FeatureCache
+from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.fusion.dqu import DQU, DRAW_VERSION, draw_keywords, keywords, unified_text
 from cirlab.images import load_image
@@ -79,7 +80,8 @@ def unify_queries(model: DQU, cache: FeatureCache, image_encoder, text_encoder, 
 
         keys = sorted(draw_of)
         views = cache.keyed_features(f"{image_encoder.id}+drawn{DRAW_VERSION}", keys, model.image_views, encode,
-                                     batch_size=32, progress=progress, desc="drawing keywords")
+                                     batch_size=32, progress=progress, desc="drawing keywords",
+                                     runtime=runtime_name(image_encoder))
         drawn_table = FeatureTable(keys, views)
     text_key: dict[tuple[str, str], str] = {}
     if need_textual:

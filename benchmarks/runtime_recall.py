@@ -1,0 +1,68 @@
+"""Recall@K of a trained model when its data set is encoded under each inference runtime: the runtime parity
+check at the level users see (issue 16: unchanged to 0.1 points).
+
+    .venv/bin/python benchmarks/runtime_recall.py [--data data/emojiedit] [--model CKPT] [--split test]
+        [--runtimes torch,onnx,openvino] [--out benchmarks/results/runtime_recall.md]
+
+Each runtime encodes the whole split afresh into its own empty feature cache (``cirlab eval --runtime R
+--cache TMP``), so no vector is shared between the arms; the model is the one ``make demo`` trains unless
+``--model`` names another. Reports R@K per runtime, the largest difference from PyTorch, and the wall time of
+each evaluation (encoding included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("data/emojiedit"))
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--runtimes", default="torch,onnx,openvino")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in a.runtimes.split(","):
+            out = Path(tmp) / runtime
+            cmd = [sys.executable, "-m", "cirlab.cli", "eval", "--data", str(a.data), "--split", a.split, "--runtime",
+                   runtime, "--cache", str(out / "cache"), "--out", str(out), "--examples", "0", "--quiet"]
+            if a.model:
+                cmd += ["--model", a.model]
+            start = time.perf_counter()
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode:
+                raise SystemExit(f"{runtime}: {run.stderr.strip().splitlines()[-1]}")
+            report = json.loads(next(out.glob("*.json")).read_text())
+            rows[runtime] = {"recall": report["recall"], "seconds": round(time.perf_counter() - start, 1),
+                             "queries": report["queries"], "model": report["model"]["fusion"]}
+            print(runtime, json.dumps(rows[runtime]), flush=True)
+    base = rows.get("torch")
+    ks = list(next(iter(rows.values()))["recall"])
+    command = "python benchmarks/runtime_recall.py " + " ".join(sys.argv[1:])
+    lines = [f"Command: `{command}`", "",
+             f"{a.data.name} {a.split}, {next(iter(rows.values()))['queries']} queries, model "
+             f"{next(iter(rows.values()))['model']}; each runtime encodes the split into its own empty cache.", "",
+             "| runtime | " + " | ".join(f"R@{k}" for k in ks) + " | largest change from torch | eval s (encoding included) |",
+             "|---|" + "---:|" * (len(ks) + 2)]
+    for runtime, r in rows.items():
+        change = max(abs(r["recall"][k] - base["recall"][k]) for k in ks) if base else float("nan")
+        lines.append(f"| {runtime} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks) + f" | {change:.2f} | {r['seconds']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text)
+        a.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Inference runtimes for the encoders' networks: eager PyTorch, or the network exported once to ONNX and
+run by ONNX Runtime (``onnx``) or OpenVINO (``openvino``).
+
+Each neural encoder exposes its network as :class:`Network`: a module whose ``forward`` takes named
+tensors (pixels, or token ids and masks) and returns a tuple of tensors, with example inputs for the export.
+Preprocessing (decoding, resizing, tokenising) and postprocessing (pooling, the views) stay in the encoder
+and are the same under every runtime; only the network between them changes.
+
+An exported graph is cached under ``<CIRLAB_HOME>/runtimes/``, keyed by the encoder id (which names the
+architecture and a hash of the weights: a fine-tuned file gets its own), the network's graph version and the
+torch version, so changed weights or changed graph code export afresh. An export is written to a temporary
+folder and renamed, so a crash never leaves half a model that later runs.
+
+Vectors share the encoder id across runtimes: a runtime is only used where it holds parity with PyTorch
+(cosine >= 0.9995; measured ~1 - 1e-7 in fp32), so a gallery encoded with one runtime is searched with
+queries encoded by another. The feature cache records which runtime made each entry.
+
+``auto`` (the inference default) picks ONNX Runtime where it is installed (the ``runtime`` extra), else PyTorch,
+and says so once. Training always runs PyTorch (stage 1 builds its own encoder instances).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cirlab import settings
+from cirlab.errors import CirlabError
+
+log = logging.getLogger("cirlab")
+
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+EXPORT_FORMAT = 1  # bump when the export settings change: every cached graph is rebuilt
+OPSET = 17
+_PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+@dataclass
+class Network:
+    """What a runtime runs: ``module(**inputs)`` -> tuple of tensors named ``outputs``.
+
+    ``inputs`` are example tensors in ``forward``'s argument order; ``dynamic`` names the axes that vary
+    (the batch; for texts also the sequence). ``version`` is bumped when the module's code changes."""
+
+    module: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    version: int = 1
+
+
+def resolve_runtime(name: str | None) -> str:
+    """``auto``/None -> ``onnx`` where onnxruntime is installed, else ``torch`` (said once in the log);
+    a named runtime whose package is missing is a one-line error naming the extra."""
+    name = (name or os.environ.get("CIRLAB_RUNTIME") or "auto").strip().lower()
+    if name not in RUNTIMES:
+        raise CirlabError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    if name == "auto":
+        if _installed("onnxruntime") and _installed("onnx"):
+            return "onnx"
+        _say_fallback()
+        return "torch"
+    if name != "torch":
+        for package in (_PACKAGE[name], "onnx"):
+            if not _installed(package):
+                raise CirlabError(f"the {name} runtime needs the package {package!r}, which is not installed: "
+                                  "pip install 'cirlab[runtime]' (or use --runtime torch)")
+    return name
+
+
+_said: set[str] = set()
+
+
+def _say_fallback() -> None:
+    if "fallback" not in _said:
+        _said.add("fallback")
+        log.warning("onnxruntime is not installed, so the encoders run in PyTorch (slower): "
+                    "pip install 'cirlab[runtime]'")
+
+
+def _installed(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def runtime_name(encoder) -> str:
+    """The runtime an encoder's outputs come from: ``torch``, ``onnx`` or ``openvino`` for a neural network,
+    ``native`` for an encoder without one (``sift_bovw``)."""
+    return getattr(encoder, "runtime", "torch") if hasattr(encoder, "network") else "native"
+
+
+def run_network(encoder, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The encoder's network on ``feeds`` under its runtime (``encoder.runtime``, default ``torch``)."""
+    runtime = getattr(encoder, "runtime", "torch")
+    if runtime == "torch":
+        with torch.inference_mode():
+            out = encoder.network_module(**feeds)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+    session = _session(encoder, runtime)
+    arrays = session.run({k: v.numpy() for k, v in feeds.items()})
+    return [torch.from_numpy(a) for a in arrays]
+
+
+def exported_path(encoder) -> Path:
+    """Where the encoder's exported graph lives (whether or not it exists yet)."""
+    net = encoder.network()
+    key = json.dumps({"id": encoder.id, "graph": type(encoder).__name__, "version": net.version,
+                      "torch": torch.__version__.split("+")[0], "format": EXPORT_FORMAT, "opset": OPSET})
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    stem = "".join(c if c.isalnum() or c in "._@-" else "_" for c in encoder.id)[:80]
+    return settings.home() / "runtimes" / f"{stem}-{digest}" / "model.onnx"
+
+
+def export_onnx(encoder) -> Path:
+    """Export the encoder's network once (a cached graph is reused); returns the ``.onnx`` path."""
+    path = exported_path(encoder)
+    if path.is_file() and (path.parent / "source.json").is_file():
+        return path
+    net = encoder.network()
+    if path.parent.exists():  # an export cut short before it was complete: rebuilt
+        shutil.rmtree(path.parent, ignore_errors=True)
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent.parent))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net.module.eval(), tuple(net.inputs.values()), str(tmp / path.name),
+                              input_names=list(net.inputs), output_names=list(net.outputs),
+                              dynamic_axes={**net.dynamic, **{o: {0: "batch"} for o in net.outputs}},
+                              opset_version=OPSET, dynamo=False)
+        (tmp / "source.json").write_text(json.dumps({"encoder_id": encoder.id, "spec": encoder.spec,
+                                                     "torch": torch.__version__, "version": net.version}))
+        try:
+            os.replace(tmp, path.parent)
+        except OSError:  # another process exported the same graph first: use theirs
+            if not (path.parent / "source.json").is_file():
+                raise
+    except Exception as e:  # noqa: BLE001  (an exporter failure is an error naming the fallback)
+        raise CirlabError(f"could not export {encoder.spec} to ONNX ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "use --runtime torch") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s to %s", encoder.spec, path)
+    return path
+
+
+_lock = threading.Lock()
+
+
+def _session(encoder, runtime: str):
+    """The encoder's session for ``runtime``, built once per encoder id (thread-safe)."""
+    with _lock:
+        key = (encoder.id, runtime)
+        cached = getattr(encoder, "_runtime_session", None)
+        if cached is None or cached[0] != key:
+            path = export_onnx(encoder)
+            session = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path)
+            encoder._runtime_session = (key, session)
+        return encoder._runtime_session[1]
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())  # follows CIRLAB_THREADS / OMP_NUM_THREADS, as torch does
+
+
+class OrtSession:
+    """An ONNX Runtime CPU session; ``run`` is safe from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # idle pool threads sleep rather than spin: on a shared machine (a server between queries, two jobs on
+        # two cores) spinning threads take the cores the other work needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
+
+
+class OpenVinoSession:
+    """An OpenVINO CPU model compiled in fp32 (its default on some CPUs is bf16, which would break parity);
+    each call takes its own infer request, so threads do not share one."""
+
+    def __init__(self, path: Path) -> None:
+        import openvino as ov
+
+        self.model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": _threads(),
+                                                                 "INFERENCE_PRECISION_HINT": "f32"})
+        self.inputs = {i.get_any_name() for i in self.model.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = self.model.create_infer_request()
+        result = request.infer({k: v for k, v in feeds.items() if k in self.inputs})
+        return [np.array(result[o]) for o in self.model.outputs]
