@@ -1,7 +1,8 @@
 """Load on ``cirlab serve``: N concurrent clients for T seconds on loopback against a 10k-image gallery.
 
-    .venv/bin/python benchmarks/serve_load.py [--clients 8] [--seconds 60] [--images 10000]
-        [--model CKPT] [--upload-fraction 0.1] [--out benchmarks/results/serve_load.md]
+    .venv/bin/python benchmarks/serve_load.py [--clients 1,8] [--seconds 60] [--images 10000]
+        [--model CKPT] [--upload-fraction 0.1] [--label NAME] [--serve-args "..."]
+        [--out benchmarks/results/serve_load.md]
 
 The gallery: the 4,009 Twemoji PNGs (CC-BY 4.0, Twitter/X and contributors), each as drawn, mirrored
 and on a tinted background, until ``--images`` files exist (``data/serve_load/gallery``). It is
@@ -10,8 +11,8 @@ built once and reused. The server runs as its own process (``cirlab serve``); ea
 thread with its own HTTP connection that sends, back to back, ``POST /search`` with a random
 gallery reference (``image_id``) and a random EmojiEdit-style modification text, or with
 probability ``--upload-fraction`` an uploaded reference image instead. Reported: requests per
-second, p50 / p95 / p99 latency, and every non-200 answer or transport failure as an error.
-Clients and server share this machine's cores.
+second, p50 / p95 / p99 latency, and every non-200 answer or transport failure as an error, for each
+client count in turn against the same server. Clients and server share this machine's cores.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def build_index(gallery: Path, out: Path, model: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", default="8", help="comma list of client counts, run one after another")
+    ap.add_argument("--label", default="", help="a name for this run's rows (e.g. the code version)")
+    ap.add_argument("--serve-args", default="", help="extra 'cirlab serve' arguments, e.g. '--runtime torch'")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--model", default=None)
@@ -90,67 +93,76 @@ def main() -> None:
 
     from cirlab.serve.launch import start_server, stop_server
 
-    server, base = start_server(["--index", index_dir] + (["--model", a.model] if a.model else []))
+    server, base = start_server(["--index", index_dir] + (["--model", a.model] if a.model else [])
+                                + a.serve_args.split())
+    rows = []
     try:
         info = httpx.get(base + "/info").json()
         ids = [x["id"] for x in httpx.get(base + "/gallery", params={"limit": 100, "random": 1, "seed": 0}).json()["items"]]
         uploads = [p.read_bytes() for p in sorted(gallery.glob("*.png"))[:50]]
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        stop = time.perf_counter() + a.seconds
-
-        def client(seed: int) -> None:
-            rng = random.Random(seed)
-            with httpx.Client(base_url=base, timeout=60) as http:
-                while time.perf_counter() < stop:
-                    data = {"text": rng.choice(TEXTS), "k": str(a.k)}
-                    files = None
-                    if rng.random() < a.upload_fraction:
-                        files = {"image": ("ref.png", rng.choice(uploads), "image/png")}
-                    else:
-                        data["image_id"] = rng.choice(ids)
-                    t = time.perf_counter()
-                    try:
-                        r = http.post("/search", data=data, files=files)
-                        ok = r.status_code == 200 and len(r.json()["results"]) == a.k
-                        why = None if ok else f"{r.status_code}: {r.text[:120]}"
-                    except httpx.HTTPError as e:
-                        why = f"{type(e).__name__}: {e}"
-                    dt = time.perf_counter() - t
-                    with lock:
-                        latencies.append(dt)
-                        if why:
-                            errors.append(why)
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        for clients in map(int, a.clients.split(",")):
+            rows.append(load(base, clients, a, ids, uploads, info))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         stop_server(server, timeout=30)
-    lat = np.array(latencies) * 1e3
-    result = {"clients": a.clients, "seconds": round(wall, 1), "requests": len(lat), "errors": len(errors),
-              "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-              "p95_ms": round(float(np.percentile(lat, 95)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
-              "gallery": info["index"]["size"], "backend": info["index"]["backend"], "method": info["model"]["method"],
-              "upload_fraction": a.upload_fraction, "k": a.k}
     report = (f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n\n"
-              "| clients | seconds | requests | QPS | p50 ms | p95 ms | p99 ms | errors | gallery | method |\n"
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
-              f"| {a.clients} | {wall:.0f} | {len(lat)} | {result['qps']} | {result['p50_ms']} | {result['p95_ms']} | "
-              f"{result['p99_ms']} | {len(errors)} | {result['gallery']:,} ({result['backend']}) | {result['method']} |\n")
+              "| run | clients | seconds | requests | QPS | p50 ms | p95 ms | p99 ms | errors | gallery | method |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    for r in rows:
+        report += (f"| {a.label} | {r['clients']} | {r['seconds']:.0f} | {r['requests']} | {r['qps']} | {r['p50_ms']} | "
+                   f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['gallery']:,} ({r['backend']}) | {r['method']} |\n")
     print(report)
-    print(json.dumps(result))
-    for e in errors[:5]:
-        print("error:", e)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(report)
-        a.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        a.out.with_suffix(".json").write_text(json.dumps({"label": a.label, "rows": rows}, indent=1) + "\n")
+
+
+def load(base: str, clients: int, a, ids: list[str], uploads: list[bytes], info: dict) -> dict:
+    """``clients`` threads sending searches back to back for ``a.seconds``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + a.seconds
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, timeout=60) as http:
+            while time.perf_counter() < stop:
+                data = {"text": rng.choice(TEXTS), "k": str(a.k)}
+                files = None
+                if rng.random() < a.upload_fraction:
+                    files = {"image": ("ref.png", rng.choice(uploads), "image/png")}
+                else:
+                    data["image_id"] = rng.choice(ids)
+                t = time.perf_counter()
+                try:
+                    r = http.post("/search", data=data, files=files)
+                    ok = r.status_code == 200 and len(r.json()["results"]) == a.k
+                    why = None if ok else f"{r.status_code}: {r.text[:120]}"
+                except httpx.HTTPError as e:
+                    why = f"{type(e).__name__}: {e}"
+                dt = time.perf_counter() - t
+                with lock:
+                    latencies.append(dt)
+                    if why:
+                        errors.append(why)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for e in errors[:5]:
+        print("error:", e)
+    lat = np.array(latencies) * 1e3
+    return {"clients": clients, "seconds": round(wall, 1), "requests": len(lat), "errors": len(errors),
+            "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p95_ms": round(float(np.percentile(lat, 95)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "gallery": info["index"]["size"], "backend": info["index"]["backend"], "method": info["model"]["method"],
+            "upload_fraction": a.upload_fraction, "k": a.k}
 
 
 if __name__ == "__main__":

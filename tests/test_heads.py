@@ -91,7 +91,7 @@ def test_colour_view_is_a_layout_and_a_histogram_of_the_padded_image(image_encod
 def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
     """A model with a spatial head, trained and saved: an image embedded as a gallery item (index build) and
     as a reference (the server's image-only query path) gets the same vector; the index serves searches."""
-    from cirlab.api import Pipeline
+    from cirlab.api import Pipeline, Query
     from cirlab.encoders.cache import FeatureCache
     from cirlab.serve.service import SearchService
     from cirlab.experiment.workspace import Workspace, train_method, views_needed
@@ -114,7 +114,7 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
     assert pipe.model.image_head == "attnpool+colour" and len(pipe.model.heads) == 2
     service = SearchService(pipe, tmp_path / "ix")
     for image_id in ("img0", "img5"):
-        as_reference = service._image_vector(ds / "images" / f"{image_id}.png")
+        (as_reference,) = pipe.compose_many([Query(ds / "images" / f"{image_id}.png", None)])  # an image-only query
         as_target = service.index.vectors[service.index.row_of[image_id]]
         assert np.allclose(as_reference, as_target, atol=1e-5)
     run = subprocess.run(cli + ["search", "--index", str(tmp_path / "ix"), "--model", str(tmp_path / "m.pt"),

@@ -205,3 +205,67 @@ def test_serve_refuses_a_missing_model_or_index_in_one_line(served, tmp_path, wh
                         "--port", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert ("no model at" if what == "model" else "is not a cirlab index") in r.stderr
+
+
+def test_every_search_answers_with_server_timing_and_info_shows_rolling_percentiles(served):
+    base, *_ = served
+    r = search(base, {"text": "make it look like shape 2", "k": "3"}, {"image": ("ref.png", png_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    timing = dict(part.strip().split(";dur=") for part in r.headers["Server-Timing"].split(","))
+    assert set(timing) == {"decode", "queue", "encode", "fuse", "search", "total"}
+    assert all(float(v) >= 0 for v in timing.values()) and float(timing["decode"]) > 0
+    assert float(timing["total"]) >= float(timing["encode"]) + float(timing["search"])
+    r = search(base, {"image_id": "img2", "text": "make it look like shape 5", "k": "3"})
+    assert "encode;dur=" in r.headers["Server-Timing"]
+    latency = httpx.get(base + "/info").json()["latency_ms"]
+    assert latency["searches"] >= 2 and latency["total"]["p50"] <= latency["total"]["p99"]
+    assert {"p50", "p90", "p99"} == set(latency["encode"]) and latency["mean_batch"] >= 1
+
+
+def test_batched_answers_equal_one_by_one_answers(served):
+    """Concurrent searches of every kind, gathered into batches (a 200 ms window), answer exactly what the same
+    searches answer one at a time; a bad reference in a batch fails only its own search."""
+    from cirlab.api import Pipeline, Query
+    from cirlab.serve.service import SearchService, ServiceError, _Search
+
+    _, index_dir, ds, model = served
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    upload = Image.open(io.BytesIO(png_bytes((30, 30, 200))))
+    queries = [dict(text=f"make it look like shape {n % 7}", image_id=f"img{n}") for n in range(8)]
+    queries += [dict(text="make it look like shape 3", image=upload), dict(text="shape 4"),
+                dict(text=None, image_id="img5"), dict(text="make it red", image=upload)]
+    one_by_one = SearchService(pipe, index_dir, batch_window_ms=0, max_batch=1)
+    alone = [one_by_one.search(k=5, **q) for q in queries]
+    one_by_one.close()
+    batched = SearchService(pipe, index_dir, batch_window_ms=200, max_batch=32)
+    with ThreadPoolExecutor(len(queries)) as pool:
+        together = list(pool.map(lambda q: batched.search(k=5, **q), queries))
+    assert batched.latency()["mean_batch"] > 1  # the searches really went through in batches
+    for a, b in zip(alone, together):
+        assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
+        assert np.allclose([x["score"] for x in a["results"]], [x["score"] for x in b["results"]], atol=1e-5)
+    # one batch with a reference file gone bad: that search gets its error, the others their answers
+    good = [_Search(Query(batched.path_of("img0"), "make it red"), 5, {"img0"}, "img0"),
+            _Search(Query(None, "shape 4"), 5, set(), None)]
+    bad = _Search(Query(index_dir.parent / "gone.png", "make it red"), 5, {"img1"}, "img1")
+    answers = batched._run_batch([good[0], bad, good[1]])
+    assert isinstance(answers[1], ServiceError) and "'img1'" in str(answers[1]) and "gone.png" not in str(answers[1])
+    assert [x["id"] for x in answers[0][0]] == [x["id"] for x in batched.search("make it red", 5, image_id="img0")["results"]]
+    assert [x["id"] for x in answers[2][0]] == [x["id"] for x in alone[9]["results"]]
+    batched.close()
+
+
+def test_repeated_texts_are_encoded_once(served):
+    from cirlab.api import Pipeline, Query
+
+    _, index_dir, _, model = served
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    seen = []
+    encode = pipe.text_encoder.encode_texts
+    pipe.text_encoder = type("Counting", (), {"encode_texts": lambda self, texts, views: seen.append(list(texts))
+                                              or encode(texts, views), "id": pipe.text_encoder.id})()
+    ref = index_dir.parent / "tiny" / "images" / "img1.png"
+    first = pipe.compose_many([Query(ref, "make it red"), Query(ref, "make it blue"), Query(ref, "make it red")])
+    again = pipe.compose_many([Query(ref, "make it blue")])
+    assert seen == [["make it red", "make it blue"]]  # one batch, each text once; the repeat came from memory
+    assert np.allclose(first[1], again[0])

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +35,7 @@ from cirlab.index import BaseIndex, CombinedScoring, build_index, read_manifest,
 from cirlab.index.exact import exact_topk
 
 MAX_TEXT_CHARS = 1000
+TEXT_CACHE = 4096  # texts whose encoder outputs a pipeline keeps in memory
 
 
 def check_text(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
@@ -60,6 +63,24 @@ class GalleryVectors:
 
 
 @dataclass
+class Query:
+    """One query: a reference (an image, a file, or None for a text-only search) and a modification text
+    (None for images like the reference)."""
+
+    image: str | Path | Image.Image | None
+    text: str | None
+
+
+def _stack(rows: Sequence[dict[str, torch.Tensor]], views: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {v: torch.stack([r[v] for r in rows]) for v in views}
+
+
+def _place(out: list, where: Sequence[int], vectors: torch.Tensor) -> list:
+    rows = dict(zip(where, vectors.numpy()))
+    return [rows.get(n, o) for n, o in enumerate(out)]
+
+
+@dataclass
 class Hit:
     rank: int
     id: str
@@ -78,6 +99,7 @@ class Pipeline:
         self.cache = cache
         self.path = Path(path) if path else None
         self._identity: dict | None = None
+        self._texts: OrderedDict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
 
     @property
     def identity(self) -> dict:
@@ -119,44 +141,127 @@ class Pipeline:
         path_of = dict(zip(gallery.ids, gallery.paths))
         return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
 
-    def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
+    def reference_views(self, image: str | Path | Image.Image,
+                        views: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The views of one reference: an image is encoded; a file is read from the feature cache (a gallery
+        image's stored features), encoded on a miss."""
+        views = tuple(views or self.model.image_views)
         if isinstance(image, Image.Image):
-            out = self.image_encoder.encode_images([image.convert("RGB")], self.model.image_views)
-        else:
-            feats = self.cache.image_features(self.image_encoder, [image], self.model.image_views, progress=False)
-            if feats.failed:  # a missing or unreadable reference: say why, in one line
-                path, why = feats.failed[0]
-                raise CirlabError(why if str(path) in why else f"reference image {path}: {why}")
-            out = feats.views
-        return as_tensors(out)
+            return as_tensors(self.image_encoder.encode_images([image.convert("RGB")], views))
+        feats = self.cache.image_features(self.image_encoder, [image], views, progress=False)
+        if feats.failed:  # a missing or unreadable reference: say why, in one line
+            path, why = feats.failed[0]
+            raise CirlabError(why if str(path) in why else f"reference image {path}: {why}")
+        return as_tensors(feats.views)
+
+    def text_views(self, texts: Sequence[str], views: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The views of texts, encoded in one batch; repeated texts (a multi-turn session re-sends them) come
+        from a small in-memory cache."""
+        views = tuple(sorted(views))
+        missing = list(dict.fromkeys(t for t in texts if (t, views) not in self._texts))
+        if missing:
+            out = self.text_encoder.encode_texts(missing, views)
+            for n, t in enumerate(missing):
+                self._texts[(t, views)] = {v: out[v][n] for v in views}
+        rows = []
+        for t in texts:
+            self._texts.move_to_end((t, views))
+            rows.append(self._texts[(t, views)])
+        while len(self._texts) > TEXT_CACHE:
+            self._texts.popitem(last=False)
+        return as_tensors({v: np.stack([r[v] for r in rows]) for v in views})
 
     @property
     def text_search(self) -> bool:
         """Whether text-only queries work: a text head, or a stage-1 model trained on image-caption retrieval."""
         return self.text_head is not None or is_aligned(self.meta)
 
-    @torch.inference_mode()
     def compose(self, image: str | Path | Image.Image | None, text: str) -> np.ndarray:
         """The query vector of (reference image, modification text); with no image, of the text alone
         (a plain text-to-image search through the model's text head)."""
-        text = check_text(text)
-        if image is None:
-            if not self.text_search:
-                raise CirlabError("this model has no text-to-image head (its training data had no captions): "
-                                  "give a reference image, or retrain on data with captions")
-            pooled = as_tensors(self.text_encoder.encode_texts([text], ("pooled",)))["pooled"]
-            if self.text_head is None:  # a stage-1 model aligned images and captions: its own text projection
-                return self.model.project_text(pooled)[0].numpy()
-            return self.text_head(pooled)[0].numpy()
-        if getattr(self.model, "unified_queries", False):  # DQU: unify the raw query, then encode it
+        (out,) = self.compose_many([Query(image, check_text(text))])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    @torch.inference_mode()
+    def compose_many(self, queries: Sequence["Query"], timing: dict | None = None) -> list[np.ndarray | CirlabError]:
+        """Query vectors of many queries, in one encoder batch and one fusion call a kind: composed (reference +
+        text), text only (``image=None``) and image only (``text=None``: the reference's gallery embedding).
+        A query that fails (an unreadable reference file) gets its error in its place; the others are answered.
+        ``timing`` (a dict) receives the seconds spent encoding (``encode``) and fusing (``fuse``)."""
+        start = time.perf_counter()
+        out: list = [self._refused(q) for q in queries]
+        if getattr(self.model, "unified_queries", False):  # DQU unifies each raw query before encoding: one by one
+            out = [self._unified(q) if o is None and q.image is not None and q.text is not None else o
+                   for q, o in zip(queries, out)]
+        views = tuple(sorted(set(self.model.image_views) | set(self.model.gallery_views)))
+        refs = self._references([q.image if o is None else None for q, o in zip(queries, out)], views)
+        out = [r if isinstance(r, Exception) else o for o, r in zip(out, refs)]
+        todo = [n for n, o in enumerate(out) if o is None]
+        composed = [n for n in todo if queries[n].image is not None and queries[n].text is not None]
+        text_only = [n for n in todo if queries[n].image is None]
+        image_only = [n for n in todo if queries[n].text is None]
+        text = self.text_views([queries[n].text for n in composed], self.model.text_views) if composed else {}
+        pooled = self.text_views([queries[n].text for n in text_only], ("pooled",))["pooled"] if text_only else None
+        encoded = time.perf_counter()
+        if composed:
+            vectors = self.model.compose(_stack([refs[n] for n in composed], self.model.image_views), text)
+            out = _place(out, composed, vectors)
+        if text_only:
+            out = _place(out, text_only, self.model.project_text(pooled) if self.text_head is None else self.text_head(pooled))
+        if image_only:
+            out = _place(out, image_only, self.model.embed_gallery(_stack([refs[n] for n in image_only],
+                                                                          self.model.gallery_views)))
+        if timing is not None:
+            timing["encode"] = timing.get("encode", 0.0) + encoded - start
+            timing["fuse"] = timing.get("fuse", 0.0) + time.perf_counter() - encoded
+        return out
+
+    def _refused(self, q: "Query") -> CirlabError | None:
+        if q.image is None and q.text is None:
+            return CirlabError("a query needs a text, a reference image, or both")
+        if q.image is None and not self.text_search:
+            return CirlabError("this model has no text-to-image head (its training data had no captions): "
+                               "give a reference image, or retrain on data with captions")
+        return None
+
+    def _unified(self, q: "Query") -> np.ndarray | CirlabError:
+        """A DQU query: the reference drawn on and the text unified with its caption, then composed."""
+        try:
+            image = q.image
             if not isinstance(image, Image.Image):
                 self.reference_views(image)  # a missing or unreadable file: the same one-line error
                 image = load_image(image)
-            iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, text)
-            return self.model.compose(iv, tv)[0].numpy()
-        tv = self.text_encoder.encode_texts([text], self.model.text_views)
-        text_views = as_tensors(tv)
-        return self.model.compose(self.reference_views(image), text_views)[0].numpy()
+            iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, q.text)
+        except CirlabError as e:
+            return e
+        return self.model.compose(iv, tv)[0].numpy()
+
+    def _references(self, images: Sequence, views: tuple[str, ...]) -> list:
+        """Per query: the reference's views (one row a view), its error, or None where it has no reference.
+        Uploaded images are encoded in one batch; files (gallery images) read from the feature cache at once."""
+        out: list = [None] * len(images)
+        uploads = [n for n, im in enumerate(images) if isinstance(im, Image.Image)]
+        files = [n for n, im in enumerate(images) if im is not None and not isinstance(im, Image.Image)]
+        if uploads:
+            enc = as_tensors(self.image_encoder.encode_images([images[n].convert("RGB") for n in uploads], views))
+            for row, n in enumerate(uploads):
+                out[n] = {v: enc[v][row] for v in views}
+        if files:
+            feats = self.cache.image_features(self.image_encoder, [images[n] for n in files], views, progress=False)
+            failed = {str(p): why for p, why in feats.failed}
+            got = as_tensors(feats.views) if feats.paths else {}
+            row = 0
+            for n in files:
+                path = str(Path(images[n]))
+                if path in failed:
+                    why = failed[path]
+                    out[n] = CirlabError(why if path in why else f"reference image {path}: {why}")
+                else:
+                    out[n] = {v: got[v][row] for v in views}
+                    row += 1
+        return out
 
     def search(self, gallery: GalleryVectors, image: str | Path | Image.Image | None, text: str, k: int = 10,
                exclude_reference: bool = False) -> list[Hit]:
@@ -224,6 +329,16 @@ class Pipeline:
     def rank_index(index: BaseIndex, query: np.ndarray, k: int, skip: set[str] = frozenset(),
                    scoring: CombinedScoring | None = None) -> list[tuple[str, float]]:
         """The best ``k`` (id, score) of an index for one query vector, leaving out the ids in ``skip``."""
-        want = k + len(skip)
-        ids, scores = rescore(index, query[None], want, scoring) if scoring else index.search(query[None], want)
-        return [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+        if scoring:
+            ids, scores = rescore(index, query[None], k + len(skip), scoring)
+            return [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+        return Pipeline.rank_many(index, query[None], [k], [skip])[0]
+
+    @staticmethod
+    def rank_many(index: BaseIndex, queries: np.ndarray, ks: Sequence[int],
+                  skips: Sequence[set[str]]) -> list[list[tuple[str, float]]]:
+        """:meth:`rank_index` for many query vectors (n, d) in one search call of the index."""
+        want = max(k + len(skip) for k, skip in zip(ks, skips))
+        ids, scores = index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
+        return [[(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in skip and np.isfinite(s)][:k]
+                for row_ids, row_scores, k, skip in zip(ids, scores, ks, skips)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from importlib import resources
 
 from fastapi import FastAPI, Query, Request, Security
@@ -29,7 +30,7 @@ from starlette.formparsers import MultiPartException
 
 from cirlab import __version__
 from cirlab.serve.schema import Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body
-from cirlab.serve.service import MAX_K, THUMB_SIZES, SearchService, ServiceError
+from cirlab.serve.service import MAX_K, STAGES, THUMB_SIZES, SearchService, ServiceError
 
 log = logging.getLogger("cirlab.serve")
 GALLERY_FILES = 32  # images one POST /gallery may add
@@ -152,14 +153,17 @@ def create_app(service: SearchService) -> FastAPI:
               openapi_extra=form_body(search_fields, files="image", rules={
                   "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["image_id"]}],
                   "not": {"required": ["image", "image_id"]}}))
-    async def search(request: Request):
+    async def search(request: Request, response: Response):
         form = await read_form(request)
         upload = form.get("image")
         image = None
+        timing = {"decode": 0.0}
         if isinstance(upload, UploadFile):
             data = await upload.read()
             if data:
+                start = time.perf_counter()
                 image = await run_in_threadpool(service.decode_upload, data, upload.filename or "image")
+                timing["decode"] = time.perf_counter() - start
         elif upload not in (None, ""):
             raise ServiceError(422, "the field 'image' must be a file upload; send a gallery id as 'image_id'")
         text = form.get("text")
@@ -172,7 +176,10 @@ def create_app(service: SearchService) -> FastAPI:
         if method is not None and not isinstance(method, str):
             raise ServiceError(422, "the field 'method' must be text")
         k = _int(form.get("k"), "k", 12)
-        return await run_in_threadpool(service.search, text, k, image, image_id, method)
+        body = await run_in_threadpool(service.search, text, k, image, image_id, method, timing)
+        response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
+                                                      for stage in STAGES if stage in timing)
+        return body
 
     @app.get("/images/{image_id:path}", summary="A gallery image, or its JPEG thumbnail with ?size=",
              response_class=Response, responses={200: {"content": {"image/*": {"schema": {"type": "string",
@@ -258,7 +265,8 @@ def create_app(service: SearchService) -> FastAPI:
 
 
 def serve(index: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = 10.0, cache: str | None = None) -> None:
+          max_upload_mb: float = 10.0, cache: str | None = None, batch_window_ms: float = 5.0,
+          max_batch: int = 32) -> None:
     """Load the model and index once, then run uvicorn until interrupted."""
     import os
 
@@ -268,7 +276,8 @@ def serve(index: str, model: str | None = None, host: str = "127.0.0.1", port: i
 
     pipe = Pipeline.load(model, cache)
     service = SearchService(pipe, index, max_upload_bytes=int(max_upload_mb * 2**20),
-                            api_token=os.environ.get("CIRLAB_API_TOKEN"))
+                            api_token=os.environ.get("CIRLAB_API_TOKEN"), batch_window_ms=batch_window_ms,
+                            max_batch=max_batch)
     app = create_app(service)
     print(f"cirlab serve: {service.info()['model']['method']} over {len(service.index)} images "
           f"({service.index.spec}) at http://{host}:{port}/", flush=True)

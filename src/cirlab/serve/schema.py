@@ -67,6 +67,8 @@ class Info(BaseModel):
     index: dict
     limits: dict
     gallery_changes: bool
+    batching: dict  # window_ms, max_batch
+    latency_ms: dict  # rolling p50 / p90 / p99 of each search stage (decode, queue, encode, fuse, search, total)
 
 
 def errors(*statuses: int) -> dict:

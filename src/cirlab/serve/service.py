@@ -2,9 +2,12 @@
 atomic gallery changes. The FastAPI app (``serve.app``) only parses requests and maps errors.
 
 One ``SearchService`` holds one pipeline (encoders + a trained fusion method) and the index it
-built. Models load once, at start-up. Inference and index reads run under one lock (2 CPU cores
-gain nothing from interleaving them, and the feature cache is not thread-safe); thumbnails are
-served from a small in-memory LRU and do not take the lock.
+built. Models load once, at start-up. Searches are batched: concurrent queries are gathered for up to
+``batch_window_ms`` (or ``max_batch`` queries) into one encoder batch, one fusion call and one index
+search, run on one worker thread (``serve.batching``). Inference and index reads run under one lock
+(2 CPU cores gain nothing from interleaving them, and the feature cache is not thread-safe); thumbnails
+are served from a small in-memory LRU and do not take the lock. Each answer carries its stage times
+(queue, encode, fuse, search); ``info()`` shows rolling percentiles of the last 2,000 searches.
 """
 
 from __future__ import annotations
@@ -13,23 +16,37 @@ import hashlib
 import io
 import re
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-import torch
 from PIL import Image
 
-from cirlab.api import MAX_TEXT_CHARS, Pipeline, check_text
+from cirlab.api import MAX_TEXT_CHARS, Pipeline, Query, check_text
 from cirlab.data.triplets import Gallery
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
 from cirlab.index import load_index, update_index
 from cirlab.index.store import live_version
+from cirlab.serve.batching import MicroBatcher
 
 MAX_K = 100
 THUMB_SIZES = (64, 128, 256, 512)
+STAGES = ("decode", "queue", "encode", "fuse", "search", "total")
+RECENT = 2000  # searches the rolling percentiles of info() cover
+
+
+@dataclass
+class _Search:
+    """One search waiting for its batch: the query, k, the ids left out, and the gallery id referred to."""
+
+    query: Query
+    k: int
+    skip: set
+    image_id: str | None
 
 
 class ServiceError(CirlabError):
@@ -48,7 +65,8 @@ def unreadable_gallery_image(image_id: str) -> str:
 
 class SearchService:
     def __init__(self, pipeline: Pipeline, index_dir: str | Path, max_upload_bytes: int = 10 * 2**20,
-                 max_text_chars: int = MAX_TEXT_CHARS, max_pixels: int = MAX_PIXELS, api_token: str | None = None) -> None:
+                 max_text_chars: int = MAX_TEXT_CHARS, max_pixels: int = MAX_PIXELS, api_token: str | None = None,
+                 batch_window_ms: float = 5.0, max_batch: int = 32) -> None:
         if max_text_chars > MAX_TEXT_CHARS:  # Pipeline.compose refuses longer texts whatever the server allows
             raise CirlabError(f"max_text_chars can be at most {MAX_TEXT_CHARS}, got {max_text_chars}")
         self.pipe = pipeline
@@ -60,6 +78,12 @@ class SearchService:
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
+        self.batcher = MicroBatcher(self._run_batch, batch_window_ms / 1e3, max_batch)
+        self._recent: dict[str, deque] = {s: deque(maxlen=RECENT) for s in STAGES + ("batch",)}
+
+    def close(self) -> None:
+        """Stop the batch worker (searches after this are refused)."""
+        self.batcher.close()
 
     # -- queries ------------------------------------------------------------------------------
     def check_text(self, text: str | None) -> str | None:
@@ -90,9 +114,11 @@ class SearchService:
             raise ServiceError(415, f"{e}; send a JPEG, PNG, WebP, GIF or BMP image") from None
 
     def search(self, text: str | None, k: int = 12, image: Image.Image | None = None, image_id: str | None = None,
-               method: str | None = None) -> dict:
+               method: str | None = None, timing: dict | None = None) -> dict:
         """Top-k for (reference, text). Reference: an uploaded image or a gallery id (left out of its own
-        results). No reference: a text-to-image search; no text: images that look like the reference."""
+        results, and read from its stored features). No reference: a text-to-image search; no text: images
+        that look like the reference. ``timing`` (a dict; ``decode`` may be in it already) receives the
+        seconds of each stage."""
         k = self.check_k(k)
         text = self.check_text(text)
         if method and method != self.pipe.meta["method"]:
@@ -105,21 +131,47 @@ class SearchService:
             reference = self.path_of(image_id)
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
-        with self.lock:
-            self.refresh()
-            try:
-                query = self._image_vector(reference) if text is None else self.pipe.compose(reference, text)
-            except CirlabError as e:  # a gallery file gone bad on disk: say so without the server's path
-                raise ServiceError(422, unreadable_gallery_image(image_id) if image_id else str(e)) from None
-            rows = self.pipe.rank_index(self.index, query, k, {image_id} if image_id else set())
-            results = [self.item(i, score=s) for i, s in rows]
+        item = _Search(Query(reference, text), k, {image_id} if image_id else set(), image_id)
+        start = time.perf_counter()
+        (results, stages), queued, size = self.batcher.submit(item)
+        stages = {"queue": queued, **stages, "total": time.perf_counter() - start + (timing or {}).get("decode", 0.0)}
+        if timing is not None:
+            timing.update(stages)
+        self._record({**stages, "decode": (timing or {}).get("decode", 0.0), "batch": size})
         mode = "composed" if reference is not None and text else "text" if text else "image"
         return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k}, "results": results}
 
-    @torch.inference_mode()
-    def _image_vector(self, reference: str | Path | Image.Image) -> np.ndarray:
-        views = self.pipe.reference_views(reference)
-        return self.pipe.model.embed_gallery({v: views[v] for v in self.pipe.model.gallery_views})[0].numpy()
+    def _run_batch(self, items: list[_Search]) -> list:
+        """One batch of searches: one encoder batch, one fusion call a kind, one index search. Each item gets
+        ``(results, stage seconds)`` or its own error."""
+        stages: dict[str, float] = {}
+        with self.lock:
+            self.refresh()
+            vectors = self.pipe.compose_many([i.query for i in items], stages)
+            ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
+            start = time.perf_counter()
+            ranked = Pipeline.rank_many(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
+                                        [items[n].skip for n in ok]) if ok else []
+            stages["search"] = time.perf_counter() - start
+            answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
+        return [(answers[n], stages) if n in answers else
+                ServiceError(422, unreadable_gallery_image(it.image_id) if it.image_id else str(vectors[n]))
+                for n, it in enumerate(items)]
+
+    def _record(self, stages: dict) -> None:
+        for stage, value in stages.items():
+            self._recent[stage].append(value)
+
+    def latency(self) -> dict:
+        """Rolling percentiles (ms) of each stage over the last searches, and the mean batch size."""
+        out: dict = {"searches": len(self._recent["total"])}
+        for stage in STAGES:
+            values = np.array(self._recent[stage]) * 1e3
+            if len(values):
+                out[stage] = {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
+        if self._recent["batch"]:
+            out["mean_batch"] = round(float(np.mean(self._recent["batch"])), 2)
+        return out
 
     # -- gallery ------------------------------------------------------------------------------
     @staticmethod
@@ -253,4 +305,6 @@ class SearchService:
             "limits": {"upload_bytes": self.max_upload_bytes, "text_chars": self.max_text_chars,
                        "pixels": self.max_pixels, "k": MAX_K},
             "gallery_changes": self.api_token is not None,
+            "batching": {"window_ms": self.batcher.window_s * 1e3, "max_batch": self.batcher.max_batch},
+            "latency_ms": self.latency(),
         }
