@@ -3,7 +3,6 @@ with PyTorch, are exported once per encoder id, and a missing package is a one-l
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -129,7 +128,7 @@ def test_the_feature_cache_records_the_runtime(tmp_path):
     assert cache.store(build_text_encoder().id).entries["make it red"]["runtime"] == "torch"
 
 
-def test_a_missing_runtime_package_is_a_one_line_error_and_auto_falls_back(tmp_path, monkeypatch, caplog):
+def test_a_missing_runtime_package_is_a_one_line_error_and_auto_falls_back(tmp_path):
     """A stand-in ``onnxruntime`` that fails to import, first on the path: the CLI names the extra in one line;
     ``auto`` runs PyTorch and says so."""
     blocker = tmp_path / "blocked" / "onnxruntime"

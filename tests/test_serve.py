@@ -269,3 +269,26 @@ def test_repeated_texts_are_encoded_once(served):
     again = pipe.compose_many([Query(ref, "make it blue")])
     assert seen == [["make it red", "make it blue"]]  # one batch, each text once; the repeat came from memory
     assert np.allclose(first[1], again[0])
+
+
+def test_the_batcher_never_holds_a_lone_search_and_keeps_errors_apart():
+    import time
+
+    from cirlab.serve.batching import MicroBatcher
+
+    seen = []
+    def run(items):  # 50 ms a batch: what arrives meanwhile forms the next batch
+        seen.append(list(items))
+        time.sleep(0.05)
+        return [ValueError(f"bad {x}") if x < 0 else 2 * x for x in items]
+
+    batcher = MicroBatcher(run, window_s=5.0)
+    start = time.perf_counter()
+    assert batcher.submit(3)[0] == 6 and batcher.submit(4)[0] == 8
+    assert time.perf_counter() - start < 2.5  # alone, neither waited for the 5 s window
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(batcher.submit, x) for x in (-1, 1, 2, 3, -5, 4, 5, 6)]
+        results = [f.exception() or f.result()[0] for f in futures]
+    assert [str(r) if isinstance(r, Exception) else r for r in results] == ["bad -1", 2, 4, 6, "bad -5", 8, 10, 12]
+    assert sum(len(b) for b in seen) == 10 and len(seen) <= 5  # the 8 went in a few batches
+    batcher.close()
