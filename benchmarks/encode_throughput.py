@@ -13,7 +13,6 @@ cosine between a runtime's pooled vectors and PyTorch's over all the images and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,8 @@ from cirlab.data.emojiedit import collect_emoji  # noqa: E402
 from cirlab.encoders.base import new_encoder  # noqa: E402
 from cirlab.encoders.runtime import OrtSession, export_onnx  # noqa: E402
 from cirlab.images import load_image  # noqa: E402
+
+from _report import save_report  # noqa: E402  (benchmarks/_report.py, beside this script)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,11 +114,7 @@ def main() -> None:
         lines.append(f"| {r['runtime']} | {r['images_per_s']} | {r['image_speedup']} | {r['image_min_cosine']} | "
                      f"{r['texts_per_s']} | {r['text_speedup']} | {r['text_min_cosine']} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-        a.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    save_report(text, a.out, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import save_report  # noqa: E402  (benchmarks/_report.py, beside this script)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,11 +59,7 @@ def main() -> None:
         change = max(abs(r["recall"][k] - base["recall"][k]) for k in ks) if base else float("nan")
         lines.append(f"| {runtime} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks) + f" | {change:.2f} | {r['seconds']} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-        a.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    save_report(text, a.out, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

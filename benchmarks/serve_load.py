@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _report import save_report  # benchmarks/_report.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["make it red", "give it a dark skin tone", "a green one", "make it a woman", "facing right",
@@ -111,11 +112,7 @@ def main() -> None:
     for r in rows:
         report += (f"| {a.label} | {r['clients']} | {r['seconds']:.0f} | {r['requests']} | {r['qps']} | {r['p50_ms']} | "
                    f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['gallery']:,} ({r['backend']}) | {r['method']} |\n")
-    print(report)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(report)
-        a.out.with_suffix(".json").write_text(json.dumps({"label": a.label, "rows": rows}, indent=1) + "\n")
+    save_report(report, a.out, {"label": a.label, "rows": rows})
 
 
 def load(base: str, clients: int, a, ids: list[str], uploads: list[bytes], info: dict) -> dict:

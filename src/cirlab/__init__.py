@@ -14,7 +14,7 @@ from cirlab.errors import CirlabError  # noqa: E402
 
 # name -> the module that defines it
 _EXPORTS = {
-    "Pipeline": "cirlab.api",
+    "Pipeline": "cirlab.api", "Query": "cirlab.api",
     "build_fusion": "cirlab.fusion", "fusion_methods": "cirlab.fusion", "FeatureDims": "cirlab.fusion",
     "Fusion": "cirlab.fusion",
     "build_image_encoder": "cirlab.encoders", "build_text_encoder": "cirlab.encoders",

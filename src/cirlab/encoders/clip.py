@@ -33,8 +33,8 @@ from cirlab.encoders.base import (
     text_encoders,
     to_pixels,
 )
-from cirlab.encoders.hf import _load, _TextNetwork
-from cirlab.encoders.runtime import Network, run_network
+from cirlab.encoders.hf import _load
+from cirlab.encoders.runtime import Network, Wrapped, run_network
 from cirlab.errors import CirlabError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -77,7 +77,12 @@ class CLIPImageEncoder:
         self.num_tokens = side * side
         self.levels_shape = (3, self.token_dim)
         self.colour_dim = COLOUR_DIM
-        self.network_module = _CLIPImageNetwork(self.model, self.levels_shape[0])
+        self.network_module = Wrapped(self.model, self._network_outputs)
+
+    def _network_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.vision_model(pixel_values=pixels, output_hidden_states=True)
+        return (self.model.visual_projection(out.pooler_output), out.last_hidden_state[:, 1:],
+                *hidden_levels(out.hidden_states, self.levels_shape[0]))
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (projected embedding, patch tokens, level averages...)."""
@@ -140,9 +145,11 @@ class CLIPTextEncoder:
         self.id = f"clip-text:{fingerprint_folder(folder)}:{self.max_tokens}"
         self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.text_config.hidden_size)
-        model = self.model
-        self.network_module = _TextNetwork(model.text_model,
-                                           lambda out: (model.text_projection(out.pooler_output), out.last_hidden_state))
+        self.network_module = Wrapped(self.model, self._network_outputs)
+
+    def _network_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model.text_projection(out.pooler_output), out.last_hidden_state
 
     def network(self) -> Network:
         """The network an inference runtime runs: token ids and mask -> (projected embedding, token states)."""
@@ -176,19 +183,6 @@ class CLIPTextEncoder:
         if "mask" in views:
             res["mask"] = batch["attention_mask"].numpy().astype(np.uint8)
         return res
-
-
-class _CLIPImageNetwork(torch.nn.Module):
-    """CLIP's vision tower and projection: pixels -> (projected embedding, patch tokens without CLS, level averages)."""
-
-    def __init__(self, model: torch.nn.Module, levels: int) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model.vision_model(pixel_values=pixels, output_hidden_states=True)
-        return (self.model.visual_projection(out.pooler_output), out.last_hidden_state[:, 1:],
-                *hidden_levels(out.hidden_states, self.levels))
 
 
 @image_encoders.register("clip")

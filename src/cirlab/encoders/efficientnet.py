@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
                                   stack_levels, to_pixels)
-from cirlab.encoders.runtime import Network, run_network
+from cirlab.encoders.runtime import Network, Wrapped, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import parse_spec
 
@@ -65,13 +65,18 @@ class EfficientNetLiteEncoder:
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
         self.colour_dim = COLOUR_DIM
-        self.network_module = _LiteNetwork(self)
+        self.network_module = Wrapped(self.model, self._network_outputs)
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (final map, level averages...)."""
         return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
                        ("map",) + tuple(f"level{i}" for i in range(len(self.level_blocks))),
                        {"pixels": {0: "batch"}})
+
+    def _network_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        levels: list[torch.Tensor] = []
+        fmap = self.feature_map(pixels, levels)
+        return (fmap, *levels)
 
     def feature_map(self, pixels: torch.Tensor, levels: list | None = None) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``levels`` (a list), the
@@ -141,20 +146,6 @@ class EfficientNetLiteEncoder:
         if "tokens" in views:
             out["tokens"] = fmap.flatten(2).transpose(1, 2).numpy().astype(np.float16)
         return out
-
-
-class _LiteNetwork(torch.nn.Module):
-    """The encoder's network as one module: pixels -> (final map, global averages of the level blocks)."""
-
-    def __init__(self, encoder: EfficientNetLiteEncoder) -> None:
-        super().__init__()
-        self.encoder = [encoder]  # a list: not registered as a submodule twice
-        self.model = encoder.model
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        levels: list[torch.Tensor] = []
-        fmap = self.encoder[0].feature_map(pixels, levels)
-        return (fmap, *levels)
 
 
 def _level_blocks(model) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ from cirlab.encoders.base import (
     text_encoders,
     to_pixels,
 )
-from cirlab.encoders.runtime import Network, run_network
+from cirlab.encoders.runtime import Network, Wrapped, run_network
 from cirlab.errors import CirlabError
 from cirlab.settings import offline
 
@@ -60,7 +60,10 @@ class HFTextEncoder:
         self.dim = self.token_dim = int(self.model.config.hidden_size)
         self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids")
                                  if n in self.tokenizer.model_input_names)
-        self.network_module = _TextNetwork(self.model, lambda out: (out.last_hidden_state,))
+        self.network_module = Wrapped(self.model, self._network_outputs)
+
+    def _network_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(**dict(zip(self.input_names, inputs))).last_hidden_state,)
 
     def network(self) -> Network:
         """The network an inference runtime runs: token ids and masks -> token states."""
@@ -119,20 +122,6 @@ class HFTextEncoder:
         return out
 
 
-class _TextNetwork(torch.nn.Module):
-    """A transformer text model as one module: (input_ids, attention_mask[, token_type_ids]) -> tuple of the
-    tensors ``pick`` takes from its output (the last hidden states; for CLIP also the pooled output)."""
-
-    def __init__(self, model: torch.nn.Module, pick) -> None:
-        super().__init__()
-        self.model, self.pick = model, pick
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.pick(self.model(input_ids=input_ids, attention_mask=attention_mask, **extra))
-
-
 class HFImageEncoder:
     """A local ResNet or ViT folder: pooled vector and region/patch tokens."""
 
@@ -150,7 +139,7 @@ class HFImageEncoder:
         self.std = pre.get("image_std", [0.229, 0.224, 0.225])
         self.spec = spec
         self.id = f"hf-image:{fingerprint_folder(folder)}@{self.size}"
-        self.network_module = _HFImageNetwork(self)
+        self.network_module = Wrapped(self.model, self._network_outputs)
         with torch.inference_mode():
             probe = self._forward(torch.zeros(1, 3, self.size, self.size))
         self.dim = probe[0].shape[-1]
@@ -168,6 +157,10 @@ class HFImageEncoder:
             tokens = hidden[:, 1:]
             pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else hidden[:, 0]
         return pooled.flatten(1), tokens, hidden_levels(out.hidden_states)
+
+    def _network_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pooled, tokens, levels = self._forward(pixels)
+        return (pooled, tokens, *levels)
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (pooled, tokens, level averages...)."""
@@ -188,17 +181,6 @@ class HFImageEncoder:
         if "tokens" in views:
             out["tokens"] = tokens.numpy().astype(np.float16)
         return out
-
-
-class _HFImageNetwork(torch.nn.Module):
-    def __init__(self, encoder: HFImageEncoder) -> None:
-        super().__init__()
-        self.encoder = [encoder]  # a list: not registered as a submodule twice
-        self.model = encoder.model
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pooled, tokens, levels = self.encoder[0]._forward(pixels)
-        return (pooled, tokens, *levels)
 
 
 @text_encoders.register("minilm")

@@ -48,7 +48,7 @@ _PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 @dataclass
 class Network:
-    """What a runtime runs: ``module(**inputs)`` -> tuple of tensors named ``outputs``.
+    """What a runtime runs: ``module(*inputs.values())`` -> tuple of tensors named ``outputs``.
 
     ``inputs`` are example tensors in ``forward``'s argument order; ``dynamic`` names the axes that vary
     (the batch; for texts also the sequence). ``version`` is bumped when the module's code changes."""
@@ -58,6 +58,18 @@ class Network:
     outputs: tuple[str, ...]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
     version: int = 1
+
+
+class Wrapped(torch.nn.Module):
+    """An encoder's network as one module: ``fn(*inputs)`` -> tuple of tensors; ``model`` is registered so that
+    its weights go into the export."""
+
+    def __init__(self, model: torch.nn.Module, fn) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.fn(*inputs))
 
 
 def resolve_runtime(name: str | None) -> str:
@@ -106,12 +118,12 @@ def runtime_name(encoder) -> str:
 
 
 def run_network(encoder, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The encoder's network on ``feeds`` under its runtime (``encoder.runtime``, default ``torch``)."""
+    """The encoder's network on ``feeds`` (its inputs by name, in ``forward``'s order) under its runtime
+    (``encoder.runtime``, default ``torch``)."""
     runtime = getattr(encoder, "runtime", "torch")
     if runtime == "torch":
         with torch.inference_mode():
-            out = encoder.network_module(**feeds)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
+            return list(encoder.network_module(*feeds.values()))
     session = _session(encoder, runtime)
     arrays = session.run({k: v.numpy() for k, v in feeds.items()})
     return [torch.from_numpy(a) for a in arrays]
