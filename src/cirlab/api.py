@@ -75,6 +75,11 @@ def _stack(rows: Sequence[dict[str, torch.Tensor]], views: Sequence[str]) -> dic
     return {v: torch.stack([r[v] for r in rows]) for v in views}
 
 
+def _best(ids: Sequence[str], scores: np.ndarray, k: int, skip: set[str]) -> list[tuple[str, float]]:
+    """The first ``k`` (id, score) of a ranked row, leaving out the ids in ``skip`` and unfilled slots."""
+    return [(i, float(s)) for i, s in zip(ids, scores) if i not in skip and np.isfinite(s)][:k]
+
+
 def _place(out: list, where: Sequence[int], vectors: torch.Tensor) -> list:
     rows = dict(zip(where, vectors.numpy()))
     return [rows.get(n, o) for n, o in enumerate(out)]
@@ -141,18 +146,13 @@ class Pipeline:
         path_of = dict(zip(gallery.ids, gallery.paths))
         return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
 
-    def reference_views(self, image: str | Path | Image.Image,
-                        views: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """The views of one reference: an image is encoded; a file is read from the feature cache (a gallery
-        image's stored features), encoded on a miss."""
-        views = tuple(views or self.model.image_views)
-        if isinstance(image, Image.Image):
-            return as_tensors(self.image_encoder.encode_images([image.convert("RGB")], views))
-        feats = self.cache.image_features(self.image_encoder, [image], views, progress=False)
-        if feats.failed:  # a missing or unreadable reference: say why, in one line
-            path, why = feats.failed[0]
-            raise CirlabError(why if str(path) in why else f"reference image {path}: {why}")
-        return as_tensors(feats.views)
+    def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
+        """The views of one reference (a batch of one): an image is encoded; a file is read from the feature
+        cache (a gallery image's stored features), encoded on a miss."""
+        (views,) = self._references([image], tuple(self.model.image_views))
+        if isinstance(views, Exception):
+            raise views
+        return {v: t[None] for v, t in views.items()}
 
     def text_views(self, texts: Sequence[str], views: Sequence[str]) -> dict[str, torch.Tensor]:
         """The views of texts, encoded in one batch; repeated texts (a multi-turn session re-sends them) come
@@ -331,7 +331,7 @@ class Pipeline:
         """The best ``k`` (id, score) of an index for one query vector, leaving out the ids in ``skip``."""
         if scoring:
             ids, scores = rescore(index, query[None], k + len(skip), scoring)
-            return [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in skip and np.isfinite(s)][:k]
+            return _best(ids[0], scores[0], k, skip)
         return Pipeline.rank_many(index, query[None], [k], [skip])[0]
 
     @staticmethod
@@ -340,5 +340,4 @@ class Pipeline:
         """:meth:`rank_index` for many query vectors (n, d) in one search call of the index."""
         want = max(k + len(skip) for k, skip in zip(ks, skips))
         ids, scores = index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
-        return [[(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in skip and np.isfinite(s)][:k]
-                for row_ids, row_scores, k, skip in zip(ids, scores, ks, skips)]
+        return [_best(row_ids, row_scores, k, skip) for row_ids, row_scores, k, skip in zip(ids, scores, ks, skips)]

@@ -34,7 +34,7 @@ from cirlab.encoders.base import (
     to_pixels,
 )
 from cirlab.encoders.hf import _load
-from cirlab.encoders.runtime import Network, Wrapped, run_network
+from cirlab.encoders.runtime import Network, Wrapped, image_network, run_network, text_network
 from cirlab.errors import CirlabError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -86,9 +86,8 @@ class CLIPImageEncoder:
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (projected embedding, patch tokens, level averages...)."""
-        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
-                       ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])),
-                       {"pixels": {0: "batch"}})
+        return image_network(self.network_module, self.size,
+                             ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])))
 
     # Stage 1: the frozen trunk is the patch embedding and the first layers; the tail the last ``n`` layers,
     # the final norm on the CLS token and the projection (``"all"``: the tail is the whole tower).
@@ -154,10 +153,7 @@ class CLIPTextEncoder:
     def network(self) -> Network:
         """The network an inference runtime runs: token ids and mask -> (projected embedding, token states)."""
         batch = self.tokenizer(["a red one", "make it larger and blue"], padding=True, return_tensors="pt")
-        axes = {0: "batch", 1: "sequence"}
-        names = ("input_ids", "attention_mask")
-        return Network(self.network_module, {n: batch[n] for n in names}, ("pooled", "states"),
-                       {n: axes for n in names})
+        return text_network(self.network_module, batch, ("input_ids", "attention_mask"), ("pooled", "states"))
 
     def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
         return _tower_tunable(self.model, "text_model", "text_projection", "final_layer_norm", n, self.spec)

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
                                   stack_levels, to_pixels)
-from cirlab.encoders.runtime import Network, Wrapped, run_network
+from cirlab.encoders.runtime import Network, Wrapped, image_network, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import parse_spec
 
@@ -69,9 +69,8 @@ class EfficientNetLiteEncoder:
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (final map, level averages...)."""
-        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
-                       ("map",) + tuple(f"level{i}" for i in range(len(self.level_blocks))),
-                       {"pixels": {0: "batch"}})
+        return image_network(self.network_module, self.size,
+                             ("map",) + tuple(f"level{i}" for i in range(len(self.level_blocks))))
 
     def _network_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         levels: list[torch.Tensor] = []

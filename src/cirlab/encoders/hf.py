@@ -31,7 +31,7 @@ from cirlab.encoders.base import (
     text_encoders,
     to_pixels,
 )
-from cirlab.encoders.runtime import Network, Wrapped, run_network
+from cirlab.encoders.runtime import Network, Wrapped, image_network, run_network, text_network
 from cirlab.errors import CirlabError
 from cirlab.settings import offline
 
@@ -68,9 +68,7 @@ class HFTextEncoder:
     def network(self) -> Network:
         """The network an inference runtime runs: token ids and masks -> token states."""
         batch = self.tokenize(["a red one", "make it larger and blue"], pad_to_max=False)
-        axes = {0: "batch", 1: "sequence"}
-        return Network(self.network_module, {n: batch[n] for n in self.input_names}, ("states",),
-                       {n: axes for n in self.input_names})
+        return text_network(self.network_module, batch, self.input_names, ("states",))
 
     def tokenize(self, texts: Sequence[str], pad_to_max: bool) -> dict[str, torch.Tensor]:
         return self.tokenizer(
@@ -164,9 +162,8 @@ class HFImageEncoder:
 
     def network(self) -> Network:
         """The network an inference runtime runs: pixels -> (pooled, tokens, level averages...)."""
-        return Network(self.network_module, {"pixels": torch.zeros(2, 3, self.size, self.size)},
-                       ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])),
-                       {"pixels": {0: "batch"}})
+        return image_network(self.network_module, self.size,
+                             ("pooled", "tokens") + tuple(f"level{i}" for i in range(self.levels_shape[0])))
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -58,6 +59,16 @@ class Network:
     outputs: tuple[str, ...]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
     version: int = 1
+
+
+def image_network(module: torch.nn.Module, size: int, outputs: tuple[str, ...]) -> Network:
+    """The network of an image encoder: normalised pixels (B, 3, size, size) -> ``outputs``."""
+    return Network(module, {"pixels": torch.zeros(2, 3, size, size)}, outputs, {"pixels": {0: "batch"}})
+
+
+def text_network(module: torch.nn.Module, batch: dict, names: Sequence[str], outputs: tuple[str, ...]) -> Network:
+    """The network of a text encoder: the tokeniser's ``names`` (from an example ``batch``) -> ``outputs``."""
+    return Network(module, {n: batch[n] for n in names}, outputs, {n: {0: "batch", 1: "sequence"} for n in names})
 
 
 class Wrapped(torch.nn.Module):
@@ -129,9 +140,9 @@ def run_network(encoder, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [torch.from_numpy(a) for a in arrays]
 
 
-def exported_path(encoder) -> Path:
-    """Where the encoder's exported graph lives (whether or not it exists yet)."""
-    net = encoder.network()
+def exported_path(encoder, net: Network | None = None) -> Path:
+    """Where the encoder's exported graph lives (whether or not it exists yet); ``net``: its network, if built."""
+    net = net or encoder.network()
     key = json.dumps({"id": encoder.id, "graph": type(encoder).__name__, "version": net.version,
                       "torch": torch.__version__.split("+")[0], "format": EXPORT_FORMAT, "opset": OPSET})
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -141,10 +152,10 @@ def exported_path(encoder) -> Path:
 
 def export_onnx(encoder) -> Path:
     """Export the encoder's network once (a cached graph is reused); returns the ``.onnx`` path."""
-    path = exported_path(encoder)
+    net = encoder.network()
+    path = exported_path(encoder, net)
     if path.is_file() and (path.parent / "source.json").is_file():
         return path
-    net = encoder.network()
     if path.parent.exists():  # an export cut short before it was complete: rebuilt
         shutil.rmtree(path.parent, ignore_errors=True)
     path.parent.parent.mkdir(parents=True, exist_ok=True)

@@ -132,12 +132,13 @@ class SearchService:
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
         item = _Search(Query(reference, text), k, {image_id} if image_id else set(), image_id)
+        decode = (timing or {}).get("decode", 0.0)
         start = time.perf_counter()
-        (results, stages), queued, size = self.batcher.submit(item)
-        stages = {"queue": queued, **stages, "total": time.perf_counter() - start + (timing or {}).get("decode", 0.0)}
+        (results, batch_stages), queued, size = self.batcher.submit(item)
+        stages = {"decode": decode, "queue": queued, **batch_stages, "total": time.perf_counter() - start + decode}
         if timing is not None:
             timing.update(stages)
-        self._record({**stages, "decode": (timing or {}).get("decode", 0.0), "batch": size})
+        self._record({**stages, "batch": size})
         mode = "composed" if reference is not None and text else "text" if text else "image"
         return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k}, "results": results}
 
