@@ -36,30 +36,70 @@ TEXTS = ["make it red", "give it a dark skin tone", "a green one", "make it a wo
          "a lighter skin tone", "turn it yellow", "the same thing in orange"]
 
 
-def build_gallery(folder: Path, n: int) -> None:
+def _variants():
+    """Deterministic image edits, in order: the first three are serve_load's 10k gallery (as drawn,
+    mirrored, tinted background); the rest (rotations, scales, shifts, grey and mirrored-tinted
+    backgrounds) extend it to 25 variants, about 100k images (the latency budget's gallery)."""
     from PIL import Image, ImageOps
+
+    def scale(s):
+        def f(im):
+            small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
+            out = Image.new("RGBA", im.size, (0, 0, 0, 0))
+            out.alpha_composite(small, ((im.width - small.width) // 2, (im.height - small.height) // 2))
+            return out
+        return f
+
+    def shift(dx, dy):
+        def f(im):
+            out = Image.new("RGBA", im.size, (0, 0, 0, 0))
+            out.alpha_composite(im, (max(dx, 0), max(dy, 0)), (max(-dx, 0), max(-dy, 0)))
+            return out
+        return f
+
+    tints = [(255, 236, 236), (236, 245, 255), (240, 255, 236)]
+    out = [lambda im: im, ImageOps.mirror, None]  # None: the tint cycles with the image count (serve_load's 10k)
+    out += [lambda im, a=a: im.rotate(a, Image.BICUBIC) for a in (-20, -15, -10, -5, 5, 10, 15, 20)]
+    out += [scale(0.75), scale(0.85)]
+    out += [lambda im, t=t: _on(ImageOps.mirror(im), t) for t in tints]
+    out += [lambda im, a=a: ImageOps.mirror(im).rotate(a, Image.BICUBIC) for a in (-10, 10)]
+    out += [lambda im, g=g: _on(im, g) for g in ((200, 200, 200), (128, 128, 128), (40, 40, 40))]
+    out += [shift(dx, dy) for dx, dy in ((6, 0), (-6, 0), (0, 6), (0, -6))]
+    return out, tints
+
+
+def build_gallery(folder: Path, n: int) -> None:
+    """``n`` PNGs in ``folder``: every Twemoji as drawn, then each further variant in turn; files
+    already there are kept (a larger ``n`` extends a gallery)."""
+    from PIL import Image
 
     from cirlab.data.emojiedit import twemoji_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    if len(list(folder.glob("*.png"))) >= n:
-        return
     sources = sorted(twemoji_folder().glob("*.png"))
-    tints = [(255, 236, 236), (236, 245, 255), (240, 255, 236)]
+    variants, tints = _variants()
     made = 0
-    for variant in range(3):
+    for variant, edit in enumerate(variants):
         for src in sources:
             if made >= n:
                 return
-            im = Image.open(src).convert("RGBA")
-            if variant == 1:
-                im = ImageOps.mirror(im)
-            if variant == 2:
-                bg = Image.new("RGBA", im.size, tints[made % 3] + (255,))
-                bg.alpha_composite(im)
-                im = bg
-            im.save(folder / f"{src.stem}-v{variant}.png")
+            target = folder / f"{src.stem}-v{variant}.png"
+            if not target.exists():
+                im = Image.open(src).convert("RGBA")
+                im = edit(im) if edit else _on(im, tints[made % 3])
+                im.save(target)
             made += 1
+    if made < n:
+        raise SystemExit(f"--images {n}: the variants make only {made} images")
+
+
+def _on(im, colour):
+    """``im`` over an opaque background of ``colour``."""
+    from PIL import Image
+
+    bg = Image.new("RGBA", im.size, colour + (255,))
+    bg.alpha_composite(im)
+    return bg
 
 
 def build_index(gallery: Path, out: Path, model: str | None) -> None:

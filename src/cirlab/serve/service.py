@@ -27,6 +27,7 @@ from PIL import Image
 
 from cirlab.api import MAX_TEXT_CHARS, Pipeline, Query, check_text
 from cirlab.data.triplets import Gallery
+from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
 from cirlab.index import load_index, update_index
@@ -301,7 +302,8 @@ class SearchService:
             "model": {"method": meta["method"], "checkpoint": self.pipe.path.name if self.pipe.path else None,
                       "fusion": self.pipe.identity["fusion"], "embed_dim": self.pipe.model.embed_dim,
                       "text_search": self.pipe.text_search},
-            "encoders": {"image": self.pipe.image_encoder.id, "text": self.pipe.text_encoder.id},
+            "encoders": {"image": self.pipe.image_encoder.id, "text": self.pipe.text_encoder.id,
+                         "runtime": runtime_name(self.pipe.image_encoder)},
             "index": {"size": len(self.index), "backend": self.index.spec, "dim": self.index.dim},
             "limits": {"upload_bytes": self.max_upload_bytes, "text_chars": self.max_text_chars,
                        "pixels": self.max_pixels, "k": MAX_K},
