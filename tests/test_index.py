@@ -36,7 +36,7 @@ def recall_at(found, truth):
 # (spec, the smallest Recall@10 against exact it must reach on the clustered set)
 BACKENDS = [("exact", 1.0), ("knn", 1.0), ("kdtree", 1.0), ("faiss:Flat", 1.0), ("faiss:HNSW16,ef=64", 0.95),
             ("faiss:IVF8,Flat,nprobe=8", 1.0), ("lsh:bits=256,candidates=150", 0.9), ("kmeans_svm:k=6,probe=6", 1.0),
-            ("kmeans_svm:k=6,probe=2", 0.8)]
+            ("kmeans_svm:k=6,probe=2", 0.8), ("qdrant", 1.0)]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import hashlib
 import time
 from collections import OrderedDict
@@ -31,8 +32,9 @@ from cirlab.fusion import Fusion
 from cirlab.fusion.dqu import unified_query_views
 from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
-from cirlab.index import BaseIndex, CombinedScoring, build_index, read_manifest, rescore, update_index
+from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter, read_manifest, rescore, update_index
 from cirlab.index.exact import exact_topk
+from cirlab.index.metadata import attach
 
 MAX_TEXT_CHARS = 1000
 TEXT_CACHE = 4096  # texts whose encoder outputs a pipeline keeps in memory
@@ -57,9 +59,11 @@ class GalleryVectors:
     vectors: np.ndarray
     failed: list[tuple[str, str]] = field(default_factory=list)
 
-    def metadata(self) -> list[dict]:
-        """What an index stores per image: its file."""
-        return [{"path": str(Path(p).resolve())} for p in self.paths]
+    def metadata(self, records: dict[str, dict] | None = None, root: str | Path | None = None) -> list[dict]:
+        """What an index stores per image: its file, and its record from ``records`` where one matches
+        (:func:`cirlab.index.metadata.attach`; ``root``: the gallery folder the records' paths are relative to)."""
+        extra = attach(self.ids, self.paths, records, root) if records else [{} for _ in self.ids]
+        return [{**e, "path": str(Path(p).resolve())} for p, e in zip(self.paths, extra)]
 
 
 @dataclass
@@ -278,13 +282,15 @@ class Pipeline:
         return [Hit(r + 1, gallery.ids[j], str(gallery.paths[j]), float(s))
                 for r, (j, s) in enumerate(zip(top[0], scores[0])) if np.isfinite(s)]
 
-    def index_gallery(self, gallery: Gallery | str | Path, index: BaseIndex | str = "exact",
-                      progress: bool = True) -> tuple[BaseIndex, list[tuple[str, str]]]:
-        """Embed a gallery (through the cache) into an index: a backend spec for a new one, or an index to grow."""
+    def index_gallery(self, gallery: Gallery | str | Path, index: BaseIndex | str = "exact", progress: bool = True,
+                      metadata: dict[str, dict] | None = None, root: str | Path | None = None
+                      ) -> tuple[BaseIndex, list[tuple[str, str]]]:
+        """Embed a gallery (through the cache) into an index: a backend spec for a new one, or an index to grow.
+        ``metadata``: records to attach by id or path (:mod:`cirlab.index.metadata`), paths relative to ``root``."""
         vectors = self.encode_gallery(gallery, progress)
         if isinstance(index, str):
             index = build_index(index, self.model.embed_dim)
-        index.add(vectors.ids, vectors.vectors, vectors.metadata())
+        index.add(vectors.ids, vectors.vectors, vectors.metadata(metadata, root))
         return index, vectors.failed
 
     def add_to_index(self, index_dir: str | Path, paths: Sequence[str | Path], progress: bool = True) -> dict:
@@ -310,34 +316,46 @@ class Pipeline:
                 "total": len(index)}
 
     def search_index(self, index: BaseIndex, image: str | Path | Image.Image | None, text: str, k: int = 10,
-                     exclude_reference: bool = False, scoring: CombinedScoring | None = None) -> list[Hit]:
-        """Top-k of an index for the composed query; ``scoring`` re-ranks candidates (paper 000's combined score)."""
+                     exclude_reference: bool = False, scoring: CombinedScoring | None = None,
+                     filter: dict | None = None) -> list[Hit]:
+        """Top-k of an index for the composed query; ``scoring`` re-ranks candidates (paper 000's combined score);
+        ``filter`` keeps images whose metadata match (``{field: value or [values]}``, :mod:`cirlab.index.base`)."""
         if k < 1:
             raise CirlabError(f"-k must be at least 1, got {k}")
         if index.dim != self.model.embed_dim:
             raise CirlabError(f"the index holds {index.dim}-d vectors, this model makes {self.model.embed_dim}-d ones: "
                               "use the model the index was built with")
+        check_filter(filter)  # refused before encoding
         query = self.compose(image, text)[None]
         skip: set[str] = set()
         if exclude_reference and image is not None and not isinstance(image, Image.Image):
             ref = str(Path(image).resolve())
             skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
-        hits = self.rank_index(index, query[0], k, skip, scoring)
+        hits = self.rank_index(index, query[0], k, skip, scoring, filter)
         return [Hit(r + 1, i, index.metadata[index.row_of[i]].get("path", ""), s) for r, (i, s) in enumerate(hits)]
 
     @staticmethod
     def rank_index(index: BaseIndex, query: np.ndarray, k: int, skip: set[str] = frozenset(),
-                   scoring: CombinedScoring | None = None) -> list[tuple[str, float]]:
+                   scoring: CombinedScoring | None = None, filter: dict | None = None) -> list[tuple[str, float]]:
         """The best ``k`` (id, score) of an index for one query vector, leaving out the ids in ``skip``."""
         if scoring:
-            ids, scores = rescore(index, query[None], k + len(skip), scoring)
+            ids, scores = rescore(index, query[None], k + len(skip), scoring, filter)
             return _best(ids[0], scores[0], k, skip)
-        return Pipeline.rank_many(index, query[None], [k], [skip])[0]
+        return Pipeline.rank_many(index, query[None], [k], [skip], [filter])[0]
 
     @staticmethod
-    def rank_many(index: BaseIndex, queries: np.ndarray, ks: Sequence[int],
-                  skips: Sequence[set[str]]) -> list[list[tuple[str, float]]]:
-        """:meth:`rank_index` for many query vectors (n, d) in one search call of the index."""
-        want = max(k + len(skip) for k, skip in zip(ks, skips))
-        ids, scores = index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
-        return [_best(row_ids, row_scores, k, skip) for row_ids, row_scores, k, skip in zip(ids, scores, ks, skips)]
+    def rank_many(index: BaseIndex, queries: np.ndarray, ks: Sequence[int], skips: Sequence[set[str]],
+                  filters: Sequence[dict | None] | None = None) -> list[list[tuple[str, float]]]:
+        """:meth:`rank_index` for many query vectors (n, d): one search call of the index per distinct filter."""
+        filters = list(filters) if filters is not None else [None] * len(ks)
+        groups: dict[str, list[int]] = {}
+        for n, f in enumerate(filters):
+            groups.setdefault(json.dumps(f or {}, sort_keys=True), []).append(n)
+        out: list = [None] * len(ks)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        for rows in groups.values():
+            want = max(ks[n] + len(skips[n]) for n in rows)
+            ids, scores = index.search(queries[rows], want, filters[rows[0]])
+            for n, row_ids, row_scores in zip(rows, ids, scores):
+                out[n] = _best(row_ids, row_scores, ks[n], skips[n])
+        return out

@@ -17,7 +17,12 @@ def add_parser(sub) -> None:
     ib.add_argument("--out", type=Path, required=True, help="index folder to write")
     ib.add_argument("--backend", default="exact",
                     help="exact (default), knn, kdtree, lsh[:bits=256,candidates=100], faiss:FACTORY[,nprobe=N,ef=N] "
-                         "(e.g. faiss:HNSW32, faiss:IVF1024,PQ64), kmeans_svm[:k=15,probe=1]")
+                         "(e.g. faiss:HNSW32, faiss:IVF1024,PQ64), kmeans_svm[:k=15,probe=1], "
+                         "qdrant[:path=DIR | url=http://HOST:6333,collection=NAME]")
+    ib.add_argument("--metadata", type=Path, default=None,
+                    help="JSONL, CSV or Parquet file of per-image records keyed by id, path or file (name, caption, "
+                         "category...: shown by the API and web page, and filterable); without it, a data set's "
+                         "images.jsonl in the gallery folder or its parent is attached")
     ia = isub.add_parser("add", parents=writer, help="add images (files or folders) to an index")
     ia.add_argument("dir", type=Path, help="index folder")
     ia.add_argument("paths", nargs="+", type=Path, help="images or folders of images")
@@ -36,6 +41,7 @@ def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
     from cirlab.data.triplets import Gallery
     from cirlab.index import describe_index, save_index, update_index, verify_index
+    from cirlab.index.metadata import dataset_metadata, read_metadata
 
     if a.action == "verify":
         problems = verify_index(a.dir)
@@ -52,7 +58,12 @@ def run(a: argparse.Namespace) -> int:
         return 0
     pipe = Pipeline.load(a.model, a.cache)
     if a.action == "build":
-        index, failed = pipe.index_gallery(Gallery.from_folder(a.gallery), a.backend, progress=not a.quiet)
+        found = (a.metadata, read_metadata(a.metadata)) if a.metadata else dataset_metadata(a.gallery)
+        index, failed = pipe.index_gallery(Gallery.from_folder(a.gallery), a.backend, progress=not a.quiet,
+                                           metadata=found[1] if found else None, root=a.gallery)
+        if found:
+            matched = sum(len(m) > 1 for m in index.metadata)
+            print(f"attached metadata from {found[0]} to {matched} of {len(index)} images")
         save_index(index, a.out, {**pipe.identity, "gallery": str(Path(a.gallery).resolve())})
         print(f"indexed {len(index)} images ({len(failed)} unreadable) with {index.spec} into {a.out}")
         return 0

@@ -28,15 +28,21 @@ def add_parser(sub) -> None:
     s.add_argument("--text", required=True, help='modification text, e.g. "make it red"')
     s.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
     s.add_argument("--exclude-reference", action="store_true", help="leave the reference image out of the results")
+    s.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE[,VALUE]",
+                   help="with --index: keep images whose metadata FIELD is VALUE (or one of the VALUEs); repeat for "
+                        "more fields, all of which must match (e.g. --filter family=colour)")
     s.add_argument("--json", action="store_true", help="print JSON for machines")
     s.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline, check_text
-    from cirlab.index import CombinedScoring, load_index
+    from cirlab.index import CombinedScoring, load_index, parse_filter_args
 
     check_text(a.text)
+    where = parse_filter_args(a.filter)
+    if where and a.index is None:
+        raise CirlabError("--filter needs --index: a folder gallery has no metadata to filter on")
     if a.image is not None and not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
     pipe = Pipeline.load(a.model, a.cache)
@@ -44,7 +50,8 @@ def run(a: argparse.Namespace) -> int:
     if a.index is not None:
         index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)
         scoring = CombinedScoring.parse(a.scoring) if a.scoring else None
-        hits = pipe.search_index(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring)
+        hits = pipe.search_index(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring,
+                                 filter=where or None)
     else:
         gallery = pipe.encode_gallery(a.gallery, progress=not a.json)
         if gallery.failed:

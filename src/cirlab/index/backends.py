@@ -39,16 +39,26 @@ class KNNIndex(BaseIndex):
         self._norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
 
     def _search_rows(self, queries, k):
-        g = torch.from_numpy(self.vectors)
-        norms = torch.from_numpy(self._norms)
-        rows, scores = [], []
-        for s in range(0, len(queries), 1024):
-            q = torch.from_numpy(queries[s:s + 1024])
-            d2 = (q * q).sum(1, keepdim=True) + norms[None] - 2 * q @ g.T
-            top = torch.topk(d2, k, dim=1, largest=False)
-            rows.append(top.indices.numpy())
-            scores.append(-top.values.clamp(min=0).sqrt().numpy())
-        return np.concatenate(rows), np.concatenate(scores)
+        return euclidean_topk(queries, self.vectors, self._norms, k)
+
+    def _search_filtered(self, queries, k, where, allowed):
+        rows, scores = euclidean_topk(queries, np.asarray(self.vectors[allowed]), self._norms[allowed], k)
+        return allowed[rows], scores
+
+
+def euclidean_topk(queries: np.ndarray, gallery: np.ndarray, norms: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery rows by Euclidean distance (``norms``: the rows' squared norms); scores are
+    ``-distance``."""
+    g = torch.from_numpy(gallery)
+    norms = torch.from_numpy(norms)
+    rows, scores = [], []
+    for s in range(0, len(queries), 1024):
+        q = torch.from_numpy(queries[s:s + 1024])
+        d2 = (q * q).sum(1, keepdim=True) + norms[None] - 2 * q @ g.T
+        top = torch.topk(d2, k, dim=1, largest=False)
+        rows.append(top.indices.numpy())
+        scores.append(-top.values.clamp(min=0).sqrt().numpy())
+    return np.concatenate(rows), np.concatenate(scores)
 
 
 @index_backends.register("kdtree")

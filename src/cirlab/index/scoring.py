@@ -63,9 +63,11 @@ class CombinedScoring:
         return s.astype(np.float32)
 
 
-def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring) -> tuple[list[list[str]], np.ndarray]:
-    """Search ``index`` for ``scoring.candidates`` rows per query, re-rank them by the combined score."""
-    ids, _ = index.search(queries, max(k, scoring.candidates))
+def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring, filter: dict | None = None
+            ) -> tuple[list[list[str]], np.ndarray]:
+    """Search ``index`` for ``scoring.candidates`` rows per query (of those ``filter`` keeps), re-rank them by the
+    combined score."""
+    ids, _ = index.search(queries, max(k, scoring.candidates), filter)
     out_ids, out_scores = [], np.full((len(queries), k), -np.inf, np.float32)
     for i, row in enumerate(ids):
         if not row:

@@ -13,6 +13,7 @@ too large (bytes or pixels), 415 not an image, 422 bad fields, 500 never expecte
 
 from __future__ import annotations
 
+import json
 import hmac
 import logging
 import time
@@ -86,6 +87,25 @@ def _int(value, name: str, default: int) -> int:
         raise ServiceError(422, f"{name} must be an integer, got {str(value)[:40]!r}") from None
 
 
+_SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
+_VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
+_PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
+FILTER_PATTERN = rf"^\{{ ?{_PAIR}( ?, ?{_PAIR})* ?\}}$"  # ASCII filters; the server takes any such JSON object
+
+
+def _filter(value) -> dict | None:
+    """The search form's ``filter`` field: a JSON object, or None where it is absent."""
+    if value in (None, ""):
+        return None
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ServiceError(422, 'the field \'filter\' must be a JSON object, e.g. {"family": "colour"}')
+    return parsed
+
+
 def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text.")
@@ -146,6 +166,9 @@ def create_app(service: SearchService) -> FastAPI:
         "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 12},
         "method": {"type": "string", "enum": [service.pipe.meta["method"]],
                    "description": "the served method (a server serves one)"},
+        "filter": {"type": "string", "maxLength": 4000, "pattern": FILTER_PATTERN,
+                   "description": 'a metadata filter, a JSON object: {"field": value or [values], ...}; keeps the '
+                                  'images whose metadata match every field, e.g. {"family": "colour"}'},
     }
 
     @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
@@ -176,7 +199,7 @@ def create_app(service: SearchService) -> FastAPI:
         if method is not None and not isinstance(method, str):
             raise ServiceError(422, "the field 'method' must be text")
         k = _int(form.get("k"), "k", 12)
-        body = await run_in_threadpool(service.search, text, k, image, image_id, method, timing)
+        body = await run_in_threadpool(service.search, text, k, image, image_id, method, timing, _filter(form.get("filter")))
         response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
                                                       for stage in STAGES if stage in timing)
         return body

@@ -33,6 +33,7 @@ class Query(BaseModel):
     text: str | None
     image_id: str | None
     k: int
+    filter: dict | None = None
 
 
 class SearchResponse(BaseModel):

@@ -30,7 +30,7 @@ from cirlab.data.triplets import Gallery
 from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
-from cirlab.index import load_index, update_index
+from cirlab.index import check_filter, load_index, update_index
 from cirlab.index.store import live_version
 from cirlab.serve.batching import MicroBatcher
 
@@ -42,12 +42,14 @@ RECENT = 2000  # searches the rolling percentiles of info() cover
 
 @dataclass
 class _Search:
-    """One search waiting for its batch: the query, k, the ids left out, and the gallery id referred to."""
+    """One search waiting for its batch: the query, k, the ids left out, the gallery id referred to, and the
+    metadata filter."""
 
     query: Query
     k: int
     skip: set
     image_id: str | None
+    filter: dict | None = None
 
 
 class ServiceError(CirlabError):
@@ -115,13 +117,17 @@ class SearchService:
             raise ServiceError(415, f"{e}; send a JPEG, PNG, WebP, GIF or BMP image") from None
 
     def search(self, text: str | None, k: int = 12, image: Image.Image | None = None, image_id: str | None = None,
-               method: str | None = None, timing: dict | None = None) -> dict:
+               method: str | None = None, timing: dict | None = None, filter: dict | None = None) -> dict:
         """Top-k for (reference, text). Reference: an uploaded image or a gallery id (left out of its own
         results, and read from its stored features). No reference: a text-to-image search; no text: images
-        that look like the reference. ``timing`` (a dict; ``decode`` may be in it already) receives the
-        seconds of each stage."""
+        that look like the reference. ``filter``: keep images whose metadata match (``{field: value or
+        [values]}``). ``timing`` (a dict; ``decode`` may be in it already) receives the seconds of each stage."""
         k = self.check_k(k)
         text = self.check_text(text)
+        try:
+            check_filter(filter)
+        except CirlabError as e:
+            raise ServiceError(422, str(e)) from None
         if method and method != self.pipe.meta["method"]:
             raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {method!r}: "
                                     f"start one with a {method} model (cirlab serve --model ...)")
@@ -132,7 +138,7 @@ class SearchService:
             reference = self.path_of(image_id)
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
-        item = _Search(Query(reference, text), k, {image_id} if image_id else set(), image_id)
+        item = _Search(Query(reference, text), k, {image_id} if image_id else set(), image_id, filter or None)
         decode = (timing or {}).get("decode", 0.0)
         start = time.perf_counter()
         (results, batch_stages), queued, size = self.batcher.submit(item)
@@ -141,7 +147,8 @@ class SearchService:
             timing.update(stages)
         self._record({**stages, "batch": size})
         mode = "composed" if reference is not None and text else "text" if text else "image"
-        return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k}, "results": results}
+        return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k, "filter": filter or None},
+                "results": results}
 
     def _run_batch(self, items: list[_Search]) -> list:
         """One batch of searches: one encoder batch, one fusion call a kind, one index search. Each item gets
@@ -153,7 +160,7 @@ class SearchService:
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
             start = time.perf_counter()
             ranked = Pipeline.rank_many(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
-                                        [items[n].skip for n in ok]) if ok else []
+                                        [items[n].skip for n in ok], [items[n].filter for n in ok]) if ok else []
             stages["search"] = time.perf_counter() - start
             answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
         return [(answers[n], stages) if n in answers else
