@@ -22,7 +22,7 @@ from PIL import Image
 
 from cirlab import settings
 from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
-from cirlab.data.features import image_table
+from cirlab.data.features import FeatureTable, image_table
 from cirlab.data.triplets import Gallery
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
@@ -139,16 +139,30 @@ class Pipeline:
                 raise CirlabError(f"{path}: its text-to-image head does not load ({type(e).__name__}); retrain") from None
         return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head)
 
-    @torch.inference_mode()
     def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
+        """The gallery vectors of every readable image (through the feature cache); an error if none is readable."""
         if not isinstance(gallery, Gallery):
             gallery = Gallery.from_folder(gallery)
+        vectors = self.gallery_vectors(gallery, progress)
+        if not len(vectors.ids):
+            raise CirlabError(f"none of the {len(gallery)} gallery images could be read (e.g. {vectors.failed[0][1]})")
+        return vectors
+
+    @torch.inference_mode()
+    def gallery_vectors(self, gallery: Gallery, progress: bool = True) -> GalleryVectors:
+        """:meth:`encode_gallery` that may come back empty (every image unreadable)."""
         table, failed = image_table(self.cache, self.image_encoder, gallery, self.model.gallery_views, progress)
-        if not len(table):
-            raise CirlabError(f"none of the {len(gallery)} gallery images could be read (e.g. {failed[0][1]})")
-        vectors = self.model.embed_gallery(table.tensors(np.arange(len(table)), self.model.gallery_views)).numpy()
         path_of = dict(zip(gallery.ids, gallery.paths))
+        vectors = (self.model.embed_gallery(table.tensors(np.arange(len(table)), self.model.gallery_views)).numpy()
+                   if len(table) else np.zeros((0, self.model.embed_dim), np.float32))
         return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Gallery vectors of decoded images, encoded now (no cache): what a distributed build's workers run."""
+        views = self.image_encoder.encode_images(list(images), tuple(sorted(self.model.gallery_views)))
+        return self.model.embed_gallery(FeatureTable(list(range(len(images))), views).tensors(
+            np.arange(len(images)), self.model.gallery_views)).numpy()
 
     def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
         """The views of one reference (a batch of one): an image is encoded; a file is read from the feature

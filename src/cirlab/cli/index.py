@@ -23,6 +23,13 @@ def add_parser(sub) -> None:
                     help="JSONL, CSV or Parquet file of per-image records keyed by id, path or file (name, caption, "
                          "category...: shown by the API and web page, and filterable); without it, a data set's "
                          "images.jsonl in the gallery folder or its parent is attached")
+    ib.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (this process, through the feature cache) or ray (a pool of encoder actors on Ray Data; "
+                         "pip install 'cirlab[ray]')")
+    ib.add_argument("--address", default=None, help="with --engine ray: a Ray cluster to join (default: start Ray here)")
+    ib.add_argument("--workers", type=int, default=None, help="with --engine ray: encoder actors (default: one per CPU)")
+    ib.add_argument("--shard-size", type=int, default=4096,
+                    help="images per shard under OUT/embeddings (a restarted build skips finished shards)")
     ia = isub.add_parser("add", parents=writer, help="add images (files or folders) to an index")
     ia.add_argument("dir", type=Path, help="index folder")
     ia.add_argument("paths", nargs="+", type=Path, help="images or folders of images")
@@ -39,9 +46,8 @@ def add_parser(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
-    from cirlab.data.triplets import Gallery
-    from cirlab.index import describe_index, save_index, update_index, verify_index
-    from cirlab.index.metadata import dataset_metadata, read_metadata
+    from cirlab.index import describe_index, update_index, verify_index
+    from cirlab.index.build import build_gallery_index
 
     if a.action == "verify":
         problems = verify_index(a.dir)
@@ -58,14 +64,16 @@ def run(a: argparse.Namespace) -> int:
         return 0
     pipe = Pipeline.load(a.model, a.cache)
     if a.action == "build":
-        found = (a.metadata, read_metadata(a.metadata)) if a.metadata else dataset_metadata(a.gallery)
-        index, failed = pipe.index_gallery(Gallery.from_folder(a.gallery), a.backend, progress=not a.quiet,
-                                           metadata=found[1] if found else None, root=a.gallery)
-        if found:
-            matched = sum(len(m) > 1 for m in index.metadata)
-            print(f"attached metadata from {found[0]} to {matched} of {len(index)} images")
-        save_index(index, a.out, {**pipe.identity, "gallery": str(Path(a.gallery).resolve())})
-        print(f"indexed {len(index)} images ({len(failed)} unreadable) with {index.spec} into {a.out}")
+        index, report, source = build_gallery_index(pipe, a.gallery, a.out, a.backend, a.engine, a.address, a.workers,
+                                                    a.shard_size, a.metadata, progress=not a.quiet)
+        if source:
+            print(f"attached metadata from {source} to {sum(len(m) > 1 for m in index.metadata)} of {len(index)} images")
+        if report.resumed:
+            print(f"resumed: {report.resumed} images were already in {a.out}/embeddings")
+        for path, why in report.failed[:5]:
+            print(f"unreadable: {path}: {why}")
+        print(f"indexed {len(index)} images ({len(report.failed)} unreadable) with {index.spec} into {a.out} "
+              f"({a.engine} engine: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()) + ")")
         return 0
     n = pipe.add_to_index(a.dir, a.paths, progress=not a.quiet)
     print(f"added {n['added']} image(s) ({n['new']} new, {n['unreadable']} unreadable); {n['total']} vectors")

@@ -1,0 +1,142 @@
+"""Scale-out pieces on one machine: the local build engine against Ray Data, and the vector-database
+backend (Qdrant's local mode) against the exact index.
+
+    .venv/bin/python benchmarks/scale_bench.py [--images 2048] [--workers 1,2] [--sizes 10000,100000]
+        [--queries 200] [--out benchmarks/results/scale_bench.md]
+
+Part 1, engines: ``cirlab index build`` over the first ``--images`` Twemoji PNGs of serve_load's
+gallery (CC-BY 4.0, Twitter/X and contributors; built by ``benchmarks/serve_load.py``), with the
+demo model, into a fresh feature cache each time, by the local engine and by Ray with each worker
+count. Reported: wall seconds of the whole command, Ray's start-up (``ray.init`` to the first
+dataset), the embedding phase and images per second of that phase.
+
+Part 2, vector database: the real gallery vectors of the latency budget's 100k index
+(``benchmarks/latency_budget.py`` builds it), the first N for each size. The ``qdrant`` backend
+(local mode, in memory) and ``faiss:HNSW32`` are built over them and timed on ``--queries`` gallery
+vectors as queries, one at a time, unfiltered and with a filter that keeps a third of the rows.
+Recall@10 is against the exact index on the same queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _report import save_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def engines(a) -> list[dict]:
+    source = ROOT / "data" / "serve_load" / "gallery"
+    files = sorted(source.glob("*.png"))[:a.images]
+    if len(files) < a.images:
+        raise SystemExit(f"{source} has {len(files)} images; run benchmarks/serve_load.py first")
+    work = Path(tempfile.mkdtemp(prefix="scale_bench-"))
+    gallery = work / "gallery"
+    gallery.mkdir()
+    for f in files:
+        os.link(f, gallery / f.name) if f.stat().st_dev == work.stat().st_dev else shutil.copy(f, gallery)
+    rows = []
+    runs = [("local", [])] + [(f"ray, {w} worker{'s' * (w > 1)}", ["--engine", "ray", "--workers", str(w)])
+                             for w in map(int, a.workers.split(","))]
+    for label, extra in runs:
+        cache = work / f"cache-{len(rows)}"
+        cmd = [sys.executable, "-m", "cirlab.cli", "index", "build", str(gallery), "--out", str(work / f"ix-{len(rows)}"),
+               "--quiet", "--cache", str(cache), *extra]
+        start = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if r.returncode:
+            raise SystemExit(r.stderr[-2000:])
+        phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", r.stdout.splitlines()[-1])}
+        row = {"engine": label, "images": len(files), "wall_s": round(wall, 1), "ray_start_s": phases.get("ray_start"),
+               "embed_s": round(phases["embed"], 1), "images_per_s": round(len(files) / phases["embed"], 1)}
+        rows.append(row)
+        print(row, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def timed(index, queries: np.ndarray, k: int, where: dict | None) -> tuple[list[list[str]], np.ndarray]:
+    ids, times = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found, _ = index.search(q[None], k, where)
+        times.append(time.perf_counter() - t)
+        ids += found
+    return ids, np.array(times) * 1e3
+
+
+def databases(a) -> list[dict]:
+    from cirlab.index import build_index, load_index
+
+    source, _ = load_index(ROOT / "data" / "latency_budget" / "index-exact")
+    rows = []
+    for size in map(int, a.sizes.split(",")):
+        if size > len(source):
+            raise SystemExit(f"the latency budget's index has {len(source)} vectors; run benchmarks/latency_budget.py")
+        ids, vectors = source.ids[:size], np.asarray(source.vectors[:size])
+        meta = [{"part": n % 3} for n in range(size)]
+        queries = vectors[np.random.default_rng(0).choice(size, a.queries, replace=False)]
+        exact = build_index("exact", source.dim)
+        exact.add(ids, vectors, meta)
+        truth = {str(w): exact.search(queries, 10, w)[0] for w in (None, {"part": 1})}
+        for spec in ("exact", "faiss:HNSW32", "qdrant"):
+            start = time.perf_counter()
+            index = exact if spec == "exact" else build_index(spec, source.dim)
+            if spec != "exact":
+                index.add(ids, vectors, meta)
+            build = time.perf_counter() - start
+            for where in (None, {"part": 1}):
+                found, ms = timed(index, queries, 10, where)
+                recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[str(where)])])
+                row = {"size": size, "backend": spec, "filter": "a third" if where else "none", "build_s": round(build, 1),
+                       "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                       "recall_at_10": round(float(recall), 4)}
+                rows.append(row)
+                print(row, flush=True)
+            if hasattr(index, "close"):
+                index.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--skip", choices=["engines", "databases"], default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    eng = engines(a) if a.skip != "engines" else []
+    dbs = databases(a) if a.skip != "databases" else []
+    report = f"command: python benchmarks/scale_bench.py {' '.join(sys.argv[1:])}\n\n"
+    if eng:
+        report += ("Build engines (`cirlab index build`, demo model, fresh feature cache each run, 2 cores):\n\n"
+                   "| engine | images | wall s | Ray start s | embed s | images/s (embed) |\n|---|---:|---:|---:|---:|---:|\n")
+        for r in eng:
+            start = r["ray_start_s"] if r["ray_start_s"] is not None else ""
+            report += f"| {r['engine']} | {r['images']:,} | {r['wall_s']} | {start} | {r['embed_s']} | {r['images_per_s']} |\n"
+    if dbs:
+        report += ("\nBackends over the demo model's real gallery vectors (512-d), one query at a time, k=10; recall "
+                   "against exact on the same queries:\n\n| vectors | backend | filter | build s | p50 ms | p99 ms | "
+                   "Recall@10 |\n|---:|---|---|---:|---:|---:|---:|\n")
+        for r in dbs:
+            report += (f"| {r['size']:,} | {r['backend']} | {r['filter']} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+                       f"{r['recall_at_10']} |\n")
+    save_report(report, a.out, {"engines": eng, "databases": dbs})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Building an index in two steps: gallery vectors into shards on disk, then the index from the shards.
+
+The shards are what clip-retrieval writes and embedding-reader and autofaiss read::
+
+    OUT/embeddings/img_emb/img_emb_00000.npy        float32 (n, d), the gallery vectors
+    OUT/embeddings/metadata/metadata_00000.parquet  id, path: one row per vector, in order
+    OUT/embeddings/failed/failed_00000.json         the unreadable images of the shard and why
+    OUT/embeddings/build.json                       model, shard size, and a hash of the image list
+
+Shard ``n`` holds images ``n * size`` to ``(n + 1) * size - 1`` of the sorted gallery. Each file is
+written under a temporary name and renamed, the vectors last, so a shard whose vectors file exists
+is complete: a restarted build skips it. A build over another model, shard size or image list starts
+over.
+
+Two engines write the same shards:
+
+- ``local``: this process, through the feature cache (so the server reads ``image_id`` references
+  from it later);
+- ``ray``: a Ray Data pipeline (``pip install 'cirlab[ray]'``). Paths go in, a pool of encoder
+  actors (``map_batches`` with a class: one model per actor) decodes and encodes them, and this
+  process writes each shard as its rows come back in order. With no address Ray starts on this
+  machine; with one it joins that cluster (the images and the model must then be at the same paths
+  on every node, as on a shared file system).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cirlab.data.triplets import Gallery
+from cirlab.errors import CirlabError
+from cirlab.optional import need
+
+ENGINES = ("local", "ray")
+SHARD_SIZE = 4096
+
+
+@dataclass
+class BuildReport:
+    """What a build did: images embedded, skipped (already in shards), unreadable; seconds per phase."""
+
+    shards: int
+    embedded: int = 0
+    resumed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def shard_paths(folder: Path, n: int) -> tuple[Path, Path, Path]:
+    return (folder / "img_emb" / f"img_emb_{n:05d}.npy", folder / "metadata" / f"metadata_{n:05d}.parquet",
+            folder / "failed" / f"failed_{n:05d}.json")
+
+
+def _start(folder: Path, pipe, gallery: Gallery, size: int) -> int:
+    """Check (or start) the build record; remove shards of another build. Returns the number of shards."""
+    listing = hashlib.sha256("\n".join(f"{i}\t{p}" for i, p in zip(gallery.ids, gallery.paths)).encode()).hexdigest()
+    record = {"model": pipe.identity, "shard_size": size, "images": len(gallery), "listing_sha256": listing}
+    path = folder / "build.json"
+    try:
+        same = json.loads(path.read_text()) == json.loads(json.dumps(record))
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:
+        for sub in ("img_emb", "metadata", "failed"):
+            for old in (folder / sub).glob("*"):
+                old.unlink()
+        _write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    return (len(gallery) + size - 1) // size
+
+
+def _save_shard(folder: Path, n: int, ids, paths, vectors: np.ndarray, failed: list[tuple[str, str]]) -> None:
+    vec_path, meta_path, fail_path = shard_paths(folder, n)
+    _write(fail_path, lambda tmp: tmp.write_text(json.dumps(failed)))
+    _write(meta_path, lambda tmp: pq.write_table(pa.table({"id": list(ids), "path": [str(Path(p).resolve()) for p in paths]}),
+                                                 tmp))
+    _write(vec_path, lambda tmp: np.save(tmp, np.ascontiguousarray(vectors, dtype=np.float32)))  # last: the shard is done
+
+
+def build_embeddings(pipe, gallery: Gallery, folder: str | Path, engine: str = "local", address: str | None = None,
+                     workers: int | None = None, shard_size: int = SHARD_SIZE, progress: bool = True) -> BuildReport:
+    """Embed a gallery into shards under ``folder`` with an engine, skipping shards a previous run wrote."""
+    if engine not in ENGINES:
+        raise CirlabError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if shard_size < 1:
+        raise CirlabError(f"--shard-size must be at least 1, got {shard_size}")
+    if engine == "local" and (address or workers):
+        raise CirlabError("--address and --workers are for --engine ray")
+    folder = Path(folder)
+    count = _start(folder, pipe, gallery, shard_size)
+    todo = [n for n in range(count) if not shard_paths(folder, n)[0].is_file()]
+    report = BuildReport(count, resumed=sum(min(shard_size, len(gallery) - n * shard_size)
+                                            for n in range(count) if n not in set(todo)))
+    chunks = {n: Gallery(gallery.ids[n * shard_size:(n + 1) * shard_size], gallery.paths[n * shard_size:(n + 1) * shard_size])
+              for n in todo}
+    if engine == "local":
+        start = time.perf_counter()
+        for n, chunk in chunks.items():
+            v = pipe.gallery_vectors(chunk, progress)
+            _save_shard(folder, n, v.ids, v.paths, v.vectors, v.failed)
+            report.embedded += len(v.ids)
+        report.seconds["embed"] = time.perf_counter() - start
+    elif chunks:
+        _ray_embed(pipe, chunks, folder, address, workers, progress, report)
+    report.failed = [tuple(x) for n in range(count) for x in json.loads(shard_paths(folder, n)[2].read_text())]
+    return report
+
+
+def read_embeddings(folder: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Every shard's ids, paths and vectors, in shard order (what the index is built from)."""
+    folder = Path(folder)
+    record = json.loads((folder / "build.json").read_text())
+    count = (record["images"] + record["shard_size"] - 1) // record["shard_size"]
+    ids, paths, parts = [], [], []
+    for n in range(count):
+        vec_path, meta_path, _ = shard_paths(folder, n)
+        if not vec_path.is_file():
+            raise CirlabError(f"{folder}: shard {n} is missing; run the build again to finish it")
+        meta = pq.read_table(meta_path).to_pydict()
+        ids += meta["id"]
+        paths += meta["path"]
+        parts.append(np.load(vec_path))
+    dim = next((p.shape[1] for p in parts if p.ndim == 2), 0)
+    return ids, paths, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+# -- Ray ---------------------------------------------------------------------------------------
+
+class _RayEncoder:
+    """One model per actor: decodes a batch of paths and returns its gallery vectors (errors per row)."""
+
+    def __init__(self, model: str, cache: str) -> None:
+        from cirlab.api import Pipeline
+
+        self.pipe = Pipeline.load(model, cache)
+
+    def __call__(self, batch: dict) -> dict:
+        from cirlab.images import UnreadableImage, load_image
+
+        images, ok, errors = [], [], []
+        for path in batch["path"]:
+            try:
+                images.append(load_image(path))
+                ok.append(True)
+                errors.append("")
+            except UnreadableImage as e:
+                ok.append(False)
+                errors.append(str(e))
+        dim = self.pipe.model.embed_dim
+        vectors = np.zeros((len(ok), dim), np.float32)
+        if images:
+            vectors[np.array(ok)] = self.pipe.embed_images(images)
+        return {"shard": batch["shard"], "id": batch["id"], "path": batch["path"], "vector": vectors,
+                "error": np.array(errors, dtype=object)}
+
+
+def ray_init(address: str | None, workers: int | None):
+    """Ray, started here (no address) or joined (an address), with cirlab's settings passed to its workers."""
+    ray = need("ray", "ray", "--engine ray")
+    need("ray.data", "ray", "--engine ray")
+    if ray.is_initialized():
+        return ray
+    keep = ("CIRLAB_HOME", "CIRLAB_RUNTIME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+            "HF_HOME", "XDG_CACHE_HOME")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    kwargs = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False,
+              "configure_logging": False}
+    if not address:
+        kwargs["num_cpus"] = max(workers or 1, os.cpu_count() or 1)
+    try:
+        ray.init(address=address or None, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise CirlabError(f"Ray did not start{' at ' + address if address else ''}: {str(e).splitlines()[0]}") from None
+    return ray
+
+
+def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | None, workers: int | None,
+               progress: bool, report: BuildReport) -> None:
+    start = time.perf_counter()
+    ray = ray_init(address, workers)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # rows come back in order, so shards complete one by one
+    ctx.enable_progress_bars = progress
+    if pipe.path is None:
+        raise CirlabError("--engine ray needs a model saved on disk (its workers load it by path)")
+    rows = [{"shard": n, "id": i, "path": str(Path(p).resolve())} for n, chunk in chunks.items()
+            for i, p in zip(chunk.ids, chunk.paths)]
+    report.seconds["ray_start"] = time.perf_counter() - start
+    start = time.perf_counter()
+    n_workers = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    blocks = max(n_workers, -(-len(rows) // 512))  # blocks of at most 512 paths, at least one per actor
+    ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        _RayEncoder, fn_constructor_kwargs={"model": str(pipe.path), "cache": str(pipe.cache.root)},
+        batch_size=32, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
+    pending: dict[int, list[dict]] = {}
+    want = {n: len(chunk) for n, chunk in chunks.items()}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for j in range(len(batch["id"])):
+            n = int(batch["shard"][j])
+            pending.setdefault(n, []).append({k: batch[k][j] for k in ("id", "path", "vector", "error")})
+            if len(pending[n]) == want[n]:
+                _finish_shard(folder, n, pending.pop(n), report)
+    report.seconds["embed"] = time.perf_counter() - start
+    if pending:
+        raise CirlabError(f"Ray returned incomplete shards {sorted(pending)}; run the build again to finish them")
+
+
+def _finish_shard(folder: Path, n: int, rows: list[dict], report: BuildReport) -> None:
+    good = [r for r in rows if not r["error"]]
+    vectors = np.stack([r["vector"] for r in good]) if good else np.zeros((0, len(rows[0]["vector"])), np.float32)
+    _save_shard(folder, n, [str(r["id"]) for r in good], [str(r["path"]) for r in good], vectors,
+                [(str(r["path"]), str(r["error"])) for r in rows if r["error"]])
+    report.embedded += len(good)
+
+
+def build_gallery_index(pipe, gallery: str | Path, out: str | Path, backend: str = "exact", engine: str = "local",
+                        address: str | None = None, workers: int | None = None, shard_size: int = SHARD_SIZE,
+                        metadata: str | Path | None = None, progress: bool = True) -> tuple[object, BuildReport, str | None]:
+    """``cirlab index build``: shards under ``OUT/embeddings`` (resumed where a run stopped), then the index from
+    them with each image's metadata (``metadata``, else a data set's ``images.jsonl``), saved as ``OUT``'s live
+    version. Returns (index, report, where the metadata came from)."""
+    from cirlab.index.base import build_index
+    from cirlab.index.metadata import attach, dataset_metadata, read_metadata
+    from cirlab.index.store import save_index
+
+    gallery = Path(gallery)
+    index = build_index(backend, pipe.model.embed_dim)  # a bad spec is refused before any encoding
+    found = (Path(metadata), read_metadata(metadata)) if metadata else dataset_metadata(gallery)
+    report = build_embeddings(pipe, Gallery.from_folder(gallery), Path(out) / "embeddings", engine, address, workers,
+                              shard_size, progress)
+    ids, paths, vectors = read_embeddings(Path(out) / "embeddings")
+    if not ids:
+        raise CirlabError(f"none of the gallery images could be read (e.g. {report.failed[0][1]})")
+    records = attach(ids, paths, found[1], gallery) if found else [{} for _ in ids]
+    start = time.perf_counter()
+    index.add(ids, vectors, [{**r, "path": p} for r, p in zip(records, paths)])
+    save_index(index, out, {**pipe.identity, "gallery": str(gallery.resolve())})
+    report.seconds["index"] = time.perf_counter() - start
+    return index, report, str(found[0]) if found else None
