@@ -74,11 +74,27 @@ def test_a_local_build_resumes_and_a_changed_build_starts_over(gallery, served, 
 
 
 def test_a_missing_ray_is_one_line_naming_the_extra(monkeypatch):
-    from cirlab.index.build import ray_init
+    from cirlab.indexing import ray_init
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(CirlabError, match=r"cirlab\[ray\]"):
         ray_init(None, 1)
+
+
+@pytest.mark.parametrize("address,message", [("127.0.0.1:{port}", "no Ray cluster answers at"),
+                                             ("ray://127.0.0.1:{port}", "no Ray cluster answers at"),
+                                             ("nowhere", "give HOST:PORT")])
+def test_an_unreachable_ray_address_is_one_line_within_seconds(address, message):
+    import time
+
+    from conftest import free_port
+
+    from cirlab.indexing import ray_init
+
+    start = time.perf_counter()
+    with pytest.raises(CirlabError, match=message) as e:
+        ray_init(address.format(port=free_port()), 2)
+    assert "\n" not in str(e.value) and time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize("args,message", [(["--engine", "spark"], "invalid choice"),

@@ -19,7 +19,7 @@ LAYERS = {
     "data": 3, "fusion": 3,
     "checkpoint": 4,
     "eval": 5, "api": 5,  # what scores and what answers queries: neither needs training
-    "serve": 6,
+    "serve": 6, "indexing": 6,  # indexing: building an index from a gallery with an engine (local, Ray)
     "training": 7,
     "experiment": 8,  # where training and evaluation meet: the workspace and the multi-seed sweep
     "demo": 9, "cli": 10,

@@ -129,6 +129,27 @@ def test_a_second_process_on_the_same_qdrant_folder_gets_one_line(rows, tmp_path
     index.close()
 
 
+def test_an_unreachable_qdrant_server_is_one_line(rows, tmp_path):
+    from conftest import free_port
+
+    ids, vectors, meta, queries = rows
+    index = build_index(f"qdrant:url=http://127.0.0.1:{free_port()},collection=c", 24)
+    with pytest.raises(CirlabError) as e:
+        index.add(ids[:5], vectors[:5], meta[:5])
+    assert "qdrant (http://127.0.0.1:" in str(e.value) and "failed" in str(e.value) and "\n" not in str(e.value)
+    save = tmp_path / "ix"
+    local = build_index("exact", 24)
+    local.add(ids[:5], vectors[:5], meta[:5])
+    save_index(local, save)
+    manifest = save / (save / "CURRENT").read_text() / "manifest.json"
+    text = json.loads(manifest.read_text())
+    text["backend"] = f"qdrant:url=http://127.0.0.1:{free_port()}"
+    manifest.write_text(json.dumps(text))
+    with pytest.raises(CirlabError) as e:  # an index whose server went away: one line when it loads
+        load_index(save)
+    assert "qdrant (http://127.0.0.1:" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_missing_qdrant_client_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     with pytest.raises(CirlabError, match=r"cirlab\[qdrant\]"):

@@ -20,7 +20,7 @@ _EXPORTS = {
     "build_image_encoder": "cirlab.encoders", "build_text_encoder": "cirlab.encoders",
     "image_encoders": "cirlab.encoders", "text_encoders": "cirlab.encoders",
     "build_index": "cirlab.index", "load_index": "cirlab.index", "save_index": "cirlab.index",
-    "index_backends": "cirlab.index",
+    "index_backends": "cirlab.index", "build_gallery_index": "cirlab.indexing",
     "image_heads": "cirlab.fusion.heads",
     "method_config": "cirlab.config",
     "Dataset": "cirlab.data.triplets", "Gallery": "cirlab.data.triplets", "Triplet": "cirlab.data.triplets",

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
     from cirlab.index import describe_index, update_index, verify_index
-    from cirlab.index.build import build_gallery_index
+    from cirlab.indexing import build_gallery_index
 
     if a.action == "verify":
         problems = verify_index(a.dir)

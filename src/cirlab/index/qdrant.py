@@ -76,7 +76,8 @@ class QdrantIndex(BaseIndex):
 
             try:
                 if "url" in self.opts:
-                    self._client = QdrantClient(url=self.opts["url"], api_key=os.environ.get("QDRANT_API_KEY"), timeout=60)
+                    self._client = QdrantClient(url=self.opts["url"], api_key=os.environ.get("QDRANT_API_KEY"), timeout=60,
+                                                check_compatibility=False)
                 elif "path" in self.opts:
                     self._client = QdrantClient(path=self.opts["path"])
                 else:

@@ -182,11 +182,28 @@ def ray_init(address: str | None, workers: int | None):
               "configure_logging": False}
     if not address:
         kwargs["num_cpus"] = max(workers or 1, os.cpu_count() or 1)
+    elif address != "auto":
+        _check_reachable(address)
     try:
         ray.init(address=address or None, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise CirlabError(f"Ray did not start{' at ' + address if address else ''}: {str(e).splitlines()[0]}") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse, in one line and within seconds, a cluster address nothing answers at (Ray itself would retry
+    for minutes)."""
+    import socket
+
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise CirlabError(f"--address {address!r}: give HOST:PORT (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001) or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise CirlabError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): start one with "
+                          "'ray start --head' there, or leave --address out to start Ray on this machine") from None
 
 
 def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | None, workers: int | None,
