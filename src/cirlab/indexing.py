@@ -187,7 +187,9 @@ def ray_init(address: str | None, workers: int | None):
     try:
         ray.init(address=address or None, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise CirlabError(f"Ray did not start{' at ' + address if address else ''}: {str(e).splitlines()[0]}") from None
+        hint = ("; a cluster with token authentication (Ray's default since 2.59) needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token) in this shell" if address else "")
+        raise CirlabError(f"Ray did not start{' at ' + address if address else ''}: {str(e).splitlines()[0]}{hint}") from None
     return ray
 
 
