@@ -196,8 +196,8 @@ def test_index_build_attaches_a_data_sets_records_and_search_filters_on_them(tmp
     r = subprocess.run(env_run + ["search", "--index", str(tmp_path / "ix"), "--text", "a shape", "-k", "8", "--json", *model,
                                   "--filter", "split=test,val"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-800:]
-    found = {h["id"] for h in json.loads(r.stdout)["results"]}
-    assert found == {"img4", "img5", "img6", "img7"}
+    found = {h["id"]: h["name"] for h in json.loads(r.stdout)["results"]}
+    assert found == {f"img{n}": f"shape number {n}" for n in (4, 5, 6, 7)}  # names from images.jsonl's captions
     r = subprocess.run(env_run + ["search", "--index", str(tmp_path / "ix"), "--text", "a shape", "--filter", "split", *model],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "FIELD=VALUE" in r.stderr and "Traceback" not in r.stderr

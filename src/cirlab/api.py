@@ -95,6 +95,7 @@ class Hit:
     id: str
     path: str
     score: float
+    name: str = ""  # the image's metadata name or caption, where its index has one
 
 
 class Pipeline:
@@ -346,7 +347,9 @@ class Pipeline:
             ref = str(Path(image).resolve())
             skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
         hits = self.rank_index(index, query[0], k, skip, scoring, filter)
-        return [Hit(r + 1, i, index.metadata[index.row_of[i]].get("path", ""), s) for r, (i, s) in enumerate(hits)]
+        metas = [index.metadata[index.row_of[i]] for i, _ in hits]
+        return [Hit(r + 1, i, m.get("path", ""), s, str(m.get("name") or m.get("caption") or ""))
+                for r, ((i, s), m) in enumerate(zip(hits, metas))]
 
     @staticmethod
     def rank_index(index: BaseIndex, query: np.ndarray, k: int, skip: set[str] = frozenset(),

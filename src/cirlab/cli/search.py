@@ -63,5 +63,5 @@ def run(a: argparse.Namespace) -> int:
                           "model": pipe.meta["method"], "results": [h.__dict__ for h in hits], "skipped": skipped}))
     else:
         for h in hits:
-            print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.id}")
+            print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.id}" + (f"  ({h.name})" if h.name else ""))
     return 0
