@@ -1,7 +1,7 @@
 """The latency budget of one search at 100k images: a single client's p50 / p99 by kind of query.
 
     .venv/bin/python benchmarks/latency_budget.py [--images 100000] [--requests 300]
-        [--backends exact,faiss:HNSW32] [--model CKPT] [--serve-args "..."]
+        [--backends 'exact;faiss:HNSW32'] [--model CKPT] [--serve-args "..."]
         [--out benchmarks/results/latency_budget.md]
 
 The gallery is serve_load's (Twemoji PNGs, CC-BY 4.0, Twitter/X and contributors) extended with
@@ -123,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=300, help="measured searches per kind and backend")
-    ap.add_argument("--backends", default="exact,faiss:HNSW32", help="comma list of index specs")
+    ap.add_argument("--backends", default="exact;faiss:HNSW32", help="';'-separated index specs (a spec may hold commas)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--serve-args", default="", help="extra 'cirlab serve' arguments, e.g. '--runtime torch'")
@@ -133,7 +133,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     gallery = a.work / "gallery"
     build_gallery(gallery, a.images)
-    backends = [s for s in a.backends.split(",") if s] if "(" not in a.backends else [a.backends]
+    backends = [s.strip() for s in a.backends.split(";") if s.strip()]
     folders = build_indexes(gallery, a.work, backends, a.model)
 
     from cirlab.serve.launch import start_server, stop_server

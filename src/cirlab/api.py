@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from PIL import Image
 
 from cirlab import settings
 from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
-from cirlab.data.features import FeatureTable, image_table
+from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
@@ -34,7 +34,7 @@ from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
 from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter, read_manifest, rescore, update_index
 from cirlab.index.exact import exact_topk
-from cirlab.index.metadata import attach
+from cirlab.index.metadata import attach, display_name
 
 MAX_TEXT_CHARS = 1000
 TEXT_CACHE = 4096  # texts whose encoder outputs a pipeline keeps in memory
@@ -162,8 +162,7 @@ class Pipeline:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Gallery vectors of decoded images, encoded now (no cache): what a distributed build's workers run."""
         views = self.image_encoder.encode_images(list(images), tuple(sorted(self.model.gallery_views)))
-        return self.model.embed_gallery(FeatureTable(list(range(len(images))), views).tensors(
-            np.arange(len(images)), self.model.gallery_views)).numpy()
+        return self.model.embed_gallery(as_tensors(views)).numpy()
 
     def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
         """The views of one reference (a batch of one): an image is encoded; a file is read from the feature
@@ -348,7 +347,7 @@ class Pipeline:
             skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
         hits = self.rank_index(index, query[0], k, skip, scoring, filter)
         metas = [index.metadata[index.row_of[i]] for i, _ in hits]
-        return [Hit(r + 1, i, m.get("path", ""), s, str(m.get("name") or m.get("caption") or ""))
+        return [Hit(r + 1, i, m.get("path", ""), s, display_name(m))
                 for r, ((i, s), m) in enumerate(zip(hits, metas))]
 
     @staticmethod

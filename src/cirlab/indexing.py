@@ -67,6 +67,10 @@ def shard_paths(folder: Path, n: int) -> tuple[Path, Path, Path]:
             folder / "failed" / f"failed_{n:05d}.json")
 
 
+def _shard_count(images: int, size: int) -> int:
+    return -(-images // size)
+
+
 def _start(folder: Path, pipe, gallery: Gallery, size: int) -> int:
     """Check (or start) the build record; remove shards of another build. Returns the number of shards."""
     listing = hashlib.sha256("\n".join(f"{i}\t{p}" for i, p in zip(gallery.ids, gallery.paths)).encode()).hexdigest()
@@ -81,7 +85,7 @@ def _start(folder: Path, pipe, gallery: Gallery, size: int) -> int:
             for old in (folder / sub).glob("*"):
                 old.unlink()
         _write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
-    return (len(gallery) + size - 1) // size
+    return _shard_count(len(gallery), size)
 
 
 def _save_shard(folder: Path, n: int, ids, paths, vectors: np.ndarray, failed: list[tuple[str, str]]) -> None:
@@ -103,11 +107,9 @@ def build_embeddings(pipe, gallery: Gallery, folder: str | Path, engine: str = "
         raise CirlabError("--address and --workers are for --engine ray")
     folder = Path(folder)
     count = _start(folder, pipe, gallery, shard_size)
-    todo = [n for n in range(count) if not shard_paths(folder, n)[0].is_file()]
-    report = BuildReport(count, resumed=sum(min(shard_size, len(gallery) - n * shard_size)
-                                            for n in range(count) if n not in set(todo)))
     chunks = {n: Gallery(gallery.ids[n * shard_size:(n + 1) * shard_size], gallery.paths[n * shard_size:(n + 1) * shard_size])
-              for n in todo}
+              for n in range(count) if not shard_paths(folder, n)[0].is_file()}
+    report = BuildReport(count, resumed=len(gallery) - sum(len(c) for c in chunks.values()))
     if engine == "local":
         start = time.perf_counter()
         for n, chunk in chunks.items():
@@ -125,7 +127,7 @@ def read_embeddings(folder: str | Path) -> tuple[list[str], list[str], np.ndarra
     """Every shard's ids, paths and vectors, in shard order (what the index is built from)."""
     folder = Path(folder)
     record = json.loads((folder / "build.json").read_text())
-    count = (record["images"] + record["shard_size"] - 1) // record["shard_size"]
+    count = _shard_count(record["images"], record["shard_size"])
     ids, paths, parts = [], [], []
     for n in range(count):
         vec_path, meta_path, _ = shard_paths(folder, n)
@@ -210,13 +212,13 @@ def _check_reachable(address: str) -> None:
 
 def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | None, workers: int | None,
                progress: bool, report: BuildReport) -> None:
+    if pipe.path is None:
+        raise CirlabError("--engine ray needs a model saved on disk (its workers load it by path)")
     start = time.perf_counter()
     ray = ray_init(address, workers)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # rows come back in order, so shards complete one by one
     ctx.enable_progress_bars = progress
-    if pipe.path is None:
-        raise CirlabError("--engine ray needs a model saved on disk (its workers load it by path)")
     rows = [{"shard": n, "id": i, "path": str(Path(p).resolve())} for n, chunk in chunks.items()
             for i, p in zip(chunk.ids, chunk.paths)]
     report.seconds["ray_start"] = time.perf_counter() - start
@@ -253,8 +255,9 @@ def build_gallery_index(pipe, gallery: str | Path, out: str | Path, backend: str
     """``cirlab index build``: shards under ``OUT/embeddings`` (resumed where a run stopped), then the index from
     them with each image's metadata (``metadata``, else a data set's ``images.jsonl``), saved as ``OUT``'s live
     version. Returns (index, report, where the metadata came from)."""
+    from cirlab.api import GalleryVectors
     from cirlab.index.base import build_index
-    from cirlab.index.metadata import attach, dataset_metadata, read_metadata
+    from cirlab.index.metadata import dataset_metadata, read_metadata
     from cirlab.index.store import save_index
 
     gallery = Path(gallery)
@@ -265,9 +268,8 @@ def build_gallery_index(pipe, gallery: str | Path, out: str | Path, backend: str
     ids, paths, vectors = read_embeddings(Path(out) / "embeddings")
     if not ids:
         raise CirlabError(f"none of the gallery images could be read (e.g. {report.failed[0][1]})")
-    records = attach(ids, paths, found[1], gallery) if found else [{} for _ in ids]
     start = time.perf_counter()
-    index.add(ids, vectors, [{**r, "path": p} for r, p in zip(records, paths)])
+    index.add(ids, vectors, GalleryVectors(ids, paths, vectors).metadata(found[1] if found else None, gallery))
     save_index(index, out, {**pipe.identity, "gallery": str(gallery.resolve())})
     report.seconds["index"] = time.perf_counter() - start
     return index, report, str(found[0]) if found else None

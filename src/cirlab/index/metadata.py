@@ -59,6 +59,11 @@ def _flat(row: dict) -> dict:
     return record
 
 
+def display_name(meta: dict) -> str:
+    """The name an image's metadata gives it: ``name``, else ``caption``, else empty."""
+    return str(meta.get("name") or meta.get("caption") or "")
+
+
 def dataset_metadata(gallery: str | Path) -> tuple[Path, dict[str, dict]] | None:
     """A data set's ``images.jsonl`` in the gallery folder or its parent (a data set's ``images/``), read."""
     for folder in (Path(gallery), Path(gallery).parent):

@@ -132,8 +132,12 @@ class QdrantIndex(BaseIndex):
         for s in range(0, len(gone), _BATCH):
             self._call("removing points", self.client().delete, self.collection,
                        points_selector=models.PointIdsList(points=[point_id(i) for i in gone[s:s + _BATCH]]))
-        self._point_rows = {point_id(i): r for r, i in enumerate(self.ids)}
+        self._map_points()
         return True
+
+    def _map_points(self) -> None:
+        """The row of each point id (search answers name points)."""
+        self._point_rows = {point_id(i): r for r, i in enumerate(self.ids)}
 
     def _upload(self, start: int) -> None:
         from qdrant_client import models
@@ -183,7 +187,7 @@ class QdrantIndex(BaseIndex):
         """Reuse the collection where it still holds exactly these rows (count, and a sample of vectors),
         else refill it. An in-memory collection is always refilled."""
         if ("path" in self.opts or "url" in self.opts) and self._holds_rows():
-            self._point_rows = {point_id(i): r for r, i in enumerate(self.ids)}
+            self._map_points()
             return
         self._rebuild()
 

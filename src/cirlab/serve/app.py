@@ -13,8 +13,8 @@ too large (bytes or pixels), 415 not an image, 422 bad fields, 500 never expecte
 
 from __future__ import annotations
 
-import json
 import hmac
+import json
 import logging
 import time
 from importlib import resources

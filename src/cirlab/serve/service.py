@@ -31,6 +31,7 @@ from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
 from cirlab.index import check_filter, load_index, update_index
+from cirlab.index.metadata import display_name
 from cirlab.index.store import live_version
 from cirlab.serve.batching import MicroBatcher
 
@@ -185,7 +186,7 @@ class SearchService:
     # -- gallery ------------------------------------------------------------------------------
     @staticmethod
     def _name(image_id: str, meta: dict) -> str:
-        return str(meta.get("name") or meta.get("caption") or Path(str(meta.get("path", image_id))).stem)
+        return display_name(meta) or Path(str(meta.get("path", image_id))).stem
 
     def item(self, image_id: str, score: float | None = None) -> dict:
         row = self.index.row_of[image_id]
