@@ -69,7 +69,7 @@ def test_registries_list_backends_and_reject_unknown():
 
 @pytest.mark.parametrize("spec", ["clip", "clip:/does/not/exist", "hf:/does/not/exist"])
 def test_bring_your_own_weights_never_download(spec):
-    with pytest.raises(CirlabError, match="never downloads|needs a local folder"):
+    with pytest.raises(CirlabError, match="not a local Hugging Face model folder|needs a local folder"):
         build_text_encoder(spec)
 
 

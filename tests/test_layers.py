@@ -14,7 +14,7 @@ SRC = Path(cirlab.__file__).parent
 LAYERS = {
     "errors": 0,
     "cirlab": 1, "registry": 1, "settings": 1, "files": 1, "images": 1, "config": 1,  # "cirlab": the version
-    "optional": 1,
+    "optional": 1, "devices": 1,
     "encoders": 2, "index": 2,
     "data": 3, "fusion": 3,
     "checkpoint": 4,

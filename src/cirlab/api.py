@@ -24,6 +24,7 @@ from cirlab import settings
 from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
+from cirlab.devices import module_device, resolve_device, to_device
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
@@ -85,7 +86,7 @@ def _best(ids: Sequence[str], scores: np.ndarray, k: int, skip: set[str]) -> lis
 
 
 def _place(out: list, where: Sequence[int], vectors: torch.Tensor) -> list:
-    rows = dict(zip(where, vectors.numpy()))
+    rows = dict(zip(where, vectors.cpu().numpy()))
     return [rows.get(n, o) for n, o in enumerate(out)]
 
 
@@ -99,11 +100,12 @@ class Hit:
 
 
 class Pipeline:
-    """Encoders + a trained fusion method + the feature cache."""
+    """Encoders + a trained fusion method + the feature cache, on one device (the model's)."""
 
     def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache,
                  path: str | Path | None = None, text_head=None) -> None:
         self.model, self.meta = model, meta
+        self.device = module_device(model)
         self.text_head = text_head  # fusion.text_head.TextHead: text-only queries into the gallery space
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.cache = cache
@@ -121,16 +123,19 @@ class Pipeline:
         return self._identity
 
     @classmethod
-    def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> "Pipeline":
-        """Load a checkpoint and the encoders it was trained on (refused if they differ)."""
+    def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
+             device: str | torch.device | None = None) -> "Pipeline":
+        """Load a checkpoint and the encoders it was trained on (refused if they differ), on ``device`` (None:
+        ``$CIRLAB_DEVICE``, else ``auto``: CUDA where there is one; see :mod:`cirlab.devices`)."""
         settings.offline()
+        device = resolve_device(device)
         path = Path(model_path) if model_path else settings.default_model_path()
         if model_path is None and not path.is_file():
             raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or give a model path")
         ckpt = read_checkpoint(path)
         meta = ckpt["meta"]
-        image_encoder = build_image_encoder(meta["image_encoder"]["spec"])
-        text_encoder = build_text_encoder(meta["text_encoder"]["spec"])
+        image_encoder = build_image_encoder(meta["image_encoder"]["spec"], device=device)
+        text_encoder = build_text_encoder(meta["text_encoder"]["spec"], device=device)
         model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):
@@ -138,7 +143,14 @@ class Pipeline:
                 head = head_from_state(ckpt["text_head"])
             except (KeyError, RuntimeError) as e:
                 raise CirlabError(f"{path}: its text-to-image head does not load ({type(e).__name__}); retrain") from None
+        model.to(device)
+        if head is not None:
+            head.to(device)
         return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head)
+
+    def _on(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Views on the model's device."""
+        return to_device(views, self.device)
 
     def encode_gallery(self, gallery: Gallery | str | Path, progress: bool = True) -> GalleryVectors:
         """The gallery vectors of every readable image (through the feature cache); an error if none is readable."""
@@ -154,7 +166,8 @@ class Pipeline:
         """:meth:`encode_gallery` that may come back empty (every image unreadable)."""
         table, failed = image_table(self.cache, self.image_encoder, gallery, self.model.gallery_views, progress)
         path_of = dict(zip(gallery.ids, gallery.paths))
-        vectors = (self.model.embed_gallery(table.tensors(np.arange(len(table)), self.model.gallery_views)).numpy()
+        vectors = (self.model.embed_gallery(self._on(table.tensors(np.arange(len(table)), self.model.gallery_views)))
+                   .cpu().numpy()
                    if len(table) else np.zeros((0, self.model.embed_dim), np.float32))
         return GalleryVectors(table.keys, [path_of[i] for i in table.keys], vectors, failed)
 
@@ -162,7 +175,7 @@ class Pipeline:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Gallery vectors of decoded images, encoded now (no cache): what a distributed build's workers run."""
         views = self.image_encoder.encode_images(list(images), tuple(sorted(self.model.gallery_views)))
-        return self.model.embed_gallery(as_tensors(views)).numpy()
+        return self.model.embed_gallery(self._on(as_tensors(views))).cpu().numpy()
 
     def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
         """The views of one reference (a batch of one): an image is encoded; a file is read from the feature
@@ -221,16 +234,18 @@ class Pipeline:
         text_only = [n for n in todo if queries[n].image is None]
         image_only = [n for n in todo if queries[n].text is None]
         text = self.text_views([queries[n].text for n in composed], self.model.text_views) if composed else {}
-        pooled = self.text_views([queries[n].text for n in text_only], ("pooled",))["pooled"] if text_only else None
+        pooled = self._on(self.text_views([queries[n].text for n in text_only], ("pooled",)))["pooled"] if text_only \
+            else None
         encoded = time.perf_counter()
         if composed:
-            vectors = self.model.compose(_stack([refs[n] for n in composed], self.model.image_views), text)
+            vectors = self.model.compose(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
+                                         self._on(text))
             out = _place(out, composed, vectors)
         if text_only:
             out = _place(out, text_only, self.model.project_text(pooled) if self.text_head is None else self.text_head(pooled))
         if image_only:
-            out = _place(out, image_only, self.model.embed_gallery(_stack([refs[n] for n in image_only],
-                                                                          self.model.gallery_views)))
+            out = _place(out, image_only, self.model.embed_gallery(self._on(_stack([refs[n] for n in image_only],
+                                                                                   self.model.gallery_views))))
         if timing is not None:
             timing["encode"] = timing.get("encode", 0.0) + encoded - start
             timing["fuse"] = timing.get("fuse", 0.0) + time.perf_counter() - encoded
@@ -254,7 +269,7 @@ class Pipeline:
             iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, q.text)
         except CirlabError as e:
             return e
-        return self.model.compose(iv, tv)[0].numpy()
+        return self.model.compose(self._on(iv), self._on(tv))[0].cpu().numpy()
 
     def _references(self, images: Sequence, views: tuple[str, ...]) -> list:
         """Per query: the reference's views (one row a view), its error, or None where it has no reference.

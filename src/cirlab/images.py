@@ -91,3 +91,34 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise CirlabError(f"gallery folder {folder} does not exist; pass a folder of jpg/png/webp images")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class _Files:
+    """Paths as a map-style data set for torch's DataLoader: item n is the decoded image or its error."""
+
+    def __init__(self, paths) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, n: int) -> Image.Image | UnreadableImage:
+        try:
+            return load_image(self.paths[n])
+        except UnreadableImage as e:
+            return e
+
+
+def decode_images(paths, batch_size: int, workers: int = 0):
+    """Batches of decoded images in ``paths``' order, each a list holding an image or the
+    :class:`UnreadableImage` error of its file. With ``workers`` > 0, that many data-loader processes decode
+    ahead of the consumer (on a GPU, decoding is what it would wait for); with 0 this process decodes."""
+    files = _Files(paths)
+    if workers <= 0:
+        for s in range(0, len(files), batch_size):
+            yield [files[n] for n in range(s, min(s + batch_size, len(files)))]
+        return
+    from torch.utils.data import DataLoader
+
+    yield from DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=list,
+                          prefetch_factor=4, persistent_workers=False)

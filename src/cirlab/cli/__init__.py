@@ -26,6 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def place(args: argparse.Namespace) -> None:
+    """Where and how this command's networks run: ``--device``, ``--runtime`` and ``--precision`` are checked
+    now (a wrong one is refused before any work) and hold for every encoder and model the command builds."""
+    from cirlab.devices import resolve_device, resolve_precision
+    from cirlab.encoders.runtime import resolve_runtime
+
+    if getattr(args, "device", None):
+        os.environ["CIRLAB_DEVICE"] = str(resolve_device(args.device))
+    if getattr(args, "runtime", None):
+        os.environ["CIRLAB_RUNTIME"] = resolve_runtime(args.runtime, resolve_device(None))
+    if getattr(args, "precision", None):
+        resolve_precision(args.precision, resolve_device(None))
+        os.environ["CIRLAB_PRECISION"] = args.precision
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="cirlab: warning: %(message)s")
     settings.offline()
@@ -35,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "runtime", None):  # every encoder this command builds runs on it
-            from cirlab.encoders.runtime import resolve_runtime
-
-            os.environ["CIRLAB_RUNTIME"] = resolve_runtime(args.runtime)
+        place(args)
         return args.func(args)
     except CirlabError as e:
         print(f"cirlab: error: {e}", file=sys.stderr)

@@ -55,6 +55,17 @@ def runtime() -> argparse.ArgumentParser:
                    help="what runs the encoders' networks: auto (default, or $CIRLAB_RUNTIME: ONNX Runtime where "
                         "installed, else PyTorch), torch, onnx (ONNX Runtime) or openvino; stage-1 training always "
                         "runs PyTorch")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="where the networks run: auto (default, or $CIRLAB_DEVICE: CUDA where there is a GPU, else "
+                        "the CPU), cpu, cuda, cuda:N or mps")
+    return p
+
+
+def precision() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="training's forward passes: auto (default, or $CIRLAB_PRECISION: bf16 autocast on a GPU that "
+                        "has it, else fp16 with a gradient scaler; fp32 on the CPU), fp32, bf16 or fp16")
     return p
 
 

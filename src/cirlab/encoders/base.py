@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -81,28 +82,48 @@ def new_encoder(side: str, spec: str):
     return factory(arg) if arg is not None else factory()
 
 
-def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, runtime: str | None = None) -> ImageEncoder:
+def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, runtime: str | None = None,
+                        device: str | torch.device | None = None) -> ImageEncoder:
     """Build (once per process) the image encoder a spec names (``name`` or ``name:/local/path``) for inference,
     its network run by ``runtime`` (``auto``, ``torch``, ``onnx`` or ``openvino``; None: ``$CIRLAB_RUNTIME``, else
-    ``auto``, see :mod:`cirlab.encoders.runtime`)."""
-    from cirlab.encoders.runtime import resolve_runtime
+    ``auto``, see :mod:`cirlab.encoders.runtime`) on ``device`` (None: ``$CIRLAB_DEVICE``, else ``auto``; see
+    :mod:`cirlab.devices`)."""
+    return _built("image", spec, *_placement(runtime, device))
 
-    return _built("image", spec, resolve_runtime(runtime))
 
-
-def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, runtime: str | None = None) -> TextEncoder:
+def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, runtime: str | None = None,
+                       device: str | torch.device | None = None) -> TextEncoder:
     """As :func:`build_image_encoder`, for texts."""
+    return _built("text", spec, *_placement(runtime, device))
+
+
+def _placement(runtime: str | None, device: str | torch.device | None) -> tuple[str, str]:
+    from cirlab.devices import resolve_device
     from cirlab.encoders.runtime import resolve_runtime
 
-    return _built("text", spec, resolve_runtime(runtime))
+    where = resolve_device(device)
+    return resolve_runtime(runtime, where), str(where)
 
 
 @lru_cache(maxsize=16)
-def _built(side: str, spec: str, runtime: str):
+def _built(side: str, spec: str, runtime: str, device: str):
     encoder = new_encoder(side, spec)
     if hasattr(encoder, "network"):  # a neural network: the runtime runs it (sift_bovw has none)
         encoder.runtime = runtime
+        place(encoder, device)
     return encoder
+
+
+def place(encoder, device: str | torch.device) -> None:
+    """Move a neural encoder's network to ``device``; on CUDA its inference runs under autocast (bf16 where the
+    GPU has it, else fp16). Outputs always come back as float32 CPU arrays."""
+    from cirlab.devices import resolve_precision
+
+    device = torch.device(device)
+    if device.type != "cpu":
+        encoder.network_module.to(device)
+    encoder.device = device
+    encoder.precision = resolve_precision("auto", device)
 
 
 def fit_image_encoder(encoder: ImageEncoder, paths: Callable[[], Sequence[Path]], cache_root: Path,
@@ -147,17 +168,48 @@ def fingerprint_folder(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def require_folder(path: str | None, backend: str, what: str) -> Path:
-    """Bring-your-own-weights backends never download: a missing folder is a clear error."""
-    if not path:
-        raise CirlabError(f"the {backend} encoder needs a local folder: use '{backend}:/path/to/{what}'")
-    folder = Path(path).expanduser()
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "bert-base-uncased", "openai/clip-vit-base-patch32"
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]  # configs, vocabularies, weights (safetensors first)
+
+
+def model_folder(arg: str | None, backend: str, what: str) -> tuple[Path, str]:
+    """The local folder of a Hugging Face model, and the spec that names it (``backend:arg``): ``arg`` is a
+    folder, or a hub name (``openai/clip-vit-base-patch32``) read from the Hugging Face cache, and downloaded
+    there first only where the hub is allowed (``HF_HUB_OFFLINE=0``; cirlab sets 1 unless told). Anything
+    else is a one-line error naming the local-folder form."""
+    if not arg:
+        raise CirlabError(f"the {backend} encoder needs a local folder or a hub name: use '{backend}:/path/to/{what}'")
+    folder = Path(arg).expanduser()
+    if folder.is_dir() or not HUB_NAME.match(arg):
+        if not (folder / "config.json").is_file():
+            raise CirlabError(f"{folder} is not a local Hugging Face model folder (no config.json); "
+                              f"save the {what} there first")
+        folder = folder.resolve()
+        return folder, f"{backend}:{folder}"
+    return _hub_snapshot(arg, backend, what), f"{backend}:{arg}"
+
+
+def _hub_snapshot(name: str, backend: str, what: str) -> Path:
+    """The cached snapshot folder of hub model ``name`` (downloaded into the cache where the hub is allowed)."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    local = f"'{backend}:/path/to/{what}'"
+    try:
+        folder = Path(snapshot_download(name, local_files_only=offline, allow_patterns=HUB_FILES))
+        if not offline and not any(folder.glob("*.safetensors")):  # an older repository: PyTorch pickles only
+            folder = Path(snapshot_download(name, allow_patterns=HUB_FILES + ["*.bin"]))
+    except Exception as e:  # noqa: BLE001  (offline miss, network, unknown or gated repository: one line each)
+        if offline:
+            raise CirlabError(f"{name!r} is not a local folder, and it is not in the Hugging Face cache while the hub "
+                              f"is off (HF_HUB_OFFLINE=1): use the local-folder form {local}, or set HF_HUB_OFFLINE=0 "
+                              "to download it (docs/encoders.md)") from None
+        raise CirlabError(f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); check the name and the network, or "
+                          f"use the local-folder form {local}") from None
     if not (folder / "config.json").is_file():
-        raise CirlabError(
-            f"{folder} is not a local Hugging Face model folder (no config.json); "
-            f"cirlab never downloads weights: save the {what} there first"
-        )
-    return folder.resolve()
+        raise CirlabError(f"the hub model {name!r} has no config.json: it is not a transformers model; use {local}")
+    return folder
 
 
 def pad_to_square(im: Image.Image, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

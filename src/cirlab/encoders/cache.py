@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cirlab.encoders.runtime import runtime_name
-from cirlab.images import UnreadableImage, load_image
+from cirlab.devices import loader_workers
+from cirlab.images import UnreadableImage, decode_images
 
 FLUSH_EVERY = 1024  # items per shard: a crash mid-encoding keeps what was flushed
 
@@ -162,15 +163,15 @@ class FeatureCache:
         pending_meta: list[dict] = []
         pending: dict[str, list[np.ndarray]] = {v: [] for v in views}
         bar = tqdm(total=len(todo), desc=f"encoding images ({encoder.spec})", unit="img", disable=not progress or not todo)
-        for start in range(0, len(todo), batch_size):
+        decoded = decode_images([path for _, path, _ in todo], batch_size, loader_workers(getattr(encoder, "device", None)))
+        for start, loaded in zip(range(0, len(todo), batch_size), decoded):
             chunk = todo[start:start + batch_size]
             images, metas = [], []
-            for i, path, meta in chunk:
-                try:
-                    images.append(load_image(path))
-                except UnreadableImage as e:
-                    bad.append((i, str(e)))
+            for (i, path, meta), image in zip(chunk, loaded):
+                if isinstance(image, UnreadableImage):
+                    bad.append((i, str(image)))
                     continue
+                images.append(image)
                 if not meta["sha1"]:
                     meta["sha1"] = _sha1(path)
                 metas.append(meta)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cirlab.devices import module_device, to_device
 from cirlab.encoders.base import (
     COLOUR_DIM,
     check_views,
@@ -27,7 +28,7 @@ from cirlab.encoders.base import (
     hidden_levels,
     image_encoders,
     read_json,
-    require_folder,
+    model_folder,
     set_threads,
     stack_levels,
     text_encoders,
@@ -63,13 +64,13 @@ def _tower_tunable(model, tower: str, projection: str, final_norm: str, n: int |
 
 
 class CLIPImageEncoder:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, spec: str | None = None) -> None:
         self.model = _clip(folder)
         pre = read_json(folder / "preprocessor_config.json")
         self.size = int(self.model.config.vision_config.image_size)
         self.mean = pre.get("image_mean", CLIP_MEAN)
         self.std = pre.get("image_std", CLIP_STD)
-        self.spec = f"clip:{folder}"
+        self.spec = spec or f"clip:{folder}"
         self.id = f"clip-image:{fingerprint_folder(folder)}@{self.size}"
         self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.vision_config.hidden_size)
@@ -134,13 +135,13 @@ class CLIPImageEncoder:
 
 
 class CLIPTextEncoder:
-    def __init__(self, folder: Path, max_tokens: int = 64) -> None:
+    def __init__(self, folder: Path, max_tokens: int = 64, spec: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         self.model = _clip(folder)
         self.tokenizer = _load(AutoTokenizer, folder, "tokenizer")
         self.max_tokens = min(max_tokens, int(self.model.config.text_config.max_position_embeddings))
-        self.spec = f"clip:{folder}"
+        self.spec = spec or f"clip:{folder}"
         self.id = f"clip-text:{fingerprint_folder(folder)}:{self.max_tokens}"
         self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.text_config.hidden_size)
@@ -162,6 +163,7 @@ class CLIPTextEncoder:
         """The pooled view as a tensor that gradients flow through (the whole tower runs forward)."""
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
+        batch = to_device(dict(batch), module_device(self.model))
         out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.model.text_projection(out.pooler_output)
 
@@ -183,9 +185,11 @@ class CLIPTextEncoder:
 
 @image_encoders.register("clip")
 def _clip_image(path: str | None = None) -> CLIPImageEncoder:
-    return CLIPImageEncoder(require_folder(path, "clip", "CLIP model"))
+    folder, spec = model_folder(path, "clip", "CLIP model")
+    return CLIPImageEncoder(folder, spec)
 
 
 @text_encoders.register("clip")
 def _clip_text(path: str | None = None) -> CLIPTextEncoder:
-    return CLIPTextEncoder(require_folder(path, "clip", "CLIP model"))
+    folder, spec = model_folder(path, "clip", "CLIP model")
+    return CLIPTextEncoder(folder, spec=spec)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cirlab.devices import module_device, to_device
 from cirlab.encoders.base import (
     COLOUR_DIM,
     check_views,
@@ -25,7 +26,7 @@ from cirlab.encoders.base import (
     hidden_levels,
     image_encoders,
     read_json,
-    require_folder,
+    model_folder,
     set_threads,
     stack_levels,
     text_encoders,
@@ -102,7 +103,7 @@ class HFTextEncoder:
 
     def pooled_with_grad(self, texts: Sequence[str]) -> torch.Tensor:
         """The pooled view as a tensor that gradients flow through (dropout as the model's mode says)."""
-        batch = self.tokenize(texts, pad_to_max=False)
+        batch = to_device(dict(self.tokenize(texts, pad_to_max=False)), module_device(self.model))
         return self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
     @torch.inference_mode()
@@ -191,11 +192,11 @@ def _minilm() -> HFTextEncoder:
 
 @text_encoders.register("hf")
 def _hf_text(path: str | None = None) -> HFTextEncoder:
-    folder = require_folder(path, "hf", "text model (e.g. bert-base-uncased)")
-    return HFTextEncoder(folder, f"hf:{folder}", normalize=False)
+    folder, spec = model_folder(path, "hf", "text model (e.g. bert-base-uncased)")
+    return HFTextEncoder(folder, spec, normalize=False)
 
 
 @image_encoders.register("hf")
 def _hf_image(path: str | None = None) -> HFImageEncoder:
-    folder = require_folder(path, "hf", "image model (e.g. resnet-50 or a ViT)")
-    return HFImageEncoder(folder, f"hf:{folder}")
+    folder, spec = model_folder(path, "hf", "image model (e.g. resnet-50 or a ViT)")
+    return HFImageEncoder(folder, spec)

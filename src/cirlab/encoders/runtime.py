@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cirlab import settings
+from cirlab.devices import autocast, precision_name, to_device
 from cirlab.errors import CirlabError
 
 log = logging.getLogger("cirlab")
@@ -83,12 +84,18 @@ class Wrapped(torch.nn.Module):
         return tuple(self.fn(*inputs))
 
 
-def resolve_runtime(name: str | None) -> str:
+def resolve_runtime(name: str | None, device: torch.device | None = None) -> str:
     """``auto``/None -> ``onnx`` where onnxruntime is installed, else ``torch`` (said once in the log);
-    a named runtime whose package is missing is a one-line error naming the extra."""
+    a named runtime whose package is missing is a one-line error naming the extra. On a ``device`` other than
+    the CPU, ``auto`` is ``torch``; the exported runtimes run on the CPU only (a named one is refused there)."""
     name = (name or os.environ.get("CIRLAB_RUNTIME") or "auto").strip().lower()
     if name not in RUNTIMES:
         raise CirlabError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    if device is not None and device.type != "cpu":
+        if name not in ("auto", "torch"):
+            raise CirlabError(f"the {name} runtime runs on the CPU here, not on {device}: use --runtime torch (or "
+                              "auto) with that device, or --device cpu")
+        return "torch"
     if name == "auto":
         if _installed("onnxruntime") and _installed("onnx"):
             return "onnx"
@@ -123,18 +130,30 @@ def _installed(module: str) -> bool:
 
 
 def runtime_name(encoder) -> str:
-    """The runtime an encoder's outputs come from: ``torch``, ``onnx`` or ``openvino`` for a neural network,
-    ``native`` for an encoder without one (``sift_bovw``)."""
-    return getattr(encoder, "runtime", "torch") if hasattr(encoder, "network") else "native"
+    """The runtime an encoder's outputs come from: ``torch``, ``onnx`` or ``openvino`` for a neural network
+    (``torch:cuda:0/bf16`` where torch runs it elsewhere than on the CPU), ``native`` for an encoder without
+    one (``sift_bovw``)."""
+    if not hasattr(encoder, "network"):
+        return "native"
+    runtime, device = getattr(encoder, "runtime", "torch"), getattr(encoder, "device", None)
+    if device is None or device.type == "cpu":
+        return runtime
+    return f"{runtime}:{device}/{precision_name(encoder.precision)}"
 
 
 def run_network(encoder, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The encoder's network on ``feeds`` (its inputs by name, in ``forward``'s order) under its runtime
-    (``encoder.runtime``, default ``torch``)."""
+    (``encoder.runtime``, default ``torch``) and, for torch, on its device (``encoder.device``; see
+    :func:`cirlab.encoders.base.place`); float32 CPU tensors come back."""
     runtime = getattr(encoder, "runtime", "torch")
     if runtime == "torch":
-        with torch.inference_mode():
-            return list(encoder.network_module(*feeds.values()))
+        device = getattr(encoder, "device", None)
+        if device is None or device.type == "cpu":
+            with torch.inference_mode():
+                return list(encoder.network_module(*feeds.values()))
+        with torch.inference_mode(), autocast(device, encoder.precision):
+            outputs = encoder.network_module(*to_device(feeds, device).values())
+        return [o.float().cpu() for o in outputs]
     session = _session(encoder, runtime)
     arrays = session.run({k: v.numpy() for k, v in feeds.items()})
     return [torch.from_numpy(a) for a in arrays]

@@ -9,6 +9,7 @@ import torch
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
+from cirlab.devices import module_device, to_device
 from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
@@ -29,8 +30,9 @@ class Rankings:
 
 @torch.inference_mode()
 def embed_gallery(model: Fusion, images: FeatureTable, gallery_ids: list[str], batch: int = 1024) -> np.ndarray:
-    rows = images.rows(gallery_ids)
-    parts = [model.embed_gallery(images.tensors(rows[s:s + batch], model.gallery_views)) for s in range(0, len(rows), batch)]
+    rows, device = images.rows(gallery_ids), module_device(model)
+    parts = [model.embed_gallery(to_device(images.tensors(rows[s:s + batch], model.gallery_views), device)).cpu()
+             for s in range(0, len(rows), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
 
 
@@ -39,8 +41,9 @@ def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], 
     keys = [queries.key(t.reference, t.text) for t in triplets]
     ref = queries.images.rows([k[0] for k in keys])
     txt = queries.texts.rows([k[1] for k in keys])
-    parts = [model.compose(queries.images.tensors(ref[s:s + batch], model.image_views),
-                           queries.texts.tensors(txt[s:s + batch], model.text_views))
+    device = module_device(model)
+    parts = [model.compose(to_device(queries.images.tensors(ref[s:s + batch], model.image_views), device),
+                           to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
              for s in range(0, len(ref), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
 

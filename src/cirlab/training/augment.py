@@ -70,7 +70,7 @@ class Augment:
         if self.blur:
             x = _blur(x, self.blur)
         if self.noise:
-            std = torch.rand(x.shape[0], 1, 1, 1) * self.noise
+            std = (torch.rand(x.shape[0], 1, 1, 1) * self.noise).to(x)
             x = x + torch.randn_like(x) * std * span.abs()
         return x
 
@@ -78,7 +78,7 @@ class Augment:
 def _rescale(x: torch.Tensor, scale: float, fill: torch.Tensor) -> torch.Tensor:
     """Shrink each image's content by a factor in [1 - scale, 1] and move it within the margin."""
     n = x.shape[0]
-    s = 1 - torch.rand(n) * scale
+    s = 1 - torch.rand(n) * scale  # drawn on the CPU: the same draws on every device
     shift = (torch.rand(n, 2) * 2 - 1) * (1 - s)[:, None]  # the content's centre, in [-1, 1] coordinates
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / s

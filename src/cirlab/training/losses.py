@@ -16,6 +16,7 @@ def batch_infonce(query: torch.Tensor, target: torch.Tensor, logit_scale: float,
     """
     logits = logit_scale * query @ target.t()
     if target_keys is not None:
+        target_keys = target_keys.to(query.device)
         same = target_keys[:, None] == target_keys[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
@@ -33,6 +34,7 @@ def batch_triplet(query: torch.Tensor, target: torch.Tensor, margin: float,
     sims = query @ target.t()
     negative = torch.eye(len(query), dtype=torch.bool, device=query.device)
     if target_keys is not None:
+        target_keys = target_keys.to(query.device)
         negative = negative | (target_keys[:, None] == target_keys[None, :])
     hardest = sims.masked_fill(negative, float("-inf")).max(dim=1).values
     positive = sims.diagonal()

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
+from cirlab.devices import loader_workers, resolve_device, to_device
 from cirlab.encoders.cache import FeatureCache
 from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
 from cirlab.encoders.base import new_encoder
@@ -54,7 +55,7 @@ from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import rank
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
 from cirlab.fusion import FeatureDims, build_fusion
-from cirlab.images import UnreadableImage, load_image
+from cirlab.images import UnreadableImage, decode_images
 from cirlab.index.exact import exact_topk
 from cirlab.config import TrainConfig
 from cirlab.training.augment import Augment
@@ -120,20 +121,21 @@ class ImageSide:
     0), the frozen trunk's outputs run through the trainable tail, or (``augment`` given) the images'
     normalised pixels, augmented while ``training``, then trunk and tail."""
 
-    def __init__(self, encoder, ids: list[str], data, blocks: int | str, augment: Augment | None = None) -> None:
-        self.encoder, self.blocks, self.data, self.augment = encoder, blocks, data, augment
+    def __init__(self, encoder, ids: list[str], data, blocks: int | str, augment: Augment | None = None,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.encoder, self.blocks, self.data, self.augment, self.device = encoder, blocks, data, augment, device
         self.row = {i: n for n, i in enumerate(ids)}
         self.training = False
         if augment is not None:  # the normalised values of a white background and of black
             from PIL import Image
 
-            self.white, self.black = (encoder.pixels([Image.new("RGB", (4, 4), c)])[0, :, 0, 0]
+            self.white, self.black = (encoder.pixels([Image.new("RGB", (4, 4), c)])[0, :, 0, 0].to(device)
                                       for c in ((255, 255, 255), (0, 0, 0)))
 
     def pooled(self, ids) -> torch.Tensor:
         """Pooled vectors of ``ids``; an image repeated in the batch runs through the network once."""
         def encode(rows: list[int]) -> torch.Tensor:
-            x = self.data[torch.as_tensor(rows)].float()
+            x = to_device({"x": self.data[torch.as_tensor(rows)]}, self.device)["x"].float()
             if self.augment is not None:
                 if self.training:
                     x = self.augment(x, self.white, self.black)
@@ -146,13 +148,14 @@ class ImageSide:
 
 
 class TextSide:
-    def __init__(self, encoder, table=None) -> None:
-        self.encoder, self.table = encoder, table
+    def __init__(self, encoder, table=None, device: torch.device = torch.device("cpu")) -> None:
+        self.encoder, self.table, self.device = encoder, table, device
 
     def pooled(self, texts) -> torch.Tensor:
         if self.table is None:  # a text repeated in the batch runs through the model once
             return once_each(list(texts), self.encoder.pooled_with_grad)
-        return torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]).float()
+        pooled = torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))])
+        return to_device({"pooled": pooled}, self.device)["pooled"].float()
 
 
 class Stage1Model(nn.Module):
@@ -210,24 +213,22 @@ class Stage1Result:
 
 
 def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int | str, progress: bool, batch: int = 32,
-                   pixels: bool = False):
+                   pixels: bool = False, device: torch.device = torch.device("cpu")):
     """The frozen trunk's output (``pixels``: the normalised input) for each readable image, float16, one
-    tensor; and the ids kept."""
+    CPU tensor (computed on ``device``); and the ids kept."""
     kept, parts = [], []
     what = "pixels" if pixels else "frozen trunk"
     bar = tqdm(total=len(ids), desc=f"stage 1: {what} of {encoder.spec}", disable=not progress, unit="img")
-    for s in range(0, len(ids), batch):
-        chunk, images = [], []
-        for i in ids[s:s + batch]:
-            try:
-                images.append(load_image(paths[i]))
-                chunk.append(i)
-            except UnreadableImage:
-                pass
+    for s, loaded in zip(range(0, len(ids), batch), decode_images([paths[i] for i in ids], batch,
+                                                                  loader_workers(device))):
+        chunk = [i for i, im in zip(ids[s:s + batch], loaded) if not isinstance(im, UnreadableImage)]
+        images = [im for im in loaded if not isinstance(im, UnreadableImage)]
         if images:
             with torch.inference_mode():
                 x = encoder.pixels(images)
-                parts.append((x if pixels else encoder.trunk_of_pixels(x, blocks)).to(torch.float16))
+                if not pixels:
+                    x = encoder.trunk_of_pixels(to_device({"x": x}, device)["x"], blocks).cpu()
+                parts.append(x.to(torch.float16))
             kept += chunk
         bar.update(len(ids[s:s + batch]))
     bar.close()
@@ -247,11 +248,15 @@ def stage1_encoders(folder: str | Path) -> tuple[str, str]:
 
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
                config: dict | None = None, progress: bool = True, train_split: str = "train",
-               val_split: str | None = "val", resume: bool = False, images: str | Path | None = None) -> Stage1Result:
+               val_split: str | None = "val", resume: bool = False, images: str | Path | None = None,
+               device: str | torch.device | None = None, precision: str | None = None) -> Stage1Result:
     """Fine-tune per ``config`` (see ``configs/stage1.json``) on a data set's training triplets (or, for
     image-caption data, its captioned training images); keep the epoch of best validation recall; write
-    the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a JSONL ``data``."""
+    the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a JSONL ``data``.
+    ``device`` and ``precision``: where and how the steps run (:func:`cirlab.training.trainer.fit`); the tuned
+    encoders train there, and every file written holds CPU tensors."""
     cfg = stage1_config(config)
+    device = resolve_device(device)
     train_cfg = TrainConfig.from_dict(cfg["train"])
     ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
     out = Path(out)
@@ -277,6 +282,9 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     text_parts = text_enc.tunable(layers) if tune_text else {}
     for p in list(image_parts.values()) + list(text_parts.values()):
         p.requires_grad_(True)
+    for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
+        if tuned:
+            enc.model.to(device)
 
     triplets = {s: ds.triplets(s) for s in (train_split, val_split) if s and s in ds.splits}
     caption_mode = train_split not in triplets  # an image-caption file: alignment and the other image tasks
@@ -294,11 +302,11 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         raise CirlabError(f"{image_enc.spec} cannot be trained from augmented images (supported: efficientnet_lite*, "
                           "clip:)")
     if tune_image:
-        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress, pixels=bool(augment))
-        images = ImageSide(image_enc, kept, trunk, blocks, augment if augment else None)
+        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress, pixels=bool(augment), device=device)
+        images = ImageSide(image_enc, kept, trunk, blocks, augment if augment else None, device)
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
-        images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0)
+        images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0, device=device)
     data = TaskData(ds.name, caption_mode, train_split, {i: c for i, c in ds.captions.items() if i in images.row},
                     set(ds.gallery(train_split).ids) & set(images.row), ds.by_id)
     weights = {name: w for name, w in cfg["tasks"].items() if w}
@@ -316,7 +324,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     active = {name: weights[name] for name in tasks}
     captions = data.captions
     all_texts = [t.text for ts in triplets.values() for t in ts] + list(captions.values()) + data.category_names
-    texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress))
+    texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress),
+                     device)
     seconds["features"] = time.perf_counter() - t0
 
     if caption_mode:  # one training item per captioned training image
@@ -326,7 +335,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
                   if t.reference in images.row and any(x in images.row for x in t.targets)]
     if len(usable) < 2:
         raise CirlabError(f"only {len(usable)} usable training {'image' if caption_mode else 'triplet'}(s) for stage 1")
-    fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"])
+    fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"]).to(device)
     model = Stage1Model(fusion, image_parts, text_parts, images)
     if tune_image:
         model.frozen_modules.append(image_enc.model)
@@ -334,6 +343,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         model.frozen_modules.append(text_enc.model)
     for task in tasks.values():
         model.aux.update(task.modules())
+    model.aux.to(device)
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
         if caption_mode:
@@ -342,7 +352,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
             triples = tuple(zip(*(usable[r] for r in rows)))
             ids = list(triples[0]) + list(triples[2])  # one pass of the tail for references and targets
         batch = Batch(fusion, ids, images.pooled(ids), images, texts, triples)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=device)
         for name, task in tasks.items():
             term = task.loss(batch, model.aux)
             if term is not None:
@@ -367,7 +377,8 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         groups.append({"params": list(image_parts.values()) + list(text_parts.values()), "lr_scale": 1.0})
     t1 = time.perf_counter()
     result = fit(model, len(usable), batch_loss, train_cfg, progress, validate, out / "stage1-state.pt", resume,
-                 out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups)
+                 out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups, device=device,
+                 precision=precision)
     seconds["train"] = time.perf_counter() - t1
     # the kept weights' validation recall, as fit recorded it: the best epoch's row, else the last one's
     kept = result.history[result.best_epoch - 1 if train_cfg.select_best and result.best_epoch else -1]
@@ -398,10 +409,10 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
 def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: list[str], exclude_reference: bool,
             batch: int = 256) -> dict[int, float]:
     """Recall@K of the stage-1 model on a split (the same ranking as evaluation elsewhere: exact top-k)."""
-    g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(gallery_ids[s:s + batch])})
+    g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(gallery_ids[s:s + batch])}).cpu()
                    for s in range(0, len(gallery_ids), batch)]).numpy()
     q = torch.cat([fusion.compose({"pooled": images.pooled([t.reference for t in triplets[s:s + batch]])},
-                                  {"pooled": texts.pooled([t.text for t in triplets[s:s + batch]])})
+                                  {"pooled": texts.pooled([t.text for t in triplets[s:s + batch]])}).cpu()
                    for s in range(0, len(triplets), batch)]).numpy()
     return rank(q, g, gallery_ids, triplets, DEFAULT_KS, exclude_reference, keep=max(DEFAULT_KS)).recall
 
@@ -416,7 +427,7 @@ def _text_to_image_recall(fusion, images: ImageSide, texts: TextSide, ids: list[
     g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(ids[s:s + 256])}) for s in range(0, len(ids), 256)])
     caps = [captions[i] for i in ids]
     t = torch.cat([fusion.project_text(texts.pooled(caps[s:s + 256])) for s in range(0, len(caps), 256)])
-    top, _ = exact_topk(t.numpy(), g.numpy(), max(ks))
+    top, _ = exact_topk(t.cpu().numpy(), g.cpu().numpy(), max(ks))
     same = {}
     for n, c in enumerate(caps):
         same.setdefault(c, []).append(n)

@@ -196,7 +196,7 @@ class Attributes(Stage1Task):
         sel = [n for n, i in enumerate(ids) if i in self.multi_hot]
         if not sel:
             return None
-        labels = torch.stack([self.multi_hot[ids[n]] for n in sel])
+        labels = torch.stack([self.multi_hot[ids[n]] for n in sel]).to(vectors.device)
         return nn.functional.binary_cross_entropy_with_logits(heads["attributes"](vectors[sel]), labels)
 
 
@@ -223,5 +223,5 @@ class Category(Stage1Task):
             return None
         names = heads["text_adapter"](batch.fusion.project_text(batch.texts.pooled(self.data.category_names)))
         logits = self.scale * heads["image_adapter"](vectors[sel]) @ names.t()
-        labels = torch.as_tensor([self.row[self.data.categories[ids[n]]] for n in sel])
+        labels = torch.as_tensor([self.row[self.data.categories[ids[n]]] for n in sel], device=logits.device)
         return nn.functional.cross_entropy(logits, labels)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from cirlab.config import TrainConfig, monitor_ks
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
+from cirlab.devices import autocast, grad_scaler, precision_name, resolve_device, resolve_precision, to_device
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save
 from cirlab.fusion.base import Fusion
@@ -33,6 +34,8 @@ class TrainResult:
     triplets: int = 0
     best_epoch: int = 0
     resumed_from: int = 0  # the epoch a resumed run started after (0: a fresh run)
+    device: str = "cpu"  # where it trained, and in what precision (autocast dtype)
+    precision: str = "fp32"
     pseudo_epochs: list[int] = field(default_factory=list)  # the epochs trained on pseudo triplets
     step_losses: list[float] = field(default_factory=list, repr=False)  # this process's steps, not saved
 
@@ -96,18 +99,20 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
                  state_path: str | Path | None = None, resume: bool = False,
                  log_path: str | Path | None = None, pseudo: list[Triplet] | None = None,
-                 pseudo_every: int = 3) -> TrainResult:
+                 pseudo_every: int = 3, device: str | torch.device | None = None,
+                 precision: str | None = None) -> TrainResult:
     """Stage 2: train a fusion method on cached features with the batch InfoNCE loss (plus the
     triplet loss where ``triplet_weight`` > 0), through :func:`fit`.
 
     ``images`` holds the target (gallery) images; ``queries`` the query halves of the triplets.
     ``pseudo``: pseudo triplets (``training.pseudo``), one epoch on them after every
-    ``pseudo_every`` epochs on the real ones (paper 004's schedule).
+    ``pseudo_every`` epochs on the real ones (paper 004's schedule). ``device``, ``precision``: see :func:`fit`.
     """
     from cirlab.training.pseudo import pseudo_epochs
 
     cfg.check()
     seed_everything(cfg.seed)
+    device = resolve_device(device)
     real = TripletIndex.build(triplets, images, queries)
     if len(real) < 2:
         raise CirlabError(f"only {len(real)} usable training triplet(s): need at least 2 whose images and texts are encoded")
@@ -120,9 +125,9 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
 
     def batch_loss(b: np.ndarray) -> torch.Tensor:
         index = current["index"]
-        query = model.compose(queries.images.tensors(index.ref[b], model.image_views),
-                              queries.texts.tensors(index.text[b], model.text_views))
-        target = model.embed_gallery(images.tensors(index.target[b], model.gallery_views))
+        query = model.compose(to_device(queries.images.tensors(index.ref[b], model.image_views), device),
+                              to_device(queries.texts.tensors(index.text[b], model.text_views), device))
+        target = model.embed_gallery(to_device(images.tensors(index.target[b], model.gallery_views), device))
         keys = torch.from_numpy(index.target[b])
         loss = batch_infonce(query, target, cfg.logit_scale, keys)
         if cfg.triplet_weight:
@@ -130,20 +135,38 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         return loss
 
     result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
-                 state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch)
+                 state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch, device=device,
+                 precision=precision)
     result.triplets = len(real)
     result.pseudo_epochs = [e + 1 for e, p in enumerate(plan) if p]
     return result
 
 
-def _backward(batch_loss: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray, parts: int) -> torch.Tensor:
+@dataclass
+class Precision:
+    """Where the steps run: the device, the autocast dtype (None: fp32) and the gradient scaler (fp16 only)."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, device: str | torch.device | None, precision: str | None) -> "Precision":
+        device = resolve_device(device)
+        dtype = resolve_precision(precision, device)
+        return cls(device, dtype, grad_scaler(device, dtype))
+
+
+def _backward(batch_loss: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray, parts: int,
+              amp: Precision) -> torch.Tensor:
     """Backward passes for a batch, in ``parts`` micro-batches (each weighted by its share of the rows so the
-    gradients add up to a batch mean); the batch's loss, detached."""
+    gradients add up to a batch mean), forward under autocast; the batch's loss, detached."""
     pieces = [p for p in np.array_split(rows, min(parts, len(rows) // 2)) if len(p)]
-    total = torch.zeros(())
+    total = torch.zeros((), device=amp.device)
     for piece in pieces:
-        loss = batch_loss(piece) * (len(piece) / len(rows))
-        loss.backward()
+        with autocast(amp.device, amp.dtype):
+            loss = batch_loss(piece).float() * (len(piece) / len(rows))
+        amp.scaler.scale(loss).backward()
         total = total + loss.detach()
     return total
 
@@ -151,7 +174,8 @@ def _backward(batch_loss: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray
 def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig,
         progress: bool = True, validate: Callable | None = None, state_path: str | Path | None = None,
         resume: bool = False, log_path: str | Path | None = None, desc: str = "training",
-        on_epoch: Callable[[int], None] | None = None, param_groups: list[dict] | None = None) -> TrainResult:
+        on_epoch: Callable[[int], None] | None = None, param_groups: list[dict] | None = None,
+        device: str | torch.device | None = None, precision: str | None = None) -> TrainResult:
     """The one optimisation loop of both stages: ``items`` training examples (or a count per epoch) shuffled each epoch,
     ``batch_loss(rows)`` the loss of a batch; the configured optimiser over the module's trainable
     parameters, per-step schedule with warm-up, gradient clipping.
@@ -165,8 +189,14 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
     metrics of every epoch (CSV or JSON lines), rewritten after each epoch. ``on_epoch(epoch)`` runs
     before each epoch's steps. ``param_groups``: ``[{"params": [...], "lr_scale": s}, ...]`` where parts
     learn at ``s`` times ``lr`` (stage 1: new projection heads faster than pretrained layers).
+
+    ``device`` (None: ``$CIRLAB_DEVICE``, else ``auto``) is where the module trains; ``batch_loss`` puts its
+    inputs there. ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cirlab.devices`) runs the
+    forward passes under autocast, fp16 with a gradient scaler. Saved states are CPU tensors.
     """
     cfg.check()
+    amp = Precision.of(device, precision)
+    module.to(amp.device)
     groups = param_groups or [{"params": list(module.parameters()), "lr_scale": 1.0}]
     groups = [{"params": [q for q in g["params"] if q.requires_grad], "lr": cfg.lr * g.get("lr_scale", 1.0)}
               for g in groups]
@@ -183,13 +213,13 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
     total = sum(batches(n) for n in sizes)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.lr_factor(step, total, per_epoch))
     rng = np.random.default_rng(cfg.seed)
-    result = TrainResult(triplets=sizes[0])
+    result = TrainResult(triplets=sizes[0], device=str(amp.device), precision=precision_name(amp.dtype))
     best_score, best_state, stale, first_epoch, spent = float("-inf"), None, 0, 0, 0.0
     monitor = monitor_ks(cfg.monitor)
     state_path = Path(state_path) if state_path else None
     if resume:
         first_epoch, best_score, best_state, stale, spent = _restore(state_path, module, opt, sched, rng, cfg, result,
-                                                                      sizes[0])
+                                                                      sizes[0], amp)
     start = time.perf_counter()
     bar = tqdm(range(first_epoch, cfg.epochs), desc=desc, disable=not progress, initial=first_epoch, total=cfg.epochs)
     for epoch in bar:
@@ -205,11 +235,15 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
             if len(b) < 2:
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = _backward(batch_loss, b, cfg.accumulate)
+            loss = _backward(batch_loss, b, cfg.accumulate, amp)
             if cfg.grad_clip:
+                amp.scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            scale = amp.scaler.get_scale() if amp.scaler.is_enabled() else 1.0
+            amp.scaler.step(opt)
+            amp.scaler.update()
+            if not amp.scaler.is_enabled() or amp.scaler.get_scale() >= scale:  # fp16 overflow: the step was skipped
+                sched.step()
             value = float(loss.detach())
             result.step_losses.append(value)
             total_loss += value
@@ -238,7 +272,8 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
                           "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                           "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                           "history": result.history, "best_epoch": result.best_epoch, "best_score": best_score,
-                          "best_state": best_state, "stale": stale,
+                          "best_state": best_state, "stale": stale, "scaler": amp.scaler.state_dict(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if amp.device.type == "cuda" else None,
                           "seconds": spent + time.perf_counter() - start}, state_path)
     if best_state is not None:
         module.load_state_dict(best_state)
@@ -247,7 +282,8 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
     return result
 
 
-def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result: TrainResult, triplets: int):
+def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result: TrainResult, triplets: int,
+             amp: Precision):
     """Load a training state saved by :func:`fit` into the run's objects."""
     if path is None or not path.is_file():
         raise CirlabError(f"nothing to resume: no training state at {path}; start the run afresh first (resume off)")
@@ -272,6 +308,10 @@ def _restore(path: Path | None, model, opt, sched, rng, cfg: TrainConfig, result
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
+    if state.get("scaler"):
+        amp.scaler.load_state_dict(state["scaler"])
+    if state.get("cuda_rng") is not None and amp.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     result.history = list(state["history"])
     result.best_epoch = state["best_epoch"]
     result.resumed_from = state["epoch"]

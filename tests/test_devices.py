@@ -1,0 +1,250 @@
+"""Devices, mixed precision, whole-model fine-tuning and hub names (issue 14).
+
+Everything here runs on the CPU; the tests marked ``cuda`` run where torch sees a GPU and are skipped, with
+that reason, where it does not. Mixed precision is also exercised on the CPU (torch's CPU autocast in bf16 and
+fp16 with a gradient scaler), so the autocast and scaler code runs in every CI."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset, make_images, make_tiny_clip
+
+from cirlab.devices import available, loader_workers, resolve_device, resolve_precision
+from cirlab.errors import CirlabError
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def cli(*args, env=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cirlab.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def one_line_error(res, *patterns):
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("cirlab: error:")]
+    assert len(lines) == 1 and all(p in lines[0] for p in patterns), res.stderr
+    return lines[0]
+
+
+def train_tiny(root, monkeypatch, device=None, precision=None, epochs=3):
+    """``sum`` on a tiny data set, stage 2, through the workspace (what ``cirlab train`` runs); the device and
+    precision come from the environment as the CLI sets them."""
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    for name, value in (("CIRLAB_DEVICE", device), ("CIRLAB_PRECISION", precision)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    ds = root / "tiny"
+    if not ds.exists():
+        make_dataset(ds, n=16)
+    ws = Workspace.open(ds, FeatureCache(root / "cache"), progress=False)
+    out = root / f"sum-{device}-{precision}.pt"
+    train_method(ws, "sum", {"train": {"epochs": epochs, "batch_size": 8}}, out=out, progress=False)
+    return ds, out
+
+
+def test_devices_resolve_and_refuse_in_one_line(monkeypatch):
+    monkeypatch.delenv("CIRLAB_DEVICE", raising=False)
+    assert resolve_device("cpu") == torch.device("cpu") and "cpu" in available()
+    assert resolve_device(None) == (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    monkeypatch.setenv("CIRLAB_DEVICE", "cpu")
+    assert resolve_device(None) == torch.device("cpu")
+    for bad in ("tpu", "cuda:x", "cpu:1", "gpu"):
+        with pytest.raises(CirlabError, match="unknown device"):
+            resolve_device(bad)
+    with pytest.raises(CirlabError, match="not available"):
+        resolve_device(f"cuda:{torch.cuda.device_count() + 3}")
+    assert resolve_precision("auto", torch.device("cpu")) is None  # fp32 on the CPU: what ran before devices
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(CirlabError, match="unknown precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+    from cirlab.encoders.runtime import resolve_runtime
+
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"  # the exported runtimes run on the CPU
+    with pytest.raises(CirlabError, match="runs on the CPU here"):
+        resolve_runtime("onnx", torch.device("cuda"))
+    monkeypatch.setenv("CIRLAB_WORKERS", "x")
+    with pytest.raises(CirlabError, match="CIRLAB_WORKERS"):
+        loader_workers()
+    monkeypatch.delenv("CIRLAB_WORKERS")
+    assert loader_workers(torch.device("cpu")) == 0
+
+
+def test_the_cli_refuses_an_unknown_or_missing_device_in_one_line(tmp_path):
+    make_images(tmp_path / "g", n=2)
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    for args, env, words in [(("--device", "tpu"), {}, ("unknown device 'tpu'", "cpu, cuda")),
+                             (("--device", missing), {}, (f"device '{missing}' is not available", "cpu")),
+                             ((), {"CIRLAB_DEVICE": "gpu"}, ("unknown device 'gpu'",)),
+                             (("--precision", "bf16", "--device", "mps"), {}, ("mps",))]:
+        command = ("train", "--data", tmp_path / "none", "--out", tmp_path / "m.pt") if "--precision" in args else \
+            ("encode", tmp_path / "g", "--cache", tmp_path / "cache")
+        res = cli(*command, *args, env={"CIRLAB_HOME": str(tmp_path / "home"), **env})
+        one_line_error(res, *words)
+    if not torch.cuda.is_available():
+        one_line_error(cli("encode", tmp_path / "g", "--device", "cuda", env={"CIRLAB_HOME": str(tmp_path)}),
+                       "torch sees no CUDA GPU here", "use --device cpu")
+
+
+def test_device_cpu_gives_the_same_results_as_no_device(tmp_path, monkeypatch):
+    """The offline CPU default is untouched: an explicit ``cpu`` trains bit-identical weights and the pipeline
+    on it gives the same vectors as the default."""
+    from cirlab.api import Pipeline
+    from cirlab.checkpoint import read_checkpoint
+
+    ds, default = train_tiny(tmp_path, monkeypatch)
+    _, on_cpu = train_tiny(tmp_path, monkeypatch, device="cpu")
+    a, b = read_checkpoint(default)["state_dict"], read_checkpoint(on_cpu)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint(on_cpu)["meta"]["train"]["device"] == "cpu"
+    monkeypatch.delenv("CIRLAB_DEVICE", raising=False)
+    plain = Pipeline.load(default, tmp_path / "cache")
+    explicit = Pipeline.load(default, tmp_path / "cache", device="cpu")
+    np.testing.assert_array_equal(plain.compose(ds / "images" / "img0.png", "make it red"),
+                                  explicit.compose(ds / "images" / "img0.png", "make it red"))
+    np.testing.assert_array_equal(plain.encode_gallery(ds / "images", False).vectors,
+                                  explicit.encode_gallery(ds / "images", False).vectors)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_checkpoint_trained_under_autocast_loads_and_searches_on_the_cpu(tmp_path, monkeypatch, precision):
+    """Training under autocast (here the CPU's; fp16 with the gradient scaler) writes float32 CPU weights that
+    differ from the fp32 run's, and the model loads and searches in fp32 on the CPU."""
+    from cirlab.api import Pipeline
+    from cirlab.checkpoint import read_checkpoint
+
+    ds, mixed = train_tiny(tmp_path, monkeypatch, device="cpu", precision=precision)
+    _, plain = train_tiny(tmp_path, monkeypatch, device="cpu", precision="fp32")
+    ckpt = read_checkpoint(mixed)
+    assert ckpt["meta"]["train"]["precision"] == precision
+    state = ckpt["state_dict"]
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    fp32 = read_checkpoint(plain)["state_dict"]
+    assert any(not torch.equal(state[k], fp32[k]) for k in state)  # autocast really ran
+    pipe = Pipeline.load(mixed, tmp_path / "cache", device="cpu")
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 3", k=3)
+    assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)
+
+
+def test_decoding_workers_give_the_images_of_one_process(tmp_path):
+    from cirlab.images import UnreadableImage, decode_images
+
+    paths = make_images(tmp_path / "g", n=5)
+    broken = tmp_path / "g" / "broken.png"
+    broken.write_bytes(b"not a png")
+    order = [paths[0], broken, *paths[1:]]
+    here = [x for batch in decode_images(order, 2) for x in batch]
+    forked = [x for batch in decode_images(order, 2, workers=2) for x in batch]
+    assert len(here) == len(forked) == 6
+    assert isinstance(here[1], UnreadableImage) and isinstance(forked[1], UnreadableImage)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(here, forked) if a is not here[1])
+
+
+def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower_alone(tmp_path):
+    """Paper 004's CLIP preset as shipped (both towers whole) moves every tensor of both towers (weight decay off,
+    so a change means a gradient reached it); tuning the image tower alone leaves the text tower bit-identical."""
+    from cirlab.encoders import build_text_encoder
+    from cirlab.encoders.base import new_encoder
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.tuned import load_tuned
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    cache = FeatureCache(tmp_path / "cache")
+    fresh = {side: new_encoder(side, clip) for side in ("image", "text")}
+    cfg = read_stage1_config("clip_ft")
+    cfg["train"].update({"epochs": 2, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0})
+    run_stage1(ds, tmp_path / "both", cache, clip, clip, cfg, progress=False, device="cpu")
+    for side in ("image", "text"):
+        tuned = load_tuned(tmp_path / "both" / f"{side}.pt", side)
+        names = fresh[side].tunable("all")
+        still = [k for k in names if torch.equal(fresh[side].model.state_dict()[k], tuned.model.state_dict()[k])]
+        assert len(names) > 20 and not still, f"{side}: unchanged {still}"
+    frozen_text = build_text_encoder(clip)
+    before = {k: v.clone() for k, v in frozen_text.model.state_dict().items()}
+    run_stage1(ds, tmp_path / "image", cache, clip, clip, {**cfg, "tune": "image"}, progress=False, device="cpu")
+    assert not (tmp_path / "image" / "text.pt").exists()
+    after = frozen_text.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(v, fresh["text"].model.state_dict()[k]) for k, v in after.items())
+    image = load_tuned(tmp_path / "image" / "image.pt", "image")
+    assert not torch.equal(image.model.state_dict()["visual_projection.weight"],
+                           fresh["image"].model.state_dict()["visual_projection.weight"])
+
+
+def _hub_cache(root, name, folder):
+    """``folder`` laid out as the Hugging Face cache holds a downloaded model ``name`` (what a past download left)."""
+    repo = root / ("models--" + name.replace("/", "--"))
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    return root
+
+
+def test_hub_names_read_the_cache_offline_and_a_missing_one_is_one_line(tmp_path):
+    """Nothing downloads: with HF_HUB_OFFLINE=1 a hub name in the local Hugging Face cache loads (and the spec keeps
+    the name), and one that is not there is a one-line error naming the local-folder form."""
+    make_images(tmp_path / "g", n=3)
+    hub = _hub_cache(tmp_path / "hub", "tiny-org/tiny-clip", make_tiny_clip(tmp_path / "clip"))
+    env = {"HF_HUB_CACHE": str(hub), "HF_HOME": str(tmp_path / "hf"), "CIRLAB_HOME": str(tmp_path / "home")}
+    res = cli("encode", tmp_path / "g", "--image-encoder", "clip:tiny-org/tiny-clip", "--cache", tmp_path / "c",
+              env=env)
+    assert res.returncode == 0 and "3 images encoded" in res.stdout, res.stderr
+    for spec, side in (("clip:openai/clip-vit-base-patch32", "--image-encoder"), ("hf:bert-base-uncased", "--text-encoder")):
+        args = ("encode", tmp_path / "g", "--image-encoder", spec, "--cache", tmp_path / "c") if side == "--image-encoder" \
+            else ("train", "--data", make_dataset(tmp_path / "ds", n=8) if not (tmp_path / "ds").exists() else tmp_path / "ds",
+                  "--text-encoder", spec, "--out", tmp_path / "m.pt")
+        line = one_line_error(cli(*args, env=env), "HF_HUB_OFFLINE=1", f"'{spec.split(':')[0]}:/path/to/")
+        assert spec.split(":", 1)[1] in line
+
+
+@cuda
+def test_cuda_training_under_autocast_loads_on_the_cpu(tmp_path, monkeypatch):
+    """On a GPU: stage 2 trains on CUDA in its auto precision (bf16, or fp16 with the scaler); the checkpoint holds
+    CPU float32 weights, loads on the CPU, and the GPU pipeline's query vectors agree with the CPU's."""
+    from cirlab.api import Pipeline
+    from cirlab.checkpoint import read_checkpoint
+
+    ds, path = train_tiny(tmp_path, monkeypatch, device="cuda")
+    meta = read_checkpoint(path)["meta"]["train"]
+    assert meta["device"].startswith("cuda") and meta["precision"] in ("bf16", "fp16")
+    monkeypatch.delenv("CIRLAB_DEVICE")
+    cpu = Pipeline.load(path, tmp_path / "cache", device="cpu")
+    gpu = Pipeline.load(path, tmp_path / "cache-gpu", device="cuda")
+    assert gpu.device.type == "cuda" and next(gpu.image_encoder.network_module.parameters()).is_cuda
+    a = cpu.compose(ds / "images" / "img0.png", "make it red")
+    b = gpu.compose(ds / "images" / "img0.png", "make it red")
+    assert float(a @ b) > 0.99
+    hits = gpu.search(gpu.encode_gallery(ds / "images", False), ds / "images" / "img0.png", "make it red", 3)
+    assert len(hits) == 3
+
+
+@cuda
+def test_cuda_stage1_tunes_clip_on_the_gpu_and_the_files_load_on_the_cpu(tmp_path):
+    from cirlab.api import Pipeline
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    cfg = read_stage1_config("clip_ft")
+    cfg["train"].update({"epochs": 2, "batch_size": 8, "lr": 1e-3})
+    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip,
+                     {**cfg, "augment": "scale=0.2"}, progress=False, device="cuda")
+    assert res.train.device.startswith("cuda")
+    pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache", device="cpu")
+    assert len(pipe.search(pipe.encode_gallery(ds / "images", False), ds / "images" / "img0.png", "make it red", 3)) == 3
