@@ -102,3 +102,31 @@ def test_a_held_out_art_style_keeps_the_bases_texts_and_splits(built, tmp_path, 
     with pytest.raises(CirlabError, match="npm install --prefix"):
         build_emojiedit(tmp_path / "y", styles=["fluent-color"])
     ee.fluent_names.cache_clear()
+
+
+def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_path):
+    """Each added training image is its source mirrored, with a facing edit each way; validation and test (and
+    every original training triplet) are as before, byte for byte."""
+    import numpy as np
+    from PIL import Image
+
+    root, counts = built
+    extra = build_emojiedit(tmp_path / "m", seed=0, mirror_pairs=True)
+    for split in ("val", "test"):
+        assert (root / "a" / f"{split}.jsonl").read_text() == (tmp_path / "m" / f"{split}.jsonl").read_text()
+    before = (root / "a" / "train.jsonl").read_text().splitlines()
+    after = (tmp_path / "m" / "train.jsonl").read_text().splitlines()
+    assert after[:len(before)] == before
+    added = [json.loads(line) for line in after[len(before):]]
+    assert len(added) == extra["triplets"]["train"]["facing"] - counts["triplets"]["train"]["facing"] > 1000
+    ds = Dataset(tmp_path / "m")
+    facing_bases = {r["attributes"]["base"] for r in ds.images if r["attributes"].get("facing") and
+                    not r["attributes"].get("synthetic")}
+    for t in added[:50]:
+        a, b = ds.by_id[t["reference"]], ds.by_id[t["targets"][0]]
+        assert t["attributes"]["edit"] == "facing" and a["split"] == b["split"] == "train"
+        assert a["attributes"]["base"] not in facing_bases
+        source, mirror = (a, b) if b["id"].endswith("-mirror") else (b, a)
+        assert mirror["id"] == source["id"] + "-mirror" and ("right" in t["text"]) == (mirror is b)
+        pixels = [np.asarray(Image.open(ds.image_dir / x["file"]).convert("RGB")) for x in (source, mirror)]
+        np.testing.assert_array_equal(pixels[0][:, ::-1], pixels[1])

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     m.add_argument("--test-style", default=None, metavar="STYLE",
                    help="emojiedit: an art set held out of training: the test split is drawn in it alone, and "
                         "the same queries in each --style set form the split test-<style>")
+    m.add_argument("--mirror-pairs", action="store_true",
+                   help="emojiedit: add synthetic facing edits to training (each training image and its mirror, "
+                        "both ways; bases with real facing variants left out); validation and test unchanged")
     m.add_argument("--annotations", type=Path, default=None, help="benchmarks: the annotation folder, as published")
     m.add_argument("--images", type=Path, default=None, help="benchmarks: the folder holding its images "
                                                              "(they are referenced, not copied)")
@@ -50,6 +53,6 @@ def run(a: argparse.Namespace) -> int:
     if a.name in FROM_FILES and (a.annotations is None or a.images is None):
         raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
     counts = make_dataset(a.name, a.out, a.seed, a.size, a.config, a.image_size, a.annotations, a.images, a.category,
-                          a.spelling, a.captions, a.style, a.test_style)
+                          a.spelling, a.captions, a.style, a.test_style, a.mirror_pairs)
     print(json.dumps(counts, indent=2))
     return 0

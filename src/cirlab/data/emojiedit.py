@@ -291,9 +291,10 @@ def _plan(styles: list[str], test_style: str | None) -> list[tuple[str, dict[str
 
 
 def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles: list[str] | None = None,
-                    test_style: str | None = None) -> dict:
+                    test_style: str | None = None, mirror_pairs: bool = False) -> dict:
     """Write the data set to ``out`` (images, images.jsonl, split triplets, dataset.json); return counts.
-    ``styles``: the art sets drawn (default Twemoji); ``test_style``: a set held out for the test split."""
+    ``styles``: the art sets drawn (default Twemoji); ``test_style``: a set held out for the test split;
+    ``mirror_pairs``: add synthetic facing edits to the training split (:func:`_mirror_pairs`)."""
     styles = list(styles or ["twemoji"])
     for name in styles + ([test_style] if test_style else []):
         emoji_styles.get(name)
@@ -324,6 +325,8 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
             if key(t.reference) in images and targets:
                 by_split[splits[split_of[t.attributes["base"]]]].append(
                     Triplet(key(t.reference), t.text, targets, {**t.attributes, **({"style": style} if tagged else {})}))
+    if mirror_pairs:
+        by_split["train"] += _mirror_pairs(out / "images", images, records, random.Random(seed))
     with open(out / "images.jsonl", "w") as f:
         for rec in images.values():
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -337,9 +340,37 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
     credits = sorted({emoji_styles.get(s).credit for s, _ in plan})
     meta = {"name": "emojiedit", "version": VERSION, "seed": seed, "images": "images",
             "splits": {s: f"{s}.jsonl" for s in by_split}, "license": "Images: " + "; ".join(credits),
-            **({"styles": styles, "test_style": test_style} if tagged else {}), "counts": counts}
+            **({"styles": styles, "test_style": test_style} if tagged else {}),
+            **({"mirror_pairs": True} if mirror_pairs else {}), "counts": counts}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
     return counts
+
+
+def _mirror_pairs(folder: Path, images: dict[str, dict], records: list[dict], rng: random.Random) -> list[Triplet]:
+    """Synthetic facing edits for training: every training image of a base with no facing variant gets a mirrored
+    copy (``<id>-mirror``, split train, attribute ``synthetic: mirror``) and two triplets, the image to its mirror
+    ("... face right") and back ("... face left"), phrased as the real facing edits (Unicode's default emoji face
+    left; their facing-right variants are redrawn near-mirrors). Validation and test are untouched."""
+    from PIL import Image, ImageOps
+
+    facing_bases = {r["factors"]["base"] for r in records if r["factors"].get("facing")}
+    out: list[Triplet] = []
+    for image_id, rec in list(images.items()):
+        if rec["split"] != "train" or rec["attributes"]["base"] in facing_bases:
+            continue
+        mirror_id = f"{image_id}-mirror"
+        dst = folder / f"{mirror_id}.png"
+        if not dst.is_file():
+            with Image.open(folder / rec["file"]) as im:
+                ImageOps.mirror(im.convert("RGB")).save(dst)
+        images[mirror_id] = {**rec, "id": mirror_id, "file": dst.name, "caption": rec["caption"] + ", mirrored",
+                             "attributes": {**rec["attributes"], "facing": "right", "synthetic": "mirror"}}
+        base = rec["attributes"]["base"]
+        for a, b, to in ((image_id, mirror_id, "right"), (mirror_id, image_id, None)):
+            out.append(Triplet(a, rng.choice(describe("facing", to)), [b],
+                               {"edit": "facing", "from": None if to else "right", "to": to, "base": base,
+                                "synthetic": "mirror", **({"style": rec["style"]} if "style" in rec else {})}))
+    return out
 
 
 def _draw(folder: Path, records: list[dict], plan, single: bool, size: int) -> tuple[dict[str, dict], dict[str, int]]:
