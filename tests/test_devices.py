@@ -183,6 +183,30 @@ def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower
                            fresh["image"].model.state_dict()["visual_projection.weight"])
 
 
+def test_the_clip_preset_runs_end_to_end_from_the_cli(tmp_path):
+    """Paper 004's recipe on a tiny random CLIP, as a user runs it: stage 1 with the clip_ft preset, stage 2 on the
+    tuned towers, an index, a search; every command on an explicit device."""
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    ds = make_dataset(tmp_path / "tiny", n=16)
+    common = ("--cache", tmp_path / "cache", "--device", "cpu")
+    env = {"CIRLAB_HOME": str(tmp_path / "home")}
+    steps = [("train", "--stage", "1", "--stage1-config", "clip_ft", "--image-encoder", clip, "--text-encoder", clip,
+              "--data", ds, "--out", tmp_path / "s1", "--epochs", "2", "--batch-size", "8", "--quiet"),
+             ("train", "--stage1", tmp_path / "s1", "--method", "combiner", "--data", ds, "--out", tmp_path / "m.pt",
+              "--epochs", "2", "--batch-size", "8", "--quiet"),
+             ("index", "build", ds / "images", "--model", tmp_path / "m.pt", "--out", tmp_path / "index", "--quiet"),
+             ("search", "--index", tmp_path / "index", "--model", tmp_path / "m.pt", "--image", ds / "images" / "img0.png",
+              "--text", "make it red", "-k", "3", "--json")]
+    for step in steps:
+        res = cli(*step, *common, env=env)
+        assert res.returncode == 0, res.stderr
+    assert "tuned:" in (tmp_path / "s1" / "stage1.json").read_text()
+    import json
+
+    hits = json.loads(res.stdout)["results"]
+    assert len(hits) == 3 and all(h["path"].endswith(".png") for h in hits)
+
+
 def _hub_cache(root, name, folder):
     """``folder`` laid out as the Hugging Face cache holds a downloaded model ``name`` (what a past download left)."""
     repo = root / ("models--" + name.replace("/", "--"))

@@ -146,10 +146,10 @@ def read_embeddings(folder: str | Path) -> tuple[list[str], list[str], np.ndarra
 class _RayEncoder:
     """One model per actor: decodes a batch of paths and returns its gallery vectors (errors per row)."""
 
-    def __init__(self, model: str, cache: str) -> None:
+    def __init__(self, model: str, cache: str, device: str) -> None:
         from cirlab.api import Pipeline
 
-        self.pipe = Pipeline.load(model, cache)
+        self.pipe = Pipeline.load(model, cache, device=device)  # "cuda": the GPU Ray gave this actor
 
     def __call__(self, batch: dict) -> dict:
         from cirlab.images import UnreadableImage, load_image
@@ -223,11 +223,14 @@ def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | No
             for i, p in zip(chunk.ids, chunk.paths)]
     report.seconds["ray_start"] = time.perf_counter() - start
     start = time.perf_counter()
-    n_workers = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    gpu = pipe.device.type == "cuda"  # then each actor asks Ray for a GPU of its own
+    n_workers = workers or max(1, int(ray.available_resources().get("GPU" if gpu else "CPU", 1)))
     blocks = max(n_workers, -(-len(rows) // 512))  # blocks of at most 512 paths, at least one per actor
     ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-        _RayEncoder, fn_constructor_kwargs={"model": str(pipe.path), "cache": str(pipe.cache.root)},
-        batch_size=32, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
+        _RayEncoder, fn_constructor_kwargs={"model": str(pipe.path), "cache": str(pipe.cache.root),
+                                            "device": "cuda" if gpu else "cpu"},
+        batch_size=32, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1,
+        **({"num_gpus": 1} if gpu else {}))
     pending: dict[int, list[dict]] = {}
     want = {n: len(chunk) for n, chunk in chunks.items()}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -194,7 +194,7 @@ def _hub_snapshot(name: str, backend: str, what: str) -> Path:
     from huggingface_hub import snapshot_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-    local = f"'{backend}:/path/to/{what}'"
+    local = f"'{backend}:/path/to/folder' (a folder holding the {what})"
     try:
         folder = Path(snapshot_download(name, local_files_only=offline, allow_patterns=HUB_FILES))
         if not offline and not any(folder.glob("*.safetensors")):  # an older repository: PyTorch pickles only
@@ -203,7 +203,7 @@ def _hub_snapshot(name: str, backend: str, what: str) -> Path:
         if offline:
             raise CirlabError(f"{name!r} is not a local folder, and it is not in the Hugging Face cache while the hub "
                               f"is off (HF_HUB_OFFLINE=1): use the local-folder form {local}, or set HF_HUB_OFFLINE=0 "
-                              "to download it (docs/encoders.md)") from None
+                              "to download it (docs/devices.md)") from None
         raise CirlabError(f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else 'no detail'}); check the name and the network, or "
                           f"use the local-folder form {local}") from None

@@ -11,6 +11,7 @@ from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint,
 from cirlab.config import TrainConfig, method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
+from cirlab.devices import module_device, to_device
 from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder,
                              fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
@@ -120,7 +121,8 @@ class Workspace:
 
         def pairs(ids, caps):
             with torch.inference_mode():
-                images = model.embed_gallery(self.images.tensors(self.images.rows(ids), model.gallery_views))
+                views = to_device(self.images.tensors(self.images.rows(ids), model.gallery_views), module_device(model))
+                images = model.embed_gallery(views).cpu()  # the head is small: it fits on the CPU
             return torch.from_numpy(texts.views["pooled"][texts.rows(caps)]).float(), images.clone()
 
         held_out = pairs(test_ids, test_caps) if test_ids else None

@@ -136,7 +136,7 @@ class DQU(Fusion):
         """Best phrase of the vocabulary for each image vector."""
         if not len(self.captioner_map):
             return ["an image"] * len(pooled)
-        mapped = F.normalize(torch.as_tensor(pooled).float(), dim=-1) @ self.captioner_map
+        mapped = F.normalize(torch.as_tensor(pooled).float().to(self.captioner_map.device), dim=-1) @ self.captioner_map
         if len(self.captioner_bias):
             mapped = mapped + self.captioner_bias
         mapped = F.normalize(mapped, dim=-1)
