@@ -137,7 +137,9 @@ def _gallery(paths: list[Path]):
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else ""
+    return f"{cpu or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -79,6 +79,19 @@ def test_devices_resolve_and_refuse_in_one_line(monkeypatch):
     assert loader_workers(torch.device("cpu")) == 0
 
 
+def test_every_command_that_runs_a_model_takes_a_device():
+    from cirlab.cli import build_parser
+
+    parser = build_parser()
+    commands = [["encode", "g"], ["train", "--data", "d", "--out", "o"], ["eval", "--data", "d"],
+                ["bench", "--data", "d"], ["index", "build", "g", "--out", "o"], ["index", "add", "i", "p"],
+                ["search", "--gallery", "g", "--text", "t"], ["serve", "--index", "i"], ["demo"]]
+    for args in commands:
+        assert parser.parse_args(args + ["--device", "cuda:1"]).device == "cuda:1", args
+    for args in (["train", "--data", "d", "--out", "o"], ["bench", "--data", "d"]):
+        assert parser.parse_args(args + ["--precision", "bf16"]).precision == "bf16"
+
+
 def test_the_cli_refuses_an_unknown_or_missing_device_in_one_line(tmp_path):
     make_images(tmp_path / "g", n=2)
     missing = f"cuda:{torch.cuda.device_count() + 3}"
@@ -181,6 +194,32 @@ def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower
     image = load_tuned(tmp_path / "image" / "image.pt", "image")
     assert not torch.equal(image.model.state_dict()["visual_projection.weight"],
                            fresh["image"].model.state_dict()["visual_projection.weight"])
+
+
+def test_caffs_three_domain_tasks_tune_a_whole_clip(tmp_path):
+    """Paper 001's tasks (caption retrieval, attribute labels, category similarity) on CLIP, both towers whole: all
+    three run (none skipped) and both towers move."""
+    import json
+
+    from cirlab.encoders.base import new_encoder
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.tuned import load_tuned
+    from cirlab.training.stage1 import read_stage1_config, run_stage1
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    ds = make_dataset(tmp_path / "tiny", n=16)
+    records = [json.loads(line) for line in (ds / "images.jsonl").read_text().splitlines()]
+    for k, r in enumerate(records):
+        r.update(category=["round", "square"][k % 2], attributes={"colour": ["red", "blue", "green"][k % 3]})
+    (ds / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = {**read_stage1_config("caff"), "tune": "both", "image_blocks": "all", "text_layers": "all"}
+    cfg["train"] = {"epochs": 2, "batch_size": 8, "lr": 1e-3}
+    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip, cfg, progress=False, device="cpu")
+    assert set(res.tasks) == {"retrieval", "attributes", "category"} and not res.skipped
+    for side, key in (("image", "vision_model.encoder.layers.0.mlp.fc1.weight"),
+                      ("text", "text_model.encoder.layers.0.mlp.fc1.weight")):
+        tuned = load_tuned(tmp_path / "s1" / f"{side}.pt", side).model.state_dict()[key]
+        assert not torch.equal(tuned, new_encoder(side, clip).model.state_dict()[key])
 
 
 def test_the_clip_preset_runs_end_to_end_from_the_cli(tmp_path):

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def place(args: argparse.Namespace) -> None:
+def compute_settings(args: argparse.Namespace) -> None:
     """Where and how this command's networks run: ``--device``, ``--runtime`` and ``--precision`` are checked
     now (a wrong one is refused before any work) and hold for every encoder and model the command builds."""
     from cirlab.devices import resolve_device, resolve_precision
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        place(args)
+        compute_settings(args)
         return args.func(args)
     except CirlabError as e:
         print(f"cirlab: error: {e}", file=sys.stderr)

@@ -11,7 +11,8 @@ from cirlab.cli import common
 
 
 def add_parser(sub) -> None:
-    b = sub.add_parser("bench", parents=[common.quiet(), common.encoders(), common.cache(), common.runtime(), common.precision()],
+    b = sub.add_parser("bench", parents=[common.quiet(), common.encoders(), common.cache(), common.runtime(),
+                                         common.precision()],
                        help="train and evaluate several methods over seeds; a mean ± std table")
     b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     b.add_argument("--methods", default="all",

@@ -12,7 +12,8 @@ from cirlab.errors import CirlabError
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", parents=[common.quiet(), common.encoders(), common.cache(), common.runtime(), common.precision()],
+    t = sub.add_parser("train", parents=[common.quiet(), common.encoders(), common.cache(), common.runtime(),
+                                         common.precision()],
                        help="train a fusion method on a data set's train split")
     t.add_argument("--method", default="combiner", help="a registered method, see 'cirlab methods' (default: %(default)s)")
     t.add_argument("--data", type=Path, required=True,
