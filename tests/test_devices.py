@@ -135,8 +135,13 @@ def test_a_checkpoint_trained_under_autocast_loads_and_searches_on_the_cpu(tmp_p
     from cirlab.api import Pipeline
     from cirlab.checkpoint import read_checkpoint
 
-    ds, mixed = train_tiny(tmp_path, monkeypatch, device="cpu", precision=precision)
-    _, plain = train_tiny(tmp_path, monkeypatch, device="cpu", precision="fp32")
+    ds = make_dataset(tmp_path / "tiny", n=16)
+    mixed, plain = tmp_path / f"sum-{precision}.pt", tmp_path / "sum-fp32.pt"
+    for out, p in ((mixed, precision), (plain, "fp32")):  # training under autocast runs in its own process
+        res = cli("train", "--method", "sum", "--data", ds, "--out", out, "--epochs", "3", "--batch-size", "8",
+                  "--device", "cpu", "--precision", p, "--cache", tmp_path / "cache", "--quiet",
+                  env={"CIRLAB_HOME": str(tmp_path / "home")})
+        assert res.returncode == 0, res.stderr
     ckpt = read_checkpoint(mixed)
     assert ckpt["meta"]["train"]["precision"] == precision
     state = ckpt["state_dict"]
@@ -156,11 +161,17 @@ def test_decoding_workers_give_the_images_of_one_process(tmp_path):
     broken = tmp_path / "g" / "broken.png"
     broken.write_bytes(b"not a png")
     order = [paths[0], broken, *paths[1:]]
-    here = [x for batch in decode_images(order, 2) for x in batch]
-    forked = [x for batch in decode_images(order, 2, workers=2) for x in batch]
-    assert len(here) == len(forked) == 6
-    assert isinstance(here[1], UnreadableImage) and isinstance(forked[1], UnreadableImage)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(here, forked) if a is not here[1])
+    script = ("import sys, numpy as np; from cirlab.images import UnreadableImage, decode_images; "
+              "paths = sys.argv[1:]; here = [x for b in decode_images(paths, 2) for x in b]; "
+              "forked = [x for b in decode_images(paths, 2, workers=2) for x in b]; "
+              "assert len(here) == len(forked) == 6; "
+              "assert isinstance(here[1], UnreadableImage) and isinstance(forked[1], UnreadableImage); "
+              "assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(here, forked) if a is not here[1]); "
+              "print('same')")
+    # the workers are forked: from a process of their own, not from the test runner with its servers and threads
+    res = subprocess.run([sys.executable, "-c", script, *map(str, order)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "same", res.stderr
+    assert isinstance(decode_images(order, 2).__next__()[1], UnreadableImage)
 
 
 def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower_alone(tmp_path):
