@@ -48,7 +48,7 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
         name = str(name)
     text = (name or os.environ.get("CIRLAB_DEVICE") or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, number = text.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (number and (kind != "cuda" or not number.isdigit())):
         raise CirlabError(f"unknown device {text!r}; use {DEVICES}")
@@ -60,6 +60,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
         raise CirlabError(f"device {text!r} is not available: this machine has {here}")
     if kind == "mps" and not _mps():
         raise CirlabError(f"device 'mps' is not available: this machine has {here}; use --device cpu or auto")
+    if kind == "cuda" and not number:  # one name per GPU ("cuda" is the current one), so one encoder per GPU
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(text)
 
 
@@ -101,13 +103,20 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def tensor_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device``: unchanged where it is already there; from the CPU to CUDA through pinned memory,
+    without blocking."""
+    if tensor.device == device or device.type == "cpu" and tensor.device.type == "cpu":
+        return tensor
+    pin = device.type == "cuda" and tensor.device.type == "cpu"
+    return (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)
+
+
 def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Named tensors on ``device``: unchanged on the CPU; on CUDA copied from pinned memory without blocking."""
+    """Named tensors on ``device`` (:func:`tensor_to`); the same dict on the CPU."""
     if device.type == "cpu":
         return tensors
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin and v.device.type == "cpu" else v).to(device, non_blocking=pin)
-            for k, v in tensors.items()}
+    return {k: tensor_to(v, device) for k, v in tensors.items()}
 
 
 def loader_workers(device: torch.device | None = None) -> int:

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
-from cirlab.devices import loader_workers, resolve_device, to_device
+from cirlab.devices import loader_workers, resolve_device, tensor_to
 from cirlab.encoders.cache import FeatureCache
 from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
 from cirlab.encoders.base import new_encoder
@@ -135,7 +135,7 @@ class ImageSide:
     def pooled(self, ids) -> torch.Tensor:
         """Pooled vectors of ``ids``; an image repeated in the batch runs through the network once."""
         def encode(rows: list[int]) -> torch.Tensor:
-            x = to_device({"x": self.data[torch.as_tensor(rows)]}, self.device)["x"].float()
+            x = tensor_to(self.data[torch.as_tensor(rows)], self.device).float()
             if self.augment is not None:
                 if self.training:
                     x = self.augment(x, self.white, self.black)
@@ -154,8 +154,7 @@ class TextSide:
     def pooled(self, texts) -> torch.Tensor:
         if self.table is None:  # a text repeated in the batch runs through the model once
             return once_each(list(texts), self.encoder.pooled_with_grad)
-        pooled = torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))])
-        return to_device({"pooled": pooled}, self.device)["pooled"].float()
+        return tensor_to(torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]), self.device).float()
 
 
 class Stage1Model(nn.Module):
@@ -227,7 +226,7 @@ def _trunk_outputs(encoder, ids: list[str], paths: dict, blocks: int | str, prog
             with torch.inference_mode():
                 x = encoder.pixels(images)
                 if not pixels:
-                    x = encoder.trunk_of_pixels(to_device({"x": x}, device)["x"], blocks).cpu()
+                    x = encoder.trunk_of_pixels(tensor_to(x, device), blocks).cpu()
                 parts.append(x.to(torch.float16))
             kept += chunk
         bar.update(len(ids[s:s + batch]))
@@ -343,7 +342,6 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         model.frozen_modules.append(text_enc.model)
     for task in tasks.values():
         model.aux.update(task.modules())
-    model.aux.to(device)
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
         if caption_mode:
