@@ -7,8 +7,9 @@ from cirlab.config import method_config, variant_names
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
-# tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens
-DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8))
+# tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens, and
+# the encoders' colour view (which the pixels give, whatever the network)
+DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8), colour=408)
 SMALL = {"embed_dim": 16, "width": 8, "heads": 2, "projection_dim": 8, "hidden_dim": 8, "channels": 4,
          "bilinear_dim": 4, "bilinear_hidden": 8}
 
@@ -23,7 +24,8 @@ def small(name, **over):
 def batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, 16, 20, generator=g).abs()  # post-activation maps are non-negative
-    image = {"pooled": tokens.mean(dim=1), "tokens": tokens, "levels": torch.randn(b, 3, 8, generator=g)}
+    image = {"pooled": tokens.mean(dim=1), "tokens": tokens, "levels": torch.randn(b, 3, 8, generator=g),
+             "colour": torch.rand(b, 408, generator=g)}
     mask = torch.ones(b, 6, dtype=torch.bool)
     mask[0, 3:] = False  # one short text: its padding must not matter
     text = {"pooled": torch.randn(b, 12, generator=g), "tokens": torch.randn(b, 6, 12, generator=g), "mask": mask}
@@ -38,7 +40,7 @@ def test_forward_backward_shapes_and_unit_norm(name):
     torch.manual_seed(0)
     m = small(name)
     ref, txt = batch()
-    q = m.compose(ref, txt)
+    q = m(ref, txt)
     g = m.embed_gallery(ref)
     assert q.shape == (6, 16) and g.shape == (6, 16)
     assert torch.allclose(q.norm(dim=-1), torch.ones(6), atol=1e-5)

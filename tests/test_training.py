@@ -30,6 +30,37 @@ def test_infonce_masks_duplicate_targets():
     assert float(batch_infonce(q, t, 5.0, torch.tensor([7, 7]))) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_infonce_takes_extra_negatives_and_masks_the_positives_image_among_them():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])  # two targets, then two references
+    # query 0: columns 0 (positive), 1, 2 (a reference); column 3 is its own target's image (key 5): masked
+    # query 1: columns 1 (positive), 0, 2, 3 (column 3 is image 5, a negative for query 1)
+    z0 = math.log(math.exp(2) + math.exp(0) + math.exp(1.2)) - 2
+    z1 = math.log(math.exp(2) + math.exp(0) + math.exp(1.6) + math.exp(0)) - 2
+    keys = torch.tensor([5, 6, 8, 5])
+    assert float(batch_infonce(q, t, 2.0, keys)) == pytest.approx((z0 + z1) / 2, rel=1e-6)
+
+
+def test_reference_negatives_put_the_batchs_references_among_the_negatives():
+    """With ``reference_negatives`` the loss of the same model on the same batch is higher: the reference,
+    which a sum of vectors sits closest to, is now a wrong answer it is scored against."""
+    from cirlab.training.trainer import TripletIndex, reference_negatives
+
+    images, texts, triplets = _toy()
+    index = TripletIndex.build(triplets, images, QuerySide(images, texts))
+    assert [images.keys[r] for r in index.ref_gallery[:3]] == [t.reference for t in triplets[:3]]
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
+    b = np.arange(12)
+    negatives, keys = reference_negatives(model, images, index, b, torch.device("cpu"))
+    assert sorted(keys.tolist()) == sorted(set(index.ref_gallery[b].tolist())) and len(negatives) == len(keys)
+    losses = []
+    for on in (False, True):
+        res = train_fusion(build_fusion("sum", TOY_DIMS, embed_dim=16), triplets, images, QuerySide(images, texts),
+                           TrainConfig(epochs=1, batch_size=32, lr=1e-9, reference_negatives=on), progress=False)
+        losses.append(res.history[0]["loss"])
+    assert losses[1] > losses[0] + 0.1, losses
+
+
 def test_triplet_loss_against_hand_computation():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     t = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])

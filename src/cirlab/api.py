@@ -238,8 +238,8 @@ class Pipeline:
             else None
         encoded = time.perf_counter()
         if composed:
-            vectors = self.model.compose(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
-                                         self._on(text))
+            vectors = self.model(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
+                                 self._on(text))
             out = _place(out, composed, vectors)
         if text_only:
             out = _place(out, text_only, self.model.project_text(pooled) if self.text_head is None else self.text_head(pooled))
@@ -269,7 +269,7 @@ class Pipeline:
             iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, q.text)
         except CirlabError as e:
             return e
-        return self.model.compose(self._on(iv), self._on(tv))[0].cpu().numpy()
+        return self.model(self._on(iv), self._on(tv))[0].cpu().numpy()
 
     def _references(self, images: Sequence, views: tuple[str, ...]) -> list:
         """Per query: the reference's views (one row a view), its error, or None where it has no reference.

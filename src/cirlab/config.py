@@ -54,6 +54,9 @@ class TrainConfig:
                                 flag=False)
     patience: int = _option(0, "early stopping: stop after this many epochs without a better validation score "
                                "(0: off)")
+    reference_negatives: bool = _option(False, "the batch's reference images join its negatives: the image a query "
+                                               "starts from is often the nearest wrong answer (an emoji facing "
+                                               "the other way)", flag=False)
     triplet_weight: float = _option(0.0, "weight of the triplet loss added to InfoNCE (mffm)", flag=False)
     triplet_margin: float = _option(0.2, "the triplet loss's margin, on cosine similarities", flag=False)
     optimizer: str = _option("adamw", "optimiser", choices=OPTIMIZER_NAMES)

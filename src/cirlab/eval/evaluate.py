@@ -42,8 +42,8 @@ def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], 
     ref = queries.images.rows([k[0] for k in keys])
     txt = queries.texts.rows([k[1] for k in keys])
     device = module_device(model)
-    parts = [model.compose(to_device(queries.images.tensors(ref[s:s + batch], model.image_views), device),
-                           to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
+    parts = [model(to_device(queries.images.tensors(ref[s:s + batch], model.image_views), device),
+                   to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
              for s in range(0, len(ref), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
 

@@ -9,6 +9,7 @@ through the same image projection as the reference. Inputs are L2-normalised fir
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from cirlab.registry import Registry
 Views = dict[str, torch.Tensor]
 
 fusion_methods: Registry = Registry("fusion method")
+MIRROR_GATE_SCALE = 10.0  # the mirror gate's logit is this times its linear layer's output
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Fusion(nn.Module):
         self.text_proj = nn.Linear(dims.text, embed_dim)
         self.image_head = "pooled"
         self.heads = nn.ModuleList()
+        self.mirror_gate: nn.Linear | None = None
 
     def set_image_head(self, spec: str) -> None:
         """Add the image heads a spec names (``"attnpool"``, ``"grid:cells=3+colour"``; see ``fusion.heads``)
@@ -80,6 +83,38 @@ class Fusion(nn.Module):
         extra = sorted({v for h in self.heads for v in h.views})
         self.gallery_views = tuple(dict.fromkeys(("pooled", *extra)))
         self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
+
+    def set_reference_mirror(self) -> None:
+        """Let the text mirror the reference (``model.reference_mirror``): a gate ``g = sigmoid(w t + b)`` read
+        from the text mixes the reference's spatial views with the same views flipped left-right,
+        ``v + g (flip(v) - v)``, before :meth:`compose`. A facing edit ("turn it to the right") asks for the
+        reference's mirror image, which no sum or MLP of vectors can compute from an unseen reference; a flip
+        of a layout can. The gate starts nearly closed (``g`` = 0.018), so training starts close to the model
+        without it. Its logit is ``MIRROR_GATE_SCALE`` times the linear layer's output: Adam moves each weight by
+        about the learning rate per step, and a unit-scale gate would need thousands of steps to open."""
+        if not {"tokens", "colour"} & set(self.image_views):
+            raise CirlabError("reference_mirror needs a view that keeps left and right (region tokens or the "
+                              "colour layout): add an image head such as colour or grid (--image-head colour)")
+        self.mirror_gate = nn.Linear(self.dims.text, 1)
+        nn.init.zeros_(self.mirror_gate.weight)
+        nn.init.constant_(self.mirror_gate.bias, -4.0 / MIRROR_GATE_SCALE)
+
+    def mirror_reference(self, reference: Views, text: Views) -> Views:
+        """The reference's views with the text's share of their mirror image mixed in (see
+        :meth:`set_reference_mirror`); unchanged without a gate. The pooled vector is kept: an ImageNet
+        network's pooled vector barely changes under a mirror (cosine 0.95 on EmojiEdit)."""
+        if self.mirror_gate is None:
+            return reference
+        g = self.mirror_share(text)
+        out = dict(reference)
+        for name, flipped in mirrored_views(reference).items():
+            v = reference[name].float()
+            out[name] = v + g.view(-1, *[1] * (v.dim() - 1)) * (flipped - v)
+        return out
+
+    def mirror_share(self, text: Views) -> torch.Tensor:
+        """(B, 1): how much of its mirror image each query's reference takes, from the text (the gate)."""
+        return torch.sigmoid(MIRROR_GATE_SCALE * self.mirror_gate(F.normalize(text["pooled"].float(), dim=-1)))
 
     def head_channels(self) -> int:
         """The width of the region rows the heads read (:meth:`head_tokens`)."""
@@ -132,7 +167,9 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
     def forward(self, reference: Views, text: Views) -> torch.Tensor:
-        return self.compose(reference, text)
+        """The query vectors: :meth:`compose` of the reference, mirrored where the text asks for it and the
+        model has a mirror gate (:meth:`set_reference_mirror`). Training, evaluation and serving call this."""
+        return self.compose(self.mirror_reference(reference, text), text)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -143,13 +180,35 @@ def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
     cls = fusion_methods.get(method)
     params = dict(params)
     head = params.pop("image_head", None)
+    mirror = bool(params.pop("reference_mirror", False))
     try:
         model = cls(dims, **params)
     except (TypeError, ValueError) as e:
         raise CirlabError(f"method {method!r} cannot be built: {e}; check its config (cirlab methods --configs)") from None
     if head and head != "pooled":
         model.set_image_head(str(head))
+    if mirror:
+        model.set_reference_mirror()
     return model
+
+
+def mirrored_views(image: Views) -> Views:
+    """The views of an image's mirror image (left-right) that can be had without the encoder, as float:
+    the region map with its columns reversed (a CNN's map of a mirror image is close to its own map
+    mirrored) and the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change)."""
+    from cirlab.encoders.base import COLOUR_GRID
+
+    out: Views = {}
+    t = image.get("tokens")
+    if t is not None and math.isqrt(t.shape[1]) ** 2 == t.shape[1]:  # a square map in raster order
+        side = math.isqrt(t.shape[1])
+        out["tokens"] = t.float().reshape(len(t), side, side, -1).flip(2).reshape(t.shape)
+    if "colour" in image:
+        c = image["colour"].float()
+        cells = COLOUR_GRID * COLOUR_GRID * 3
+        layout = c[:, :cells].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), cells)
+        out["colour"] = torch.cat([layout, c[:, cells:]], dim=1)
+    return out
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, norm: bool = False) -> nn.Sequential:

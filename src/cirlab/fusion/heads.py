@@ -160,7 +160,9 @@ class ColourStatistics(ImageHead):
 
     def forward(self, tokens: torch.Tensor | None, views: dict) -> torch.Tensor:
         colour = views["colour"].float().flatten(1)
-        grid, hist = colour[:, :self.cells] - 0.5, colour[:, self.cells:].clamp(min=0).sqrt()
+        # the histogram never carries a gradient (a mirror does not change it, see Fusion.mirror_reference), and
+        # sqrt's derivative at an empty bin is infinite
+        grid, hist = colour[:, :self.cells] - 0.5, colour[:, self.cells:].detach().clamp(min=0).sqrt()
         cells = self.detect(grid.reshape(len(grid), -1, 3))  # (B, cells, bins)
         parts = [cells.mean(dim=1), cells.amax(dim=1), F.relu(self.layout(grid)), F.relu(self.hist(hist))]
         return self.out(torch.cat(parts, dim=-1))

@@ -10,17 +10,19 @@ def batch_infonce(query: torch.Tensor, target: torch.Tensor, logit_scale: float,
                   target_keys: torch.Tensor | None = None) -> torch.Tensor:
     """Batch-based classification loss (InfoNCE over in-batch targets).
 
-    ``logits[i, j] = s * cos(q_i, t_j)``; the positive of query i is target i. Where another
-    query in the batch has the *same* target image (``target_keys`` equal), that column is
-    masked out for query i: it is not a negative, it is the same image.
+    ``logits[i, j] = s * cos(q_i, t_j)``; the positive of query i is target i. ``target`` may hold more
+    rows than ``query``: the rows after the first ``len(query)`` are extra negatives (the batch's
+    reference images, ``reference_negatives``). Where another column holds the *same* image as query i's
+    positive (``target_keys`` equal), it is masked out for query i: it is not a negative, it is the same image.
     """
     logits = logit_scale * query @ target.t()
+    n = query.shape[0]
+    labels = torch.arange(n, device=query.device)
     if target_keys is not None:
         target_keys = target_keys.to(query.device)
-        same = target_keys[:, None] == target_keys[None, :]
-        same.fill_diagonal_(False)
+        same = target_keys[:n, None] == target_keys[None, :]
+        same[labels, labels] = False
         logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(query.shape[0], device=query.device)
     return F.cross_entropy(logits, labels)
 
 

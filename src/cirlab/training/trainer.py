@@ -59,11 +59,12 @@ class TripletIndex:
     text: np.ndarray
     target: np.ndarray
     dropped: int
+    ref_gallery: np.ndarray | None = None  # the reference's row in the gallery table, -1 where it has none
 
     @classmethod
     def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide) -> "TripletIndex":
         """Rows of each triplet's query (in ``queries``' tables) and first encoded target (in ``images``)."""
-        ref, txt, tgt, dropped = [], [], [], 0
+        ref, txt, tgt, ref_gallery, dropped = [], [], [], [], 0
         for t in triplets:
             target = next((x for x in t.targets if x in images.row), None)
             key = queries.key(t.reference, t.text)
@@ -73,7 +74,9 @@ class TripletIndex:
             ref.append(queries.images.row[key[0]])
             txt.append(queries.texts.row[key[1]])
             tgt.append(images.row[target])
-        return cls(np.array(ref, dtype=np.int64), np.array(txt, dtype=np.int64), np.array(tgt, dtype=np.int64), dropped)
+            ref_gallery.append(images.row.get(t.reference, -1))
+        as_rows = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+        return cls(as_rows(ref), as_rows(txt), as_rows(tgt), dropped, as_rows(ref_gallery))
 
     def __len__(self) -> int:
         return len(self.ref)
@@ -92,6 +95,15 @@ def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
     else:
         path.write_text("".join(json.dumps(row) + "\n" for row in history))
     return path
+
+
+def reference_negatives(model: Fusion, images: FeatureTable, index: TripletIndex, b: np.ndarray,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery vectors of the batch's reference images (those the gallery table holds), and their rows
+    as keys: extra negatives for :func:`batch_infonce`."""
+    rows = index.ref_gallery[b]
+    rows = np.unique(rows[rows >= 0])
+    return model.embed_gallery(to_device(images.tensors(rows, model.gallery_views), device)), torch.from_numpy(rows)
 
 
 def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
@@ -125,11 +137,13 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
 
     def batch_loss(b: np.ndarray) -> torch.Tensor:
         index = current["index"]
-        query = model.compose(to_device(queries.images.tensors(index.ref[b], model.image_views), device),
-                              to_device(queries.texts.tensors(index.text[b], model.text_views), device))
+        query = model(to_device(queries.images.tensors(index.ref[b], model.image_views), device),
+                      to_device(queries.texts.tensors(index.text[b], model.text_views), device))
         target = model.embed_gallery(to_device(images.tensors(index.target[b], model.gallery_views), device))
         keys = torch.from_numpy(index.target[b])
-        loss = batch_infonce(query, target, cfg.logit_scale, keys)
+        negatives, negative_keys = reference_negatives(model, images, index, b, device) if cfg.reference_negatives \
+            else (target[:0], keys[:0])
+        loss = batch_infonce(query, torch.cat([target, negatives]), cfg.logit_scale, torch.cat([keys, negative_keys]))
         if cfg.triplet_weight:
             loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
         return loss
