@@ -31,7 +31,8 @@ from cirlab.registry import Registry
 VIEWS = ("pooled", "tokens", "mask", "levels", "colour")
 COLOUR_GRID = 8  # the layout: mean RGB of each cell of an 8 x 8 grid
 COLOUR_BINS = 6  # the histogram: 6 x 6 x 6 joint RGB bins
-COLOUR_DIM = COLOUR_GRID * COLOUR_GRID * 3 + COLOUR_BINS ** 3
+COLOUR_LAYOUT = COLOUR_GRID * COLOUR_GRID * 3  # the view's first values: the layout, row by row, RGB
+COLOUR_DIM = COLOUR_LAYOUT + COLOUR_BINS ** 3
 
 
 @runtime_checkable
@@ -244,7 +245,7 @@ def colour_view(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str
     if "colour" not in views:
         return {}
     out = np.zeros((len(images), COLOUR_DIM), np.float32)
-    layout = COLOUR_GRID * COLOUR_GRID * 3
+    layout = COLOUR_LAYOUT
     for n, im in enumerate(images):
         square = pad_to_square(im.convert("RGB"))
         out[n, :layout] = np.asarray(square.resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), np.float32).ravel() / 255

@@ -85,7 +85,7 @@ class Fusion(nn.Module):
         self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
 
     def set_reference_mirror(self) -> None:
-        """Let the text mirror the reference (``model.reference_mirror``): a gate ``g = sigmoid(w t + b)`` read
+        """Let the text mirror the reference (``model.reference_mirror``): a gate ``g = sigmoid(10 (w t + b))`` read
         from the text mixes the reference's spatial views with the same views flipped left-right,
         ``v + g (flip(v) - v)``, before :meth:`compose`. A facing edit ("turn it to the right") asks for the
         reference's mirror image, which no sum or MLP of vectors can compute from an unseen reference; a flip
@@ -109,7 +109,9 @@ class Fusion(nn.Module):
         out = dict(reference)
         for name, flipped in mirrored_views(reference).items():
             v = reference[name].float()
-            out[name] = v + g.view(-1, *[1] * (v.dim() - 1)) * (flipped - v)
+            # only the values a mirror moves are mixed: the rest (the colour histogram) stay constant inputs,
+            # with no gradient through them (a head's sqrt at an empty bin would send it an infinite one)
+            out[name] = torch.where(flipped == v, v, v + g.view(-1, *[1] * (v.dim() - 1)) * (flipped - v))
         return out
 
     def mirror_share(self, text: Views) -> torch.Tensor:
@@ -196,7 +198,7 @@ def mirrored_views(image: Views) -> Views:
     """The views of an image's mirror image (left-right) that can be had without the encoder, as float:
     the region map with its columns reversed (a CNN's map of a mirror image is close to its own map
     mirrored) and the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change)."""
-    from cirlab.encoders.base import COLOUR_GRID
+    from cirlab.encoders.base import COLOUR_GRID, COLOUR_LAYOUT
 
     out: Views = {}
     t = image.get("tokens")
@@ -205,9 +207,8 @@ def mirrored_views(image: Views) -> Views:
         out["tokens"] = t.float().reshape(len(t), side, side, -1).flip(2).reshape(t.shape)
     if "colour" in image:
         c = image["colour"].float()
-        cells = COLOUR_GRID * COLOUR_GRID * 3
-        layout = c[:, :cells].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), cells)
-        out["colour"] = torch.cat([layout, c[:, cells:]], dim=1)
+        layout = c[:, :COLOUR_LAYOUT].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), -1)
+        out["colour"] = torch.cat([layout, c[:, COLOUR_LAYOUT:]], dim=1)
     return out
 
 

@@ -147,12 +147,12 @@ class ColourStatistics(ImageHead):
     def __init__(self, channels: int, tokens: int, embed_dim: int, colour_dim: int = 0, bins: int = 64,
                  layout: int = 128, hist: int = 128) -> None:
         super().__init__()
-        from cirlab.encoders.base import COLOUR_DIM, COLOUR_GRID
+        from cirlab.encoders.base import COLOUR_DIM, COLOUR_LAYOUT
 
         if colour_dim != COLOUR_DIM:
             raise CirlabError(f"the colour image head needs the encoders' 'colour' view ({COLOUR_DIM} values), "
                               f"this encoder gives {colour_dim or 'none'}")
-        self.cells = COLOUR_GRID * COLOUR_GRID * 3
+        self.cells = COLOUR_LAYOUT
         self.detect = nn.Sequential(nn.Linear(3, bins), nn.ReLU(), nn.Linear(bins, bins), nn.ReLU())
         self.layout = nn.Linear(self.cells, layout)
         self.hist = nn.Linear(colour_dim - self.cells, hist)
@@ -160,9 +160,7 @@ class ColourStatistics(ImageHead):
 
     def forward(self, tokens: torch.Tensor | None, views: dict) -> torch.Tensor:
         colour = views["colour"].float().flatten(1)
-        # the histogram never carries a gradient (a mirror does not change it, see Fusion.mirror_reference), and
-        # sqrt's derivative at an empty bin is infinite
-        grid, hist = colour[:, :self.cells] - 0.5, colour[:, self.cells:].detach().clamp(min=0).sqrt()
+        grid, hist = colour[:, :self.cells] - 0.5, colour[:, self.cells:].clamp(min=0).sqrt()
         cells = self.detect(grid.reshape(len(grid), -1, 3))  # (B, cells, bins)
         parts = [cells.mean(dim=1), cells.amax(dim=1), F.relu(self.layout(grid)), F.relu(self.hist(hist))]
         return self.out(torch.cat(parts, dim=-1))

@@ -59,7 +59,7 @@ class TripletIndex:
     text: np.ndarray
     target: np.ndarray
     dropped: int
-    ref_gallery: np.ndarray | None = None  # the reference's row in the gallery table, -1 where it has none
+    ref_gallery: np.ndarray  # the reference's row in the gallery table, -1 where it has none
 
     @classmethod
     def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide) -> "TripletIndex":
@@ -141,9 +141,11 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                       to_device(queries.texts.tensors(index.text[b], model.text_views), device))
         target = model.embed_gallery(to_device(images.tensors(index.target[b], model.gallery_views), device))
         keys = torch.from_numpy(index.target[b])
-        negatives, negative_keys = reference_negatives(model, images, index, b, device) if cfg.reference_negatives \
-            else (target[:0], keys[:0])
-        loss = batch_infonce(query, torch.cat([target, negatives]), cfg.logit_scale, torch.cat([keys, negative_keys]))
+        columns, column_keys = target, keys
+        if cfg.reference_negatives:
+            negatives, negative_keys = reference_negatives(model, images, index, b, device)
+            columns, column_keys = torch.cat([target, negatives]), torch.cat([keys, negative_keys])
+        loss = batch_infonce(query, columns, cfg.logit_scale, column_keys)
         if cfg.triplet_weight:
             loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
         return loss
