@@ -8,7 +8,7 @@ from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
 # tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens, and
-# the encoders' colour view (which the pixels give, whatever the network)
+# the views the pixels give, whatever the network: colour and a 32 px thumbnail
 DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8), colour=408)
 SMALL = {"embed_dim": 16, "width": 8, "heads": 2, "projection_dim": 8, "hidden_dim": 8, "channels": 4,
          "bilinear_dim": 4, "bilinear_hidden": 8}
@@ -25,7 +25,7 @@ def batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, 16, 20, generator=g).abs()  # post-activation maps are non-negative
     image = {"pooled": tokens.mean(dim=1), "tokens": tokens, "levels": torch.randn(b, 3, 8, generator=g),
-             "colour": torch.rand(b, 408, generator=g)}
+             "colour": torch.rand(b, 408, generator=g), "thumbnail": torch.rand(b, 32 * 32 * 3, generator=g)}
     mask = torch.ones(b, 6, dtype=torch.bool)
     mask[0, 3:] = False  # one short text: its padding must not matter
     text = {"pooled": torch.randn(b, 12, generator=g), "tokens": torch.randn(b, 6, 12, generator=g), "mask": mask}
@@ -119,16 +119,37 @@ def test_clip_cd_bilinear_branch_is_an_outer_product():
     assert m.bil_hidden.in_features == 4 * 4  # K*K with K < D
 
 
-def test_tirg_gate_query_with_open_gate_equals_the_gallery_vector():
+@pytest.mark.parametrize("name", ["tirg_gate", "tirg_gate-thumbnail"])
+def test_tirg_gate_query_with_open_gate_equals_the_gallery_vector(name):
     """The gallery path is the pooled projection; the query path pools the gated projected map.
-    With the gate forced open (sigmoid -> 1) both must agree exactly (paper 003's X = W_p * S)."""
+    With the gate forced open (sigmoid -> 1) both must agree exactly (paper 003's X = W_p * S); so must the
+    map a small network computes from the thumbnail, with its grid head, and the residual branch (zero at start)."""
     torch.manual_seed(0)
-    m = small("tirg_gate").eval()
+    m = small(name).eval()
     last_bn = m.gate[-1]
     torch.nn.init.zeros_(last_bn.weight)
     torch.nn.init.constant_(last_bn.bias, 50.0)  # sigmoid(50) == 1.0 in float32
     ref, txt = batch()
     assert torch.allclose(m.compose(ref, txt), m.embed_gallery(ref), atol=1e-5)
+
+
+def test_tirg_gate_positions_tell_the_regions_of_a_uniform_map_apart():
+    """A convolution cannot tell where it is inside a map; with ``positions`` the gate can. On a map whose
+    regions are all alike, the gate's values at the inner regions are equal without positions, not with them."""
+    ref, txt = batch()
+    ref = {**ref, "tokens": torch.ones_like(ref["tokens"]), "pooled": torch.ones_like(ref["pooled"])}
+    for positions in (False, True):
+        torch.manual_seed(0)
+        m = small("tirg_gate", positions=positions).eval()
+        gate = m.gate(m.gate_input(m.image_map(ref), txt))
+        inner = gate[:, :, 1:-1, 1:-1].flatten(2)  # away from the zero padding at the border
+        same = torch.allclose(inner, inner[:, :, :1].expand_as(inner), atol=1e-6)
+        assert same != positions
+
+
+def test_tirg_gate_map_from_is_checked():
+    with pytest.raises(CirlabError, match="map_from must be 'tokens' or 'thumbnail'"):
+        small("tirg_gate", map_from="pixels")
 
 
 def test_tirg_weights_are_learnable_scalars():

@@ -19,14 +19,14 @@ from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
 DIMS = FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408)
-HEADS = ["attnpool", "grid", "colour", "mirror", "grid:cells=2+colour"]
+HEADS = ["attnpool", "grid", "colour", "mirror", "grid:cells=2+colour", "thumbnail", "grid+thumbnail"]
 
 
 def views(n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.rand(n, 49, 1280, generator=g)
     return ({"pooled": tokens.mean(1), "tokens": tokens, "levels": torch.rand(n, 3, 192, generator=g),
-             "colour": torch.rand(n, 408, generator=g)},
+             "colour": torch.rand(n, 408, generator=g), "thumbnail": torch.rand(n, 32 * 32 * 3, generator=g)},
             {"pooled": torch.randn(n, 384, generator=g), "tokens": torch.randn(n, 6, 384, generator=g),
              "mask": torch.ones(n, 6, dtype=torch.bool)})
 
@@ -88,7 +88,29 @@ def test_colour_view_is_a_layout_and_a_histogram_of_the_padded_image(image_encod
     assert hist[red] == pytest.approx(1024 / 1088, abs=2e-3) and hist[blue] == pytest.approx(64 / 1088, abs=2e-3)
 
 
-def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
+def test_the_thumbnail_view_is_the_padded_image_at_32_px(image_encoder):
+    from PIL import Image
+
+    im = Image.new("RGB", (64, 32), (255, 255, 255))
+    im.paste((200, 0, 0), (0, 0, 32, 32))  # the left half red; padded to 64 x 64 with white above and below
+    raw = image_encoder.encode_images([im], ("thumbnail",))["thumbnail"]
+    pixels = raw.astype(np.float32).reshape(32, 32, 3)
+    assert raw.shape == (1, 32 * 32 * 3) and raw.dtype == np.float16
+    assert np.allclose(pixels[12, 3], [200 / 255, 0, 0], atol=2e-3) and np.allclose(pixels[12, 20], 1, atol=2e-3)
+    assert np.allclose(pixels[2, 3], 1, atol=2e-3), "the padding is white"
+
+
+REAL_PATHS = {  # method: (config, the image head the checkpoint must carry, its number of heads)
+    "combiner": ({"model": {"image_head": "attnpool+colour", "reference_mirror": True},
+                  "train": {"epochs": 2, "batch_size": 8, "reference_negatives": True}}, "attnpool+colour", 2),
+    # the map a small network learns from the thumbnail, on both sides
+    "tirg_gate-thumbnail": ({"model": {"reference_mirror": True}, "train": {"epochs": 2, "batch_size": 8}},
+                            "grid:cells=3", 1),
+}
+
+
+@pytest.mark.parametrize("method", list(REAL_PATHS))
+def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path, method):
     """A model with a spatial head (and a mirror gate), trained and saved: an image embedded as a gallery item
     (index build) and as a reference (the server's image-only query path) gets the same vector; the index
     serves composed searches."""
@@ -99,20 +121,20 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path):
     from cirlab.config import method_config
 
     ds = make_dataset(tmp_path / "tiny", n=12)
-    cfg = method_config("combiner", {"model": {"image_head": "attnpool+colour", "reference_mirror": True},
-                                     "train": {"epochs": 2, "batch_size": 8, "reference_negatives": True}})
+    override, head, heads = REAL_PATHS[method]
+    cfg = method_config(method, override)
     cache = FeatureCache(tmp_path / "cache")
     from cirlab.encoders import build_image_encoder, build_text_encoder
     image_views, text_views = views_needed([cfg], FeatureDims.of(build_image_encoder(), build_text_encoder()))
     ws = Workspace.open(ds, cache, image_views=image_views, text_views=text_views, progress=False)
-    train_method(ws, "combiner", cfg, out=tmp_path / "m.pt", progress=False)
+    train_method(ws, method, cfg, out=tmp_path / "m.pt", progress=False)
     cli = [sys.executable, "-m", "cirlab.cli"]
     run = subprocess.run(cli + ["index", "build", str(ds / "images"), "--out", str(tmp_path / "ix"), "--model",
                                 str(tmp_path / "m.pt"), "--cache", str(tmp_path / "cache"), "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     pipe = Pipeline.load(tmp_path / "m.pt", tmp_path / "cache")
-    assert pipe.model.image_head == "attnpool+colour" and len(pipe.model.heads) == 2
+    assert pipe.model.image_head == head and len(pipe.model.heads) == heads
     assert pipe.model.mirror_gate is not None, "the checkpoint lost its mirror gate"
     service = SearchService(pipe, tmp_path / "ix")
     for image_id in ("img0", "img5"):
@@ -224,7 +246,8 @@ def test_mirrored_views_flip_the_layouts_and_keep_the_rest():
 
     image, _ = views()
     m = mirrored_views(image)
-    assert set(m) == {"tokens", "colour"}, "the pooled vector and the levels are kept, not flipped"
+    assert set(m) == {"tokens", "colour", "thumbnail"}, "the pooled vector and the levels are kept, not flipped"
+    assert torch.equal(m["thumbnail"].reshape(3, 32, 32, 3)[:, 5, 0], image["thumbnail"].reshape(3, 32, 32, 3)[:, 5, 31])
     assert torch.equal(m["tokens"].reshape(3, 7, 7, 1280)[:, :, 0], image["tokens"].reshape(3, 7, 7, 1280)[:, :, 6])
     layout = image["colour"][:, :192].reshape(3, 8, 8, 3)
     assert torch.equal(m["colour"][:, :192].reshape(3, 8, 8, 3)[:, 2, 1], layout[:, 2, 6])

@@ -6,7 +6,8 @@ stored float16), for text ``mask`` (which tokens are real) and for images ``leve
 (global averages of a few intermediate depths, zero-padded to one width; float16) and ``colour``
 (colour statistics computed from the pixels, the same for every image encoder, float16: the mean
 RGB of each cell of an 8 x 8 grid over the padded image, then the share of the non-background
-pixels in each of 6 x 6 x 6 joint RGB bins). Fusion methods declare the views they need; the feature cache
+pixels in each of 6 x 6 x 6 joint RGB bins) and ``thumbnail`` (the padded image at 32 x 32 px, for heads
+that learn a small network of their own). Fusion methods declare the views they need; the feature cache
 stores exactly those.
 """
 
@@ -28,11 +29,13 @@ from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
-VIEWS = ("pooled", "tokens", "mask", "levels", "colour")
+VIEWS = ("pooled", "tokens", "mask", "levels", "colour", "thumbnail")
+PIXEL_VIEWS = ("colour", "thumbnail")  # computed from the pixels, the same for every image encoder
 COLOUR_GRID = 8  # the layout: mean RGB of each cell of an 8 x 8 grid
 COLOUR_BINS = 6  # the histogram: 6 x 6 x 6 joint RGB bins
 COLOUR_LAYOUT = COLOUR_GRID * COLOUR_GRID * 3  # the view's first values: the layout, row by row, RGB
 COLOUR_DIM = COLOUR_LAYOUT + COLOUR_BINS ** 3
+THUMBNAIL = 32  # the thumbnail view: the image at 32 x 32 px, RGB
 
 
 @runtime_checkable
@@ -237,25 +240,37 @@ def to_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float], s
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
-def colour_view(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{"colour": (B, COLOUR_DIM) float16}`` where ``views`` asks for it (else ``{}``). Each image is padded
-    to a square like the encoders' input; the first 192 values are its 8 x 8 grid of mean RGB (0..1,
-    where the colours are); the other 216 the share of its pixels in each 6 x 6 x 6 RGB bin, counting
-    only pixels that are not near-white background (which colours, however small: a skin tone)."""
-    if "colour" not in views:
-        return {}
-    out = np.zeros((len(images), COLOUR_DIM), np.float32)
-    layout = COLOUR_LAYOUT
-    for n, im in enumerate(images):
-        square = pad_to_square(im.convert("RGB"))
-        out[n, :layout] = np.asarray(square.resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), np.float32).ravel() / 255
-        pixels = np.asarray(square.resize((64, 64), Image.BOX) if square.width > 64 else square).reshape(-1, 3)
-        pixels = pixels[(pixels < 235).any(axis=1)]
-        if len(pixels):
-            bins = pixels.astype(np.int64) * COLOUR_BINS // 256
-            codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
-            out[n, layout:] = np.bincount(codes, minlength=COLOUR_BINS ** 3) / len(pixels)
-    return {"colour": out.astype(np.float16)}
+def pixel_views(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str, np.ndarray]:
+    """The views computed from the pixels, not by a network, that ``views`` asks for (float16, 0..1), each image
+    padded to a square like the encoders' input:
+
+    - ``colour`` (B, COLOUR_DIM): its 8 x 8 grid of mean RGB (where the colours are), then the share of its
+      pixels in each 6 x 6 x 6 RGB bin, counting only pixels that are not near-white background (which
+      colours, however small: a skin tone);
+    - ``thumbnail`` (B, THUMBNAIL * THUMBNAIL * 3): the image at 32 x 32 px (box filter), row by row, RGB, for
+      image heads that learn their own small network end to end (``fusion.heads``)."""
+    out: dict[str, np.ndarray] = {}
+    squares = [pad_to_square(im.convert("RGB")) for im in images] if set(PIXEL_VIEWS) & set(views) else []
+    if "thumbnail" in views:
+        out["thumbnail"] = np.stack([np.asarray(sq.resize((THUMBNAIL, THUMBNAIL), Image.BOX), np.float32).ravel()
+                                     for sq in squares]).astype(np.float16) / np.float16(255) if squares else \
+            np.zeros((0, THUMBNAIL * THUMBNAIL * 3), np.float16)
+    if "colour" in views:
+        out["colour"] = np.stack([_colour(sq) for sq in squares]).astype(np.float16) if squares else \
+            np.zeros((0, COLOUR_DIM), np.float16)
+    return out
+
+
+def _colour(square: Image.Image) -> np.ndarray:
+    out = np.zeros(COLOUR_DIM, np.float32)
+    out[:COLOUR_LAYOUT] = np.asarray(square.resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), np.float32).ravel() / 255
+    pixels = np.asarray(square.resize((64, 64), Image.BOX) if square.width > 64 else square).reshape(-1, 3)
+    pixels = pixels[(pixels < 235).any(axis=1)]
+    if len(pixels):
+        bins = pixels.astype(np.int64) * COLOUR_BINS // 256
+        codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
+        out[COLOUR_LAYOUT:] = np.bincount(codes, minlength=COLOUR_BINS ** 3) / len(pixels)
+    return out
 
 
 def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

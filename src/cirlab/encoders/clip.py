@@ -23,7 +23,7 @@ from cirlab.devices import module_device, to_device
 from cirlab.encoders.base import (
     COLOUR_DIM,
     check_views,
-    colour_view,
+    pixel_views,
     fingerprint_folder,
     hidden_levels,
     image_encoders,
@@ -122,9 +122,9 @@ class CLIPImageEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
+        check_views(views, ("pooled", "tokens", "levels", "colour", "thumbnail"), self.spec)
         pooled, tokens, *levels = run_network(self, {"pixels": self.pixels(images)})
-        res: dict[str, np.ndarray] = colour_view(images, views)
+        res: dict[str, np.ndarray] = pixel_views(images, views)
         if "levels" in views:
             res["levels"] = stack_levels(levels, self.token_dim)
         if "pooled" in views:

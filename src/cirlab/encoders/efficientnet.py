@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
-from cirlab.encoders.base import (COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, set_threads,
-                                  stack_levels, to_pixels)
+from cirlab.encoders.base import (COLOUR_DIM, PIXEL_VIEWS, check_views, fingerprint_file, image_encoders, pixel_views,
+                                  set_threads, stack_levels, to_pixels)
 from cirlab.encoders.runtime import Network, Wrapped, image_network, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import parse_spec
@@ -133,9 +133,9 @@ class EfficientNetLiteEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
-        out: dict[str, np.ndarray] = colour_view(images, views)
-        if not set(views) - {"colour"}:
+        check_views(views, ("pooled", "tokens", "levels", "colour", "thumbnail"), self.spec)
+        out: dict[str, np.ndarray] = pixel_views(images, views)
+        if not set(views) - set(PIXEL_VIEWS):
             return out
         fmap, *levels = run_network(self, {"pixels": self.pixels(images)})
         if "levels" in views:

@@ -21,7 +21,7 @@ from cirlab.devices import module_device, to_device
 from cirlab.encoders.base import (
     COLOUR_DIM,
     check_views,
-    colour_view,
+    pixel_views,
     fingerprint_folder,
     hidden_levels,
     image_encoders,
@@ -168,10 +168,10 @@ class HFImageEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels", "colour"), self.spec)
+        check_views(views, ("pooled", "tokens", "levels", "colour", "thumbnail"), self.spec)
         pooled, tokens, *levels = run_network(self, {"pixels": to_pixels(images, self.size, self.mean, self.std,
                                                                            scale=1.0)})
-        out: dict[str, np.ndarray] = colour_view(images, views)
+        out: dict[str, np.ndarray] = pixel_views(images, views)
         if "levels" in views:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:

@@ -16,7 +16,7 @@ Views (OpenCV's SIFT on the image padded to a square, resized to ``size`` px, in
   sine of its orientation; rows past an image's keypoints are zero;
 - ``tokens`` (``tokens=grid``): a 4 x 4 map of per-cell tf-idf histograms scaled so that their
   mean is the pooled vector: the feature map paper 003's gating convolves (``tirg_gate``);
-- ``colour``: the colour statistics every image encoder gives (``encoders.base.colour_view``).
+- ``colour``: the colour statistics every image encoder gives (``encoders.base.pixel_views``), and the ``thumbnail``.
 
 An image without a single keypoint (a flat emoji, a tiny image) has an all-zero histogram and no
 tokens; each batch logs how many there were. Needs OpenCV: ``pip install 'cirlab[sift]'``.
@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 
 from cirlab import __version__
-from cirlab.encoders.base import COLOUR_DIM, check_views, colour_view, fingerprint_file, image_encoders, pad_to_square
+from cirlab.encoders.base import (COLOUR_DIM, PIXEL_VIEWS, check_views, fingerprint_file, image_encoders, pad_to_square,
+                                  pixel_views)
 from cirlab.errors import CirlabError
 from cirlab.optional import need
 from cirlab.registry import parse_spec
@@ -148,9 +149,9 @@ class SiftBovwEncoder:
 
     # the encoder protocol -----------------------------------------------------------------------
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "colour"), self.spec)
-        out: dict[str, np.ndarray] = colour_view(images, views)
-        if not set(views) - {"colour"}:
+        check_views(views, ("pooled", "tokens", "colour", "thumbnail"), self.spec)
+        out: dict[str, np.ndarray] = pixel_views(images, views)
+        if not set(views) - set(PIXEL_VIEWS):
             return out
         if not self.fitted:
             raise CirlabError(f"{self.spec} has no visual vocabulary yet: 'cirlab encode --fit-vocabulary' learns one "

@@ -81,7 +81,7 @@ class Fusion(nn.Module):
         self.heads = build_heads(spec, self.head_channels(), self.dims.image_tokens, self.embed_dim, self.dims.colour)
         self.image_head = spec
         extra = sorted({v for h in self.heads for v in h.views})
-        self.gallery_views = tuple(dict.fromkeys(("pooled", *extra)))
+        self.gallery_views = tuple(dict.fromkeys((*self.gallery_views, *extra)))
         self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
 
     def set_reference_mirror(self) -> None:
@@ -92,7 +92,7 @@ class Fusion(nn.Module):
         of a layout can. The gate starts nearly closed (``g`` = 0.018), so training starts close to the model
         without it. Its logit is ``MIRROR_GATE_SCALE`` times the linear layer's output: Adam moves each weight by
         about the learning rate per step, and a unit-scale gate would need thousands of steps to open."""
-        if not {"tokens", "colour"} & set(self.image_views):
+        if not {"tokens", "colour", "thumbnail"} & set(self.image_views):
             raise CirlabError("reference_mirror needs a view that keeps left and right (region tokens or the "
                               "colour layout): add an image head such as colour or grid (--image-head colour)")
         self.mirror_gate = nn.Linear(self.dims.text, 1)
@@ -197,7 +197,8 @@ def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
 def mirrored_views(image: Views) -> Views:
     """The views of an image's mirror image (left-right) that can be had without the encoder, as float:
     the region map with its columns reversed (a CNN's map of a mirror image is close to its own map
-    mirrored) and the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change)."""
+    mirrored), the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change) and the
+    ``thumbnail`` mirrored (exact)."""
     from cirlab.encoders.base import COLOUR_GRID, COLOUR_LAYOUT
 
     out: Views = {}
@@ -209,6 +210,10 @@ def mirrored_views(image: Views) -> Views:
         c = image["colour"].float()
         layout = c[:, :COLOUR_LAYOUT].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), -1)
         out["colour"] = torch.cat([layout, c[:, COLOUR_LAYOUT:]], dim=1)
+    if "thumbnail" in image:
+        x = image["thumbnail"].float()
+        side = math.isqrt(x.shape[1] // 3)
+        out["thumbnail"] = x.reshape(len(x), side, side, 3).flip(2).reshape(x.shape)
     return out
 
 

@@ -59,23 +59,45 @@ class TIRGGate(Fusion):
     paper = "paper 003 (TIRG-style gating only, 3x3 conv + BN over the feature map)"
     image_views = ("pooled", "tokens")
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, channels: int = 128, gate_kernel: int = 1) -> None:
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512, channels: int = 128, gate_kernel: int = 1,
+                 residual: bool = False, positions: bool = False, map_from: str = "tokens") -> None:
         super().__init__(dims, embed_dim)
         del self.image_proj  # the image side is the 1x1 convolution below, then W_o
+        if map_from not in ("tokens", "thumbnail"):
+            raise ValueError(f"map_from must be 'tokens' or 'thumbnail', got {map_from!r}")
+        self.map_from = map_from
         self.side = int(math.isqrt(dims.image_tokens))
-        if dims.image != dims.image_token:
+        self.thumbnail_net = None
+        if map_from == "thumbnail":
+            from cirlab.encoders.base import THUMBNAIL
+            from cirlab.fusion.heads import thumbnail_net
+
+            self.thumbnail_net = thumbnail_net(32, channels)
+            self.side = THUMBNAIL // 4
+            self.image_views = self.gallery_views = ("pooled", "thumbnail")
+        elif dims.image != dims.image_token:
             raise ValueError(f"tirg_gate projects the pooled vector and the region tokens with one 1x1 convolution, so "
                              f"they need one width; the encoder gives {dims.image} and {dims.image_token} "
                              "(for sift_bovw: tokens=grid without pyramid)")
-        if self.side * self.side != dims.image_tokens or dims.image_tokens == 0:
+        elif self.side * self.side != dims.image_tokens or dims.image_tokens == 0:
             raise ValueError(f"tirg_gate needs a square map of region tokens, the encoder gives {dims.image_tokens}")
-        self.map_proj = nn.Conv2d(dims.image_token, channels, 1)
+        self.map_proj = nn.Conv2d(dims.image_token, channels, 1) if self.thumbnail_net is None else None
         self.text_to_map = nn.Linear(embed_dim, channels)
         self.gate = nn.Sequential(
             nn.Conv2d(2 * channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.Conv2d(channels, channels, gate_kernel, padding=gate_kernel // 2), nn.BatchNorm2d(channels),
         )
         self.out = nn.Linear(channels, embed_dim)
+        self.rows = self.cols = None
+        if positions:
+            self.rows = nn.Parameter(torch.randn(channels, self.side, 1) * 0.02)
+            self.cols = nn.Parameter(torch.randn(channels, 1, self.side) * 0.02)
+        self.residual = None
+        if residual:
+            self.residual = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), nn.BatchNorm2d(channels),
+                                          nn.ReLU(), nn.Conv2d(channels, channels, 1))
+            nn.init.zeros_(self.residual[-1].weight)
+            nn.init.zeros_(self.residual[-1].bias)
 
     def project_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """``W_p`` (the 1x1 convolution) applied to (..., D) rows: regions, or the pooled vector."""
@@ -86,16 +108,38 @@ class TIRGGate(Fusion):
 
     # image heads read the projected map X on the gallery side and the gated map on the query side
     def head_channels(self) -> int:
-        return self.map_proj.out_channels
+        return self.text_to_map.out_features
 
     def head_tokens(self, image: Views) -> torch.Tensor:
-        return self.project_rows(self.scaled_tokens(image))
+        return self.image_map(image).flatten(2).transpose(1, 2)
+
+    def image_map(self, image: Views) -> torch.Tensor:
+        """The map ``X`` (B, channels, side, side): ``W_p`` over the scaled region tokens, or the thumbnail's network."""
+        if self.thumbnail_net is not None:
+            from cirlab.fusion.heads import thumbnail_pixels
+
+            return self.thumbnail_net(thumbnail_pixels(image))
+        s = self.scaled_tokens(image)
+        return self.map_proj(s.transpose(1, 2).reshape(len(s), s.shape[2], self.side, self.side))
+
+    def embed_image(self, image: Views) -> torch.Tensor:
+        if self.thumbnail_net is None:
+            return super().embed_image(image)
+        fmap = self.image_map(image)
+        return F.normalize(self.out(fmap.mean(dim=(2, 3))) + self.head_output(image, fmap.flatten(2).transpose(1, 2)), dim=-1)
+
+    def gate_input(self, fmap: torch.Tensor, text: Views) -> torch.Tensor:
+        """``[X, T]``: the map and the projected text broadcast over it (plus the position embedding)."""
+        t = self.text_to_map(self.project_text(text["pooled"]))[:, :, None, None].expand(-1, -1, self.side, self.side)
+        if self.rows is not None:
+            t = t + self.rows + self.cols
+        return torch.cat([fmap, t], dim=1)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        s = self.scaled_tokens(reference)
-        b, n, d = s.shape
-        fmap = self.map_proj(s.transpose(1, 2).reshape(b, d, self.side, self.side))
-        t = self.text_to_map(self.project_text(text["pooled"]))[:, :, None, None].expand(-1, -1, self.side, self.side)
-        gated = torch.sigmoid(self.gate(torch.cat([fmap, t], dim=1))) * fmap
+        fmap = self.image_map(reference)
+        both = self.gate_input(fmap, text)
+        gated = torch.sigmoid(self.gate(both)) * fmap
+        if self.residual is not None:
+            gated = gated + self.residual(both)
         heads = self.head_output(reference, gated.flatten(2).transpose(1, 2))
         return F.normalize(self.out(gated.mean(dim=(2, 3))) + heads, dim=-1)
