@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         op = t.attributes.get("operation", "?")
         name = f"{op.split('-')[0]} by {named_by(t.text)}"
         per_op[op] += 1
+        per_op[f"composition: {t.attributes.get('composition', 'seen')}"] += 1
         per_name[name] += 1
         if ids and ids[0] in t.targets:
             continue
         wrong += 1
         wrong_op[op] += 1
+        wrong_op[f"composition: {t.attributes.get('composition', 'seen')}"] += 1
         wrong_name[name] += 1
         ref, top = scenes[t.reference], scenes[ids[0]]
         target = min((scenes[x] for x in t.targets), key=lambda s: len(differences(s, top)))
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `.venv/bin/python benchmarks/css_errors.py --model {a.model} --data {a.data} --split {a.split}`", "",
              f"{len(ev.triplets)} queries, {wrong} with a wrong top-1 "
              f"(R@1 {100 * (1 - wrong / max(1, len(ev.triplets))):.1f}).", "",
-             "| operation | queries | wrong top-1 | share wrong |", "|---|---:|---:|---:|"]
+             "| operation (and whether the target holds a shape-colour pair never seen in training) | queries "
+             "| wrong top-1 | share wrong |", "|---|---:|---:|---:|"]
     lines += [f"| {op} | {n} | {wrong_op[op]} | {100 * wrong_op[op] / n:.1f} |" for op, n in sorted(per_op.items())]
     lines += ["", "By what the text names the object by (the cell, size, colour, shape words it uses):", "",
               "| edit, named by | queries | wrong top-1 | share wrong |", "|---|---:|---:|---:|"]
