@@ -249,19 +249,25 @@ def pixel_views(images: Sequence[Image.Image], views: Sequence[str]) -> dict[str
       colours, however small: a skin tone);
     - ``thumbnail`` (B, THUMBNAIL * THUMBNAIL * 3): the image at 32 x 32 px (box filter), row by row, RGB, for
       image heads that learn their own small network end to end (``fusion.heads``)."""
+    if not set(PIXEL_VIEWS) & set(views):
+        return {}
+    squares = [pad_to_square(im.convert("RGB")) for im in images]
     out: dict[str, np.ndarray] = {}
-    squares = [pad_to_square(im.convert("RGB")) for im in images] if set(PIXEL_VIEWS) & set(views) else []
     if "thumbnail" in views:
-        out["thumbnail"] = np.stack([np.asarray(sq.resize((THUMBNAIL, THUMBNAIL), Image.BOX), np.float32).ravel()
-                                     for sq in squares]).astype(np.float16) / np.float16(255) if squares else \
-            np.zeros((0, THUMBNAIL * THUMBNAIL * 3), np.float16)
+        thumb = np.zeros((len(squares), THUMBNAIL * THUMBNAIL * 3), np.float32)
+        for n, sq in enumerate(squares):
+            thumb[n] = np.asarray(sq.resize((THUMBNAIL, THUMBNAIL), Image.BOX), np.float32).ravel()
+        out["thumbnail"] = thumb.astype(np.float16) / np.float16(255)
     if "colour" in views:
-        out["colour"] = np.stack([_colour(sq) for sq in squares]).astype(np.float16) if squares else \
-            np.zeros((0, COLOUR_DIM), np.float16)
+        colour = np.zeros((len(squares), COLOUR_DIM), np.float32)
+        for n, sq in enumerate(squares):
+            colour[n] = _colour(sq)
+        out["colour"] = colour.astype(np.float16)
     return out
 
 
 def _colour(square: Image.Image) -> np.ndarray:
+    """One padded image's ``colour`` view (float32)."""
     out = np.zeros(COLOUR_DIM, np.float32)
     out[:COLOUR_LAYOUT] = np.asarray(square.resize((COLOUR_GRID, COLOUR_GRID), Image.BOX), np.float32).ravel() / 255
     pixels = np.asarray(square.resize((64, 64), Image.BOX) if square.width > 64 else square).reshape(-1, 3)

@@ -211,10 +211,15 @@ def mirrored_views(image: Views) -> Views:
         layout = c[:, :COLOUR_LAYOUT].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), -1)
         out["colour"] = torch.cat([layout, c[:, COLOUR_LAYOUT:]], dim=1)
     if "thumbnail" in image:
-        x = image["thumbnail"].float()
-        side = math.isqrt(x.shape[1] // 3)
-        out["thumbnail"] = x.reshape(len(x), side, side, 3).flip(2).reshape(x.shape)
+        out["thumbnail"] = thumbnail_rgb(image).flip(2).reshape(image["thumbnail"].shape)
     return out
+
+
+def thumbnail_rgb(image: Views) -> torch.Tensor:
+    """The ``thumbnail`` view (B, S * S * 3), stored row by row in RGB, as a float (B, S, S, 3) image."""
+    x = image["thumbnail"].float()
+    side = math.isqrt(x.shape[1] // 3)
+    return x.reshape(len(x), side, side, 3)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, norm: bool = False) -> nn.Sequential:

@@ -206,9 +206,9 @@ def thumbnail_net(width: int, out: int) -> nn.Sequential:
 
 def thumbnail_pixels(views: dict) -> torch.Tensor:
     """The ``thumbnail`` view as a (B, 3, S, S) image, centred (white is 0.5)."""
-    x = views["thumbnail"].float()
-    side = math.isqrt(x.shape[1] // 3)
-    return x.reshape(len(x), side, side, 3).permute(0, 3, 1, 2) - 0.5
+    from cirlab.fusion.base import thumbnail_rgb
+
+    return thumbnail_rgb(views).permute(0, 3, 1, 2) - 0.5
 
 
 def parse_head(spec: str | None) -> list[tuple[str, dict]]:

@@ -65,7 +65,6 @@ class TIRGGate(Fusion):
         del self.image_proj  # the image side is the 1x1 convolution below, then W_o
         if map_from not in ("tokens", "thumbnail"):
             raise ValueError(f"map_from must be 'tokens' or 'thumbnail', got {map_from!r}")
-        self.map_from = map_from
         self.side = int(math.isqrt(dims.image_tokens))
         self.thumbnail_net = None
         if map_from == "thumbnail":
