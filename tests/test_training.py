@@ -61,6 +61,36 @@ def test_reference_negatives_put_the_batchs_references_among_the_negatives():
     assert losses[1] > losses[0] + 0.1, losses
 
 
+def test_mined_negatives_are_each_querys_nearest_gallery_images_but_its_target():
+    """Hard-negative mining: the ``k`` snapshot rows nearest each query, its own target left out, embedded again
+    with gradients; a run with mining scores the same model against them, so its loss is higher."""
+    from cirlab.training.trainer import TripletIndex, gallery_snapshot, mined_negatives
+
+    images, texts, triplets = _toy()
+    index = TripletIndex.build(triplets, images, QuerySide(images, texts))
+    model = build_fusion("sum", TOY_DIMS, embed_dim=16)
+    snapshot = gallery_snapshot(model, images, torch.device("cpu"), chunk=7)
+    assert snapshot.shape == (40, 16) and model.training, "the snapshot is taken in eval mode, then training resumes"
+    b = np.arange(5)
+    query = model(images.tensors(index.ref[b]), texts.tensors(index.text[b]))
+    sims = query.detach() @ snapshot.t()
+    sims[np.arange(5), index.target[b]] = float("-inf")
+    expected = set(sims.topk(3, dim=1).indices.flatten().tolist())
+    negatives, rows = mined_negatives(model, images, snapshot, query, index, b, 3, torch.device("cpu"))
+    assert set(rows.tolist()) == expected and len(negatives) == len(rows) and negatives.requires_grad
+    assert torch.allclose(negatives.detach(), snapshot[rows], atol=1e-6)
+    # a query's other right answers are never its negatives
+    index.other_targets[0] = sims[0].topk(3).indices.numpy()
+    _, rows = mined_negatives(model, images, snapshot, query[:1], index, b[:1], 3, torch.device("cpu"))
+    assert not set(rows.tolist()) & set(index.other_targets[0].tolist())
+    losses = []
+    for k in (0, 4):
+        res = train_fusion(build_fusion("sum", TOY_DIMS, embed_dim=16), triplets, images, QuerySide(images, texts),
+                           TrainConfig(epochs=1, batch_size=8, lr=1e-9, hard_negatives=k), progress=False)
+        losses.append(res.history[0]["loss"])
+    assert losses[1] > losses[0] + 0.1, losses
+
+
 def test_triplet_loss_against_hand_computation():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     t = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
@@ -187,7 +217,7 @@ def test_schedules_warmup_and_step_decay():
 def test_bad_training_options_are_one_line_errors():
     for bad, match in (({"optimizer": "sgdx"}, "optimizer 'sgdx' unknown"), ({"schedule": "linear"}, "schedule"),
                        ({"monitor": "mAP"}, "monitor 'mAP' not understood"), ({"epochs": 0}, "epochs >= 1"),
-                       ({"warmup": 2}, "unknown training option")):
+                       ({"warmup": 2}, "unknown training option"), ({"hard_negatives": -1}, "hard_negatives must be")):
         with pytest.raises(CirlabError, match=match):
             TrainConfig.from_dict(bad)
 

@@ -57,6 +57,9 @@ class TrainConfig:
     reference_negatives: bool = _option(False, "the batch's reference images join its negatives: the image a query "
                                                "starts from is often the nearest wrong answer (an emoji facing "
                                                "the other way)", flag=False)
+    hard_negatives: int = _option(0, "hard-negative mining: each query's K nearest training-gallery images under the "
+                                     "model (its vectors refreshed at every epoch's start), other than its target, "
+                                     "join the batch's negatives (0: off)")
     triplet_weight: float = _option(0.0, "weight of the triplet loss added to InfoNCE (mffm)", flag=False)
     triplet_margin: float = _option(0.2, "the triplet loss's margin, on cosine similarities", flag=False)
     optimizer: str = _option("adamw", "optimiser", choices=OPTIMIZER_NAMES)
@@ -95,6 +98,8 @@ class TrainConfig:
             raise CirlabError(f"optimizer {self.optimizer!r} unknown; use one of {', '.join(OPTIMIZER_NAMES)}")
         if self.schedule not in SCHEDULES:
             raise CirlabError(f"schedule {self.schedule!r} unknown; use {', '.join(SCHEDULES)}")
+        if self.hard_negatives < 0:
+            raise CirlabError(f"hard_negatives must be 0 (off) or more, not {self.hard_negatives}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
         if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:

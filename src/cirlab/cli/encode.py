@@ -13,9 +13,10 @@ def add_parser(sub) -> None:
     e = sub.add_parser("encode", parents=[common.image_encoder(), common.quiet(), common.cache(), common.runtime()],
                        help="encode a folder of images into the feature cache")
     e.add_argument("gallery", type=Path, help="folder of jpg/png/webp images")
-    e.add_argument("--views", nargs="+", default=["pooled"], choices=["pooled", "tokens", "levels", "colour", "thumbnail"],
-                   help="views to cache: the pooled vector, region tokens, intermediate levels, colour statistics, "
-                        "a 32 px thumbnail")
+    e.add_argument("--views", nargs="+", default=["pooled"],
+                   choices=["pooled", "tokens", "local", "levels", "colour", "thumbnail"],
+                   help="views to cache: the pooled vector, region tokens, the local map (before the last stage), "
+                        "intermediate levels, colour statistics, a 32 px thumbnail")
     e.add_argument("--fit-vocabulary", action="store_true",
                    help="sift_bovw: learn the visual vocabulary (k-means over SIFT descriptors) from this folder "
                         "first, then encode; prints the spec that names it")

@@ -29,7 +29,7 @@ from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
-VIEWS = ("pooled", "tokens", "mask", "levels", "colour", "thumbnail")
+VIEWS = ("pooled", "tokens", "local", "mask", "levels", "colour", "thumbnail")
 PIXEL_VIEWS = ("colour", "thumbnail")  # computed from the pixels, the same for every image encoder
 COLOUR_GRID = 8  # the layout: mean RGB of each cell of an 8 x 8 grid
 COLOUR_BINS = 6  # the histogram: 6 x 6 x 6 joint RGB bins

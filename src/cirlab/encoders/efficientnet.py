@@ -5,7 +5,11 @@ regions (7x7 = 49 tokens at 224 px), the spatial features paper 003's gating and
 attention fusions of papers 000/001 work on. Levels view: global averages of the ends of
 three stages at strides 8, 16 and 32 (40, 112 and 192 channels in Lite0, zero-padded to the
 widest), cirlab's stand-in for the ResNet-50 layers 4/10/12 of paper 000's multi-depth
-features. Weights stay frozen; stage 1 fine-tunes the last blocks, or all of them.
+features. Local view: the maps of the stride-16 and stride-32 stage ends (112 + 192 = 304 channels),
+the first averaged 2 x 2 onto the final map's 7 x 7 grid. They come before the last stage and the 1x1 head
+convolution mix each region with the whole image, so a linear probe reads each cell of a CSS-like scene far
+better from them (``benchmarks/css_probe.py``). Weights stay frozen; stage 1 fine-tunes the last blocks, or
+all of them.
 
 ``efficientnet_lite0:size=112`` runs the network at another input resolution (the same weights; the
 TF "same" padding is rebuilt for that size). The size is part of the encoder id, so its features
@@ -20,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
@@ -64,28 +69,34 @@ class EfficientNetLiteEncoder:
         self.level_blocks = _level_blocks(self.model)
         widths = [self.model._blocks[i]._block_args.output_filters for i in self.level_blocks]
         self.levels_shape = (len(widths), max(widths))
+        # the ``local`` view: the maps of the last two level blocks (stride 16, averaged 2 x 2, and stride 32), from
+        # before the last stage and the 1x1 head convolution mix each region with the image into ImageNet-class
+        # features; on the final map's grid, in the same raster order as ``tokens``
+        self.local_shape = (self.num_tokens, widths[-2] + widths[-1])
         self.colour_dim = COLOUR_DIM
         self.network_module = Wrapped(self.model, self._network_outputs)
 
     def network(self) -> Network:
-        """The network an inference runtime runs: pixels -> (final map, level averages...)."""
-        return image_network(self.network_module, self.size,
-                             ("map",) + tuple(f"level{i}" for i in range(len(self.level_blocks))))
+        """The network an inference runtime runs: pixels -> (final map, local map, level averages...)."""
+        return image_network(self.network_module, self.size,  # version 2: the local map joined the outputs
+                             ("map", "local") + tuple(f"level{i}" for i in range(len(self.level_blocks))), version=2)
 
     def _network_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        levels: list[torch.Tensor] = []
-        fmap = self.feature_map(pixels, levels)
-        return (fmap, *levels)
+        taps: list[torch.Tensor] = []
+        fmap = self.feature_map(pixels, taps)
+        # stride 16 -> 32 as the network's stride-2 convolutions do it (TF "same": ceil(n / 2)); a fixed kernel exports
+        local = torch.cat([F.avg_pool2d(taps[-2], 2, ceil_mode=True), taps[-1]], dim=1)
+        return (fmap, local, *(t.mean(dim=(2, 3)) for t in taps))
 
-    def feature_map(self, pixels: torch.Tensor, levels: list | None = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``levels`` (a list), the
-        global averages of the level blocks' outputs are appended to it."""
+    def feature_map(self, pixels: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, 1280, S/32, S/32); with ``taps`` (a list), the level
+        blocks' output maps are appended to it."""
         m = self.model
         x = m._swish(m._bn0(m._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
         for i, block in enumerate(m._blocks):
             x = block(x)  # inference: no drop-connect
-            if levels is not None and i in self.level_blocks:
-                levels.append(x.mean(dim=(2, 3)))
+            if taps is not None and i in self.level_blocks:
+                taps.append(x)
         return m._swish(m._bn1(m._conv_head(x)))
 
     # Stage 1 fine-tuning: the last ``n`` MBConv blocks and the head convolution train, or with ``n = "all"``
@@ -133,11 +144,13 @@ class EfficientNetLiteEncoder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
-        check_views(views, ("pooled", "tokens", "levels", "colour", "thumbnail"), self.spec)
+        check_views(views, ("pooled", "tokens", "local", "levels", "colour", "thumbnail"), self.spec)
         out: dict[str, np.ndarray] = pixel_views(images, views)
         if not set(views) - set(PIXEL_VIEWS):
             return out
-        fmap, *levels = run_network(self, {"pixels": self.pixels(images)})
+        fmap, local, *levels = run_network(self, {"pixels": self.pixels(images)})
+        if "local" in views:
+            out["local"] = local.flatten(2).transpose(1, 2).numpy().astype(np.float16)
         if "levels" in views:
             out["levels"] = stack_levels(levels, self.levels_shape[1])
         if "pooled" in views:

@@ -62,9 +62,9 @@ class Network:
     version: int = 1
 
 
-def image_network(module: torch.nn.Module, size: int, outputs: tuple[str, ...]) -> Network:
+def image_network(module: torch.nn.Module, size: int, outputs: tuple[str, ...], version: int = 1) -> Network:
     """The network of an image encoder: normalised pixels (B, 3, size, size) -> ``outputs``."""
-    return Network(module, {"pixels": torch.zeros(2, 3, size, size)}, outputs, {"pixels": {0: "batch"}})
+    return Network(module, {"pixels": torch.zeros(2, 3, size, size)}, outputs, {"pixels": {0: "batch"}}, version)
 
 
 def text_network(module: torch.nn.Module, batch: dict, names: Sequence[str], outputs: tuple[str, ...]) -> Network:

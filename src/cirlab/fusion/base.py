@@ -37,12 +37,13 @@ class FeatureDims:
     text_token: int = 0  # one token state
     levels: tuple[int, int] = (0, 0)  # (depths, padded width) of the levels view
     colour: int = 0  # width of the colour view (0: the encoder has none)
+    local: tuple[int, int] = (0, 0)  # (regions, width) of the local view, a map before the last stage (0: none)
 
     @classmethod
     def of(cls, image_encoder, text_encoder) -> "FeatureDims":
         return cls(image_encoder.dim, text_encoder.dim, image_encoder.token_dim, image_encoder.num_tokens,
                    text_encoder.token_dim, tuple(getattr(image_encoder, "levels_shape", (0, 0))),
-                   int(getattr(image_encoder, "colour_dim", 0)))
+                   int(getattr(image_encoder, "colour_dim", 0)), tuple(getattr(image_encoder, "local_shape", (0, 0))))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,17 +71,24 @@ class Fusion(nn.Module):
         self.image_proj = nn.Linear(dims.image, embed_dim)
         self.text_proj = nn.Linear(dims.text, embed_dim)
         self.image_head = "pooled"
+        self.head_map = "tokens"
         self.heads = nn.ModuleList()
         self.mirror_gate: nn.Linear | None = None
 
-    def set_image_head(self, spec: str) -> None:
+    def set_image_head(self, spec: str, head_map: str = "tokens") -> None:
         """Add the image heads a spec names (``"attnpool"``, ``"grid:cells=3+colour"``; see ``fusion.heads``)
-        on both sides; the views they read join the query's and the gallery's."""
+        on both sides; the views they read join the query's and the gallery's. ``head_map``: the map the heads
+        that read regions read, the encoder's region ``tokens`` or its ``local`` map (from before the last stage)."""
         from cirlab.fusion.heads import build_heads
 
-        self.heads = build_heads(spec, self.head_channels(), self.dims.image_tokens, self.embed_dim, self.dims.colour)
+        if head_map not in ("tokens", "local"):
+            raise CirlabError(f"head_map must be 'tokens' or 'local', not {head_map!r}")
+        if head_map == "local" and not self.dims.local[0]:
+            raise CirlabError("head_map: local needs an image encoder with a local view (efficientnet_lite0)")
+        self.head_map = head_map
+        self.heads = build_heads(spec, self.head_channels(), self.head_regions(), self.embed_dim, self.dims.colour)
         self.image_head = spec
-        extra = sorted({v for h in self.heads for v in h.views})
+        extra = sorted({head_map if v == "tokens" else v for h in self.heads for v in h.views})
         self.gallery_views = tuple(dict.fromkeys((*self.gallery_views, *extra)))
         self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
 
@@ -92,7 +100,7 @@ class Fusion(nn.Module):
         of a layout can. The gate starts nearly closed (``g`` = 0.018), so training starts close to the model
         without it. Its logit is ``MIRROR_GATE_SCALE`` times the linear layer's output: Adam moves each weight by
         about the learning rate per step, and a unit-scale gate would need thousands of steps to open."""
-        if not {"tokens", "colour", "thumbnail"} & set(self.image_views):
+        if not {"tokens", "local", "colour", "thumbnail"} & set(self.image_views):
             raise CirlabError("reference_mirror needs a view that keeps left and right (region tokens or the "
                               "colour layout): add an image head such as colour or grid (--image-head colour)")
         self.mirror_gate = nn.Linear(self.dims.text, 1)
@@ -120,11 +128,16 @@ class Fusion(nn.Module):
 
     def head_channels(self) -> int:
         """The width of the region rows the heads read (:meth:`head_tokens`)."""
-        return self.dims.image_token
+        return self.dims.local[1] if self.head_map == "local" else self.dims.image_token
+
+    def head_regions(self) -> int:
+        """How many region rows the heads read (a square map)."""
+        return self.dims.local[0] if self.head_map == "local" else self.dims.image_tokens
 
     def head_tokens(self, image: Views) -> torch.Tensor:
-        """The region rows the heads read: the scaled region tokens (see :meth:`scaled_tokens`)."""
-        return self.scaled_tokens(image)
+        """The region rows the heads read: the scaled region tokens (see :meth:`scaled_tokens`), or the scaled
+        local map (``head_map: local``)."""
+        return self.scaled_local(image) if self.head_map == "local" else self.scaled_tokens(image)
 
     def head_output(self, image: Views, tokens: torch.Tensor | None = None) -> torch.Tensor | float:
         """The sum of the image heads' outputs (0 without heads); ``tokens`` replaces :meth:`head_tokens`."""
@@ -160,6 +173,13 @@ class Fusion(nn.Module):
         norm = image["pooled"].float().norm(dim=-1).clamp(min=1e-6)
         return image["tokens"].float() / norm[:, None, None]
 
+    @staticmethod
+    def scaled_local(image: Views) -> torch.Tensor:
+        """The ``local`` map's rows (B, N, D) divided by the norm of their mean, as :meth:`scaled_tokens` does for
+        the final map: the map's scale is the same for every image."""
+        x = image["local"].float()
+        return x / x.mean(dim=1).norm(dim=-1).clamp(min=1e-6)[:, None, None]
+
     def embed_gallery(self, image: Views) -> torch.Tensor:
         """Gallery image views -> unit vectors (B, embed_dim)."""
         return self.embed_image(image)
@@ -182,13 +202,16 @@ def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
     cls = fusion_methods.get(method)
     params = dict(params)
     head = params.pop("image_head", None)
+    head_map = str(params.pop("head_map", "tokens"))
     mirror = bool(params.pop("reference_mirror", False))
     try:
         model = cls(dims, **params)
     except (TypeError, ValueError) as e:
         raise CirlabError(f"method {method!r} cannot be built: {e}; check its config (cirlab methods --configs)") from None
     if head and head != "pooled":
-        model.set_image_head(str(head))
+        model.set_image_head(str(head), head_map)
+    elif head_map != "tokens":
+        raise CirlabError(f"head_map: {head_map} needs an image head that reads regions (image_head: grid, attnpool)")
     if mirror:
         model.set_reference_mirror()
     return model
@@ -196,16 +219,17 @@ def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
 
 def mirrored_views(image: Views) -> Views:
     """The views of an image's mirror image (left-right) that can be had without the encoder, as float:
-    the region map with its columns reversed (a CNN's map of a mirror image is close to its own map
-    mirrored), the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change) and the
+    the region maps (``tokens``, ``local``) with their columns reversed (a CNN's map of a mirror image is close
+    to its own map mirrored), the ``colour`` view's 8 x 8 layout mirrored (exact; its histogram does not change) and the
     ``thumbnail`` mirrored (exact)."""
     from cirlab.encoders.base import COLOUR_GRID, COLOUR_LAYOUT
 
     out: Views = {}
-    t = image.get("tokens")
-    if t is not None and math.isqrt(t.shape[1]) ** 2 == t.shape[1]:  # a square map in raster order
-        side = math.isqrt(t.shape[1])
-        out["tokens"] = t.float().reshape(len(t), side, side, -1).flip(2).reshape(t.shape)
+    for name in ("tokens", "local"):
+        t = image.get(name)
+        if t is not None and math.isqrt(t.shape[1]) ** 2 == t.shape[1]:  # a square map in raster order
+            side = math.isqrt(t.shape[1])
+            out[name] = t.float().reshape(len(t), side, side, -1).flip(2).reshape(t.shape)
     if "colour" in image:
         c = image["colour"].float()
         layout = c[:, :COLOUR_LAYOUT].reshape(len(c), COLOUR_GRID, COLOUR_GRID, 3).flip(2).reshape(len(c), -1)

@@ -13,9 +13,12 @@ colour layout of the image). Each head's output is *added* to the pooled project
 last layer starts at zero, so training starts exactly at the pooled model and learns what the
 spatial view adds.
 
+The heads that read regions read the encoder's region tokens, or with ``head_map: local`` (a model config key)
+its ``local`` map from before the last stage (``Fusion.set_image_head``).
+
 Bytes in the feature cache per image (efficientnet_lite0): pooled 1280 x 4 = 5,120 (float32), tokens
-49 x 1280 x 2 = 125,440 (float16), levels 3 x 192 x 2 = 1,152, colour (192 + 216) x 2 = 816; the index
-stores the final 512 x 4 = 2,048, whatever the head.
+49 x 1280 x 2 = 125,440 (float16), local 49 x 304 x 2 = 29,792, levels 3 x 192 x 2 = 1,152, colour
+(192 + 216) x 2 = 816; the index stores the final 512 x 4 = 2,048, whatever the head.
 """
 
 from __future__ import annotations

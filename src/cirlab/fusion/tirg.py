@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cirlab.errors import CirlabError
 from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
 
 
@@ -53,6 +54,11 @@ class TIRGGate(Fusion):
     projected map (linear operations commute with the average), i.e. the query with a gate of 1.
     Image heads (``image_head``) read the projected map ``X`` on the gallery side and the gated
     map ``f_gate`` on the query side, so the gate reaches them too.
+
+    Options (off by default): ``map_from`` takes ``S`` from the encoder's ``local`` view (a map from before the
+    last stage, which keeps each region's own content better) or learns the map from the ``thumbnail`` view;
+    then the gallery is the average of the projected map, computed from it. ``residual`` adds TIRG's residual
+    branch on the map, ``positions`` row and column embeddings to the text map.
     """
 
     name = "tirg_gate"
@@ -63,11 +69,20 @@ class TIRGGate(Fusion):
                  residual: bool = False, positions: bool = False, map_from: str = "tokens") -> None:
         super().__init__(dims, embed_dim)
         del self.image_proj  # the image side is the 1x1 convolution below, then W_o
-        if map_from not in ("tokens", "thumbnail"):
-            raise ValueError(f"map_from must be 'tokens' or 'thumbnail', got {map_from!r}")
+        if map_from not in ("tokens", "local", "thumbnail"):
+            raise ValueError(f"map_from must be 'tokens', 'local' or 'thumbnail', got {map_from!r}")
+        self.map_from = map_from
         self.side = int(math.isqrt(dims.image_tokens))
         self.thumbnail_net = None
-        if map_from == "thumbnail":
+        width = dims.image_token
+        if map_from == "local":
+            regions, width = dims.local
+            self.side = int(math.isqrt(regions))
+            if regions == 0 or self.side * self.side != regions:
+                raise ValueError(f"map_from=local needs an encoder with a square local view (efficientnet_lite0); "
+                                 f"this one gives {regions} regions")
+            self.image_views = self.gallery_views = ("pooled", "local")
+        elif map_from == "thumbnail":
             from cirlab.encoders.base import THUMBNAIL
             from cirlab.fusion.heads import thumbnail_net
 
@@ -80,7 +95,7 @@ class TIRGGate(Fusion):
                              "(for sift_bovw: tokens=grid without pyramid)")
         elif self.side * self.side != dims.image_tokens or dims.image_tokens == 0:
             raise ValueError(f"tirg_gate needs a square map of region tokens, the encoder gives {dims.image_tokens}")
-        self.map_proj = nn.Conv2d(dims.image_token, channels, 1) if self.thumbnail_net is None else None
+        self.map_proj = nn.Conv2d(width, channels, 1) if self.thumbnail_net is None else None
         self.text_to_map = nn.Linear(embed_dim, channels)
         self.gate = nn.Sequential(
             nn.Conv2d(2 * channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -105,24 +120,36 @@ class TIRGGate(Fusion):
     def image_base(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out(self.project_rows(F.normalize(pooled.float(), dim=-1)))
 
+    def set_image_head(self, spec: str, head_map: str = "tokens") -> None:
+        if head_map != "tokens":
+            raise CirlabError("tirg_gate's image heads read its own map: choose the map with map_from, not head_map")
+        super().set_image_head(spec)
+        if self.map_from != "tokens":  # the heads read this method's own map, not the encoder's region tokens
+            self.image_views = tuple(v for v in self.image_views if v != "tokens")
+            self.gallery_views = tuple(v for v in self.gallery_views if v != "tokens")
+
     # image heads read the projected map X on the gallery side and the gated map on the query side
     def head_channels(self) -> int:
         return self.text_to_map.out_features
+
+    def head_regions(self) -> int:
+        return self.side * self.side
 
     def head_tokens(self, image: Views) -> torch.Tensor:
         return self.image_map(image).flatten(2).transpose(1, 2)
 
     def image_map(self, image: Views) -> torch.Tensor:
-        """The map ``X`` (B, channels, side, side): ``W_p`` over the scaled region tokens, or the thumbnail's network."""
+        """The map ``X`` (B, channels, side, side): ``W_p`` over the scaled region tokens (or the scaled local map),
+        or the thumbnail's network."""
         if self.thumbnail_net is not None:
             from cirlab.fusion.heads import thumbnail_pixels
 
             return self.thumbnail_net(thumbnail_pixels(image))
-        s = self.scaled_tokens(image)
+        s = self.scaled_local(image) if self.map_from == "local" else self.scaled_tokens(image)
         return self.map_proj(s.transpose(1, 2).reshape(len(s), s.shape[2], self.side, self.side))
 
     def embed_image(self, image: Views) -> torch.Tensor:
-        if self.thumbnail_net is None:
+        if self.map_from == "tokens":
             return super().embed_image(image)
         fmap = self.image_map(image)
         return F.normalize(self.out(fmap.mean(dim=(2, 3))) + self.head_output(image, fmap.flatten(2).transpose(1, 2)), dim=-1)

@@ -60,23 +60,25 @@ class TripletIndex:
     target: np.ndarray
     dropped: int
     ref_gallery: np.ndarray  # the reference's row in the gallery table, -1 where it has none
+    other_targets: list[np.ndarray] = field(default_factory=list)  # each triplet's other encoded targets' rows
 
     @classmethod
     def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide) -> "TripletIndex":
         """Rows of each triplet's query (in ``queries``' tables) and first encoded target (in ``images``)."""
-        ref, txt, tgt, ref_gallery, dropped = [], [], [], [], 0
+        ref, txt, tgt, ref_gallery, others, dropped = [], [], [], [], [], 0
+        as_rows = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
         for t in triplets:
-            target = next((x for x in t.targets if x in images.row), None)
+            targets = [images.row[x] for x in t.targets if x in images.row]
             key = queries.key(t.reference, t.text)
-            if key is None or target is None:
+            if key is None or not targets:
                 dropped += 1
                 continue
             ref.append(queries.images.row[key[0]])
             txt.append(queries.texts.row[key[1]])
-            tgt.append(images.row[target])
+            tgt.append(targets[0])
+            others.append(as_rows(targets[1:]))
             ref_gallery.append(images.row.get(t.reference, -1))
-        as_rows = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
-        return cls(as_rows(ref), as_rows(txt), as_rows(tgt), dropped, as_rows(ref_gallery))
+        return cls(as_rows(ref), as_rows(txt), as_rows(tgt), dropped, as_rows(ref_gallery), others)
 
     def __len__(self) -> int:
         return len(self.ref)
@@ -106,6 +108,32 @@ def reference_negatives(model: Fusion, images: FeatureTable, index: TripletIndex
     return model.embed_gallery(to_device(images.tensors(rows, model.gallery_views), device)), torch.from_numpy(rows)
 
 
+@torch.no_grad()
+def gallery_snapshot(model: Fusion, images: FeatureTable, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """Every image of the gallery table embedded by the model as it is now, in eval mode, without gradients:
+    what :func:`mined_negatives` searches."""
+    was_training = model.training
+    model.eval()
+    parts = [model.embed_gallery(to_device(images.tensors(np.arange(s, min(s + chunk, len(images))),
+                                                          model.gallery_views), device)).float()
+             for s in range(0, len(images), chunk)]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def mined_negatives(model: Fusion, images: FeatureTable, snapshot: torch.Tensor, query: torch.Tensor,
+                    index: TripletIndex, b: np.ndarray, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives: the ``k`` gallery images nearest each query of batch ``b`` in the ``snapshot`` (other than
+    its targets), embedded again with gradients, and their rows as keys: extra negatives for :func:`batch_infonce`."""
+    sims = query.detach().float() @ snapshot.t()
+    sims[torch.arange(len(b)), torch.from_numpy(index.target[b]).to(sims.device)] = float("-inf")
+    for i, t in enumerate(b):
+        if len(index.other_targets[t]):
+            sims[i, torch.from_numpy(index.other_targets[t]).to(sims.device)] = float("-inf")
+    rows = sims.topk(min(k, sims.shape[1] - 1), dim=1).indices.unique().cpu()
+    return model.embed_gallery(to_device(images.tensors(rows.numpy(), model.gallery_views), device)), rows
+
+
 def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
                  cfg: TrainConfig, progress: bool = True,
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
@@ -130,10 +158,12 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         raise CirlabError(f"only {len(real)} usable training triplet(s): need at least 2 whose images and texts are encoded")
     fake = TripletIndex.build(pseudo, images, queries) if pseudo else None
     plan = pseudo_epochs(cfg.epochs, pseudo_every) if fake is not None and len(fake) >= 2 else [False] * cfg.epochs
-    current = {"index": real}
+    current = {"index": real, "snapshot": None}
 
     def on_epoch(epoch: int) -> None:
         current["index"] = fake if plan[epoch] else real
+        if cfg.hard_negatives:
+            current["snapshot"] = gallery_snapshot(model, images, device)
 
     def batch_loss(b: np.ndarray) -> torch.Tensor:
         index = current["index"]
@@ -144,7 +174,11 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         columns, column_keys = target, keys
         if cfg.reference_negatives:
             negatives, negative_keys = reference_negatives(model, images, index, b, device)
-            columns, column_keys = torch.cat([target, negatives]), torch.cat([keys, negative_keys])
+            columns, column_keys = torch.cat([columns, negatives]), torch.cat([column_keys, negative_keys])
+        if cfg.hard_negatives:
+            negatives, negative_keys = mined_negatives(model, images, current["snapshot"], query, index, b,
+                                                       cfg.hard_negatives, device)
+            columns, column_keys = torch.cat([columns, negatives]), torch.cat([column_keys, negative_keys])
         loss = batch_infonce(query, columns, cfg.logit_scale, column_keys)
         if cfg.triplet_weight:
             loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
