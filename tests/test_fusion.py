@@ -158,6 +158,18 @@ def test_tirg_gate_map_from_is_checked():
         build_fusion("tirg_gate", no_local, map_from="local")
 
 
+@pytest.mark.parametrize("map_from", ["local", "thumbnail"])
+def test_tirg_gate_heads_are_sized_for_its_own_map(map_from):
+    """Attention pooling's position table has one row per region of the map its heads read: tirg_gate's own map
+    (8 x 8 from the thumbnail), not the encoder's region tokens (4 x 4 here)."""
+    torch.manual_seed(0)
+    m = small("tirg_gate", map_from=map_from, image_head="attnpool").eval()
+    side = 8 if map_from == "thumbnail" else 4
+    assert m.head_regions() == side * side
+    ref, txt = batch()
+    assert m(ref, txt).shape == m.embed_gallery(ref).shape == (6, 16)
+
+
 def test_tirg_gate_on_the_local_map_reads_it_and_not_the_region_tokens():
     """With ``map_from: local`` the query and the gallery read the local view, and its grid head reads the method's
     map: the encoder's region tokens (125 KB an image in the cache) are not loaded, and changing them changes nothing."""

@@ -58,7 +58,7 @@ class TrainConfig:
                                                "starts from is often the nearest wrong answer (an emoji facing "
                                                "the other way)", flag=False)
     hard_negatives: int = _option(0, "hard-negative mining: each query's K nearest training-gallery images under the "
-                                     "model (its vectors refreshed at every epoch's start), other than its target, "
+                                     "model (its vectors refreshed at every epoch's start), other than its targets, "
                                      "join the batch's negatives (0: off)")
     triplet_weight: float = _option(0.0, "weight of the triplet loss added to InfoNCE (mffm)", flag=False)
     triplet_margin: float = _option(0.2, "the triplet loss's margin, on cosine similarities", flag=False)
