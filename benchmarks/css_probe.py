@@ -53,11 +53,11 @@ def views(ws, split: str) -> dict:
 
     layout = t["colour"].float()[:, :COLOUR_LAYOUT][:, None].expand(-1, 9, -1)
     pooled = F.normalize(t["pooled"].float(), dim=-1)[:, None].expand(-1, 9, -1)
-    local = grid(t["local"].float())
+    final, local = grid(tokens), grid(t["local"].float())
     return ids, {"pooled vector (the same for each cell)": pooled,
-                 "3 x 3 grid of the region map (the cell's own average)": grid(tokens),
+                 "3 x 3 grid of the region map (the cell's own average)": final,
                  "8 x 8 colour layout (all of it, for each cell)": layout,
-                 "grid + colour layout": torch.cat([grid(tokens), layout], dim=-1),
+                 "grid + colour layout": torch.cat([final, layout], dim=-1),
                  "3 x 3 grid of the local map (stride 16 + 32, 304 channels)": local,
                  "local grid + colour layout": torch.cat([local, layout], dim=-1)}
 

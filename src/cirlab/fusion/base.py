@@ -45,6 +45,10 @@ class FeatureDims:
                    text_encoder.token_dim, tuple(getattr(image_encoder, "levels_shape", (0, 0))),
                    int(getattr(image_encoder, "colour_dim", 0)), tuple(getattr(image_encoder, "local_shape", (0, 0))))
 
+    def map_shape(self, view: str) -> tuple[int, int]:
+        """(regions, width) of a region map view: the final map's ``tokens`` or the ``local`` map."""
+        return self.local if view == "local" else (self.image_tokens, self.image_token)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -88,7 +92,7 @@ class Fusion(nn.Module):
         self.head_map = head_map
         self.heads = build_heads(spec, self.head_channels(), self.head_regions(), self.embed_dim, self.dims.colour)
         self.image_head = spec
-        extra = sorted({head_map if v == "tokens" else v for h in self.heads for v in h.views})
+        extra = sorted({self.head_view() if v == "tokens" else v for h in self.heads for v in h.views})
         self.gallery_views = tuple(dict.fromkeys((*self.gallery_views, *extra)))
         self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
 
@@ -126,18 +130,21 @@ class Fusion(nn.Module):
         """(B, 1): how much of its mirror image each query's reference takes, from the text (the gate)."""
         return torch.sigmoid(MIRROR_GATE_SCALE * self.mirror_gate(F.normalize(text["pooled"].float(), dim=-1)))
 
+    def head_view(self) -> str:
+        """The view the heads' region rows come from (it replaces ``tokens`` among the views they read)."""
+        return self.head_map
+
     def head_channels(self) -> int:
         """The width of the region rows the heads read (:meth:`head_tokens`)."""
-        return self.dims.local[1] if self.head_map == "local" else self.dims.image_token
+        return self.dims.map_shape(self.head_map)[1]
 
     def head_regions(self) -> int:
         """How many region rows the heads read (a square map)."""
-        return self.dims.local[0] if self.head_map == "local" else self.dims.image_tokens
+        return self.dims.map_shape(self.head_map)[0]
 
     def head_tokens(self, image: Views) -> torch.Tensor:
-        """The region rows the heads read: the scaled region tokens (see :meth:`scaled_tokens`), or the scaled
-        local map (``head_map: local``)."""
-        return self.scaled_local(image) if self.head_map == "local" else self.scaled_tokens(image)
+        """The region rows the heads read: the scaled ``head_map`` (see :meth:`scaled_map`)."""
+        return self.scaled_map(image, self.head_map)
 
     def head_output(self, image: Views, tokens: torch.Tensor | None = None) -> torch.Tensor | float:
         """The sum of the image heads' outputs (0 without heads); ``tokens`` replaces :meth:`head_tokens`."""
@@ -173,10 +180,11 @@ class Fusion(nn.Module):
         norm = image["pooled"].float().norm(dim=-1).clamp(min=1e-6)
         return image["tokens"].float() / norm[:, None, None]
 
-    @staticmethod
-    def scaled_local(image: Views) -> torch.Tensor:
-        """The ``local`` map's rows (B, N, D) divided by the norm of their mean, as :meth:`scaled_tokens` does for
-        the final map: the map's scale is the same for every image."""
+    def scaled_map(self, image: Views, view: str) -> torch.Tensor:
+        """A region map view's rows (B, N, D), scaled: ``tokens`` by :meth:`scaled_tokens`; the ``local`` map divided
+        by the norm of its rows' mean, so that its scale is the same for every image, as for the tokens."""
+        if view != "local":
+            return self.scaled_tokens(image)
         x = image["local"].float()
         return x / x.mean(dim=1).norm(dim=-1).clamp(min=1e-6)[:, None, None]
 

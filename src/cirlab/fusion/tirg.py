@@ -72,12 +72,10 @@ class TIRGGate(Fusion):
         if map_from not in ("tokens", "local", "thumbnail"):
             raise ValueError(f"map_from must be 'tokens', 'local' or 'thumbnail', got {map_from!r}")
         self.map_from = map_from
-        self.side = int(math.isqrt(dims.image_tokens))
+        regions, width = dims.map_shape(map_from)
+        self.side = int(math.isqrt(regions))
         self.thumbnail_net = None
-        width = dims.image_token
         if map_from == "local":
-            regions, width = dims.local
-            self.side = int(math.isqrt(regions))
             if regions == 0 or self.side * self.side != regions:
                 raise ValueError(f"map_from=local needs an encoder with a square local view (efficientnet_lite0); "
                                  f"this one gives {regions} regions")
@@ -124,9 +122,9 @@ class TIRGGate(Fusion):
         if head_map != "tokens":
             raise CirlabError("tirg_gate's image heads read its own map: choose the map with map_from, not head_map")
         super().set_image_head(spec)
-        if self.map_from != "tokens":  # the heads read this method's own map, not the encoder's region tokens
-            self.image_views = tuple(v for v in self.image_views if v != "tokens")
-            self.gallery_views = tuple(v for v in self.gallery_views if v != "tokens")
+
+    def head_view(self) -> str:  # the heads read this method's own map, made from the view map_from names
+        return self.map_from
 
     # image heads read the projected map X on the gallery side and the gated map on the query side
     def head_channels(self) -> int:
@@ -145,7 +143,7 @@ class TIRGGate(Fusion):
             from cirlab.fusion.heads import thumbnail_pixels
 
             return self.thumbnail_net(thumbnail_pixels(image))
-        s = self.scaled_local(image) if self.map_from == "local" else self.scaled_tokens(image)
+        s = self.scaled_map(image, self.map_from)
         return self.map_proj(s.transpose(1, 2).reshape(len(s), s.shape[2], self.side, self.side))
 
     def embed_image(self, image: Views) -> torch.Tensor:
