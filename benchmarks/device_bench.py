@@ -34,18 +34,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["CIRLAB_RUNTIME"] = "torch"  # the device comparison is PyTorch's; encode_throughput.py has the runtimes
 
-import torch  # noqa: E402
+import torch
 
-from cirlab.api import Pipeline  # noqa: E402
-from cirlab.config import method_config  # noqa: E402
-from cirlab.devices import available, precision_name, resolve_device, resolve_precision  # noqa: E402
-from cirlab.encoders import build_image_encoder  # noqa: E402
-from cirlab.encoders.cache import FeatureCache  # noqa: E402
-from cirlab.experiment.workspace import Workspace, train_method  # noqa: E402
-from cirlab.images import load_image  # noqa: E402
-from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config  # noqa: E402
+from cirlab.api import Pipeline
+from cirlab.config import method_config
+from cirlab.devices import available, precision_name, resolve_device, resolve_precision
+from cirlab.encoders import build_image_encoder
+from cirlab.encoders.cache import FeatureCache
+from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.images import load_image
+from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config
 
-from _report import save_report  # noqa: E402
+from _report import save_report
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "make it the skin tone light medium dark a man woman person face facing left right other way red blue green "

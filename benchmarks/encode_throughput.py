@@ -21,15 +21,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from cirlab.data.emojiedit import collect_emoji  # noqa: E402
-from cirlab.encoders.base import new_encoder  # noqa: E402
-from cirlab.encoders.runtime import OrtSession, export_onnx  # noqa: E402
-from cirlab.images import load_image  # noqa: E402
+from cirlab.data.emojiedit import collect_emoji
+from cirlab.encoders.base import new_encoder
+from cirlab.encoders.runtime import OrtSession, export_onnx
+from cirlab.images import load_image
 
-from _report import save_report  # noqa: E402  (benchmarks/_report.py, beside this script)
+from _report import save_report
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -35,11 +35,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cirlab import settings  # noqa: E402
-from cirlab.config import DEFAULT_TEXT_ENCODER  # noqa: E402
-from cirlab.encoders.cache import FeatureCache  # noqa: E402
-from cirlab.experiment import run_bench  # noqa: E402
-from cirlab.training.stage1 import run_stage1, stage1_config  # noqa: E402
+from cirlab import settings
+from cirlab.config import DEFAULT_TEXT_ENCODER
+from cirlab.encoders.cache import FeatureCache
+from cirlab.experiment import run_bench
+from cirlab.training.stage1 import run_stage1, stage1_config
 
 
 def parse_arm(text: str) -> dict:

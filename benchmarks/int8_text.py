@@ -18,11 +18,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
+import numpy as np
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from cirlab.encoders.base import new_encoder  # noqa: E402
-from cirlab.encoders.runtime import OrtSession, export_onnx  # noqa: E402
+from cirlab.encoders.base import new_encoder
+from cirlab.encoders.runtime import OrtSession, export_onnx
 
 VARIANTS = {
     "s8, per tensor": dict(weight_type=QuantType.QInt8),

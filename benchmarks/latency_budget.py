@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from _report import save_report
 from serve_load import TEXTS, build_gallery
 
@@ -62,7 +63,8 @@ def build_indexes(gallery: Path, work: Path, backends: list[str], model: str | N
     if not ((exact / "CURRENT").is_file() and read_manifest(exact)[0].get("model") == pipe.identity):
         print(f"embedding {gallery} (once; cached) ...", flush=True)
         t = time.perf_counter()
-        index, failed = pipe.index_gallery(gallery, "exact")
+        from cirlab.indexing import index_gallery
+        index, failed = index_gallery(pipe, gallery, "exact")
         save_index(index, exact, pipe.identity)
         print(f"embedded {len(index):,} images in {time.perf_counter() - t:.0f} s ({len(failed)} unreadable)", flush=True)
     for spec in backends:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import save_report  # noqa: E402  (benchmarks/_report.py, beside this script)
+from _report import save_report
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from _report import save_report  # benchmarks/_report.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +111,8 @@ def build_index(gallery: Path, out: Path, model: str | None) -> None:
     if (out / "CURRENT").is_file() and read_manifest(out)[0].get("model") == pipe.identity:
         return
     print(f"embedding {gallery} (once; cached) ...", flush=True)
-    index, failed = pipe.index_gallery(gallery, "exact")
+    from cirlab.indexing import index_gallery
+    index, failed = index_gallery(pipe, gallery, "exact")
     save_index(index, out, pipe.identity)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import TEXTS, build_gallery  # noqa: E402
+from serve_load import TEXTS, build_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "soak-token"
@@ -70,7 +70,7 @@ def hostile_images() -> list[tuple[str, bytes]]:
         except RuntimeError:
             out.append(("malformed.avif", bad))
             break
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     good = png(random.Random(1))
     out.append(("truncated.png", good[: len(good) // 2]))
@@ -205,7 +205,8 @@ def main() -> None:
     (work / "cli").mkdir(parents=True)
     pipe = Pipeline.load(a.model)
     files = sorted(gallery.glob("*.png"))[: a.images]
-    index, _ = pipe.index_gallery(Gallery([p.stem for p in files], files), "exact")
+    from cirlab.indexing import index_gallery
+    index, _ = index_gallery(pipe, Gallery([p.stem for p in files], files), "exact")
     save_index(index, work / "index", {**pipe.identity, "gallery": str(gallery)})
     ids = list(index.ids)
     env = {**os.environ, "CIRLAB_API_TOKEN": TOKEN}

@@ -35,14 +35,14 @@ from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cirlab import settings  # noqa: E402
-from cirlab.config import method_config  # noqa: E402
-from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder  # noqa: E402
-from cirlab.encoders.cache import FeatureCache  # noqa: E402
-from cirlab.errors import CirlabError  # noqa: E402
-from cirlab.fusion import FeatureDims  # noqa: E402
-from cirlab.experiment.workspace import Workspace, train_method, views_needed  # noqa: E402
-from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config  # noqa: E402
+from cirlab import settings
+from cirlab.config import method_config
+from cirlab.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder
+from cirlab.encoders.cache import FeatureCache
+from cirlab.errors import CirlabError
+from cirlab.fusion import FeatureDims
+from cirlab.experiment.workspace import Workspace, train_method, views_needed
+from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config
 
 TASKS = ("retrieval", "attributes", "category")
 DEFAULT_ARMS = {"tune": "none,text,image,both", "tasks": "none," + ",".join(TASKS) + ",all"}

@@ -8,9 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -114,8 +114,8 @@ def served(tmp_path_factory):
     Yields (base URL, index folder, data set folder, model path)."""
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.index import save_index
     from cirlab.experiment.workspace import Workspace, train_method
+    from cirlab.index import save_index
 
     root = tmp_path_factory.mktemp("served")
     ds = make_dataset(root / "tiny", n=16)
@@ -123,7 +123,8 @@ def served(tmp_path_factory):
     ws = Workspace.open(ds, FeatureCache(cache), progress=False)
     train_method(ws, "sum", {"train": {"epochs": 3, "batch_size": 8}}, out=root / "sum.pt", progress=False)
     pipe = Pipeline.load(root / "sum.pt", cache)
-    index, _ = pipe.index_gallery(ds / "images", "exact", progress=False)
+    from cirlab.indexing import index_gallery
+    index, _ = index_gallery(pipe, ds / "images", "exact", progress=False)
     for i, m in zip(index.ids, index.metadata):
         m["name"] = f"shape {i[3:]}"
     save_index(index, root / "index", pipe.identity)

@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
 
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+from conftest import make_dataset
 
 DIMS = FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408, (49, 304))
 HEADS = ["attnpool", "grid", "colour", "mirror", "grid:cells=2+colour", "thumbnail", "grid+thumbnail"]
@@ -150,10 +150,10 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path, me
     (index build) and as a reference (the server's image-only query path) gets the same vector; the index
     serves composed searches."""
     from cirlab.api import Pipeline, Query
-    from cirlab.encoders.cache import FeatureCache
-    from cirlab.serve.service import SearchService
-    from cirlab.experiment.workspace import Workspace, train_method, views_needed
     from cirlab.config import method_config
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method, views_needed
+    from cirlab.serve.service import SearchService
 
     ds = make_dataset(tmp_path / "tiny", n=12)
     override, head, heads = REAL_PATHS[method]
@@ -211,9 +211,10 @@ def test_a_tuned_encoder_with_a_spatial_head_round_trips_and_serves(tmp_path):
     assert pipe.image_encoder.num_tokens == 9 and pipe.model.image_head == "grid"
     for a, b in zip(model.state_dict().values(), pipe.model.state_dict().values()):
         assert torch.equal(a, b)
-    index, failed = pipe.index_gallery(ds / "images", "exact", progress=False)
+    from cirlab.indexing import index_gallery
+    index, failed = index_gallery(pipe, ds / "images", "exact", progress=False)
     assert not failed and len(index) == 12
-    hits = pipe.search_index(index, ds / "images" / "img3.png", "make it look like shape 4", 5)
+    hits = pipe.search(index, ds / "images" / "img3.png", "make it look like shape 4", 5)
     assert len(hits) == 5 and all(np.isfinite(h.score) for h in hits)
 
 
@@ -277,7 +278,7 @@ def test_on_emojiedit_facing_pairs_the_colour_head_moves_mirrors_apart(tmp_path)
 
 
 def test_mirrored_views_flip_the_layouts_and_keep_the_rest():
-    from cirlab.fusion.base import mirrored_views
+    from cirlab.fusion.views import mirrored_views
 
     image, _ = views()
     m = mirrored_views(image)
@@ -298,7 +299,7 @@ def test_the_reference_mirror_gate_starts_closed_and_opens_to_the_flipped_refere
     with torch.no_grad():
         assert torch.allclose(model(image, text), model.compose(image, text), atol=0.02)
         model.mirror_gate.bias.fill_(3.0)  # wide open
-        from cirlab.fusion.base import mirrored_views
+        from cirlab.fusion.views import mirrored_views
         assert torch.allclose(model(image, text), model.compose({**image, **mirrored_views(image)}, text), atol=1e-5)
     with pytest.raises(CirlabError, match="reference_mirror needs a view that keeps left and right"):
         build_fusion("sum", DIMS, reference_mirror=True)
@@ -311,7 +312,7 @@ def test_the_mirror_gate_learns_which_text_asks_for_a_mirror_image():
     first text and not the second; on 256 other images, the mirror queries rank their target above the
     reference far more often than the same model without the gate, which can only memorise its images
     (measured: the gate at 0.97 and 0.08; held out, 100% against 45%)."""
-    from cirlab.fusion.base import mirrored_views
+    from cirlab.fusion.views import mirrored_views
     from cirlab.training.losses import batch_infonce
 
     g = torch.Generator().manual_seed(0)

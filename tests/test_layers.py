@@ -19,10 +19,11 @@ LAYERS = {
     "data": 3, "fusion": 3,
     "checkpoint": 4,
     "eval": 5, "api": 5,  # what scores and what answers queries: neither needs training
-    "serve": 6, "indexing": 6,  # indexing: building an index from a gallery with an engine (local, Ray)
-    "training": 7,
-    "experiment": 8,  # where training and evaluation meet: the workspace and the multi-seed sweep
-    "demo": 9, "cli": 10,
+    "indexing": 6,  # building and changing a saved index: the one write path (local and Ray engines)
+    "serve": 7,
+    "training": 8,
+    "experiment": 9,  # where training and evaluation meet: the workspace and the multi-seed sweep
+    "demo": 10, "cli": 11,
 }
 
 
@@ -61,6 +62,66 @@ def test_every_import_points_down_the_layers():
                 wrong.append(f"{path.relative_to(SRC)}: {part} (layer {LAYERS[part]}) imports {other} "
                              f"(layer {LAYERS[other]})")
     assert not wrong, "\n".join(wrong)
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def module_imports(tree: ast.AST, modules: set[str]) -> set[str]:
+    """The cirlab modules a file imports, anywhere in it: ``from cirlab.a import b`` counts ``cirlab.a.b`` where
+    that is a module, else ``cirlab.a``."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                     for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name:
+                out.add(name)
+    return out
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of an import graph, each once (a depth-first search from every module)."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in graph.get(node, ()):
+            if nxt == path[0]:
+                found.add(tuple(path))
+            elif nxt not in path and nxt > path[0]:  # each cycle from its smallest module only
+                walk(nxt, path + [nxt])
+
+    for start in graph:
+        walk(start, [start])
+    return [list(c) for c in sorted(found)]
+
+
+def test_no_module_imports_itself_through_another():
+    """Inside one package too (the layer rule above sees only packages): no import circle between modules,
+    counting imports inside functions, where a circle hides from Python's import-time failure."""
+    paths = {module_of(p): p for p in SRC.rglob("*.py")}
+    graph = {m: module_imports(ast.parse(p.read_text()), set(paths)) - {m} for m, p in paths.items()}
+    for m in graph:  # a package's __init__ re-exporting its modules is not a circle with them
+        graph[m] = {o for o in graph[m] if not m.startswith(o + ".")}
+    cycles = import_cycles(graph)
+    assert not cycles, "\n".join(" -> ".join(c + c[:1]) for c in cycles)
+
+
+def test_the_cycle_rule_sees_an_import_inside_a_function():
+    modules = {"cirlab.fusion.base", "cirlab.fusion.heads", "cirlab.fusion"}
+    base = module_imports(ast.parse("def f():\n    from cirlab.fusion.heads import build_heads\n"), modules)
+    heads = module_imports(ast.parse("from cirlab.fusion.base import thumbnail_rgb\n"), modules)
+    assert import_cycles({"cirlab.fusion.base": base, "cirlab.fusion.heads": heads}) == [
+        ["cirlab.fusion.base", "cirlab.fusion.heads"]]
 
 
 def test_what_answers_a_query_never_imports_training():

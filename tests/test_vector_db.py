@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_dataset, start_server, stop_server
 
 from cirlab.errors import CirlabError
 from cirlab.index import build_index, check_filter, load_index, save_index
 from cirlab.index.metadata import attach, read_metadata
+from conftest import make_dataset, start_server, stop_server
 
 FAMILIES = ["person", "thing", "colour"]
 
@@ -220,8 +220,9 @@ def test_the_service_answers_over_a_qdrant_index(served, tmp_path):
 
     base, _, ds, model = served
     pipe = Pipeline.load(model)
-    index, _ = pipe.index_gallery(ds / "images", f"qdrant:path={tmp_path}/db", progress=False)
-    exact, _ = pipe.index_gallery(ds / "images", "exact", progress=False)
+    from cirlab.indexing import index_gallery
+    index, _ = index_gallery(pipe, ds / "images", f"qdrant:path={tmp_path}/db", progress=False)
+    exact, _ = index_gallery(pipe, ds / "images", "exact", progress=False)
     save_index(index, tmp_path / "ix", pipe.identity)
     index.close()
     proc, qbase = start_server(["--index", tmp_path / "ix", "--model", model], log=tmp_path / "log")
@@ -229,7 +230,7 @@ def test_the_service_answers_over_a_qdrant_index(served, tmp_path):
         assert httpx.get(qbase + "/info").json()["index"]["backend"].startswith("qdrant:path=")
         r = httpx.post(qbase + "/search", data={"image_id": "img2", "text": "make it look like shape 3", "k": "5"}, timeout=60)
         assert r.status_code == 200, r.text
-        want = pipe.search_index(exact, ds / "images" / "img2.png", "make it look like shape 3", 6)
+        want = pipe.search(exact, ds / "images" / "img2.png", "make it look like shape 3", 6)
         assert [h["id"] for h in r.json()["results"]] == [h.id for h in want if h.id != "img2"][:5]
     finally:
         stop_server(proc)

@@ -10,7 +10,7 @@ from importlib import import_module
 
 __version__ = "0.2.0"
 
-from cirlab.errors import CirlabError  # noqa: E402
+from cirlab.errors import CirlabError
 
 # name -> the module that defines it
 _EXPORTS = {

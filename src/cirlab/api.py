@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from cirlab.fusion import Fusion
 from cirlab.fusion.dqu import unified_query_views
 from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
-from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter, read_manifest, rescore, update_index
-from cirlab.index.exact import exact_topk
-from cirlab.index.metadata import attach, display_name
+from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter
+from cirlab.index.metadata import attach
+from cirlab.index.search import Hit, file_ids, hits, search
 
 MAX_TEXT_CHARS = 1000
 TEXT_CACHE = 4096  # texts whose encoder outputs a pipeline keeps in memory
@@ -66,6 +65,15 @@ class GalleryVectors:
         extra = attach(self.ids, self.paths, records, root) if records else [{} for _ in self.ids]
         return [{**e, "path": str(Path(p).resolve())} for p, e in zip(self.paths, extra)]
 
+    def to_index(self, backend: str = "exact", records: dict[str, dict] | None = None,
+                 root: str | Path | None = None) -> BaseIndex:
+        """These vectors in a new in-memory index (``exact``: what a folder search ranks through), each row with
+        its file and its record from ``records`` (:meth:`metadata`)."""
+        index = build_index(backend, self.vectors.shape[1])
+        if self.ids:
+            index.add(self.ids, self.vectors, self.metadata(records, root))
+        return index
+
 
 @dataclass
 class Query:
@@ -80,23 +88,9 @@ def _stack(rows: Sequence[dict[str, torch.Tensor]], views: Sequence[str]) -> dic
     return {v: torch.stack([r[v] for r in rows]) for v in views}
 
 
-def _best(ids: Sequence[str], scores: np.ndarray, k: int, skip: set[str]) -> list[tuple[str, float]]:
-    """The first ``k`` (id, score) of a ranked row, leaving out the ids in ``skip`` and unfilled slots."""
-    return [(i, float(s)) for i, s in zip(ids, scores) if i not in skip and np.isfinite(s)][:k]
-
-
 def _place(out: list, where: Sequence[int], vectors: torch.Tensor) -> list:
     rows = dict(zip(where, vectors.cpu().numpy()))
     return [rows.get(n, o) for n, o in enumerate(out)]
-
-
-@dataclass
-class Hit:
-    rank: int
-    id: str
-    path: str
-    score: float
-    name: str = ""  # the image's metadata name or caption, where its index has one
 
 
 class Pipeline:
@@ -177,14 +171,6 @@ class Pipeline:
         views = self.image_encoder.encode_images(list(images), tuple(sorted(self.model.gallery_views)))
         return self.model.embed_gallery(self._on(as_tensors(views))).cpu().numpy()
 
-    def reference_views(self, image: str | Path | Image.Image) -> dict[str, torch.Tensor]:
-        """The views of one reference (a batch of one): an image is encoded; a file is read from the feature
-        cache (a gallery image's stored features), encoded on a miss."""
-        (views,) = self._references([image], tuple(self.model.image_views))
-        if isinstance(views, Exception):
-            raise views
-        return {v: t[None] for v, t in views.items()}
-
     def text_views(self, texts: Sequence[str], views: Sequence[str]) -> dict[str, torch.Tensor]:
         """The views of texts, encoded in one batch; repeated texts (a multi-turn session re-sends them) come
         from a small in-memory cache."""
@@ -264,7 +250,9 @@ class Pipeline:
         try:
             image = q.image
             if not isinstance(image, Image.Image):
-                self.reference_views(image)  # a missing or unreadable file: the same one-line error
+                (checked,) = self._references([image], tuple(self.model.image_views))
+                if isinstance(checked, Exception):  # a missing or unreadable file: the same one-line error
+                    return checked
                 image = load_image(image)
             iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, q.text)
         except CirlabError as e:
@@ -296,97 +284,22 @@ class Pipeline:
                     row += 1
         return out
 
-    def search(self, gallery: GalleryVectors, image: str | Path | Image.Image | None, text: str, k: int = 10,
-               exclude_reference: bool = False) -> list[Hit]:
-        """Top-k gallery images for the composed query, best first."""
-        if k < 1:
-            raise CirlabError(f"-k must be at least 1, got {k}")
-        query = self.compose(image, text)
-        exclude = None
-        if exclude_reference and image is not None and not isinstance(image, Image.Image):
-            ref = Path(image).resolve()
-            rows = [i for i, p in enumerate(gallery.paths) if Path(p).resolve() == ref]
-            exclude = np.array([rows[0] if rows else -1])
-        top, scores = exact_topk(query[None], gallery.vectors, k, exclude)
-        return [Hit(r + 1, gallery.ids[j], str(gallery.paths[j]), float(s))
-                for r, (j, s) in enumerate(zip(top[0], scores[0])) if np.isfinite(s)]
-
-    def index_gallery(self, gallery: Gallery | str | Path, index: BaseIndex | str = "exact", progress: bool = True,
-                      metadata: dict[str, dict] | None = None, root: str | Path | None = None
-                      ) -> tuple[BaseIndex, list[tuple[str, str]]]:
-        """Embed a gallery (through the cache) into an index: a backend spec for a new one, or an index to grow.
-        ``metadata``: records to attach by id or path (:mod:`cirlab.index.metadata`), paths relative to ``root``."""
-        vectors = self.encode_gallery(gallery, progress)
-        if isinstance(index, str):
-            index = build_index(index, self.model.embed_dim)
-        index.add(vectors.ids, vectors.vectors, vectors.metadata(metadata, root))
-        return index, vectors.failed
-
-    def add_to_index(self, index_dir: str | Path, paths: Sequence[str | Path], progress: bool = True) -> dict:
-        """Embed images (files or folders of them) and add them to a saved index (``cirlab index add``). Ids are
-        paths relative to the gallery the index was built from, where the images lie under it. The images are
-        encoded before the index's writer lock is taken, so other writers go on meanwhile; the rows are added
-        to the version live inside the lock. Returns counts: ``added``, ``new``, ``unreadable``, ``total``."""
-        manifest, _ = read_manifest(index_dir, self.model.embed_dim, self.identity)  # refused before encoding
-        root = Path(manifest.get("model", {}).get("gallery") or ".")
-        ids, files = [], []
-        for item in map(Path, paths):
-            if not item.exists():
-                raise CirlabError(f"{item} does not exist")
-            for p in ([item] if item.is_file() else Gallery.from_folder(item).paths):
-                p = p.resolve()
-                ids.append(p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else str(p))
-                files.append(p)
-        vectors = self.encode_gallery(Gallery(ids, files), progress)
-        with update_index(index_dir, self.model.embed_dim, self.identity) as index:
-            before = len(index)
-            index.add(vectors.ids, vectors.vectors, vectors.metadata())
-        return {"added": len(vectors.ids), "new": len(index) - before, "unreadable": len(vectors.failed),
-                "total": len(index)}
-
-    def search_index(self, index: BaseIndex, image: str | Path | Image.Image | None, text: str, k: int = 10,
-                     exclude_reference: bool = False, scoring: CombinedScoring | None = None,
-                     filter: dict | None = None) -> list[Hit]:
-        """Top-k of an index for the composed query; ``scoring`` re-ranks candidates (paper 000's combined score);
-        ``filter`` keeps images whose metadata match (``{field: value or [values]}``, :mod:`cirlab.index.base`)."""
+    def search(self, index: BaseIndex | GalleryVectors, image: str | Path | Image.Image | None, text: str,
+               k: int = 10, exclude_reference: bool = False, scoring: CombinedScoring | None = None,
+               filter: dict | None = None) -> list[Hit]:
+        """Top-k of an index (or of a folder's :class:`GalleryVectors`, as an exact index) for the composed query,
+        through the one search (:func:`cirlab.index.search.search`): ``exclude_reference`` leaves the reference
+        file out, ``scoring`` re-ranks candidates (paper 000's combined score), ``filter`` keeps images whose
+        metadata match (``{field: value or [values]}``)."""
+        if isinstance(index, GalleryVectors):
+            index = index.to_index()
         if k < 1:
             raise CirlabError(f"-k must be at least 1, got {k}")
         if index.dim != self.model.embed_dim:
             raise CirlabError(f"the index holds {index.dim}-d vectors, this model makes {self.model.embed_dim}-d ones: "
                               "use the model the index was built with")
         check_filter(filter)  # refused before encoding
-        query = self.compose(image, text)[None]
-        skip: set[str] = set()
-        if exclude_reference and image is not None and not isinstance(image, Image.Image):
-            ref = str(Path(image).resolve())
-            skip = {i for i, m in zip(index.ids, index.metadata) if m.get("path") == ref}
-        hits = self.rank_index(index, query[0], k, skip, scoring, filter)
-        metas = [index.metadata[index.row_of[i]] for i, _ in hits]
-        return [Hit(r + 1, i, m.get("path", ""), s, display_name(m))
-                for r, ((i, s), m) in enumerate(zip(hits, metas))]
-
-    @staticmethod
-    def rank_index(index: BaseIndex, query: np.ndarray, k: int, skip: set[str] = frozenset(),
-                   scoring: CombinedScoring | None = None, filter: dict | None = None) -> list[tuple[str, float]]:
-        """The best ``k`` (id, score) of an index for one query vector, leaving out the ids in ``skip``."""
-        if scoring:
-            ids, scores = rescore(index, query[None], k + len(skip), scoring, filter)
-            return _best(ids[0], scores[0], k, skip)
-        return Pipeline.rank_many(index, query[None], [k], [skip], [filter])[0]
-
-    @staticmethod
-    def rank_many(index: BaseIndex, queries: np.ndarray, ks: Sequence[int], skips: Sequence[set[str]],
-                  filters: Sequence[dict | None] | None = None) -> list[list[tuple[str, float]]]:
-        """:meth:`rank_index` for many query vectors (n, d): one search call of the index per distinct filter."""
-        filters = list(filters) if filters is not None else [None] * len(ks)
-        groups: dict[str, list[int]] = {}
-        for n, f in enumerate(filters):
-            groups.setdefault(json.dumps(f or {}, sort_keys=True), []).append(n)
-        out: list = [None] * len(ks)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        for rows in groups.values():
-            want = max(ks[n] + len(skips[n]) for n in rows)
-            ids, scores = index.search(queries[rows], want, filters[rows[0]])
-            for n, row_ids, row_scores in zip(rows, ids, scores):
-                out[n] = _best(row_ids, row_scores, ks[n], skips[n])
-        return out
+        query = self.compose(image, text)
+        skip = file_ids(index, image) if exclude_reference else set()
+        (ranked,) = search(index, query[None], k, [skip], filter, scoring)
+        return hits(index, ranked)

@@ -41,7 +41,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CirlabError(f"no model at {path}; train one with 'make demo' or 'cirlab train'")
     try:
         ckpt = load_weights(path)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure means: not our file)
+    except Exception as e:
         raise CirlabError(f"{path} is not a readable cirlab checkpoint ({type(e).__name__}); retrain, or use another "
                           "checkpoint") from None
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None

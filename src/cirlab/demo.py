@@ -18,6 +18,7 @@ from cirlab.data.emojiedit import build_emojiedit
 from cirlab.encoders.cache import FeatureCache
 from cirlab.eval.report import QueryResult, recall_table, recall_table_html, write_query_grid
 from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.files import atomic_write_text
 
 DEMO_METHODS = ("image_only", "text_only", "sum", "combiner")
 DEFAULT_METHOD = "combiner"
@@ -101,6 +102,7 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
              "text; the top 8 results of the default method, ground truth boxed in green.</p>"
              "<h2>Recall@K on the test split</h2>" + recall_table_html(results, extra=extra))
     page = write_query_grid(out / "index.html", "cirlab demo: EmojiEdit", queries, intro, TWEMOJI_CREDIT)
-    (out / "results.json").write_text(json.dumps({m: {f"R@{k}": v for k, v in r.items()} for m, r in results.items()}, indent=2))
+    recalls = {m: {f"R@{k}": v for k, v in r.items()} for m, r in results.items()}
+    atomic_write_text(out / "results.json", json.dumps(recalls, indent=2))
     print(f"\nwrote {page} and {out / 'results.json'}; default model: {default} ({time.perf_counter() - t0:.0f} s)")
     return results

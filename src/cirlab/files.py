@@ -5,19 +5,35 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 
-def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary name in the same folder (unique per process), then rename over ``path``.
-    Tensors are saved from the CPU whatever device they are on, so every file cirlab writes loads anywhere."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Every file cirlab writes goes through here: ``write(tmp)`` writes a temporary file beside ``path`` (unique
+    per process, with the same suffix, so ``np.save`` adds none), which is then renamed over ``path``. A reader
+    sees the old file or the new one, never half of one; a write that fails leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(on_cpu(obj), tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """``torch.save`` through :func:`atomic_write`. Tensors are saved from the CPU whatever device they are on, so
+    every file cirlab writes loads anywhere."""
+    return atomic_write(path, lambda tmp: torch.save(on_cpu(obj), tmp))
 
 
 def on_cpu(obj):

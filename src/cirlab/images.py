@@ -71,7 +71,7 @@ def _decode(source, name: str, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(f"{name}: refused as a decompression bomb (too many pixels)") from None
     except MemoryError:
         raise ImageTooLarge(f"{name}: too large to decode in memory") from None
-    except Exception as e:  # noqa: BLE001  (decoder plug-ins raise anything: OSError, RuntimeError, struct.error...)
+    except Exception as e:
         detail = f": {e}" if isinstance(source, Path) and isinstance(e, OSError) else ""  # no paths from uploads
         raise UnreadableImage(f"{name}: not a readable image ({type(e).__name__}{detail})") from None
 

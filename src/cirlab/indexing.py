@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from cirlab.data.triplets import Gallery
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write
 from cirlab.optional import need
 
 ENGINES = ("local", "ray")
@@ -53,13 +54,6 @@ class BuildReport:
     resumed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def shard_paths(folder: Path, n: int) -> tuple[Path, Path, Path]:
@@ -84,16 +78,16 @@ def _start(folder: Path, pipe, gallery: Gallery, size: int) -> int:
         for sub in ("img_emb", "metadata", "failed"):
             for old in (folder / sub).glob("*"):
                 old.unlink()
-        _write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return _shard_count(len(gallery), size)
 
 
 def _save_shard(folder: Path, n: int, ids, paths, vectors: np.ndarray, failed: list[tuple[str, str]]) -> None:
     vec_path, meta_path, fail_path = shard_paths(folder, n)
-    _write(fail_path, lambda tmp: tmp.write_text(json.dumps(failed)))
-    _write(meta_path, lambda tmp: pq.write_table(pa.table({"id": list(ids), "path": [str(Path(p).resolve()) for p in paths]}),
-                                                 tmp))
-    _write(vec_path, lambda tmp: np.save(tmp, np.ascontiguousarray(vectors, dtype=np.float32)))  # last: the shard is done
+    atomic_write(fail_path, lambda tmp: tmp.write_text(json.dumps(failed)))
+    table = pa.table({"id": list(ids), "path": [str(Path(p).resolve()) for p in paths]})
+    atomic_write(meta_path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(vec_path, lambda tmp: np.save(tmp, np.ascontiguousarray(vectors, dtype=np.float32)))  # last: the shard is done
 
 
 def build_embeddings(pipe, gallery: Gallery, folder: str | Path, engine: str = "local", address: str | None = None,
@@ -276,3 +270,89 @@ def build_gallery_index(pipe, gallery: str | Path, out: str | Path, backend: str
     save_index(index, out, {**pipe.identity, "gallery": str(gallery.resolve())})
     report.seconds["index"] = time.perf_counter() - start
     return index, report, str(found[0]) if found else None
+
+
+# -- the one write path: every change to a saved index -----------------------------------------
+
+@dataclass
+class Change:
+    """What an add or a remove did: ids added (new or replaced), ``duplicates`` (repeats within the request,
+    stored once), ``unreadable`` ((file, why) per image that failed), ``removed`` ids, and the size after."""
+
+    index: object
+    added: list[str] = field(default_factory=list)
+    new: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    removed: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.index)
+
+
+def index_gallery(pipe, gallery: Gallery | str | Path, backend: str = "exact", metadata: dict[str, dict] | None = None,
+                  root: str | Path | None = None, progress: bool = True) -> tuple[object, list[tuple[str, str]]]:
+    """A new in-memory index of a gallery (embedded through the feature cache) with ``backend``; ``metadata``:
+    records to attach by id or path (:mod:`cirlab.index.metadata`), paths relative to ``root``. Returns the
+    index and the unreadable images."""
+    vectors = pipe.encode_gallery(gallery, progress)
+    return vectors.to_index(backend, metadata, root), vectors.failed
+
+
+def gallery_ids(index_dir: str | Path, paths: list[str | Path]) -> Gallery:
+    """Images (files, or folders searched recursively) with the ids an index gives them: paths relative to the
+    gallery the index was built from, without the suffix, where they lie under it; else their absolute paths."""
+    from cirlab.index.store import read_manifest
+
+    manifest, _ = read_manifest(index_dir)
+    root = Path(manifest.get("model", {}).get("gallery") or ".")
+    ids, files = [], []
+    for item in map(Path, paths):
+        if not item.exists():
+            raise CirlabError(f"{item} does not exist")
+        for p in ([item] if item.is_file() else Gallery.from_folder(item).paths):
+            p = p.resolve()
+            ids.append(p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else str(p))
+            files.append(p)
+    return Gallery(ids, files)
+
+
+def add_images(pipe, index_dir: str | Path, gallery: Gallery, metadata: list[dict] | None = None, held=None,
+               progress: bool = True) -> Change:
+    """Embed images and add them to a saved index, as its next version (``cirlab index add`` and ``POST
+    /gallery``). An id given twice is stored once (its first image) and reported in ``duplicates``. The images
+    are encoded before the writer lock is taken, so other writers go on meanwhile; the rows are added to the
+    version live inside the lock. ``metadata``: a record per image (its ``path`` is set here); ``held``: an
+    index this process has in memory (:func:`cirlab.index.store.update_index`)."""
+    from cirlab.index.store import read_manifest
+
+    read_manifest(index_dir, pipe.model.embed_dim, pipe.identity)  # refused before encoding
+    first = {}
+    for n, i in enumerate(gallery.ids):
+        first.setdefault(i, n)
+    keep = sorted(first.values())
+    duplicates = [i for n, i in enumerate(gallery.ids) if first[i] != n]
+    records = {gallery.ids[n]: dict(metadata[n]) if metadata else {} for n in keep}
+    vectors = pipe.encode_gallery(Gallery([gallery.ids[n] for n in keep], [gallery.paths[n] for n in keep]), progress)
+    rows = [{**records[i], **m} for i, m in zip(vectors.ids, vectors.metadata())]
+    with _change(pipe, index_dir, held) as index:
+        before = len(index)
+        index.add(vectors.ids, vectors.vectors, rows)
+    return Change(index, list(vectors.ids), len(index) - before, duplicates, list(vectors.failed))
+
+
+def remove_images(index_dir: str | Path, ids: list[str], pipe=None, held=None) -> Change:
+    """Remove ids from a saved index, as its next version (``cirlab index remove`` and ``DELETE /gallery``);
+    unknown ids are ignored. ``pipe``: refuse an index built with another model."""
+    with _change(pipe, index_dir, held) as index:
+        removed = index.remove(ids)
+    return Change(index, removed=removed)
+
+
+def _change(pipe, index_dir, held):
+    from cirlab.index.store import update_index
+
+    if pipe is None:
+        return update_index(index_dir, held=held)
+    return update_index(index_dir, pipe.model.embed_dim, pipe.identity, held=held)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cirlab.cli import common
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 
 
 def add_parser(sub) -> None:
@@ -68,7 +69,7 @@ def run(a: argparse.Namespace) -> int:
     report = {"data": ds.name, "split": split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
               "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
               "protocol": ds.meta.get("protocol", {})}
-    (a.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(a.out / f"{name}.json", json.dumps(report, indent=1))
     print(f"wrote {a.out / (name + '.json')}")
     every = ds.gallery()
     for path in write_reports(a.out, name, f"{ds.name} {split} ({pipe.meta['method']})",
@@ -100,7 +101,7 @@ def _benchmark(a: argparse.Namespace) -> int:
         print(table)
     report = {"benchmark": a.benchmark, "model": pipe.identity, "protocol": [sp.protocol for sp in splits],
               "results": [r.to_dict() for r in results]}
-    (a.out / f"{a.benchmark}.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(a.out / f"{a.benchmark}.json", json.dumps(report, indent=1))
     print(f"wrote {a.out / (a.benchmark + '.json')}")
     for path in write_reports(a.out, a.benchmark, f"{a.benchmark} ({pipe.meta['method']})",
                               {r.name: r.curve for r in results if r.curve},

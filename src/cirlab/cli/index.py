@@ -46,8 +46,8 @@ def add_parser(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
-    from cirlab.index import describe_index, update_index, verify_index
-    from cirlab.indexing import build_gallery_index
+    from cirlab.index import describe_index, verify_index
+    from cirlab.indexing import add_images, build_gallery_index, gallery_ids, remove_images
 
     if a.action == "verify":
         problems = verify_index(a.dir)
@@ -58,9 +58,8 @@ def run(a: argparse.Namespace) -> int:
         print(text)
         return 1 if problems else 0
     if a.action == "remove":
-        with update_index(a.dir) as index:
-            removed = index.remove(a.ids)
-        print(f"removed {removed} of {len(a.ids)} id(s); {len(index)} vectors remain")
+        change = remove_images(a.dir, a.ids)
+        print(f"removed {change.removed} of {len(a.ids)} id(s); {change.total} vectors remain")
         return 0
     pipe = Pipeline.load(a.model, a.cache)
     if a.action == "build":
@@ -75,6 +74,8 @@ def run(a: argparse.Namespace) -> int:
         print(f"indexed {len(index)} images ({len(report.failed)} unreadable) with {index.spec} into {a.out} "
               f"({a.engine} engine: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()) + ")")
         return 0
-    n = pipe.add_to_index(a.dir, a.paths, progress=not a.quiet)
-    print(f"added {n['added']} image(s) ({n['new']} new, {n['unreadable']} unreadable); {n['total']} vectors")
+    change = add_images(pipe, a.dir, gallery_ids(a.dir, a.paths), progress=not a.quiet)
+    twice = f", {len(change.duplicates)} given twice and stored once" if change.duplicates else ""
+    print(f"added {len(change.added)} image(s) ({change.new} new, {len(change.unreadable)} unreadable{twice}); "
+          f"{change.total} vectors")
     return 0

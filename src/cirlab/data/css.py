@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cirlab.data.triplets import Triplet, write_triplets
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 
 SHAPES = ("rectangle", "circle", "triangle")
 COLOURS = {"gray": (87, 87, 87), "red": (244, 35, 35), "blue": (42, 75, 215), "green": (29, 205, 20),
@@ -251,5 +252,5 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
             "images": "images",
             "images_64px": "images64", "splits": {s: f"{s}.jsonl" for s in SPLIT_FRACTIONS},
             "held_out_pairs": sorted(" ".join(p[::-1]) for p in gen.held_out), "counts": counts}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return counts

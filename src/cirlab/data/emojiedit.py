@@ -38,6 +38,7 @@ from pathlib import Path
 
 from cirlab.data.triplets import Triplet, write_triplets
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 from cirlab.registry import Registry
 
 TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
@@ -342,7 +343,7 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
             "splits": {s: f"{s}.jsonl" for s in by_split}, "license": "Images: " + "; ".join(credits),
             **({"styles": styles, "test_style": test_style} if tagged else {}),
             **({"mirror_pairs": True} if mirror_pairs else {}), "counts": counts}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return counts
 
 

@@ -9,6 +9,7 @@ from cirlab.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
 from cirlab.data.public import export_dataset, read_image_captions
 from cirlab.data.shoes import load_shoes
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 
 BUILT = ("emojiedit", "css")  # drawn here, offline
 FROM_FILES = ("fashioniq", "shoes", "fashion200k", "cirr")  # made from a public benchmark's published files
@@ -40,7 +41,7 @@ def make_dataset(name: str, out: str | Path, seed: int = 0, size: int = 4000, co
                               "folder: give both")
         counts = make_benchmark_dataset(name, annotations, images, out, categories, spelling, captions, seed)
         if counts["missing"]:
-            (Path(out) / "missing.txt").write_text("\n".join(counts["missing"]) + "\n")
+            atomic_write_text(Path(out) / "missing.txt", "\n".join(counts["missing"]) + "\n")
             counts["missing"] = f"{len(counts['missing'])} image ids, listed in {Path(out) / 'missing.txt'}"
         return counts
     raise CirlabError(f"unknown data set {name!r}; this version builds: {', '.join(BUILT)}, and from a benchmark's "

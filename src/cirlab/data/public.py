@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -57,7 +58,7 @@ class BenchmarkSplit:
         if not self.missing:
             return None
         path = Path(path)
-        path.write_text("\n".join(sorted(self.missing)) + "\n")
+        atomic_write_text(path, "\n".join(sorted(self.missing)) + "\n")
         return path
 
 
@@ -177,5 +178,5 @@ def export_dataset(out: str | Path, name: str, splits: dict[str, list[BenchmarkS
     counts["captioned"] = sum("caption" in r for r in records.values())
     meta = {"name": name, "version": 1, "source": source, "images": str(root.resolve()), "splits": files,
             "protocol": protocol}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=1))
     return counts

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 from cirlab.images import list_images
 
 
@@ -55,7 +56,7 @@ def read_triplets(path: str | Path) -> list[Triplet]:
 
 def write_triplets(path: str | Path, triplets: Iterable[Triplet]) -> int:
     lines = [t.to_json() for t in triplets]
-    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 
 

@@ -203,7 +203,7 @@ def _hub_snapshot(name: str, backend: str, what: str) -> Path:
         folder = Path(snapshot_download(name, local_files_only=offline, allow_patterns=HUB_FILES))
         if not offline and not any(folder.glob("*.safetensors")):  # an older repository: PyTorch pickles only
             folder = Path(snapshot_download(name, allow_patterns=HUB_FILES + ["*.bin"]))
-    except Exception as e:  # noqa: BLE001  (offline miss, network, unknown or gated repository: one line each)
+    except Exception as e:
         if offline:
             raise CirlabError(f"{name!r} is not a local folder, and it is not in the Hugging Face cache while the hub "
                               f"is off (HF_HUB_OFFLINE=1): use the local-folder form {local}, or set HF_HUB_OFFLINE=0 "

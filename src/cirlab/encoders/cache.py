@@ -16,7 +16,6 @@ are ``.npy`` and the entries table is parquet, so other tools read them directly
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cirlab.encoders.runtime import runtime_name
 from cirlab.devices import loader_workers
+from cirlab.encoders.runtime import runtime_name
+from cirlab.files import atomic_write
 from cirlab.images import UnreadableImage, decode_images
 
 FLUSH_EVERY = 1024  # items per shard: a crash mid-encoding keeps what was flushed
@@ -69,17 +69,13 @@ class _Store:
     def save_entries(self) -> None:
         cols = ("key", "size", "mtime_ns", "sha1", "shard", "row", "views", "runtime")
         table = pa.table({c: [e[c] for e in self.entries.values()] for c in cols})
-        tmp = self.folder / f".entries.{os.getpid()}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.folder / "entries.parquet")
+        atomic_write(self.folder / "entries.parquet", lambda tmp: pq.write_table(table, tmp))
 
     def write_shard(self, keys: list[dict], arrays: dict[str, np.ndarray], runtime: str) -> None:
         shard = self._next_shard
         self._next_shard += 1
         for view, arr in arrays.items():
-            tmp = self.folder / f".shard-{shard:05d}.{view}.{os.getpid()}.tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, self.folder / f"shard-{shard:05d}.{view}.npy")
+            atomic_write(self.folder / f"shard-{shard:05d}.{view}.npy", lambda tmp, arr=arr: np.save(tmp, arr))
         views = ",".join(sorted(arrays))
         for row, meta in enumerate(keys):
             self.entries[meta["key"]] = {**meta, "shard": shard, "row": row, "views": views, "runtime": runtime}

@@ -193,7 +193,7 @@ def export_onnx(encoder) -> Path:
         except OSError:  # another process exported the same graph first: use theirs
             if not (path.parent / "source.json").is_file():
                 raise
-    except Exception as e:  # noqa: BLE001  (an exporter failure is an error naming the fallback)
+    except Exception as e:
         raise CirlabError(f"could not export {encoder.spec} to ONNX ({type(e).__name__}: {str(e).splitlines()[0]}); "
                           "use --runtime torch") from None
     finally:

@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -36,9 +35,17 @@ import numpy as np
 from PIL import Image
 
 from cirlab import __version__
-from cirlab.encoders.base import (COLOUR_DIM, PIXEL_VIEWS, check_views, fingerprint_file, image_encoders, pad_to_square,
-                                  pixel_views)
+from cirlab.encoders.base import (
+    COLOUR_DIM,
+    PIXEL_VIEWS,
+    check_views,
+    fingerprint_file,
+    image_encoders,
+    pad_to_square,
+    pixel_views,
+)
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write
 from cirlab.optional import need
 from cirlab.registry import parse_spec
 
@@ -110,7 +117,7 @@ class SiftBovwEncoder:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 centroids, idf = z["centroids"].astype(np.float32), z["idf"].astype(np.float32)
-        except Exception as e:  # noqa: BLE001  (any unreadable file: not a vocabulary)
+        except Exception as e:
             raise CirlabError(f"{path} is not a readable visual vocabulary ({type(e).__name__})") from None
         if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
             raise CirlabError(f"{path} is not a cirlab visual vocabulary of this version; fit it again")
@@ -244,12 +251,9 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Written beside the target and renamed: a reader never sees half a vocabulary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
 def _progress(items, show: bool, desc: str):

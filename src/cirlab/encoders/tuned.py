@@ -37,7 +37,7 @@ def load_tuned(path: str | Path, side: str):
         raise CirlabError(f"no fine-tuned encoder at {path}; run 'cirlab train --stage 1' first")
     try:
         saved = load_weights(path)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure: not our file)
+    except Exception as e:
         raise CirlabError(f"{path} is not a readable fine-tuned encoder ({type(e).__name__})") from None
     if not isinstance(saved, dict) or saved.get("kind") != KIND:
         raise CirlabError(f"{path} is not a cirlab fine-tuned encoder file (written by 'cirlab train --stage 1')")

@@ -18,13 +18,14 @@ import torch
 from cirlab.data.cirr import load_cirr
 from cirlab.data.fashion200k import load_fashion200k
 from cirlab.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.public import BenchmarkSplit
 from cirlab.data.shoes import load_shoes
-from cirlab.data.features import QuerySide, image_table, text_table
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import compose_queries, embed_gallery, ranked_ids
 from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
+from cirlab.files import atomic_write_text
 from cirlab.index.exact import exact_topk
 
 CIRR_VERSION = "rc2"
@@ -111,8 +112,8 @@ def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = 
         recall[str(q.pair_id)] = top[:50]
         subset[str(q.pair_id)] = sub[:3]
     paths = out_dir / f"{prefix}-recall.json", out_dir / f"{prefix}-recall_subset.json"
-    paths[0].write_text(json.dumps(recall))
-    paths[1].write_text(json.dumps(subset))
+    atomic_write_text(paths[0], json.dumps(recall))
+    atomic_write_text(paths[1], json.dumps(subset))
     return paths
 
 

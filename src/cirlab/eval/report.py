@@ -9,6 +9,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Sequence
 
+from cirlab.files import atomic_write, atomic_write_text
 from cirlab.images import load_image
 from cirlab.optional import pyplot
 
@@ -102,7 +103,7 @@ def write_query_grid(path: str | Path, title: str, queries: Sequence[QueryResult
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 
@@ -130,8 +131,7 @@ def _save_figure(fig, path: str | Path) -> Path:
     plt = pyplot()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     plt.close(fig)
     return path
 

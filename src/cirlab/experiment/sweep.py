@@ -16,6 +16,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS
 from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.files import atomic_write_text
 from cirlab.fusion import fusion_methods
 from cirlab.index import build_index
 
@@ -231,6 +232,6 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"params = trainable parameters of the fusion; train s = mean wall time of training "
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
     text += "".join(f"\n{heading}:\n\n{table}\n" for heading, table in result.sections())
-    md.write_text(text)
-    (out_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
+    atomic_write_text(md, text)
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(result.to_dict(), indent=1))
     return md

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cirlab.errors import CirlabError
+from cirlab.fusion.views import thumbnail_rgb
 from cirlab.registry import Registry, parse_spec
 
 image_heads: Registry = Registry("image head")
@@ -209,8 +210,6 @@ def thumbnail_net(width: int, out: int) -> nn.Sequential:
 
 def thumbnail_pixels(views: dict) -> torch.Tensor:
     """The ``thumbnail`` view as a (B, 3, S, S) image, centred (white is 0.5)."""
-    from cirlab.fusion.base import thumbnail_rgb
-
     return thumbnail_rgb(views).permute(0, 3, 1, 2) - 0.5
 
 

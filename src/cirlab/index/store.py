@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from cirlab import __version__
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 from cirlab.index.base import BaseIndex, build_index
 
 FORMAT = "cirlab-index"
@@ -121,11 +122,9 @@ def _save_locked(index: BaseIndex, folder: Path, model: dict | None) -> Path:
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
                 "backend": index.spec, "dim": index.dim, "metric": "euclidean" if index.name == "knn" else "cosine",
                 "count": len(index), "model": model or {}, "files": files}
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(work / "manifest.json", json.dumps(manifest, indent=1))
     os.replace(work, version)
-    pointer = folder / f".CURRENT.{os.getpid()}.tmp"
-    pointer.write_text(version.name)
-    os.replace(pointer, folder / "CURRENT")  # the commit point
+    atomic_write_text(folder / "CURRENT", version.name)  # the commit point
     index.version = version.name
     _prune(folder, version)
     return version

@@ -20,10 +20,10 @@ import time
 from importlib import resources
 
 from fastapi import FastAPI, Query, Request, Security
-from fastapi.security import HTTPBearer
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -235,7 +235,7 @@ def create_app(service: SearchService) -> FastAPI:
             if not isinstance(upload, UploadFile):
                 raise ServiceError(422, "the field 'image' must hold file uploads")
             files.append((upload.filename or "upload", await upload.read()))
-        return {"added": await run_in_threadpool(service.add_images, files), "size": len(service.index)}
+        return await run_in_threadpool(service.add_images, files)
 
     @app.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)", response_model=Removed,
                 responses=errors(401, 403, 404), dependencies=[Security(bearer)])

@@ -89,7 +89,7 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 results = self.run([s.item for s in batch])
-            except Exception as e:  # noqa: BLE001  (handed to every submitter of the batch)
+            except Exception as e:
                 results = [e] * len(batch)
             for slot, r in zip(batch, results):
                 slot.queued, slot.batch = started - slot.queued, len(batch)

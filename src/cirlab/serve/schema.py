@@ -48,6 +48,8 @@ class GalleryPage(BaseModel):
 
 class Added(BaseModel):
     added: list[Item]
+    duplicates: list[str] = Field([], description="ids of images sent more than once in this request: each is "
+                                                  "stored once")
     size: int
 
 

@@ -30,9 +30,11 @@ from cirlab.data.triplets import Gallery
 from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.images import MAX_PIXELS, decode_image, load_image
-from cirlab.index import check_filter, load_index, update_index
+from cirlab.index import check_filter, load_index
 from cirlab.index.metadata import display_name
+from cirlab.index.search import search
 from cirlab.index.store import live_version
+from cirlab.indexing import Change, add_images, remove_images
 from cirlab.serve.batching import MicroBatcher
 
 MAX_K = 100
@@ -160,8 +162,8 @@ class SearchService:
             vectors = self.pipe.compose_many([i.query for i in items], stages)
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
             start = time.perf_counter()
-            ranked = Pipeline.rank_many(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
-                                        [items[n].skip for n in ok], [items[n].filter for n in ok]) if ok else []
+            ranked = search(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
+                            [items[n].skip for n in ok], [items[n].filter for n in ok]) if ok else []
             stages["search"] = time.perf_counter() - start
             answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
         return [(answers[n], stages) if n in answers else
@@ -256,42 +258,44 @@ class SearchService:
             return {"total": total, "items": [self.item(ids[r]) for r in rows]}
 
     # -- changes (token-protected in the app) -------------------------------------------------
-    def add_images(self, files: list[tuple[str, bytes]]) -> list[dict]:
-        """Store uploaded images under ``INDEX/files/``, embed them and save the index as a new version."""
+    def add_images(self, files: list[tuple[str, bytes]]) -> dict:
+        """Store uploaded images under ``INDEX/files/``, embed them and save the index as a new version (through
+        :func:`cirlab.indexing.add_images`). The same image sent twice is stored once, and said so."""
         if not files:
             raise ServiceError(422, "send one or more files in the field 'image'")
         decoded = [(name, data, self.decode_upload(data, name)) for name, data in files]  # all checked first
         folder = self.index_dir / "files"
         folder.mkdir(exist_ok=True)
-        ids, paths = [], []
+        ids, paths, names = [], [], []
         for name, data, im in decoded:
             stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-")[:40] or "upload"
             image_id = f"{stem}-{hashlib.sha1(data).hexdigest()[:8]}"
             path = folder / f"{image_id}.{'png' if im.mode == 'RGBA' else 'jpg'}"
-            im.save(path, quality=95)
+            if image_id not in ids:
+                im.save(path, quality=95)
             ids.append(image_id)
             paths.append(path.resolve())
+            names.append({"name": Path(name).stem})
         with self.lock:
-            vectors = self.pipe.encode_gallery(Gallery(ids, paths), progress=False)
-            metadata = [{"path": str(p), "name": Path(n).stem} for (n, _, _), p in zip(decoded, paths)]
-            self._commit(lambda: self.index.add(vectors.ids, vectors.vectors,
-                                                [m for m, i in zip(metadata, ids) if i in set(vectors.ids)]))
-            return [self.item(i) for i in vectors.ids]
+            done = self._commit(lambda held: add_images(self.pipe, self.index_dir, Gallery(ids, paths), names, held,
+                                                        progress=False))
+            return {"added": [self.item(i) for i in done.added], "duplicates": sorted(set(done.duplicates)),
+                    "size": done.total}
 
     def remove_image(self, image_id: str) -> None:
         with self.lock:
             if image_id not in self.index.row_of:
                 raise ServiceError(404, f"no gallery image with id {image_id!r}")
-            self._commit(lambda: self.index.remove([image_id]))
+            self._commit(lambda held: remove_images(self.index_dir, [image_id], self.pipe, held))
 
-    def _commit(self, change) -> None:
-        """Apply a change to the live index version and save it as the next one, under the index's writer
-        lock (another writer's versions are picked up first, so neither loses the other's rows); on
-        failure, reload the live version."""
+    def _commit(self, change) -> Change:
+        """Apply a change (a function of the index held, returning a :class:`cirlab.indexing.Change`) through the
+        one write path, which takes the index's writer lock and picks up another writer's versions first, so
+        neither loses the other's rows; on failure, reload the live version. Call under the lock."""
         try:
-            with update_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity, held=self.index) as index:
-                self.index = index
-                change()
+            done = change(self.index)
+            self.index = done.index
+            return done
         except Exception:
             self.index, self.manifest = load_index(self.index_dir, self.pipe.model.embed_dim, self.pipe.identity)
             raise

@@ -44,20 +44,21 @@ from torch import nn
 from tqdm import tqdm
 
 from cirlab.checkpoint import save_checkpoint
+from cirlab.config import TrainConfig
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
 from cirlab.devices import loader_workers, resolve_device, tensor_to
-from cirlab.encoders.cache import FeatureCache
 from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
 from cirlab.encoders.base import new_encoder
+from cirlab.encoders.cache import FeatureCache
 from cirlab.encoders.tuned import load_tuned, save_tuned
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import rank
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
+from cirlab.files import atomic_write_text
 from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.images import UnreadableImage, decode_images
 from cirlab.index.exact import exact_topk
-from cirlab.config import TrainConfig
 from cirlab.training.augment import Augment
 from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
 from cirlab.training.trainer import TrainResult, fit, seed_everything
@@ -400,7 +401,7 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
                      "data": {"name": ds.name}, "train": result.to_dict(), **meta})
     seconds["total"] = time.perf_counter() - t0
     res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall, active, skipped, alignment)
-    (out / "stage1.json").write_text(json.dumps({"config": cfg, **res.to_dict()}, indent=1))
+    atomic_write_text(out / "stage1.json", json.dumps({"config": cfg, **res.to_dict()}, indent=1))
     return res
 
 

@@ -19,10 +19,9 @@ from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.devices import autocast, grad_scaler, precision_name, resolve_device, resolve_precision, to_device
 from cirlab.errors import CirlabError
-from cirlab.files import atomic_torch_save
+from cirlab.files import atomic_torch_save, atomic_write_text
 from cirlab.fusion.base import Fusion
 from cirlab.training.losses import batch_infonce, batch_triplet
-
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}  # the names TrainConfig accepts
 
@@ -95,7 +94,7 @@ def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
             w.writeheader()
             w.writerows(history)
     else:
-        path.write_text("".join(json.dumps(row) + "\n" for row in history))
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
     return path
 
 
