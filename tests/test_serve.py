@@ -292,3 +292,68 @@ def test_the_batcher_never_holds_a_lone_search_and_keeps_errors_apart():
     assert [str(r) if isinstance(r, Exception) else r for r in results] == ["bad -1", 2, 4, 6, "bad -5", 8, 10, 12]
     assert sum(len(b) for b in seen) == 10 and len(seen) <= 5  # the 8 went in a few batches
     batcher.close()
+
+
+def test_the_cli_the_api_and_the_server_give_the_same_top_k(served):
+    """One search: the same composed query, the reference left out, through `cirlab search` over the folder and
+    over the index, `Pipeline.search` and `POST /search` (the reference given by its gallery id) gives the same
+    ids in the same order; a folder search filters on the data set's metadata as an index search does."""
+    import json
+    import subprocess
+    import sys
+
+    from cirlab.api import Pipeline
+    from cirlab.index import load_index
+
+    base, index_dir, ds, model = served
+    ref = ds / "images" / "img2.png"
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    index, _ = load_index(index_dir, pipe.model.embed_dim, pipe.identity)
+    api = [h.id for h in pipe.search(index, ref, "make it look like shape 3", 5, exclude_reference=True)]
+    http = httpx.post(base + "/search", data={"image_id": "img2", "text": "make it look like shape 3", "k": 5}).json()
+
+    def cli(*where):
+        res = subprocess.run([sys.executable, "-m", "cirlab.cli", "search", "--model", str(model), "--cache",
+                              str(index_dir.parent / "cache"), "--image", str(ref), "--text", "make it look like shape 3",
+                              "-k", "5", "--exclude-reference", "--json", *map(str, where)],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return [h["id"] for h in json.loads(res.stdout)["results"]]
+
+    gallery_ids = set(json.loads(line)["id"] for line in (ds / "images.jsonl").read_text().splitlines())
+    assert len(api) == 5 and "img2" not in api and set(api) <= gallery_ids
+    assert [r["id"] for r in http["results"]] == api == cli("--index", index_dir) == cli("--gallery", ds / "images")
+    test_only = cli("--gallery", ds / "images", "--filter", "split=test")
+    split = {r["id"]: r["split"] for r in map(json.loads, (ds / "images.jsonl").read_text().splitlines())}
+    assert test_only and all(split[i] == "test" for i in test_only)
+    from cirlab.index.metadata import read_metadata
+
+    folder = pipe.encode_gallery(ds / "images", progress=False).to_index(records=read_metadata(ds / "images.jsonl"))
+    assert test_only == [h.id for h in pipe.search(folder, ref, "make it look like shape 3", 5, exclude_reference=True,
+                                                   filter={"split": "test"})]
+
+
+def test_one_image_sent_twice_is_stored_once_and_said_so(served):
+    base, index_dir, _, _ = served
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    before = read_manifest(index_dir)[0]["count"]
+    same = png_bytes((10, 200, 60))
+    files = [("image", ("twin.png", same, "image/png")), ("image", ("twin.png", same, "image/png")),
+             ("image", ("other.png", png_bytes((10, 20, 200)), "image/png"))]
+    r = httpx.post(base + "/gallery", files=files, headers=auth, timeout=60)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    twin = [x["id"] for x in body["added"] if x["id"].startswith("twin-")]
+    assert len(body["added"]) == 2 and len(twin) == 1 and body["duplicates"] == twin
+    assert body["size"] == before + 2 == read_manifest(index_dir)[0]["count"]
+    for x in body["added"]:
+        assert httpx.delete(base + f"/gallery/{x['id']}", headers=auth).status_code == 200
+    assert read_manifest(index_dir)[0]["count"] == before
+
+
+def test_a_wrong_method_names_every_allowed_one(served):
+    base, *_ = served
+    r = httpx.put(base + "/gallery")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
+    r = httpx.post(base + "/search", data={"text": "red", "method": ""})
+    assert r.status_code == 422 and "'method' must be non-empty" in r.json()["error"]

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.routing import Match
 
 from cirlab import __version__
 from cirlab.serve.schema import Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body
@@ -125,7 +126,12 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):  # 404 no route, 405 (with its Allow header)
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+        headers = dict(getattr(e, "headers", None) or {})
+        if e.status_code == 405:  # Starlette names the first matching route's methods only: name every route's
+            allowed = {m for r in app.router.routes if getattr(r, "methods", None)
+                       and r.matches(request.scope)[0] != Match.NONE for m in r.methods}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
@@ -192,12 +198,10 @@ def create_app(service: SearchService) -> FastAPI:
         text = form.get("text")
         if text is not None and not isinstance(text, str):
             raise ServiceError(422, "the field 'text' must be text")
-        image_id = form.get("image_id") or None
-        if image_id is not None and not isinstance(image_id, str):
-            raise ServiceError(422, "the field 'image_id' must be text")
-        method = form.get("method") or None
-        if method is not None and not isinstance(method, str):
-            raise ServiceError(422, "the field 'method' must be text")
+        image_id, method = form.get("image_id"), form.get("method")
+        for name, value in (("image_id", image_id), ("method", method)):  # as the schema says: absent, or text
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ServiceError(422, f"the field '{name}' must be non-empty text, or left out")
         k = _int(form.get("k"), "k", 12)
         body = await run_in_threadpool(service.search, text, k, image, image_id, method, timing, _filter(form.get("filter")))
         response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
