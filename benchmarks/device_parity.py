@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _report import save_report
+from _parity import base_and_data, save_parity
 
 RUN = r'''
 import hashlib, json, sys, torch
@@ -63,26 +63,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("data/device_parity"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "device_parity.md")
     a = ap.parse_args()
-    repo = Path(__file__).resolve().parent.parent
     work = a.work.resolve()
-    old = work / f"worktree-{a.base}"
-    if not old.is_dir():
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(old), a.base], check=True,
-                       capture_output=True)
-    data = work / "css"
-    if not (data / "dataset.json").is_file():
-        subprocess.run([sys.executable, "-m", "cirlab.cli", "data", "make", "css", "--size", "400", "--image-size", "64",
-                        "--out", str(data)], check=True, capture_output=True)
+    old, data = base_and_data(a.base, work)
     before = side(old / "src", data, work / "before", {})
-    after = side(repo / "src", data, work / "after", {"CIRLAB_DEVICE": "cpu"})
-    lines = ["# --device cpu against the code before devices", "",
-             f"Command: `python benchmarks/device_parity.py --base {a.base}`", "",
-             f"The same runs under {a.base} (no device code) and under this tree with `CIRLAB_DEVICE=cpu`, each in "
-             "its own process with its own empty cache; sha1 of the raw bytes (first 16 hex digits).", "",
-             f"| output | {a.base} | this tree, --device cpu | same |", "|---|---|---|---|"]
-    lines += [f"| {k} | `{before[k]}` | `{after[k]}` | {'yes' if before[k] == after[k] else '**no**'} |" for k in before]
-    save_report("\n".join(lines) + "\n", a.out, {"base": a.base, "before": before, "after": after,
-                                                  "identical": before == after})
+    after = side(Path(__file__).resolve().parent.parent / "src", data, work / "after", {"CIRLAB_DEVICE": "cpu"})
+    save_parity("--device cpu against the code before devices", f"python benchmarks/device_parity.py --base {a.base}",
+                f"The same runs under {a.base} (no device code) and under this tree with `CIRLAB_DEVICE=cpu`, each in "
+                "its own process with its own empty cache; sha1 of the raw bytes (first 16 hex digits).",
+                a.base, "this tree, --device cpu", before, after, a.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from _report import save_report
+from _parity import base_and_data, save_parity
 
 VECTOR = r'''
 import hashlib, sys, torch
@@ -149,27 +149,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("data/search_parity"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_parity.md")
     a = ap.parse_args()
-    repo = Path(__file__).resolve().parent.parent
     work = a.work.resolve()
-    old = work / f"worktree-{a.base}"
-    if not old.is_dir():
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(old), a.base], check=True,
-                       capture_output=True)
-    data = work / "css"
-    if not (data / "dataset.json").is_file():
-        subprocess.run([sys.executable, "-m", "cirlab.cli", "data", "make", "css", "--size", "400", "--image-size", "64",
-                        "--out", str(data)], check=True, capture_output=True)
+    old, data = base_and_data(a.base, work)
     before = run_side(Side(old / "src", data, work / "before"))
-    after = run_side(Side(repo / "src", data, work / "after"))
-    lines = ["# The query path rebuilt: the same answers as before", "",
-             f"Command: `python benchmarks/search_parity.py --base {a.base}`", "",
-             f"The same runs under {a.base} and under this tree, each in its own processes with its own empty home and "
-             "cache, through the CLI and the HTTP API; sha1 of the weights, the query vector's bytes, and each "
-             "search's (id, score) list (first 16 hex digits).", "",
-             f"| output | {a.base} | this tree | same |", "|---|---|---|---|"]
-    lines += [f"| {k} | `{before[k]}` | `{after[k]}` | {'yes' if before[k] == after[k] else '**no**'} |" for k in before]
-    save_report("\n".join(lines) + "\n", a.out, {"base": a.base, "before": before, "after": after,
-                                                  "identical": before == after})
+    after = run_side(Side(Path(__file__).resolve().parent.parent / "src", data, work / "after"))
+    save_parity("The query path rebuilt: the same answers as before", f"python benchmarks/search_parity.py --base {a.base}",
+                f"The same runs under {a.base} and under this tree, each in its own processes with its own empty home and "
+                "cache, through the CLI and the HTTP API; sha1 of the weights, the query vector's bytes, and each "
+                "search's (id, score) list (first 16 hex digits).",
+                a.base, "this tree", before, after, a.out)
 
 
 if __name__ == "__main__":
