@@ -254,12 +254,12 @@ def build_gallery_index(pipe, gallery: str | Path, out: str | Path, backend: str
     version. Returns (index, report, where the metadata came from)."""
     from cirlab.api import GalleryVectors
     from cirlab.index.base import build_index
-    from cirlab.index.metadata import dataset_metadata, read_metadata
+    from cirlab.index.metadata import gallery_metadata
     from cirlab.index.store import save_index
 
     gallery = Path(gallery)
     index = build_index(backend, pipe.model.embed_dim)  # a bad spec is refused before any encoding
-    found = (Path(metadata), read_metadata(metadata)) if metadata else dataset_metadata(gallery)
+    found = gallery_metadata(gallery, metadata)
     report = build_embeddings(pipe, Gallery.from_folder(gallery), Path(out) / "embeddings", engine, address, workers,
                               shard_size, progress)
     ids, paths, vectors = read_embeddings(Path(out) / "embeddings")

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline, check_text
     from cirlab.index import CombinedScoring, check_filter, load_index, parse_filter_args
-    from cirlab.index.metadata import dataset_metadata, read_metadata
+    from cirlab.index.metadata import gallery_metadata
 
     check_text(a.text)
     where = parse_filter_args(a.filter) or None
@@ -60,8 +60,8 @@ def run(a: argparse.Namespace) -> int:
         gallery = pipe.encode_gallery(a.gallery, progress=not a.json)
         if gallery.failed:
             log.warning("skipped %d unreadable gallery image(s), e.g. %s", len(gallery.failed), gallery.failed[0][1])
-        found = read_metadata(a.metadata) if a.metadata else (dataset_metadata(a.gallery) or (None, None))[1]
-        index = gallery.to_index(records=found, root=a.gallery)
+        found = gallery_metadata(a.gallery, a.metadata)
+        index = gallery.to_index(records=found[1] if found else None, root=a.gallery)
         skipped = len(gallery.failed)
     hits = pipe.search(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring,
                        filter=where)

@@ -64,8 +64,11 @@ def display_name(meta: dict) -> str:
     return str(meta.get("name") or meta.get("caption") or "")
 
 
-def dataset_metadata(gallery: str | Path) -> tuple[Path, dict[str, dict]] | None:
-    """A data set's ``images.jsonl`` in the gallery folder or its parent (a data set's ``images/``), read."""
+def gallery_metadata(gallery: str | Path, file: str | Path | None = None) -> tuple[Path, dict[str, dict]] | None:
+    """Where a gallery's records come from, and the records: ``file`` (``--metadata``) where given, else a data
+    set's ``images.jsonl`` in the gallery folder or its parent (a data set's ``images/``); None where neither."""
+    if file:
+        return Path(file), read_metadata(file)
     for folder in (Path(gallery), Path(gallery).parent):
         if (folder / "images.jsonl").is_file():
             return folder / "images.jsonl", read_metadata(folder / "images.jsonl")

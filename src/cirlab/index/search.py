@@ -57,11 +57,11 @@ def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclud
         raise CirlabError(f"k must be at least 1, got {min(ks)}")
     skips = [set(s) for s in _per_query(exclude, n, "exclusion sets")] if exclude is not None else [set()] * n
     filters = _per_query(filters, n, "filters")
-    for f in dict.fromkeys(json.dumps(f or {}, sort_keys=True) for f in filters):
-        check_filter(json.loads(f))  # every filter refused before any search
     groups: dict[str, list[int]] = {}
     for row, f in enumerate(filters):
         groups.setdefault(json.dumps(f or {}, sort_keys=True), []).append(row)
+    for rows in groups.values():
+        check_filter(filters[rows[0]])  # every filter refused before any search
     out: list = [None] * n
     for rows in groups.values():
         want = max(ks[r] + len(skips[r]) for r in rows)
