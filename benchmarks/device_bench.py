@@ -9,7 +9,7 @@ Per device and model, everything through cirlab's own code paths, PyTorch runtim
 
 - **images/s**: ``--images`` EmojiEdit images encoded (decode, preprocess, network; pooled view; no cache), batch 32;
 - **stage-1 steps/s**: ``run_stage1`` on the first ``--triplets`` training triplets, one epoch, batch 64; default
-  encoders: ``configs/stage1.json`` (last 2 image blocks from cached trunk outputs + last text layer); CLIP:
+  encoders: ``Stage1Config``'s defaults (last 2 image blocks from cached trunk outputs + last text layer); CLIP:
   the ``clip_ft`` preset (both towers whole, paper 004). The time is the epoch's training steps, not validation;
 - **stage-2 triplets/s**: ``combiner`` (the default method), one epoch on those triplets' cached features;
 - **query ms**: a search with an uploaded image and a text the pipeline has not seen (image encode, text encode,
@@ -32,18 +32,18 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["CIRLAB_RUNTIME"] = "torch"  # the device comparison is PyTorch's; encode_throughput.py has the runtimes
 
 import torch
 
 from cirlab.api import Pipeline
 from cirlab.config import method_config
-from cirlab.devices import available, precision_name, resolve_device, resolve_precision
+from cirlab.devices import Placement, available, precision_name, resolve_device, resolve_precision
 from cirlab.encoders import build_image_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.images import load_image
-from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config
+from cirlab.training.stage1 import run_stage1
+from cirlab.training.stage1_config import read_stage1_config
 
 from _report import save_report
 
@@ -82,8 +82,14 @@ def subset(data: Path, work: Path, triplets: int) -> Path:
     return out
 
 
+def torch_on(device: str) -> Placement:
+    """PyTorch on ``device`` in its auto precision: the device comparison is PyTorch's (encode_throughput.py has the
+    runtimes)."""
+    return Placement.resolve(device, "torch", "auto")
+
+
 def images_per_second(spec: str, device: str, paths: list[Path]) -> float:
-    enc = build_image_encoder(spec, device=device)
+    enc = build_image_encoder(spec, torch_on(device))
     enc.encode_images([load_image(p) for p in paths[:8]])  # warm-up (CUDA kernels, allocator)
     sync(device)
     start = time.perf_counter()
@@ -99,9 +105,10 @@ def sync(device: str) -> None:
 
 
 def stage1_steps(ds: Path, work: Path, specs: tuple[str, str], preset: str | None, device: str) -> dict:
-    cfg = read_stage1_config(preset) if preset else stage1_config()
-    cfg["train"] = {**cfg["train"], "epochs": 1, "batch_size": 64}
-    res = run_stage1(ds, work / "stage1", FeatureCache(work / "cache"), *specs, cfg, progress=False, device=device)
+    cfg = read_stage1_config(preset) if preset else {}
+    cfg["train"] = {**cfg.get("train", {}), "epochs": 1, "batch_size": 64}
+    res = run_stage1(ds, work / "stage1", FeatureCache(work / "cache"), *specs, cfg, progress=False,
+                     placement=torch_on(device))
     seconds = res.train.history[0]["seconds"]
     steps = -(-res.train.triplets // 64)
     return {"steps_per_s": steps / seconds, "steps": steps, "seconds": seconds}
@@ -111,10 +118,11 @@ def stage2_and_query(ds: Path, work: Path, specs: tuple[str, str], device: str, 
                      queries: int) -> dict:
     cfg = method_config("combiner")
     cfg["train"]["epochs"] = 1
-    ws = Workspace.for_configs(ds, FeatureCache(work / "cache"), *specs, [cfg], progress=False)
+    ws = Workspace.for_configs(ds, FeatureCache(work / "cache"), *specs, [cfg], progress=False,
+                               placement=torch_on(device))
     out = work / "combiner.pt"
     _, result, _ = train_method(ws, "combiner", cfg, out=out, progress=False)
-    pipe = Pipeline.load(out, work / "cache", device=device)
+    pipe = Pipeline.load(out, work / "cache", torch_on(device))
     gallery = pipe.encode_gallery(_gallery(paths), progress=False)
     uploads = [load_image(p) for p in paths[:queries]]
     pipe.search(gallery, uploads[0], "warm up the kernels", k=10)
@@ -163,7 +171,6 @@ def main() -> None:
     rows = []
     for device in a.devices.split(","):
         where = resolve_device(device)
-        os.environ["CIRLAB_DEVICE"] = str(where)
         for model in a.models.split(","):
             (image_spec, text_spec), preset = specs[model]
             work = a.work / f"{model}-{str(where).replace(':', '')}"
@@ -178,7 +185,7 @@ def main() -> None:
              f"Command: `python benchmarks/device_bench.py --devices {a.devices} --models {a.models} --images {a.images} "
              f"--triplets {a.triplets} --queries {a.queries}`", "",
              "PyTorch runtime; each device's auto precision. Stage 1: one epoch of "
-             f"{a.triplets} EmojiEdit triplets at batch 64 (default encoders: configs/stage1.json; CLIP-B/32: the "
+             f"{a.triplets} EmojiEdit triplets at batch 64 (default encoders: Stage1Config's defaults; CLIP-B/32: the "
              "clip_ft preset, both towers whole). Stage 2: combiner, one epoch on cached features. Query: an uploaded "
              f"image and a new text, exact search over {a.images} images.", "",
              "| device | hardware | model | precision | images/s | stage-1 steps/s | stage-2 triplets/s | query p50 ms "

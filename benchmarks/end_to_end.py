@@ -15,7 +15,7 @@ test split and on ``--extra-splits``. An arm is written ``NAME=SIZE[/BLOCKS[/AUG
         --methods sum --image-head colour --seeds 3 \\
         --arms "frozen224=224;frozen112=112;e2e112=112/all/scale=0.15,blur=1,noise=0.02"
 
-Stage 1 runs paper 004's composed objective (``configs/stage1.json``: sum fusion, logit scale 100,
+Stage 1 runs paper 004's composed objective (``Stage1Config``: sum fusion, logit scale 100,
 best epoch by validation recall) for ``--stage1-epochs``, tuning the image encoder only. Writes
 ``benchmarks/results/<name>.md`` and ``.json`` with, per arm and method: test R@1 / R@10 (mean ± std
 over seeds), R@1 by edit type, R@1 on the extra splits, and the wall time per epoch of stage 1 and
@@ -39,7 +39,8 @@ from cirlab import settings
 from cirlab.config import DEFAULT_TEXT_ENCODER
 from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment import run_bench
-from cirlab.training.stage1 import run_stage1, stage1_config
+from cirlab.training.stage1 import run_stage1
+from cirlab.training.stage1_config import stage1_config
 
 
 def parse_arm(text: str) -> dict:
@@ -62,11 +63,11 @@ def stage1(a, cache: FeatureCache, arm: dict) -> tuple[str, dict]:
                "train": {"epochs": a.stage1_epochs}}
     folder = a.work / f"{a.data.name}-{arm['name']}"
     saved = folder / "stage1.json"
-    if a.reuse_stage1 and saved.is_file() and json.loads(saved.read_text())["config"] == stage1_config(options):
+    if a.reuse_stage1 and saved.is_file() and json.loads(saved.read_text())["config"] == stage1_config(options).to_dict():
         record = json.loads(saved.read_text())
     else:
         res = run_stage1(a.data, folder, cache, spec, a.text_encoder, options, progress=False)
-        record = {"config": stage1_config(options), **res.to_dict()}
+        record = {"config": stage1_config(options).to_dict(), **res.to_dict()}
     epochs = len(record["train"]["history"])
     info = {"epochs": epochs, "best_epoch": record["train"]["best_epoch"], "s_per_epoch": record["seconds"]["train"] / epochs,
             "features_s": record["seconds"]["features"], "val_recall": record["val_recall"]}

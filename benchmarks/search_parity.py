@@ -7,8 +7,9 @@ A worktree of ``--base`` is checked out under ``--work``; a small CSS-like data 
 then runs in its own processes (``PYTHONPATH`` at its ``src``), with an empty home and feature cache of its
 own, through the command line and the HTTP API only (their form is the contract both sides share):
 
-- ``cirlab train`` (``combiner``, 3 epochs): the stage-2 weights;
-- the query vector of one composed query (``Pipeline.load(...).compose``);
+- ``cirlab train`` (``combiner``, 3 epochs): the stage-2 weights; the same for ``combiner-mirror`` (a colour
+  head and the reference mirror) and ``tirg_gate-local`` (grid and colour heads over the method's own map);
+- the query vector of one composed query (``Pipeline.load(...).compose``), for each of the three models;
 - ``cirlab search --gallery`` (a folder search, the reference left out);
 - ``cirlab index build``, then ``cirlab search --index``: plain, with ``--filter``, and with ``--scoring``;
 - ``cirlab serve`` over that index and ``POST /search`` over real HTTP, by gallery id and by upload.
@@ -121,6 +122,12 @@ def run_side(side: Side) -> dict:
              "--cache", str(side.cache), "--quiet")
     row = {"stage 2 weights": side.run("-c", WEIGHTS, str(out / "m.pt")).strip(),
            "query vector": side.run("-c", VECTOR, str(out / "m.pt"), str(side.cache), str(ref)).strip()}
+    for method in ("combiner-mirror", "tirg_gate-local"):  # image heads and the mirror; a method's own map
+        model = out / f"{method}.pt"
+        side.cli("train", "--method", method, "--data", str(data), "--epochs", "3", "--out", str(model),
+                 "--cache", str(side.cache), "--quiet")
+        row[f"stage 2 weights, {method}"] = side.run("-c", WEIGHTS, str(model)).strip()
+        row[f"query vector, {method}"] = side.run("-c", VECTOR, str(model), str(side.cache), str(ref)).strip()
     query = ["--image", str(ref), "--text", "make it red", "-k", "10", "--exclude-reference"]
     row["folder search"] = digest(side.search("--gallery", str(data / "images"), *query))
     index = out / "index"

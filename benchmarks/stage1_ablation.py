@@ -42,7 +42,8 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import FeatureDims
 from cirlab.experiment.workspace import Workspace, train_method, views_needed
-from cirlab.training.stage1 import read_stage1_config, run_stage1, stage1_config
+from cirlab.training.stage1 import run_stage1
+from cirlab.training.stage1_config import read_stage1_config, stage1_config
 
 TASKS = ("retrieval", "attributes", "category")
 DEFAULT_ARMS = {"tune": "none,text,image,both", "tasks": "none," + ",".join(TASKS) + ",all"}
@@ -66,7 +67,7 @@ def stage1_arm(a: argparse.Namespace, cache: FeatureCache, arm: str, options: di
     """Run (or, with --reuse-stage1, read back) an arm's stage 1."""
     folder = a.work / f"{a.data.name}-{a.ablate}-{arm}" if a.ablate == "tasks" else a.work / f"{a.data.name}-{arm}"
     saved = json.loads((folder / "stage1.json").read_text()) if (folder / "stage1.json").is_file() else None
-    if a.reuse_stage1 and saved and saved["config"] == stage1_config(options):
+    if a.reuse_stage1 and saved and saved["config"] == stage1_config(options).to_dict():
         return SimpleNamespace(out=folder, image_spec=saved["image_spec"], text_spec=saved["text_spec"],
                                seconds=saved["seconds"], val_recall={int(k): v for k, v in saved["val_recall"].items()},
                                tasks=saved["tasks"], skipped=saved["skipped_tasks"])
@@ -156,7 +157,7 @@ def tune_report(a, cfg: dict, rows: list[dict], command: str) -> str:
         lines.append(f"| {r['tune']} | {'yes' if r['pseudo'] else 'no'} | {_recalls(r)} | {pseudo} | {_times(r)}")
     return (f"# Paper 004's ablation on {a.data.name}\n\nCommand: `{command}`\n\n"
             f"Stage 1: sum fusion, batch classification loss at logit scale 100, {a.stage1_epochs} epochs "
-            f"(configs/stage1.json otherwise), last {a.image_blocks} EfficientNet-Lite0 blocks + head / last "
+            f"(Stage1Config's defaults otherwise), last {a.image_blocks} EfficientNet-Lite0 blocks + head / last "
             f"{a.text_layers} MiniLM layer(s). Stage 2: `{a.method}`, {cfg['train']['epochs']} epochs, best epoch by "
             f"validation, test Recall@K (%) mean over {a.seeds} seed(s). Pseudo triplets: s_max 4, cosine in "
             f"[0.90, 0.995], stage-1 score > 0.6, one pseudo epoch after every 3 real ones (epochs 4, 8, 12...; a run "

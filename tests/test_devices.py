@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_dataset, make_images, make_tiny_clip
 
-from cirlab.devices import available, loader_workers, resolve_device, resolve_precision
+from cirlab.devices import Placement, available, loader_workers, resolve_device, resolve_precision
 from cirlab.errors import CirlabError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -34,7 +34,7 @@ def one_line_error(res, *patterns):
 
 def train_tiny(root, monkeypatch, device=None, precision=None, epochs=3):
     """``sum`` on a tiny data set, stage 2, through the workspace (what ``cirlab train`` runs); the device and
-    precision come from the environment as the CLI sets them."""
+    precision come from the environment, the defaults Placement.resolve reads."""
     from cirlab.encoders.cache import FeatureCache
     from cirlab.experiment.workspace import Workspace, train_method
 
@@ -54,10 +54,19 @@ def train_tiny(root, monkeypatch, device=None, precision=None, epochs=3):
 
 def test_devices_resolve_and_refuse_in_one_line(monkeypatch):
     monkeypatch.delenv("CIRLAB_DEVICE", raising=False)
+    auto = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu") and "cpu" in available()
-    assert resolve_device(None) == (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    monkeypatch.setenv("CIRLAB_DEVICE", "cpu")
-    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(None) == auto and Placement.resolve().device == auto
+    monkeypatch.setenv("CIRLAB_DEVICE", "cpu")  # the defaults are read in Placement.resolve, and only there
+    assert resolve_device(None) == auto and Placement.resolve().device == torch.device("cpu")
+    monkeypatch.setenv("CIRLAB_PRECISION", "bf16")
+    monkeypatch.setenv("CIRLAB_RUNTIME", "torch")
+    assert Placement.resolve() == Placement(torch.device("cpu"), "torch", "bf16")
+    assert Placement.resolve(precision="fp32").dtype is None and Placement.resolve().dtype is torch.bfloat16
+    with pytest.raises(CirlabError, match="unknown precision"):
+        Placement.resolve(precision="fp8")
+    for name in ("CIRLAB_DEVICE", "CIRLAB_PRECISION", "CIRLAB_RUNTIME"):
+        monkeypatch.delenv(name)
     for bad in ("tpu", "cuda:x", "cpu:1", "gpu"):
         with pytest.raises(CirlabError, match="unknown device"):
             resolve_device(bad)
@@ -67,7 +76,7 @@ def test_devices_resolve_and_refuse_in_one_line(monkeypatch):
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(CirlabError, match="unknown precision"):
         resolve_precision("fp8", torch.device("cpu"))
-    from cirlab.encoders.runtime import resolve_runtime
+    from cirlab.devices import resolve_runtime
 
     assert resolve_runtime("auto", torch.device("cuda")) == "torch"  # the exported runtimes run on the CPU
     with pytest.raises(CirlabError, match="runs on the CPU here"):
@@ -121,7 +130,7 @@ def test_device_cpu_gives_the_same_results_as_no_device(tmp_path, monkeypatch):
     assert read_checkpoint(on_cpu)["meta"]["train"]["device"] == "cpu"
     monkeypatch.delenv("CIRLAB_DEVICE", raising=False)
     plain = Pipeline.load(default, tmp_path / "cache")
-    explicit = Pipeline.load(default, tmp_path / "cache", device="cpu")
+    explicit = Pipeline.load(default, tmp_path / "cache", Placement.resolve("cpu"))
     np.testing.assert_array_equal(plain.compose(ds / "images" / "img0.png", "make it red"),
                                   explicit.compose(ds / "images" / "img0.png", "make it red"))
     np.testing.assert_array_equal(plain.encode_gallery(ds / "images", False).vectors,
@@ -148,7 +157,7 @@ def test_a_checkpoint_trained_under_autocast_loads_and_searches_on_the_cpu(tmp_p
     assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     fp32 = read_checkpoint(plain)["state_dict"]
     assert any(not torch.equal(state[k], fp32[k]) for k in state)  # autocast really ran
-    pipe = Pipeline.load(mixed, tmp_path / "cache", device="cpu")
+    pipe = Pipeline.load(mixed, tmp_path / "cache", Placement.resolve("cpu"))
     gallery = pipe.encode_gallery(ds / "images", progress=False)
     hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 3", k=3)
     assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)
@@ -181,7 +190,8 @@ def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower
     from cirlab.encoders.base import new_encoder
     from cirlab.encoders.cache import FeatureCache
     from cirlab.encoders.tuned import load_tuned
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
 
     clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
     ds = make_dataset(tmp_path / "tiny", n=12)
@@ -189,7 +199,8 @@ def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower
     fresh = {side: new_encoder(side, clip) for side in ("image", "text")}
     cfg = read_stage1_config("clip_ft")
     cfg["train"].update({"epochs": 2, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0})
-    run_stage1(ds, tmp_path / "both", cache, clip, clip, cfg, progress=False, device="cpu")
+    run_stage1(ds, tmp_path / "both", cache, clip, clip, cfg, progress=False,
+               placement=Placement.resolve("cpu"))
     for side in ("image", "text"):
         tuned = load_tuned(tmp_path / "both" / f"{side}.pt", side)
         names = fresh[side].tunable("all")
@@ -197,7 +208,8 @@ def test_whole_model_tuning_moves_every_tuned_tensor_and_leaves_the_frozen_tower
         assert len(names) > 20 and not still, f"{side}: unchanged {still}"
     frozen_text = build_text_encoder(clip)
     before = {k: v.clone() for k, v in frozen_text.model.state_dict().items()}
-    run_stage1(ds, tmp_path / "image", cache, clip, clip, {**cfg, "tune": "image"}, progress=False, device="cpu")
+    run_stage1(ds, tmp_path / "image", cache, clip, clip, {**cfg, "tune": "image"}, progress=False,
+               placement=Placement.resolve("cpu"))
     assert not (tmp_path / "image" / "text.pt").exists()
     after = frozen_text.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -215,7 +227,8 @@ def test_caffs_three_domain_tasks_tune_a_whole_clip(tmp_path):
     from cirlab.encoders.base import new_encoder
     from cirlab.encoders.cache import FeatureCache
     from cirlab.encoders.tuned import load_tuned
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
 
     clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
     ds = make_dataset(tmp_path / "tiny", n=16)
@@ -225,7 +238,8 @@ def test_caffs_three_domain_tasks_tune_a_whole_clip(tmp_path):
     (ds / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = {**read_stage1_config("caff"), "tune": "both", "image_blocks": "all", "text_layers": "all"}
     cfg["train"] = {"epochs": 2, "batch_size": 8, "lr": 1e-3}
-    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip, cfg, progress=False, device="cpu")
+    res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip, cfg, progress=False,
+               placement=Placement.resolve("cpu"))
     assert set(res.tasks) == {"retrieval", "attributes", "category"} and not res.skipped
     for side, key in (("image", "vision_model.encoder.layers.0.mlp.fc1.weight"),
                       ("text", "text_model.encoder.layers.0.mlp.fc1.weight")):
@@ -297,8 +311,8 @@ def test_cuda_training_under_autocast_loads_on_the_cpu(tmp_path, monkeypatch):
     meta = read_checkpoint(path)["meta"]["train"]
     assert meta["device"].startswith("cuda") and meta["precision"] in ("bf16", "fp16")
     monkeypatch.delenv("CIRLAB_DEVICE")
-    cpu = Pipeline.load(path, tmp_path / "cache", device="cpu")
-    gpu = Pipeline.load(path, tmp_path / "cache-gpu", device="cuda")
+    cpu = Pipeline.load(path, tmp_path / "cache", Placement.resolve("cpu"))
+    gpu = Pipeline.load(path, tmp_path / "cache-gpu", Placement.resolve("cuda"))
     assert gpu.device.type == "cuda" and next(gpu.image_encoder.network_module.parameters()).is_cuda
     a = cpu.compose(ds / "images" / "img0.png", "make it red")
     b = gpu.compose(ds / "images" / "img0.png", "make it red")
@@ -311,14 +325,35 @@ def test_cuda_training_under_autocast_loads_on_the_cpu(tmp_path, monkeypatch):
 def test_cuda_stage1_tunes_clip_on_the_gpu_and_the_files_load_on_the_cpu(tmp_path):
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
 
     clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
     ds = make_dataset(tmp_path / "tiny", n=12)
     cfg = read_stage1_config("clip_ft")
     cfg["train"].update({"epochs": 2, "batch_size": 8, "lr": 1e-3})
     res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), clip, clip,
-                     {**cfg, "augment": "scale=0.2"}, progress=False, device="cuda")
+                     {**cfg, "augment": "scale=0.2"}, progress=False,
+                     placement=Placement.resolve("cuda"))
     assert res.train.device.startswith("cuda")
-    pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache", device="cpu")
+    pipe = Pipeline.load(tmp_path / "s1" / "stage1.pt", tmp_path / "cache", Placement.resolve("cpu"))
     assert len(pipe.search(pipe.encode_gallery(ds / "images", False), ds / "images" / "img0.png", "make it red", 3)) == 3
+
+
+def test_the_cli_resolves_one_placement_and_writes_no_environment(monkeypatch):
+    from cirlab.cli import build_parser, place
+
+    names = ("CIRLAB_DEVICE", "CIRLAB_RUNTIME", "CIRLAB_PRECISION")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--device", "cpu", "--runtime", "torch",
+                                      "--precision", "bf16"])
+    place(args)
+    assert args.placement == Placement(torch.device("cpu"), "torch", "bf16")
+    assert not [n for n in names if n in os.environ]
+    args = build_parser().parse_args(["search", "--gallery", "g", "--text", "t"])
+    place(args)
+    assert args.placement == Placement.resolve() and args.placement.precision == "auto"
+    args = build_parser().parse_args(["methods"])
+    place(args)
+    assert args.placement is None

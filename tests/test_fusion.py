@@ -221,3 +221,34 @@ def test_mffm_attention_heads_split_the_width():
     with pytest.raises(CirlabError, match="not divisible"):
         small("mffm", width=10, heads=4)
     assert math.isclose(small("mffm", heads=1).layers[0].cross.num_heads, 1)
+
+
+@pytest.mark.parametrize("name", ["combiner-colour-mirror", "tirg_gate-grid", "caff-attnpool-local"])
+def test_checkpoints_saved_before_fusions_were_whole_at_construction_still_load(name):
+    """Checkpoints written by 5dc9962, where the image heads and the mirror gate were attached after construction
+    (``tests/data/legacy/make.py``): they load, and give the vectors that code gave."""
+    from pathlib import Path
+
+    from cirlab.checkpoint import fusion_from_checkpoint, read_checkpoint
+
+    legacy = Path(__file__).parent / "data" / "legacy"
+    expected = torch.load(legacy / "expected.pt", weights_only=False)
+    ckpt = read_checkpoint(legacy / f"{name}.pt")
+    assert any(k.startswith("mirror_gate.") for k in ckpt["state_dict"]) == name.endswith("mirror")
+    model = fusion_from_checkpoint(ckpt, FeatureDims(**ckpt["meta"]["dims"]), legacy / f"{name}.pt")
+    assert (model.mirror is not None) == name.endswith("mirror") and len(model.heads) == 1
+    image, text = expected["inputs"]["image"], expected["inputs"]["text"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, text), expected["outputs"][name]["query"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.embed_gallery(image), expected["outputs"][name]["gallery"], rtol=0, atol=1e-6)
+
+
+def test_a_fusion_is_whole_when_constructed():
+    """The image heads, their views and the mirror are made by the constructor; nothing is attached later."""
+    model = fusion_methods.get("sum")(DIMS, embed_dim=16, image_head="grid:cells=2+colour", reference_mirror=True)
+    assert len(model.heads) == 2 and model.mirror is not None
+    assert set(model.image_views) == set(model.gallery_views) == {"pooled", "tokens", "colour"}
+    assert not hasattr(model, "set_image_head") and not hasattr(model, "set_reference_mirror")
+    assert not model.reads_raw_queries and small("dqu").reads_raw_queries
+    with pytest.raises(CirlabError, match="unexpected keyword argument 'nope'"):
+        build_fusion("sum", DIMS, nope=1)

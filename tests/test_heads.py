@@ -170,7 +170,7 @@ def test_reference_and_gallery_vectors_agree_through_the_real_paths(tmp_path, me
     assert run.returncode == 0, run.stderr
     pipe = Pipeline.load(tmp_path / "m.pt", tmp_path / "cache")
     assert pipe.model.image_head == head and len(pipe.model.heads) == heads
-    assert pipe.model.mirror_gate is not None, "the checkpoint lost its mirror gate"
+    assert pipe.model.mirror is not None, "the checkpoint lost its mirror gate"
     service = SearchService(pipe, tmp_path / "ix")
     for image_id in ("img0", "img5"):
         (as_reference,) = pipe.compose_many([Query(ds / "images" / f"{image_id}.png", None)])  # an image-only query
@@ -298,7 +298,7 @@ def test_the_reference_mirror_gate_starts_closed_and_opens_to_the_flipped_refere
     model = build_fusion("combiner", DIMS, image_head="colour", reference_mirror=True).eval()
     with torch.no_grad():
         assert torch.allclose(model(image, text), model.compose(image, text), atol=0.02)
-        model.mirror_gate.bias.fill_(3.0)  # wide open
+        model.mirror.gate.bias.fill_(3.0)  # wide open
         from cirlab.fusion.views import mirrored_views
         assert torch.allclose(model(image, text), model.compose({**image, **mirrored_views(image)}, text), atol=1e-5)
     with pytest.raises(CirlabError, match="reference_mirror needs a view that keeps left and right"):
@@ -351,6 +351,6 @@ def test_the_mirror_gate_learns_which_text_asks_for_a_mirror_image():
     gated, held_out_gated = train(True)
     _, held_out_plain = train(False)
     with torch.no_grad():
-        share = gated.mirror_share({"pooled": texts}).squeeze(1)
+        share = gated.mirror.share({"pooled": texts}).squeeze(1)
     assert share[0] > 0.8 and share[1] < 0.2, share
     assert held_out_gated > 0.9 and held_out_gated > held_out_plain + 0.3, (held_out_gated, held_out_plain)

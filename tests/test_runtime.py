@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from cirlab.encoders import build_image_encoder, build_text_encoder
-from cirlab.encoders.runtime import exported_path, resolve_runtime
+from cirlab.devices import Placement, resolve_runtime
+from cirlab.encoders.runtime import exported_path
 from cirlab.errors import CirlabError
 from conftest import make_images, make_tiny_clip
 
@@ -38,19 +39,19 @@ def real_images():
 def test_runtime_parity_on_real_images_and_texts(runtime, real_images):
     """Every view of EfficientNet-Lite0 on Twemoji images and of MiniLM on modification texts: cosine >= 0.9995."""
     views = ("pooled", "tokens", "local", "levels")
-    ref = build_image_encoder(runtime="torch").encode_images(real_images, views)
-    got = build_image_encoder(runtime=runtime).encode_images(real_images, views)
+    ref = build_image_encoder(placement=Placement.resolve("cpu", "torch")).encode_images(real_images, views)
+    got = build_image_encoder(placement=Placement.resolve("cpu", runtime)).encode_images(real_images, views)
     for v in views:
         assert got[v].shape == ref[v].shape
         assert min_cosine(ref[v], got[v]) >= 0.9995, v
     tv = ("pooled", "tokens", "mask")
-    ref_t = build_text_encoder(runtime="torch").encode_texts(TEXTS, tv)
-    got_t = build_text_encoder(runtime=runtime).encode_texts(TEXTS, tv)
+    ref_t = build_text_encoder(placement=Placement.resolve("cpu", "torch")).encode_texts(TEXTS, tv)
+    got_t = build_text_encoder(placement=Placement.resolve("cpu", runtime)).encode_texts(TEXTS, tv)
     np.testing.assert_array_equal(ref_t["mask"], got_t["mask"])
     assert min_cosine(ref_t["pooled"], got_t["pooled"]) >= 0.9995
     assert min_cosine(ref_t["tokens"], got_t["tokens"]) >= 0.9995
     # the image batch varies (the graph's batch axis is dynamic) and one image alone gives the same vector
-    one = build_image_encoder(runtime=runtime).encode_images(real_images[:1])["pooled"]
+    one = build_image_encoder(placement=Placement.resolve("cpu", runtime)).encode_images(real_images[:1])["pooled"]
     np.testing.assert_allclose(one[0], got["pooled"][0], atol=1e-4)
 
 
@@ -68,14 +69,14 @@ def test_clip_and_hf_models_export_and_hold_parity(tmp_path):
     images = [Image.new("RGB", (40, 30), c) for c in ("blue", "red", "white")]
     for spec in (f"clip:{clip}", f"hf:{rn}"):
         views = ("pooled", "tokens", "levels")
-        ref = build_image_encoder(spec, "torch").encode_images(images, views)
-        got = build_image_encoder(spec, "onnx").encode_images(images, views)
+        ref = build_image_encoder(spec, Placement.resolve("cpu", "torch")).encode_images(images, views)
+        got = build_image_encoder(spec, Placement.resolve("cpu", "onnx")).encode_images(images, views)
         for v in views:
             assert min_cosine(ref[v], got[v]) >= 0.9995, (spec, v)
     texts = ["make it red", "a blue dress shorter"]
     for spec in (f"clip:{clip}", f"hf:{bert}"):
-        ref = build_text_encoder(spec, "torch").encode_texts(texts, ("pooled", "tokens"))
-        got = build_text_encoder(spec, "onnx").encode_texts(texts, ("pooled", "tokens"))
+        ref = build_text_encoder(spec, Placement.resolve("cpu", "torch")).encode_texts(texts, ("pooled", "tokens"))
+        got = build_text_encoder(spec, Placement.resolve("cpu", "onnx")).encode_texts(texts, ("pooled", "tokens"))
         assert min_cosine(ref["pooled"], got["pooled"]) >= 0.9995 and min_cosine(ref["tokens"], got["tokens"]) >= 0.9995
 
 
@@ -88,7 +89,7 @@ def test_an_exported_model_is_rebuilt_when_its_source_changes(tmp_path):
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     ResNetModel(config).save_pretrained(folder)
     images = [Image.new("RGB", (32, 32), "green"), Image.new("RGB", (32, 32), "purple")]
-    first = build_image_encoder(f"hf:{folder}", "onnx")
+    first = build_image_encoder(f"hf:{folder}", Placement.resolve("cpu", "onnx"))
     before = first.encode_images(images)["pooled"]
     path = exported_path(first)
     assert path.is_file() and (path.parent / "source.json").is_file()
@@ -119,12 +120,13 @@ def test_the_feature_cache_records_the_runtime(tmp_path):
 
     paths = make_images(tmp_path / "g", n=3)
     cache = FeatureCache(tmp_path / "cache")
-    cache.image_features(build_image_encoder(runtime="onnx"), paths, progress=False)
-    store = cache.store(build_image_encoder(runtime="onnx").id)
+    cache.image_features(build_image_encoder(placement=Placement.resolve("cpu", "onnx")), paths, progress=False)
+    store = cache.store(build_image_encoder(placement=Placement.resolve("cpu", "onnx")).id)
     assert {e["runtime"] for e in store.entries.values()} == {"onnx"}
-    again = FeatureCache(tmp_path / "cache").store(build_image_encoder(runtime="torch").id)  # read back from parquet
+    torch_encoder = build_image_encoder(placement=Placement.resolve("cpu", "torch"))
+    again = FeatureCache(tmp_path / "cache").store(torch_encoder.id)  # read back from parquet
     assert {e["runtime"] for e in again.entries.values()} == {"onnx"}
-    cache.text_features(build_text_encoder(runtime="torch"), ["make it red"], progress=False)
+    cache.text_features(build_text_encoder(placement=Placement.resolve("cpu", "torch")), ["make it red"], progress=False)
     assert cache.store(build_text_encoder().id).entries["make it red"]["runtime"] == "torch"
 
 

@@ -169,7 +169,8 @@ def test_stage1_fine_tunes_a_whole_clip_tower_and_leaves_the_base_encoder_alone(
     from cirlab.encoders.base import new_encoder
     from cirlab.encoders.cache import FeatureCache
     from cirlab.encoders.tuned import load_tuned
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
     from conftest import make_tiny_clip
 
     clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
@@ -231,7 +232,8 @@ def test_alignment_raises_caption_to_image_recall_and_caff_tasks_run(tmp_path):
     import json
 
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
     from cirlab.training.stage1_tasks import attribute_labels, image_category
 
     ds = make_dataset(tmp_path / "tiny", n=16)
@@ -281,7 +283,8 @@ def test_alignment_from_an_image_caption_file_and_dqu_captions_with_it(tmp_path)
     from cirlab.data.triplets import Dataset
     from cirlab.encoders.cache import FeatureCache
     from cirlab.experiment.workspace import Workspace, train_method
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
 
     ds = make_dataset(tmp_path / "tiny", n=16)
     records = [json.loads(x) for x in (ds / "images.jsonl").read_text().splitlines()]
@@ -312,3 +315,29 @@ def test_alignment_from_an_image_caption_file_and_dqu_captions_with_it(tmp_path)
     assert model.caption(pooled) == [vocab[b] for b in best]
     with pytest.raises(CirlabError, match="no 'train' triplets to train a fusion on"):
         train_method(Workspace.open(data, cache, progress=False), "sum", progress=False)
+
+
+def test_stage1_settings_are_typed_with_their_help_and_merge_over_the_defaults():
+    """Stage 1's settings are a dataclass whose fields carry the defaults and the help its flags show, as
+    TrainConfig's do; a preset overrides some of them, its train options merged over stage 1's."""
+    from dataclasses import fields
+
+    from cirlab.cli import build_parser
+    from cirlab.training.stage1_config import STAGE1_TRAIN, Stage1Config, read_stage1_config, stage1_config
+
+    default = Stage1Config()
+    assert default.tune == "both" and default.train.lr == STAGE1_TRAIN["lr"] and default.train.logit_scale == 100.0
+    assert all(f.metadata["help"] for f in fields(Stage1Config))
+    ft = stage1_config(read_stage1_config("clip_ft"))
+    assert ft.image_blocks == "all" and ft.train.lr == 2e-6 and ft.train.epochs == STAGE1_TRAIN["epochs"]
+    assert ft.tasks == default.tasks and stage1_config(ft) is ft
+    assert Stage1Config.from_dict(ft.to_dict()) == ft  # what stage1.json records reads back as the same settings
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    for f in Stage1Config.flags():
+        assert f"--{Stage1Config.flag_name(f)}" in help_text and " ".join(f.metadata["help"].split()[:6]) in help_text
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--stage", "1", "--image-augment",
+                                      "scale=0.2", "--image-blocks", "all", "--gradient-checkpointing"])
+    assert (args.image_augment, args.image_blocks, args.gradient_checkpointing, args.augment) == \
+        ("scale=0.2", "all", True, False)
+    with pytest.raises(CirlabError, match="unknown training option"):
+        stage1_config({"train": {"lrate": 1.0}})

@@ -4,6 +4,7 @@ The public API, imported on first use (so ``import cirlab`` stays light and the 
 
     from cirlab import Pipeline
     pipe = Pipeline.load("model.pt")
+    pipe = Pipeline.load("model.pt", placement=Placement.resolve(device="cuda"))
 """
 
 from importlib import import_module
@@ -14,7 +15,7 @@ from cirlab.errors import CirlabError
 
 # name -> the module that defines it
 _EXPORTS = {
-    "Pipeline": "cirlab.api", "Query": "cirlab.api",
+    "Pipeline": "cirlab.api", "Query": "cirlab.api", "Placement": "cirlab.devices",
     "build_fusion": "cirlab.fusion", "fusion_methods": "cirlab.fusion", "FeatureDims": "cirlab.fusion",
     "Fusion": "cirlab.fusion",
     "build_image_encoder": "cirlab.encoders", "build_text_encoder": "cirlab.encoders",

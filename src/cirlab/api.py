@@ -23,13 +23,12 @@ from cirlab import settings
 from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
-from cirlab.devices import module_device, resolve_device, to_device
+from cirlab.devices import Placement, module_device, placed, to_device
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
-from cirlab.fusion.dqu import unified_query_views
 from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
 from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter
@@ -94,12 +93,13 @@ def _place(out: list, where: Sequence[int], vectors: torch.Tensor) -> list:
 
 
 class Pipeline:
-    """Encoders + a trained fusion method + the feature cache, on one device (the model's)."""
+    """Encoders + a trained fusion method + the feature cache, placed by one :class:`Placement`."""
 
     def __init__(self, model: Fusion, meta: dict, image_encoder, text_encoder, cache: FeatureCache,
-                 path: str | Path | None = None, text_head=None) -> None:
+                 path: str | Path | None = None, text_head=None, placement: Placement | None = None) -> None:
         self.model, self.meta = model, meta
         self.device = module_device(model)
+        self.placement = placement or Placement(self.device, getattr(image_encoder, "runtime", "torch"))
         self.text_head = text_head  # fusion.text_head.TextHead: text-only queries into the gallery space
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.cache = cache
@@ -118,18 +118,18 @@ class Pipeline:
 
     @classmethod
     def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
-             device: str | torch.device | None = None) -> "Pipeline":
-        """Load a checkpoint and the encoders it was trained on (refused if they differ), on ``device`` (None:
-        ``$CIRLAB_DEVICE``, else ``auto``: CUDA where there is one; see :mod:`cirlab.devices`)."""
-        settings.offline()
-        device = resolve_device(device)
+             placement: Placement | None = None) -> "Pipeline":
+        """Load a checkpoint and the encoders it was trained on (refused if they differ), placed by ``placement``
+        (None: the defaults', :meth:`cirlab.devices.Placement.resolve`: CUDA where there is one)."""
+        placement = placed(placement)
+        device = placement.device
         path = Path(model_path) if model_path else settings.default_model_path()
         if model_path is None and not path.is_file():
             raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or give a model path")
         ckpt = read_checkpoint(path)
         meta = ckpt["meta"]
-        image_encoder = build_image_encoder(meta["image_encoder"]["spec"], device=device)
-        text_encoder = build_text_encoder(meta["text_encoder"]["spec"], device=device)
+        image_encoder = build_image_encoder(meta["image_encoder"]["spec"], placement)
+        text_encoder = build_text_encoder(meta["text_encoder"]["spec"], placement)
         model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):
@@ -140,7 +140,8 @@ class Pipeline:
         model.to(device)
         if head is not None:
             head.to(device)
-        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head)
+        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head,
+                   placement)
 
     def _on(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Views on the model's device."""
@@ -209,8 +210,8 @@ class Pipeline:
         ``timing`` (a dict) receives the seconds spent encoding (``encode``) and fusing (``fuse``)."""
         start = time.perf_counter()
         out: list = [self._refused(q) for q in queries]
-        if getattr(self.model, "unified_queries", False):  # DQU unifies each raw query before encoding: one by one
-            out = [self._unified(q) if o is None and q.image is not None and q.text is not None else o
+        if self.model.reads_raw_queries:  # the method makes each query's inputs itself (DQU): one by one
+            out = [self._raw(q) if o is None and q.image is not None and q.text is not None else o
                    for q, o in zip(queries, out)]
         views = tuple(sorted(set(self.model.image_views) | set(self.model.gallery_views)))
         refs = self._references([q.image if o is None else None for q, o in zip(queries, out)], views)
@@ -245,8 +246,9 @@ class Pipeline:
                                "give a reference image, or retrain on data with captions")
         return None
 
-    def _unified(self, q: "Query") -> np.ndarray | CirlabError:
-        """A DQU query: the reference drawn on and the text unified with its caption, then composed."""
+    def _raw(self, q: "Query") -> np.ndarray | CirlabError:
+        """A query whose inputs the method makes itself from the raw image and text (``Fusion.raw_query_views``;
+        DQU draws on the reference and unifies the text with its caption), then composed."""
         try:
             image = q.image
             if not isinstance(image, Image.Image):
@@ -254,7 +256,7 @@ class Pipeline:
                 if isinstance(checked, Exception):  # a missing or unreadable file: the same one-line error
                     return checked
                 image = load_image(image)
-            iv, tv = unified_query_views(self.model, self.image_encoder, self.text_encoder, image, q.text)
+            iv, tv = self.model.raw_query_views(image, q.text, self.image_encoder, self.text_encoder)
         except CirlabError as e:
             return e
         return self.model(self._on(iv), self._on(tv))[0].cpu().numpy()

@@ -69,15 +69,19 @@ def load_checkpoint(path: str | Path, image_encoder, text_encoder, ckpt: dict | 
     """Rebuild the fusion module of a checkpoint for these encoders (refused on a mismatch);
     ``ckpt``: the file's contents where the caller has read them already."""
     ckpt = ckpt if ckpt is not None else read_checkpoint(path)
+    check_encoders(ckpt["meta"], image_encoder, text_encoder, path)
+    return fusion_from_checkpoint(ckpt, FeatureDims.of(image_encoder, text_encoder), path), ckpt["meta"]
+
+
+def fusion_from_checkpoint(ckpt: dict, dims: FeatureDims, path: str | Path = "checkpoint") -> Fusion:
+    """The fusion module of a checkpoint's contents, built for ``dims`` and in eval mode."""
     meta = ckpt["meta"]
-    check_encoders(meta, image_encoder, text_encoder, path)
-    model = build_fusion(meta["method"], FeatureDims.of(image_encoder, text_encoder), **meta["model_config"])
+    model = build_fusion(meta["method"], dims, **meta["model_config"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise CirlabError(f"{path}: weights do not fit method {meta['method']!r} ({str(e).splitlines()[0]}); retrain") from None
-    model.eval()
-    return model, meta
+    return model.eval()
 
 
 def stage1_model_path(path: str | Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cirlab import settings
 from cirlab.data.emojiedit import build_emojiedit
+from cirlab.devices import Placement
 from cirlab.encoders.cache import FeatureCache
 from cirlab.eval.report import QueryResult, recall_table, recall_table_html, write_query_grid
 from cirlab.experiment.workspace import Workspace, train_method
@@ -23,7 +24,7 @@ from cirlab.files import atomic_write_text
 DEMO_METHODS = ("image_only", "text_only", "sum", "combiner")
 DEFAULT_METHOD = "combiner"
 # Images are embedded from the pooled vector plus colour statistics (fusion.heads): the pooled vector
-# alone loses skin tones (issue 13, benchmarks/results/representation-probe.md); text_only reads none.
+# alone loses skin tones (benchmarks/results/representation-probe.md); text_only reads none.
 # 16 colour detectors instead of the head's 64 keep the demo within 5 minutes on 2 cores (sum, seed 0,
 # validation R@1 98.5 against 99.2, 30 s against 44 s of training).
 DEMO_IMAGE_HEAD = "colour:bins=16"
@@ -45,15 +46,16 @@ def pick_examples(ws: Workspace, n: int = 3) -> list:
 
 
 def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", seed: int = 0,
-             progress: bool = True) -> dict:
-    settings.offline()
+             progress: bool = True, placement: Placement | None = None) -> dict:
+    """Build EmojiEdit where it is missing, train the demo's methods on it (placed by ``placement``; None: the
+    defaults'), evaluate them, make the best the default model and write a results page to ``out``."""
     t0 = time.perf_counter()
     data, out = Path(data), Path(out)
     if not (data / "dataset.json").is_file():
         print(f"building EmojiEdit into {data} ...")
         build_emojiedit(data, seed=seed)
     cache = FeatureCache(settings.cache_dir())
-    ws = Workspace.open(data, cache, image_views=("colour", "pooled"), progress=progress)
+    ws = Workspace.open(data, cache, image_views=("colour", "pooled"), progress=progress, placement=placement)
     counts = ws.dataset.meta["counts"]
     print(f"EmojiEdit: {sum(counts['images'].values())} images, "
           + ", ".join(f"{s} {sum(c.values())} triplets" for s, c in counts["triplets"].items()))

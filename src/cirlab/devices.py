@@ -1,4 +1,7 @@
-"""Where the networks run and in what precision: ``--device``, ``$CIRLAB_DEVICE`` and ``--precision``.
+"""Where the networks run, what runs them and in what precision: a :class:`Placement`, resolved once per command
+(``--device``, ``--runtime``, ``--precision``; the ``$CIRLAB_DEVICE``, ``$CIRLAB_RUNTIME`` and ``$CIRLAB_PRECISION``
+defaults are read in :meth:`Placement.resolve` and nowhere else) and passed to ``Pipeline.load``, the encoder
+builders, stage 1 and ``fit``.
 
 A device is written ``auto`` (the default: CUDA where torch sees it, else the CPU), ``cpu``, ``cuda``
 (the current CUDA device), ``cuda:N`` or ``mps`` (Apple silicon). One that this machine lacks is a
@@ -6,26 +9,74 @@ one-line error naming what it has.
 
 Precision is ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto`` is bf16 autocast on a CUDA device that
 supports it, fp16 autocast with a gradient scaler on one that does not, and fp32 elsewhere, so the
-CPU default computes exactly what it did before devices existed. ``bf16``/``fp16`` may also be asked
+CPU default computes in plain float32. ``bf16``/``fp16`` may also be asked
 for on the CPU (torch's CPU autocast): that is how the mixed-precision path is tested on machines
 without a GPU. Autocast covers the forward passes; weights, optimiser state, checkpoints, caches and
 indexes stay float32 and on the CPU side of every file, so a model trained on a GPU loads anywhere.
 
 On CUDA, batches go to the device from pinned memory (non-blocking copies) and images are decoded by
-``loader_workers`` data-loader processes (``$CIRLAB_WORKERS``; on the CPU none, as before).
+``loader_workers`` data-loader processes (``$CIRLAB_WORKERS``; on the CPU none).
+
+A runtime (what runs the encoders' inference networks) is ``auto``, ``torch``, ``onnx`` or ``openvino``; see
+:mod:`cirlab.encoders.runtime`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
 from cirlab.errors import CirlabError
 
+log = logging.getLogger("cirlab")
+
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+_PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a command's networks run, resolved once.
+
+    ``device``: a torch device this machine has. ``runtime``: what runs the encoders' inference networks
+    (``torch``, ``onnx`` or ``openvino``; training always runs PyTorch). ``precision``: the autocast of
+    training's forward passes (``auto``, ``fp32``, ``bf16`` or ``fp16``; :attr:`dtype`). Encoders run their
+    inference in ``auto`` precision whatever this says, so cached features do not depend on it."""
+
+    device: torch.device
+    runtime: str
+    precision: str = "auto"
+
+    @classmethod
+    def resolve(cls, device: str | torch.device | None = None, runtime: str | None = None,
+                precision: str | None = None) -> "Placement":
+        """The placement these names mean; a name left None takes ``$CIRLAB_DEVICE``, ``$CIRLAB_RUNTIME`` or
+        ``$CIRLAB_PRECISION``, else ``auto``. A wrong one is refused now, in one line."""
+        where = resolve_device(device or os.environ.get("CIRLAB_DEVICE"))
+        how = resolve_runtime(runtime or os.environ.get("CIRLAB_RUNTIME"), where)
+        precision = (precision or os.environ.get("CIRLAB_PRECISION") or "auto").strip().lower()
+        resolve_precision(precision, where)
+        return cls(where, how, precision)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype of training's forward passes here (None: plain fp32)."""
+        return resolve_precision(self.precision, self.device)
+
+    def __str__(self) -> str:
+        return f"{self.device}/{self.runtime}/{self.precision}"
+
+
+def placed(placement: Placement | None) -> Placement:
+    """``placement``, or the defaults' one (:meth:`Placement.resolve` with no names) where it is None."""
+    return placement if placement is not None else Placement.resolve()
 
 
 def available() -> list[str]:
@@ -42,11 +93,11 @@ def _mps() -> bool:
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
-    """The device a name means (None: ``$CIRLAB_DEVICE``, else ``auto``); refused in one line where it is
-    unknown or this machine lacks it."""
+    """The device a name means (None: ``auto``); refused in one line where it is unknown or this machine lacks
+    it."""
     if isinstance(name, torch.device):
         name = str(name)
-    text = (name or os.environ.get("CIRLAB_DEVICE") or "auto").strip().lower()
+    text = (name or "auto").strip().lower()
     if text == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, number = text.partition(":")
@@ -66,9 +117,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32) for ``precision`` (None: ``$CIRLAB_PRECISION``, else ``auto``) on
-    ``device``."""
-    name = (precision or os.environ.get("CIRLAB_PRECISION") or "auto").strip().lower()
+    """The autocast dtype (None: plain fp32) for ``precision`` (None: ``auto``) on ``device``."""
+    name = (precision or "auto").strip().lower()
     if name not in PRECISIONS:
         raise CirlabError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
     if name == "auto":
@@ -78,6 +128,49 @@ def resolve_precision(precision: str | None, device: torch.device) -> torch.dtyp
     if name != "fp32" and device.type == "mps":
         raise CirlabError(f"precision {name} is not supported on mps here; use --precision fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def resolve_runtime(name: str | None, device: torch.device | None = None) -> str:
+    """``auto``/None -> ``onnx`` where onnxruntime is installed, else ``torch`` (said once in the log);
+    a named runtime whose package is missing is a one-line error naming the extra. On a ``device`` other than
+    the CPU, ``auto`` is ``torch``; the exported runtimes run on the CPU only (a named one is refused there)."""
+    name = (name or "auto").strip().lower()
+    if name not in RUNTIMES:
+        raise CirlabError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    if device is not None and device.type != "cpu":
+        if name not in ("auto", "torch"):
+            raise CirlabError(f"the {name} runtime runs on the CPU here, not on {device}: use --runtime torch (or "
+                              "auto) with that device, or --device cpu")
+        return "torch"
+    if name == "auto":
+        if _installed("onnxruntime") and _installed("onnx"):
+            return "onnx"
+        _say_fallback()
+        return "torch"
+    if name != "torch":
+        for package in (_PACKAGE[name], "onnx"):
+            if not _installed(package):
+                raise CirlabError(f"the {name} runtime needs the package {package!r}, which is not installed: "
+                                  "pip install 'cirlab[runtime]' (or use --runtime torch)")
+    return name
+
+
+_said: set[str] = set()
+
+
+def _say_fallback() -> None:
+    if "fallback" not in _said:
+        _said.add("fallback")
+        log.warning("onnxruntime is not installed, so the encoders run in PyTorch (slower): "
+                    "pip install 'cirlab[runtime]'")
+
+
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -121,7 +214,7 @@ def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[st
 
 def loader_workers(device: torch.device | None = None) -> int:
     """Data-loader processes that decode images: ``$CIRLAB_WORKERS``, else 4 (at most the cores) on CUDA, where
-    decoding would starve the GPU, and 0 (decode in this process, as before) elsewhere."""
+    decoding would starve the GPU, and 0 (decode in this process) elsewhere."""
     value = os.environ.get("CIRLAB_WORKERS", "").strip()
     if value:
         if not value.isdigit():

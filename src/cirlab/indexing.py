@@ -140,10 +140,12 @@ def read_embeddings(folder: str | Path) -> tuple[list[str], list[str], np.ndarra
 class _RayEncoder:
     """One model per actor: decodes a batch of paths and returns its gallery vectors (errors per row)."""
 
-    def __init__(self, model: str, cache: str, device: str) -> None:
+    def __init__(self, model: str, cache: str, placement: tuple[str, str, str]) -> None:
         from cirlab.api import Pipeline
+        from cirlab.devices import Placement
 
-        self.pipe = Pipeline.load(model, cache, device=device)  # "cuda": the GPU Ray gave this actor
+        # (device, runtime, precision) as names: "cuda" is the GPU Ray gave this actor
+        self.pipe = Pipeline.load(model, cache, Placement.resolve(*placement))
 
     def __call__(self, batch: dict) -> dict:
         from cirlab.images import UnreadableImage, load_image
@@ -171,7 +173,7 @@ def ray_init(address: str | None, workers: int | None):
     need("ray.data", "ray", "--engine ray")
     if ray.is_initialized():
         return ray
-    keep = ("CIRLAB_HOME", "CIRLAB_RUNTIME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+    keep = ("CIRLAB_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
             "HF_HOME", "XDG_CACHE_HOME")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     kwargs = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False,
@@ -217,12 +219,13 @@ def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | No
             for i, p in zip(chunk.ids, chunk.paths)]
     report.seconds["ray_start"] = time.perf_counter() - start
     start = time.perf_counter()
-    gpu = pipe.device.type == "cuda"  # then each actor asks Ray for a GPU of its own
+    gpu = pipe.placement.device.type == "cuda"  # then each actor asks Ray for a GPU of its own
     n_workers = workers or max(1, int(ray.available_resources().get("GPU" if gpu else "CPU", 1)))
     blocks = max(n_workers, -(-len(rows) // 512))  # blocks of at most 512 paths, at least one per actor
     ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         _RayEncoder, fn_constructor_kwargs={"model": str(pipe.path), "cache": str(pipe.cache.root),
-                                            "device": "cuda" if gpu else "cpu"},
+                                            "placement": ("cuda" if gpu else "cpu", pipe.placement.runtime,
+                                                          pipe.placement.precision)},
         batch_size=32, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1,
         **({"num_gpus": 1} if gpu else {}))
     pending: dict[int, list[dict]] = {}

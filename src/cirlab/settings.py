@@ -24,7 +24,8 @@ def default_model_path() -> Path:
 
 
 def offline() -> None:
-    """Nothing in cirlab may reach a model hub: set the offline switches before transformers loads."""
+    """The command line's switches (``cirlab`` calls this first; the library never does): no command reaches a
+    model hub unless the user set ``HF_HUB_OFFLINE=0``, and transformers prints no progress bars."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

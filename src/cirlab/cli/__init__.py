@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from cirlab import __version__, settings
@@ -26,19 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def compute_settings(args: argparse.Namespace) -> None:
-    """Where and how this command's networks run: ``--device``, ``--runtime`` and ``--precision`` are checked
-    now (a wrong one is refused before any work) and hold for every encoder and model the command builds."""
-    from cirlab.devices import resolve_device, resolve_precision
-    from cirlab.encoders.runtime import resolve_runtime
+def place(args: argparse.Namespace) -> None:
+    """Where and how this command's networks run, resolved once (a wrong ``--device``, ``--runtime`` or
+    ``--precision`` is refused before any work) into ``args.placement``, which the command passes to every
+    encoder and model it builds. A command that runs no network gets None."""
+    from cirlab.devices import Placement
 
-    if getattr(args, "device", None):
-        os.environ["CIRLAB_DEVICE"] = str(resolve_device(args.device))
-    if getattr(args, "runtime", None):
-        os.environ["CIRLAB_RUNTIME"] = resolve_runtime(args.runtime, resolve_device(None))
-    if getattr(args, "precision", None):
-        resolve_precision(args.precision, resolve_device(None))
-        os.environ["CIRLAB_PRECISION"] = args.precision
+    args.placement = None
+    if hasattr(args, "device"):
+        args.placement = Placement.resolve(args.device, args.runtime, getattr(args, "precision", None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        compute_settings(args)
+        place(args)
         return args.func(args)
     except CirlabError as e:
         print(f"cirlab: error: {e}", file=sys.stderr)

@@ -42,7 +42,8 @@ def run(a: argparse.Namespace) -> int:
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
-                       extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()])
+                       extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
+                       placement=a.placement)
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -21,5 +21,5 @@ def add_parser(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from cirlab.demo import run_demo
 
-    run_demo(a.data, a.out, seed=a.seed, progress=not a.quiet)
+    run_demo(a.data, a.out, seed=a.seed, progress=not a.quiet, placement=a.placement)
     return 0

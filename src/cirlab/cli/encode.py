@@ -28,7 +28,7 @@ def run(a: argparse.Namespace) -> int:
     from cirlab.data.triplets import Gallery
     from cirlab.encoders import build_image_encoder
 
-    enc = build_image_encoder(a.image_encoder)
+    enc = build_image_encoder(a.image_encoder, a.placement)
     gallery = Gallery.from_folder(a.gallery)
     cache = common.feature_cache(a)
     if a.fit_vocabulary:

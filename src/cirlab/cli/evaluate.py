@@ -52,7 +52,7 @@ def run(a: argparse.Namespace) -> int:
     from cirlab.eval.report import recall_table, write_reports
     from cirlab.experiment import Workspace
 
-    pipe = Pipeline.load(a.model, a.cache)
+    pipe = Pipeline.load(a.model, a.cache, a.placement)
     split = a.split or "test"
     ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split)
     ds = ws.dataset
@@ -86,7 +86,7 @@ def _benchmark(a: argparse.Namespace) -> int:
 
     if a.annotations is None or a.images is None:
         raise CirlabError("--benchmark needs --annotations DIR (the published annotation folder) and --images DIR")
-    pipe = Pipeline.load(a.model, a.cache)
+    pipe = Pipeline.load(a.model, a.cache, a.placement)
     splits = load_benchmark(a.benchmark, a.annotations, a.images, a.split, a.category, a.fiq_gallery, a.join,
                             a.spelling)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def run(a: argparse.Namespace) -> int:
         change = remove_images(a.dir, a.ids)
         print(f"removed {change.removed} of {len(a.ids)} id(s); {change.total} vectors remain")
         return 0
-    pipe = Pipeline.load(a.model, a.cache)
+    pipe = Pipeline.load(a.model, a.cache, a.placement)
     if a.action == "build":
         index, report, source = build_gallery_index(pipe, a.gallery, a.out, a.backend, a.engine, a.address, a.workers,
                                                     a.shard_size, a.metadata, progress=not a.quiet)

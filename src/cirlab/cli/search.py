@@ -52,7 +52,7 @@ def run(a: argparse.Namespace) -> int:
         raise CirlabError("--metadata is for --gallery: an index keeps the metadata it was built with")
     if a.image is not None and not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
-    pipe = Pipeline.load(a.model, a.cache)
+    pipe = Pipeline.load(a.model, a.cache, a.placement)
     skipped = 0
     if a.index is not None:
         index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)

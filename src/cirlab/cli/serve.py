@@ -40,5 +40,6 @@ def run(a: argparse.Namespace) -> int:
     if a.batch_window_ms < 0 or a.max_batch < 1:
         raise CirlabError(f"--batch-window-ms must be 0 or more and --max-batch at least 1, got {a.batch_window_ms} "
                           f"and {a.max_batch}")
-    serve(str(a.index), a.model, a.host, a.port, a.max_upload_mb, a.cache, a.batch_window_ms, a.max_batch)
+    serve(str(a.index), a.model, a.host, a.port, a.max_upload_mb, a.cache, a.batch_window_ms, a.max_batch,
+          a.placement)
     return 0

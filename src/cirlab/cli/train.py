@@ -9,6 +9,7 @@ from pathlib import Path
 from cirlab.cli import common
 from cirlab.config import PseudoConfig, TrainConfig
 from cirlab.errors import CirlabError
+from cirlab.training.stage1_config import Stage1Config
 
 
 def add_parser(sub) -> None:
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
                         "(every epoch's loss, learning rate and validation recall), <name>-metrics.png (their plot) "
                         "and <name>-state.pt (the training state --resume continues from)")
     o = t.add_argument_group("training options (each overrides the method's config, see 'cirlab methods --configs'; "
-                             "with --stage 1 the train options of configs/stage1.json; with --stage both, stage 2's)")
+                             "with --stage 1 stage 1's train options; with --stage both, stage 2's)")
     for f in TrainConfig.flags():  # the flags, their types and their help come from the dataclass
         o.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=common.FIELD_TYPES[f.type], default=None,
                        choices=f.metadata["choices"],
@@ -41,27 +42,21 @@ def add_parser(sub) -> None:
                    help="1: fine-tune the encoders (paper 004's stage 1: sum fusion, batch classification loss at "
                         "logit scale 100) and write the tuned encoders to --out; 2 (default): train the fusion "
                         "--method on frozen encoders; both: stage 1 into OUT/stage1, then stage 2 on its encoders")
-    s1 = t.add_argument_group("stage 1 (defaults: configs/stage1.json)")
-    s1.add_argument("--tune", choices=["none", "text", "image", "both"],
-                    help="which encoder adapts: none (only the projections train), text, image or both (default)")
-    s1.add_argument("--image-blocks", dest="image_blocks", type=_blocks, metavar="N|all",
-                    help="fine-tune the last N MBConv blocks (+ head convolution) of EfficientNet-Lite, or all of "
-                         "it from the stem (default 2)")
-    s1.add_argument("--image-augment", dest="image_augment", metavar="SPEC",
-                    help="train the image encoder from augmented images, read every batch: scale=S (shrink and "
-                         "move), blur=SIGMA (pixels), noise=STD (share of the range), e.g. scale=0.2,blur=1.5 "
-                         "(default: none; the frozen trunk's output is then computed once)")
-    s1.add_argument("--text-layers", dest="text_layers", type=_blocks, metavar="N|all",
-                    help="fine-tune the last N transformer layers of the text model, or all of it (default 1)")
-    s1.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
-                    help="recompute the tuned image layers' activations in the backward pass (less memory, more time)")
+    s1 = t.add_argument_group("stage 1 (defaults: Stage1Config in cirlab/training/stage1_config.py)")
+    for f in Stage1Config.flags():  # the flags, their types and their help come from the dataclass
+        name = Stage1Config.flag_name(f)
+        kind = ({"action": "store_true"} if f.type == "bool" else
+                {"type": _blocks, "metavar": "N|all"} if f.type == "int | str" else
+                {"type": str, "choices": f.metadata["choices"], "metavar": "SPEC" if f.name == "augment" else None})
+        s1.add_argument("--" + name, dest=name.replace("-", "_"), default=None,
+                        help=f"{f.metadata['help']} (default {f.default!r})", **kind)
     s1.add_argument("--stage1-config", dest="stage1_config", default=None,
                     help="a preset (clip_cd: paper 004's composed objective, the default; clip_ft: the same with "
                          "paper 004's CLIP recipe, both towers whole, AdamW lr 2e-6, weight decay 0.01, batch 64; "
                          "caff: paper 001's domain "
                          "tasks, image-caption retrieval + attribute prediction + category similarity; align: "
-                         "image-text alignment of the projections only) or a JSON file overriding "
-                         "configs/stage1.json (tune, image_blocks, text_layers, embed_dim, head_lr_scale, tasks "
+                         "image-text alignment of the projections only) or a JSON file overriding any of Stage1Config's "
+                         "fields (tune, image_blocks, text_layers, augment, embed_dim, head_lr_scale, tasks "
                          "{composed, retrieval, attributes, category: weights}, train)")
     s2 = t.add_argument_group("stage 2 on stage-1 encoders, and pseudo triplets (paper 004)")
     s2.add_argument("--stage1", type=Path, default=None,
@@ -102,18 +97,20 @@ def _given(a: argparse.Namespace) -> dict:
 
 def _stage1(a: argparse.Namespace, flags_apply: bool):
     """``--stage 1``, or the first half of ``--stage both`` (the training flags then go to stage 2)."""
-    from cirlab.training.stage1 import read_stage1_config, run_stage1
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
 
     override = dict(read_stage1_config(a.stage1_config)) if a.stage1_config else {}
-    override.update({k: getattr(a, k) for k in ("tune", "image_blocks", "text_layers", "gradient_checkpointing")
-                     if getattr(a, k) is not None})
-    if a.image_augment is not None:
-        override["augment"] = a.image_augment
+    for f in Stage1Config.flags():
+        value = getattr(a, Stage1Config.flag_name(f).replace("-", "_"))
+        if value is not None:
+            override[f.name] = value
     if flags_apply:
         override["train"] = {**override.get("train", {}), **_given(a)}
     out = a.out if a.stage == "1" else a.out / "stage1"
     res = run_stage1(a.data, out, common.feature_cache(a), a.image_encoder, a.text_encoder, override,
-                     progress=not a.quiet, resume=a.resume and a.stage == "1", images=a.images)
+                     progress=not a.quiet, resume=a.resume and a.stage == "1", images=a.images,
+                     placement=a.placement)
     print(res.summary())
     return res
 
@@ -141,7 +138,7 @@ def run(a: argparse.Namespace) -> int:
     if a.augment and stage1 is None:
         raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
     ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
-                               progress=not a.quiet, images=a.images)
+                               progress=not a.quiet, images=a.images, placement=a.placement)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
     out.parent.mkdir(parents=True, exist_ok=True)
     log = a.log or out.with_name(out.stem + "-metrics.jsonl")

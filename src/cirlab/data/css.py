@@ -40,7 +40,7 @@ ROWS, COLS = ("top", "center", "bottom"), ("left", "center", "right")
 CELLS = tuple(f"{r}-{c}" for r in ROWS for c in COLS)
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 # Named configurations: triplets per split. ``large`` has a test gallery of over 10,000 scenes, where R@10
-# is no longer saturated by a scene's few siblings (issue 13); ``small`` is ``--size 4000``.
+# is not saturated by a scene's few siblings; ``small`` is ``--size 4000``.
 CONFIGS = {"small": {"train": 2800, "val": 400, "test": 800},
            "large": {"train": 16000, "val": 1000, "test": 8000}}
 HELD_OUT_PAIRS = 6

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from cirlab.devices import Placement, placed, resolve_precision
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
@@ -86,31 +87,23 @@ def new_encoder(side: str, spec: str):
     return factory(arg) if arg is not None else factory()
 
 
-def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, runtime: str | None = None,
-                        device: str | torch.device | None = None) -> ImageEncoder:
-    """Build (once per process) the image encoder a spec names (``name`` or ``name:/local/path``) for inference,
-    its network run by ``runtime`` (``auto``, ``torch``, ``onnx`` or ``openvino``; None: ``$CIRLAB_RUNTIME``, else
-    ``auto``, see :mod:`cirlab.encoders.runtime`) on ``device`` (None: ``$CIRLAB_DEVICE``, else ``auto``; see
-    :mod:`cirlab.devices`)."""
-    return _built("image", spec, *_placement(runtime, device))
+def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, placement: Placement | None = None) -> ImageEncoder:
+    """Build (once per process and placement) the image encoder a spec names (``name`` or ``name:/local/path``)
+    for inference, its network run by ``placement.runtime`` on ``placement.device`` (None: the defaults'
+    placement, :meth:`cirlab.devices.Placement.resolve`)."""
+    placement = placed(placement)
+    return _built("image", spec, placement.runtime, placement.device)
 
 
-def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, runtime: str | None = None,
-                       device: str | torch.device | None = None) -> TextEncoder:
+def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, placement: Placement | None = None) -> TextEncoder:
     """As :func:`build_image_encoder`, for texts."""
-    return _built("text", spec, *_placement(runtime, device))
-
-
-def _placement(runtime: str | None, device: str | torch.device | None) -> tuple[str, str]:
-    from cirlab.devices import resolve_device
-    from cirlab.encoders.runtime import resolve_runtime
-
-    where = resolve_device(device)
-    return resolve_runtime(runtime, where), str(where)
+    placement = placed(placement)
+    return _built("text", spec, placement.runtime, placement.device)
 
 
 @lru_cache(maxsize=16)
-def _built(side: str, spec: str, runtime: str, device: str):
+def _built(side: str, spec: str, runtime: str, device: torch.device):
+    """One instance per spec, runtime and device (inference precision follows the device, see :func:`place`)."""
     encoder = new_encoder(side, spec)
     if hasattr(encoder, "network"):  # a neural network: the runtime runs it (sift_bovw has none)
         encoder.runtime = runtime
@@ -118,12 +111,9 @@ def _built(side: str, spec: str, runtime: str, device: str):
     return encoder
 
 
-def place(encoder, device: str | torch.device) -> None:
+def place(encoder, device: torch.device) -> None:
     """Move a neural encoder's network to ``device``; on CUDA its inference runs under autocast (bf16 where the
     GPU has it, else fp16). Outputs always come back as float32 CPU arrays."""
-    from cirlab.devices import resolve_precision
-
-    device = torch.device(device)
     if device.type != "cpu":
         encoder.network_module.to(device)
     encoder.device = device
@@ -142,8 +132,8 @@ def fit_image_encoder(encoder: ImageEncoder, paths: Callable[[], Sequence[Path]]
 
 def set_threads() -> None:
     """Apply ``CIRLAB_THREADS`` to torch's intra-op pool, where it is set. Otherwise torch's own choice
-    stands: ``OMP_NUM_THREADS`` if the user set it, else the physical cores. (Forcing ``os.cpu_count()``
-    here overrode both, so two jobs on two cores ran four threads.)"""
+    stands: ``OMP_NUM_THREADS`` if the user set it, else the physical cores (not ``os.cpu_count()``, which
+    counts hyper-threads: two jobs on two cores would run four threads)."""
     value = os.environ.get("CIRLAB_THREADS", "").strip()
     if not value:
         return

@@ -34,11 +34,9 @@ from cirlab.encoders.base import (
 )
 from cirlab.encoders.runtime import Network, Wrapped, image_network, run_network, text_network
 from cirlab.errors import CirlabError
-from cirlab.settings import offline
 
 
 def _load(loader, folder: Path, what: str):
-    offline()
     try:
         return loader.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:

@@ -16,7 +16,8 @@ Vectors share the encoder id across runtimes: a runtime is only used where it ho
 queries encoded by another. The feature cache records which runtime made each entry.
 
 ``auto`` (the inference default) picks ONNX Runtime where it is installed (the ``runtime`` extra), else PyTorch,
-and says so once. Training always runs PyTorch (stage 1 builds its own encoder instances).
+and says so once (:func:`cirlab.devices.resolve_runtime`; the runtime is a field of :class:`cirlab.devices.Placement`).
+Training always runs PyTorch (stage 1 builds its own encoder instances).
 """
 
 from __future__ import annotations
@@ -42,10 +43,8 @@ from cirlab.errors import CirlabError
 
 log = logging.getLogger("cirlab")
 
-RUNTIMES = ("auto", "torch", "onnx", "openvino")
 EXPORT_FORMAT = 1  # bump when the export settings change: every cached graph is rebuilt
 OPSET = 17
-_PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 @dataclass
@@ -82,51 +81,6 @@ class Wrapped(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.fn(*inputs))
-
-
-def resolve_runtime(name: str | None, device: torch.device | None = None) -> str:
-    """``auto``/None -> ``onnx`` where onnxruntime is installed, else ``torch`` (said once in the log);
-    a named runtime whose package is missing is a one-line error naming the extra. On a ``device`` other than
-    the CPU, ``auto`` is ``torch``; the exported runtimes run on the CPU only (a named one is refused there)."""
-    name = (name or os.environ.get("CIRLAB_RUNTIME") or "auto").strip().lower()
-    if name not in RUNTIMES:
-        raise CirlabError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
-    if device is not None and device.type != "cpu":
-        if name not in ("auto", "torch"):
-            raise CirlabError(f"the {name} runtime runs on the CPU here, not on {device}: use --runtime torch (or "
-                              "auto) with that device, or --device cpu")
-        return "torch"
-    if name == "auto":
-        if _installed("onnxruntime") and _installed("onnx"):
-            return "onnx"
-        _say_fallback()
-        return "torch"
-    if name != "torch":
-        for package in (_PACKAGE[name], "onnx"):
-            if not _installed(package):
-                raise CirlabError(f"the {name} runtime needs the package {package!r}, which is not installed: "
-                                  "pip install 'cirlab[runtime]' (or use --runtime torch)")
-    return name
-
-
-_said: set[str] = set()
-
-
-def _say_fallback() -> None:
-    if "fallback" not in _said:
-        _said.add("fallback")
-        log.warning("onnxruntime is not installed, so the encoders run in PyTorch (slower): "
-                    "pip install 'cirlab[runtime]'")
-
-
-def _installed(module: str) -> bool:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
 
 
 def runtime_name(encoder) -> str:

@@ -53,7 +53,7 @@ class BenchmarkResult:
 def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bool = True) -> BenchmarkResult:
     """Rank ``split.gallery`` for every query; metrics where the split has targets."""
     model = pipe.model
-    if getattr(model, "unified_queries", False):
+    if model.reads_raw_queries:
         raise CirlabError("dqu needs its unified queries, built from a data set's image captions: make the benchmark "
                           "a data set ('cirlab data make NAME --annotations A --images I --captions C --out D') "
                           "and run 'cirlab eval --data D'")

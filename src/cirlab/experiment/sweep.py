@@ -12,6 +12,7 @@ from typing import Sequence
 
 from cirlab import __version__
 from cirlab.config import method_config, variant_names
+from cirlab.devices import Placement
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS
@@ -144,18 +145,20 @@ def _mean_std(values: list[float]) -> str:
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
               image_head: str | None = None, retrieval: Sequence[str] = (),
-              extra_splits: Sequence[str] = ()) -> BenchResult:
+              extra_splits: Sequence[str] = (), placement: Placement | None = None) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
     ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
-    ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10)."""
+    ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10). ``placement``: where the
+    encoders run and the methods train (None: the defaults')."""
     if seeds < 1:
         raise CirlabError(f"seeds must be at least 1, got {seeds}")
     for backend in retrieval:
         build_index(backend, 8)  # an unknown backend or option fails now, not after the first training
     model_override = {"image_head": image_head} if image_head else {}
     ws = Workspace.for_configs(data, cache, image_spec, text_spec,
-                               [method_config(m, {"model": model_override}) for m in methods], progress)
+                               [method_config(m, {"model": model_override}) for m in methods], progress,
+                               placement=placement)
     for name in (split, *extra_splits):
         if name not in ws.triplets:
             raise CirlabError(f"data set {ws.dataset.name} has no split {name!r}; it has {', '.join(ws.triplets)}")

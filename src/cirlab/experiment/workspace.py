@@ -11,7 +11,7 @@ from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint,
 from cirlab.config import TrainConfig, method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
-from cirlab.devices import module_device, to_device
+from cirlab.devices import Placement, module_device, placed, to_device
 from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder, build_text_encoder,
                              fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
@@ -46,28 +46,34 @@ class Workspace:
     triplets: dict[str, list[Triplet]]
     failed: list[tuple[str, str]]
     progress: bool = True
+    placement: Placement | None = None  # where the encoders run and the methods train (None: the defaults')
     _unified: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, data: str | Path, cache: FeatureCache, image_spec: str = DEFAULT_IMAGE_ENCODER,
              text_spec: str = DEFAULT_TEXT_ENCODER, image_views=("pooled",), text_views=("pooled",),
-             progress: bool = True, images: str | Path | None = None) -> "Workspace":
-        """Encode (or read from the cache) a dataset folder, or a triplet file with its ``images`` folder."""
+             progress: bool = True, images: str | Path | None = None,
+             placement: Placement | None = None) -> "Workspace":
+        """Encode (or read from the cache) a dataset folder, or a triplet file with its ``images`` folder, with
+        the encoders placed by ``placement``, where its methods then train."""
         ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
-        ie, te = build_image_encoder(image_spec), build_text_encoder(text_spec)
+        placement = placed(placement)
+        ie, te = build_image_encoder(image_spec, placement), build_text_encoder(text_spec, placement)
         ie = fit_image_encoder(ie, lambda: ds.gallery("train").paths or ds.gallery().paths, cache.root, progress)
         images, failed = image_table(cache, ie, ds.gallery(), image_views, progress)
         triplets = {s: ds.triplets(s) for s in ds.splits}
         texts = text_table(cache, te, [t.text for ts in triplets.values() for t in ts], text_views, progress)
-        return cls(ds, cache, ie, te, images, texts, triplets, failed, progress)
+        return cls(ds, cache, ie, te, images, texts, triplets, failed, progress, placement)
 
     @classmethod
     def for_configs(cls, data: str | Path | Dataset, cache: FeatureCache, image_spec: str, text_spec: str,
-                    configs: list[dict], progress: bool = True, images: str | Path | None = None) -> "Workspace":
+                    configs: list[dict], progress: bool = True, images: str | Path | None = None,
+                    placement: Placement | None = None) -> "Workspace":
         """:meth:`open` with the views the configured methods read (``views_needed``)."""
-        dims = FeatureDims.of(build_image_encoder(image_spec), build_text_encoder(text_spec))
+        placement = placed(placement)
+        dims = FeatureDims.of(build_image_encoder(image_spec, placement), build_text_encoder(text_spec, placement))
         image_views, text_views = views_needed(configs, dims)
-        return cls.open(data, cache, image_spec, text_spec, image_views, text_views, progress, images)
+        return cls.open(data, cache, image_spec, text_spec, image_views, text_views, progress, images, placement)
 
     @classmethod
     def for_model(cls, data: str | Path | Dataset, model: Fusion, image_encoder, text_encoder, cache: FeatureCache,
@@ -90,8 +96,9 @@ class Workspace:
         return [i for i in self.dataset.gallery(split).ids if i in self.images.row]
 
     def queries(self, model: Fusion) -> QuerySide:
-        """The query side for ``model``: the encoded references and texts, or DQU's unified queries."""
-        if not getattr(model, "unified_queries", False):
+        """The query side for ``model``: the encoded references and texts, or, for a method that makes its queries'
+        inputs itself (``Fusion.reads_raw_queries``: DQU), its unified queries."""
+        if not model.reads_raw_queries:
             return QuerySide(self.images, self.texts)
         from cirlab.training.unify import fit_captioner, unify_queries
 
@@ -190,7 +197,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
                                           ws.gallery_ids(train_split), pcfg)
         extra = pseudo_set.triplets
     result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate,
-                          state_path, resume, log_path, extra, pcfg.every if pcfg else 3)
+                          state_path, resume, log_path, extra, pcfg.every if pcfg else 3, ws.placement)
     if log_path:
         from cirlab.eval.report import training_curves_png
 

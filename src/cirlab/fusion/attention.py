@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods
+from cirlab.fusion.base import Fusion, Views, fusion_methods
 from cirlab.fusion.combiner import CombinerHead
 
 # X spatial regions of paper 000 as a grid (rows, columns) over the encoder's map
@@ -81,10 +81,10 @@ class MFFM(Fusion):
     paper = "paper 000 (MFEM region/multi-depth tokens + MFFM self/cross attention, L=4, H=8)"
     text_views = ("pooled", "tokens", "mask")
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, width: int = 256, layers: int = 4, heads: int = 8,
-                 regions: int = 8, levels: bool = True, spatial: bool = False, dropout: float = 0.1,
-                 skip: bool = True) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, width: int = 256, layers: int = 4, heads: int = 8,
+                     regions: int = 8, levels: bool = True, spatial: bool = False, dropout: float = 0.1,
+                     skip: bool = True) -> None:
+        dims, embed_dim = self.dims, self.embed_dim
         if regions not in REGION_GRIDS:
             raise ValueError(f"regions must be one of {sorted(REGION_GRIDS)}, got {regions}")
         if width % heads:
@@ -158,9 +158,9 @@ class CAFF(Fusion):
     paper = "paper 001 (CAFF: IGGF + TGGF + adaptive combiner)"
     text_views = ("pooled", "tokens", "mask")
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, width: int = 256, heads: int = 8,
-                 branches: str = "both", projection_dim: int = 512, hidden_dim: int = 1024, dropout: float = 0.2) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, width: int = 256, heads: int = 8,
+                     branches: str = "both", projection_dim: int = 512, hidden_dim: int = 1024, dropout: float = 0.2) -> None:
+        dims, embed_dim = self.dims, self.embed_dim
         if branches not in ("both", "iggf", "tggf"):
             raise ValueError(f"branches must be both, iggf or tggf, got {branches!r}")
         self.branches = branches

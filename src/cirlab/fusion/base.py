@@ -53,71 +53,29 @@ class FeatureDims:
         return asdict(self)
 
 
-class Fusion(nn.Module):
-    """Base class: subclasses implement :meth:`compose`; the image side is shared.
+class ReferenceMirror(nn.Module):
+    """Lets the text mirror the reference (``reference_mirror: true`` in a model config): a gate
+    ``g = sigmoid(10 (w t + b))`` read from the text mixes the reference's spatial views with the same views flipped
+    left-right, ``v + g (flip(v) - v)``, before the method composes. A facing edit ("turn it to the right") asks
+    for the reference's mirror image, which no sum or MLP of vectors can compute from an unseen reference; a flip
+    of a layout can. The gate starts nearly closed (``g`` = 0.018), so training starts close to the model without
+    it. Its logit is ``MIRROR_GATE_SCALE`` times the linear layer's output: Adam moves each weight by about the
+    learning rate per step, and a unit-scale gate would need thousands of steps to open. The pooled vector is
+    kept: an ImageNet network's pooled vector barely changes under a mirror (cosine 0.95 on EmojiEdit)."""
 
-    ``image_views`` / ``text_views`` name the encoder views the query side reads (an instance
-    may narrow them from its config); the gallery side reads ``gallery_views`` only. An image
-    (reference or gallery) is embedded by :meth:`embed_image`: the projection of its pooled
-    vector plus the configured image heads (``fusion.heads``: attention pooling over the region
-    map, a grid, a colour layout), so both sides see what global pooling loses.
-    """
-
-    name: ClassVar[str] = ""
-    paper: ClassVar[str] = ""
-    image_views: tuple[str, ...] = ("pooled",)
-    text_views: tuple[str, ...] = ("pooled",)
-    gallery_views: tuple[str, ...] = ("pooled",)
-
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512) -> None:
+    def __init__(self, text_dim: int) -> None:
         super().__init__()
-        self.dims, self.embed_dim = dims, embed_dim
-        self.image_proj = nn.Linear(dims.image, embed_dim)
-        self.text_proj = nn.Linear(dims.text, embed_dim)
-        self.image_head = "pooled"
-        self.head_map = "tokens"
-        self.heads = nn.ModuleList()
-        self.mirror_gate: nn.Linear | None = None
+        self.gate = nn.Linear(text_dim, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, -4.0 / MIRROR_GATE_SCALE)
 
-    def set_image_head(self, spec: str, head_map: str = "tokens") -> None:
-        """Add the image heads a spec names (``"attnpool"``, ``"grid:cells=3+colour"``; see ``fusion.heads``)
-        on both sides; the views they read join the query's and the gallery's. ``head_map``: the map the heads
-        that read regions read, the encoder's region ``tokens`` or its ``local`` map (from before the last stage)."""
-        from cirlab.fusion.heads import build_heads
+    def share(self, text: Views) -> torch.Tensor:
+        """(B, 1): how much of its mirror image each query's reference takes, from the text."""
+        return torch.sigmoid(MIRROR_GATE_SCALE * self.gate(F.normalize(text["pooled"].float(), dim=-1)))
 
-        if head_map not in ("tokens", "local"):
-            raise CirlabError(f"head_map must be 'tokens' or 'local', not {head_map!r}")
-        if head_map == "local" and not self.dims.local[0]:
-            raise CirlabError("head_map: local needs an image encoder with a local view (efficientnet_lite0)")
-        self.head_map = head_map
-        self.heads = build_heads(spec, self.head_channels(), self.head_regions(), self.embed_dim, self.dims.colour)
-        self.image_head = spec
-        extra = sorted({self.head_view() if v == "tokens" else v for h in self.heads for v in h.views})
-        self.gallery_views = tuple(dict.fromkeys((*self.gallery_views, *extra)))
-        self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
-
-    def set_reference_mirror(self) -> None:
-        """Let the text mirror the reference (``model.reference_mirror``): a gate ``g = sigmoid(10 (w t + b))`` read
-        from the text mixes the reference's spatial views with the same views flipped left-right,
-        ``v + g (flip(v) - v)``, before :meth:`compose`. A facing edit ("turn it to the right") asks for the
-        reference's mirror image, which no sum or MLP of vectors can compute from an unseen reference; a flip
-        of a layout can. The gate starts nearly closed (``g`` = 0.018), so training starts close to the model
-        without it. Its logit is ``MIRROR_GATE_SCALE`` times the linear layer's output: Adam moves each weight by
-        about the learning rate per step, and a unit-scale gate would need thousands of steps to open."""
-        if not {"tokens", "local", "colour", "thumbnail"} & set(self.image_views):
-            raise CirlabError("reference_mirror needs a view that keeps left and right (region tokens or the "
-                              "colour layout): add an image head such as colour or grid (--image-head colour)")
-        self.mirror_gate = nn.Linear(self.dims.text, 1)
-        nn.init.zeros_(self.mirror_gate.weight)
-        nn.init.constant_(self.mirror_gate.bias, -4.0 / MIRROR_GATE_SCALE)
-
-    def mirror_reference(self, reference: Views, text: Views) -> Views:
-        """The reference's views with the text's share of their mirror image mixed in (see
-        :meth:`set_reference_mirror`); unchanged without a gate. The pooled vector is kept: an ImageNet
-        network's pooled vector barely changes under a mirror (cosine 0.95 on EmojiEdit)."""
-        if self.mirror_gate is None:
-            return reference
-        g = self.mirror_share(text)
+    def forward(self, reference: Views, text: Views) -> Views:
+        """The reference's views with the text's share of their mirror image mixed in."""
+        g = self.share(text)
         out = dict(reference)
         for name, flipped in mirrored_views(reference).items():
             v = reference[name].float()
@@ -126,9 +84,88 @@ class Fusion(nn.Module):
             out[name] = torch.where(flipped == v, v, v + g.view(-1, *[1] * (v.dim() - 1)) * (flipped - v))
         return out
 
-    def mirror_share(self, text: Views) -> torch.Tensor:
-        """(B, 1): how much of its mirror image each query's reference takes, from the text (the gate)."""
-        return torch.sigmoid(MIRROR_GATE_SCALE * self.mirror_gate(F.normalize(text["pooled"].float(), dim=-1)))
+
+def _legacy_mirror_keys(module, state_dict, prefix, *args) -> None:
+    """Checkpoints saved before the mirror was its own module name its gate ``mirror_gate``: read them as
+    ``mirror.gate``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "mirror_gate.")]:
+        state_dict[prefix + "mirror.gate." + key[len(prefix + "mirror_gate."):]] = state_dict.pop(key)
+
+
+class Fusion(nn.Module):
+    """Base class: subclasses implement :meth:`compose` and build their own layers in :meth:`build_layers`; the
+    image side is shared.
+
+    A model is whole when it is constructed: ``Method(dims, embed_dim, image_head=, head_map=,
+    reference_mirror=, **params)`` builds the image projection and the text projection, then the method's own
+    layers (``build_layers(**params)``), then the image heads (``fusion.heads``) and the reference mirror
+    (:class:`ReferenceMirror`), in that order (the order their weights are drawn in). Nothing is attached later.
+
+    ``image_views`` / ``text_views`` name the encoder views the query side reads (a method may narrow them in
+    :meth:`build_layers`); the gallery side reads ``gallery_views`` only; the heads' views join both. An image
+    (reference or gallery) is embedded by :meth:`embed_image`: the projection of its pooled vector plus the image
+    heads (attention pooling over the region map, a grid, a colour layout), so both sides see what global pooling
+    loses.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    image_views: tuple[str, ...] = ("pooled",)
+    text_views: tuple[str, ...] = ("pooled",)
+    gallery_views: tuple[str, ...] = ("pooled",)
+
+    def __init__(self, dims: FeatureDims, embed_dim: int = 512, image_head: str = "pooled", head_map: str = "tokens",
+                 reference_mirror: bool = False, **params: object) -> None:
+        super().__init__()
+        self.dims, self.embed_dim = dims, embed_dim
+        self.image_proj = nn.Linear(dims.image, embed_dim)
+        self.text_proj = nn.Linear(dims.text, embed_dim)
+        self.image_head, self.head_map = str(image_head or "pooled"), str(head_map)
+        self.heads = nn.ModuleList()
+        self.mirror: ReferenceMirror | None = None
+        self.build_layers(**params)
+        if self.image_head != "pooled":
+            self._build_heads()
+        elif self.head_map != "tokens":
+            raise ValueError(f"head_map: {self.head_map} needs an image head that reads regions (image_head: grid, "
+                             "attnpool)")
+        if reference_mirror:
+            if not {"tokens", "local", "colour", "thumbnail"} & set(self.image_views):
+                raise CirlabError("reference_mirror needs a view that keeps left and right (region tokens or the "
+                                  "colour layout): add an image head such as colour or grid (--image-head colour)")
+            self.mirror = ReferenceMirror(dims.text)
+        self.register_load_state_dict_pre_hook(_legacy_mirror_keys)
+
+    def build_layers(self) -> None:
+        """The method's own layers; a subclass's keyword arguments are its config's ``model`` parameters."""
+
+    def _build_heads(self) -> None:
+        """The image heads ``image_head`` names (``"attnpool"``, ``"grid:cells=3+colour"``) on both sides; the views
+        they read join the query's and the gallery's. ``head_map``: the map the heads that read regions read, the
+        encoder's region ``tokens`` or its ``local`` map (from before the last stage)."""
+        from cirlab.fusion.heads import build_heads
+
+        if self.head_map not in ("tokens", "local"):
+            raise CirlabError(f"head_map must be 'tokens' or 'local', not {self.head_map!r}")
+        if self.head_map == "local" and not self.dims.local[0]:
+            raise CirlabError("head_map: local needs an image encoder with a local view (efficientnet_lite0)")
+        self.heads = build_heads(self.image_head, self.head_channels(), self.head_regions(), self.embed_dim,
+                                 self.dims.colour)
+        extra = sorted({self.head_view() if v == "tokens" else v for h in self.heads for v in h.views})
+        self.gallery_views = tuple(dict.fromkeys((*self.gallery_views, *extra)))
+        self.image_views = tuple(dict.fromkeys((*self.image_views, *extra)))
+
+    def raw_query_views(self, image, text: str, image_encoder, text_encoder) -> tuple[Views, Views] | None:
+        """Hook for a method that makes its query's inputs from the raw reference image and text itself (DQU draws
+        the text's keywords on the reference and writes its caption into the text): the views of that one query.
+        None, the default: the encoders' views of the reference and of the text, as they are."""
+        return None
+
+    @property
+    def reads_raw_queries(self) -> bool:
+        """Whether this method makes its queries' inputs itself (it overrides :meth:`raw_query_views`): then a
+        query is answered one by one, and a data set's queries are made by the method's own preparation."""
+        return type(self).raw_query_views is not Fusion.raw_query_views
 
     def head_view(self) -> str:
         """The view the heads' region rows come from (it replaces ``tokens`` among the views they read)."""
@@ -198,31 +235,21 @@ class Fusion(nn.Module):
 
     def forward(self, reference: Views, text: Views) -> torch.Tensor:
         """The query vectors: :meth:`compose` of the reference, mirrored where the text asks for it and the
-        model has a mirror gate (:meth:`set_reference_mirror`). Training, evaluation and serving call this."""
-        return self.compose(self.mirror_reference(reference, text), text)
+        model has a :class:`ReferenceMirror`. Training, evaluation and serving call this."""
+        return self.compose(reference if self.mirror is None else self.mirror(reference, text), text)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
 def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
-    """A fusion method by its registered name, with its config parameters."""
+    """A fusion method by its registered name, with its config's ``model`` parameters (the image side's
+    ``image_head``, ``head_map`` and ``reference_mirror`` among them)."""
     cls = fusion_methods.get(method)
-    params = dict(params)
-    head = params.pop("image_head", None)
-    head_map = str(params.pop("head_map", "tokens"))
-    mirror = bool(params.pop("reference_mirror", False))
     try:
-        model = cls(dims, **params)
+        return cls(dims, **params)
     except (TypeError, ValueError) as e:
         raise CirlabError(f"method {method!r} cannot be built: {e}; check its config (cirlab methods --configs)") from None
-    if head and head != "pooled":
-        model.set_image_head(str(head), head_map)
-    elif head_map != "tokens":
-        raise CirlabError(f"head_map: {head_map} needs an image head that reads regions (image_head: grid, attnpool)")
-    if mirror:
-        model.set_reference_mirror()
-    return model
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, norm: bool = False) -> nn.Sequential:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
+from cirlab.fusion.base import Fusion, Views, fusion_methods, mlp
 
 
 @fusion_methods.register("image_only")
@@ -49,8 +49,8 @@ class ConcatMLP(Fusion):
     name = "concat_mlp"
     paper = "baseline (papers 000, 003, 004: concatenation + MLP)"
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, hidden_dim: int = 1024, dropout: float = 0.2) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, hidden_dim: int = 1024, dropout: float = 0.2) -> None:
+        embed_dim = self.embed_dim
         self.mlp = mlp([2 * embed_dim, hidden_dim, embed_dim], dropout=dropout, norm=True)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:

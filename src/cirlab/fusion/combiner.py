@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods
+from cirlab.fusion.base import Fusion, Views, fusion_methods
 
 
 class CombinerHead(nn.Module):
@@ -55,9 +55,9 @@ class Combiner(Fusion):
     name = "combiner"
     paper = "CLIP4Cir Combiner (baseline of papers 001 and 004; AC of paper 001)"
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, projection_dim: int = 1024,
-                 hidden_dim: int = 2048, dropout: float = 0.5, zero_init_output: bool = True) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, projection_dim: int = 1024,
+                     hidden_dim: int = 2048, dropout: float = 0.5, zero_init_output: bool = True) -> None:
+        embed_dim = self.embed_dim
         self.head = CombinerHead(embed_dim, projection_dim, hidden_dim, dropout, zero_init_output)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
@@ -79,10 +79,10 @@ class ClipCD(Fusion):
     name = "clip_cd"
     paper = "paper 004 (CLIP-CD: Combiner + bilinear pooling)"
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, projection_dim: int = 512, hidden_dim: int = 1024,
-                 dropout: float = 0.2, zero_init_output: bool = True, bilinear: bool = True,
-                 bilinear_dim: int = 32, bilinear_hidden: int = 512) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, projection_dim: int = 512, hidden_dim: int = 1024,
+                     dropout: float = 0.2, zero_init_output: bool = True, bilinear: bool = True,
+                     bilinear_dim: int = 32, bilinear_hidden: int = 512) -> None:
+        embed_dim = self.embed_dim
         if bilinear and not 0 < bilinear_dim < embed_dim:
             raise ValueError(f"bilinear_dim must be between 1 and embed_dim - 1 (K < D), got {bilinear_dim}")
         self.head = CombinerHead(embed_dim, projection_dim, hidden_dim, dropout, zero_init_output)

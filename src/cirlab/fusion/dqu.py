@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from cirlab.encoders.base import as_tensors, pad_to_square
-from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
+from cirlab.fusion.base import Fusion, Views, fusion_methods, mlp
 
 # Function words (articles, pronouns, auxiliaries, prepositions, conjunctions) and the verbs of
 # edit instructions ("make it", "change to"): what is left are the words that name what to show.
@@ -85,11 +85,9 @@ class DQU(Fusion):
 
     name = "dqu"
     paper = "paper 002 (DQU-CIR: text + visual query unification)"
-    unified_queries = True
-
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, unify: str = "both", hidden_dim: int = 512,
-                 captions: str = "metadata", captioner_ridge: float = 1.0, captioner_model: str | None = None) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, unify: str = "both", hidden_dim: int = 512,
+                     captions: str = "metadata", captioner_ridge: float = 1.0, captioner_model: str | None = None) -> None:
+        dims, embed_dim = self.dims, self.embed_dim
         if unify not in ("both", "textual", "visual"):
             raise ValueError(f"unify must be both, textual or visual, got {unify!r}")
         if captions not in ("metadata", "captioner"):
@@ -144,7 +142,7 @@ class DQU(Fusion):
         return [vocab[i] for i in (mapped @ self.vocab_vectors.T).argmax(dim=-1).tolist()]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.setdefault(prefix + "captioner_bias", torch.zeros(0))  # checkpoints from before it existed
+        state_dict.setdefault(prefix + "captioner_bias", torch.zeros(0))  # checkpoints without it: no bias
         for name in ("captioner_map", "vocab_vectors", "vocab_bytes", "captioner_bias"):
             if prefix + name in state_dict:  # the captioner's size is data, not config
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
@@ -162,15 +160,15 @@ class DQU(Fusion):
         lam = torch.sigmoid(self.mix(torch.cat([f_textual, f_visual], dim=-1)))
         return F.normalize(lam * f_textual + (1 - lam) * f_visual, dim=-1)
 
-
-@torch.inference_mode()
-def unified_query_views(model: DQU, image_encoder, text_encoder, image: Image.Image, text: str,
+    @torch.inference_mode()
+    def raw_query_views(self, image: Image.Image, text: str, image_encoder, text_encoder,
                         caption: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One query, unified: the drawn reference's views and the unified text's views (for serving)."""
-    image = image.convert("RGB")
-    if caption is None:
-        caption = model.caption(image_encoder.encode_images([image], ("pooled",))["pooled"])[0]
-    drawn = draw_keywords(image, keywords(text), image_encoder.size) if model.unify != "textual" else image
-    iv = image_encoder.encode_images([drawn], model.image_views)
-    tv = text_encoder.encode_texts([unified_text(caption, text) if model.unify != "visual" else text], model.text_views)
-    return as_tensors(iv), as_tensors(tv)
+        """One query, unified: the drawn reference's views and the unified text's views (for serving)."""
+        image = image.convert("RGB")
+        if caption is None:
+            caption = self.caption(image_encoder.encode_images([image], ("pooled",))["pooled"])[0]
+        drawn = draw_keywords(image, keywords(text), image_encoder.size) if self.unify != "textual" else image
+        iv = image_encoder.encode_images([drawn], self.image_views)
+        tv = text_encoder.encode_texts([unified_text(caption, text) if self.unify != "visual" else text],
+                                       self.text_views)
+        return as_tensors(iv), as_tensors(tv)

@@ -2,7 +2,7 @@
 
 The reference (query side) and every gallery image (target side) go through the same head, so a
 gallery may be embedded from more than the globally average-pooled vector, which loses where
-things are and which way they face (issue 13, ``benchmarks/results/representation-probe.md``).
+things are and which way they face (``benchmarks/results/representation-probe.md``).
 The index still stores one vector per image: search cost does not change.
 
 A head spec names one or more heads joined by ``+``: ``pooled`` (the linear projection of the
@@ -14,7 +14,7 @@ last layer starts at zero, so training starts exactly at the pooled model and le
 spatial view adds.
 
 The heads that read regions read the encoder's region tokens, or with ``head_map: local`` (a model config key)
-its ``local`` map from before the last stage (``Fusion.set_image_head``).
+its ``local`` map from before the last stage (built when the ``Fusion`` is constructed).
 
 Bytes in the feature cache per image (efficientnet_lite0): pooled 1280 x 4 = 5,120 (float32), tokens
 49 x 1280 x 2 = 125,440 (float16), local 49 x 304 x 2 = 29,792, levels 3 x 192 x 2 = 1,152, colour

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cirlab.errors import CirlabError
-from cirlab.fusion.base import FeatureDims, Fusion, Views, fusion_methods, mlp
+from cirlab.fusion.base import Fusion, Views, fusion_methods, mlp
 
 
 @fusion_methods.register("tirg")
@@ -25,9 +25,9 @@ class TIRG(Fusion):
     name = "tirg"
     paper = "TIRG (Vo et al. 2019), the reference of paper 003 and a baseline of 000/001"
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, hidden_dim: int = 1024,
-                 gate_weight: float = 1.0, residual_weight: float = 1.0, dropout: float = 0.1) -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, hidden_dim: int = 1024,
+                     gate_weight: float = 1.0, residual_weight: float = 1.0, dropout: float = 0.1) -> None:
+        embed_dim = self.embed_dim
         self.gate = mlp([2 * embed_dim, hidden_dim, embed_dim], dropout=dropout, norm=True)
         self.residual = mlp([2 * embed_dim, hidden_dim, embed_dim], dropout=dropout, norm=True)
         self.w_gate = nn.Parameter(torch.tensor(float(gate_weight)))
@@ -65,9 +65,11 @@ class TIRGGate(Fusion):
     paper = "paper 003 (TIRG-style gating only, 3x3 conv + BN over the feature map)"
     image_views = ("pooled", "tokens")
 
-    def __init__(self, dims: FeatureDims, embed_dim: int = 512, channels: int = 128, gate_kernel: int = 1,
-                 residual: bool = False, positions: bool = False, map_from: str = "tokens") -> None:
-        super().__init__(dims, embed_dim)
+    def build_layers(self, channels: int = 128, gate_kernel: int = 1,
+                     residual: bool = False, positions: bool = False, map_from: str = "tokens") -> None:
+        dims, embed_dim = self.dims, self.embed_dim
+        if self.head_map != "tokens":
+            raise CirlabError("tirg_gate's image heads read its own map: choose the map with map_from, not head_map")
         del self.image_proj  # the image side is the 1x1 convolution below, then W_o
         if map_from not in ("tokens", "local", "thumbnail"):
             raise ValueError(f"map_from must be 'tokens', 'local' or 'thumbnail', got {map_from!r}")
@@ -117,11 +119,6 @@ class TIRGGate(Fusion):
 
     def image_base(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out(self.project_rows(F.normalize(pooled.float(), dim=-1)))
-
-    def set_image_head(self, spec: str, head_map: str = "tokens") -> None:
-        if head_map != "tokens":
-            raise CirlabError("tirg_gate's image heads read its own map: choose the map with map_from, not head_map")
-        super().set_image_head(spec)
 
     def head_view(self) -> str:  # the heads read this method's own map, made from the view map_from names
         return self.map_from

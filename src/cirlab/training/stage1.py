@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +43,9 @@ from torch import nn
 from tqdm import tqdm
 
 from cirlab.checkpoint import save_checkpoint
-from cirlab.config import TrainConfig
 from cirlab.data.features import image_table, text_table
 from cirlab.data.triplets import Dataset
-from cirlab.devices import loader_workers, resolve_device, tensor_to
+from cirlab.devices import Placement, loader_workers, placed, tensor_to
 from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.cache import FeatureCache
@@ -60,55 +58,9 @@ from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.images import UnreadableImage, decode_images
 from cirlab.index.exact import exact_topk
 from cirlab.training.augment import Augment
+from cirlab.training.stage1_config import Stage1Config, stage1_config
 from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
 from cirlab.training.trainer import TrainResult, fit, seed_everything
-
-TUNE_CHOICES = ("none", "text", "image", "both")
-
-
-def stage1_presets() -> list[str]:
-    """The shipped stage-1 presets (``configs/stage1/<name>.json``): clip_cd, caff, align."""
-    folder = resources.files("cirlab") / "configs" / "stage1"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
-
-
-def read_stage1_config(name_or_path: str | Path) -> dict:
-    """A preset by name, or a JSON file."""
-    from cirlab.config import read_config
-
-    preset = resources.files("cirlab") / "configs" / "stage1" / f"{name_or_path}.json"
-    path = Path(name_or_path)
-    if not path.is_file() and preset.is_file():
-        return read_config(preset)
-    if not path.is_file():
-        raise CirlabError(f"stage-1 config {name_or_path} is neither a file nor a preset ({', '.join(stage1_presets())})")
-    return read_config(path)
-
-
-def stage1_config(override: dict | None = None) -> dict:
-    """``configs/stage1.json`` with ``override`` on top (its ``train`` merged key by key)."""
-    cfg = json.loads((resources.files("cirlab") / "configs" / "stage1.json").read_text())
-    for key, value in (override or {}).items():
-        if key in ("train", "tasks"):
-            cfg[key].update(value)
-        elif key in cfg:
-            cfg[key] = value
-        else:
-            raise CirlabError(f"unknown stage-1 option {key!r}; known: {sorted(cfg)}")
-    if cfg["tune"] not in TUNE_CHOICES:
-        raise CirlabError(f"tune {cfg['tune']!r} unknown; use one of {', '.join(TUNE_CHOICES)}")
-    for key in ("image_blocks", "text_layers"):
-        n = cfg[key]
-        if n != "all" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise CirlabError(f"{key} {n!r}: give a number of final layers (1 or more) or \"all\"")
-    if Augment.parse(cfg["augment"]) and cfg["tune"] not in ("image", "both"):
-        raise CirlabError("augmentation changes the images the image encoder reads: it needs tune image or both")
-    unknown = set(cfg["tasks"]) - set(stage1_tasks.names())
-    if unknown:
-        raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: {', '.join(stage1_tasks.in_order())}")
-    TrainConfig.from_dict(cfg["train"])
-    return cfg
-
 
 def once_each(keys, encode) -> torch.Tensor:
     """``encode`` run on the distinct ``keys`` only (a batch repeats images and texts), rows back in ``keys``' order."""
@@ -246,46 +198,100 @@ def stage1_encoders(folder: str | Path) -> tuple[str, str]:
     return specs["image_spec"], specs["text_spec"]
 
 
+@dataclass
+class Tuning:
+    """The encoders stage 1 runs, and the parameters of each that it tunes (``blocks``/``layers`` 0: frozen)."""
+
+    image: object
+    text: object
+    image_parts: dict
+    text_parts: dict
+    blocks: int | str
+    layers: int | str
+
+
+@dataclass
+class Stage1Data:
+    """What stage 1 trains and validates on: the images' and texts' sides, the tasks' data, the triplets of the
+    splits used (no training triplets in an image-caption file, ``caption_mode``) and the validation split's
+    gallery."""
+
+    images: ImageSide
+    texts: TextSide
+    tasks: TaskData
+    triplets: dict
+    caption_mode: bool
+    val_split: str | None
+    val_gallery: list[str]
+    augment: Augment
+
+
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
-               config: dict | None = None, progress: bool = True, train_split: str = "train",
+               config: Stage1Config | dict | None = None, progress: bool = True, train_split: str = "train",
                val_split: str | None = "val", resume: bool = False, images: str | Path | None = None,
-               device: str | torch.device | None = None, precision: str | None = None) -> Stage1Result:
-    """Fine-tune per ``config`` (see ``configs/stage1.json``) on a data set's training triplets (or, for
-    image-caption data, its captioned training images); keep the epoch of best validation recall; write
-    the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a JSONL ``data``.
-    ``device`` and ``precision``: where and how the steps run (:func:`cirlab.training.trainer.fit`); the tuned
-    encoders train there, and every file written holds CPU tensors."""
+               placement: Placement | None = None) -> Stage1Result:
+    """Fine-tune per ``config`` (a :class:`Stage1Config`, or a dict of overrides of its defaults) on a data set's
+    training triplets (or, for image-caption data, its captioned training images); keep the epoch of best
+    validation recall; write the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a
+    JSONL ``data``. ``placement``: where and how the steps run (:func:`cirlab.training.trainer.fit`; None: the
+    defaults'); the tuned encoders train there, the frozen ones infer there, and every file written holds CPU
+    tensors."""
     cfg = stage1_config(config)
-    device = resolve_device(device)
-    train_cfg = TrainConfig.from_dict(cfg["train"])
+    placement = placed(placement)
     ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tune_image, tune_text = cfg["tune"] in ("image", "both"), cfg["tune"] in ("text", "both")
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    seed_everything(train_cfg.seed)
-    image_enc = new_encoder("image", image_spec) if tune_image else build_image_encoder(image_spec)
+    seed_everything(cfg.train.seed)
+    tuning = prepare_encoders(cfg, image_spec, text_spec, ds, cache, train_split, placement, progress)
+    sides = prepare_data(cfg, ds, tuning, cache, train_split, val_split, placement.device, progress)
+    tasks, skipped = stage1_task_set(cfg, sides.tasks, ds.name)
+    seconds = {"features": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    model, result, alignment = train_stage1(cfg, ds, tuning, sides, tasks, out, resume, placement, progress)
+    seconds["train"] = time.perf_counter() - t1
+    image_enc, text_enc = save_stage1(cfg, ds, tuning, model.fusion, result, skipped, tasks, sides.augment, out)
+    seconds["total"] = time.perf_counter() - t0
+    # the kept weights' validation recall, as fit recorded it: the best epoch's row, else the last one's
+    kept = result.history[result.best_epoch - 1 if cfg.train.select_best and result.best_epoch else -1]
+    val_recall = {int(k[6:]): v for k, v in kept.items() if k.startswith("val_R@")}
+    res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall,
+                       {name: cfg.tasks[name] for name in tasks}, skipped, alignment)
+    atomic_write_text(out / "stage1.json", json.dumps({"config": cfg.to_dict(), **res.to_dict()}, indent=1))
+    return res
+
+
+def prepare_encoders(cfg: Stage1Config, image_spec: str, text_spec: str, ds: Dataset, cache: FeatureCache,
+                     train_split: str, placement: Placement, progress: bool) -> Tuning:
+    """The encoders: a new instance of each one that tunes (its tuned parameters trainable, on the device), the
+    shared inference instance of a frozen one."""
+    image_enc = new_encoder("image", image_spec) if cfg.tunes_image else build_image_encoder(image_spec, placement)
     image_enc = fit_image_encoder(image_enc, lambda: ds.gallery(train_split).paths or ds.gallery().paths, cache.root,
                                   progress)
-    text_enc = new_encoder("text", text_spec) if tune_text else build_text_encoder(text_spec)
-    for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
+    text_enc = new_encoder("text", text_spec) if cfg.tunes_text else build_text_encoder(text_spec, placement)
+    for enc, tuned in ((image_enc, cfg.tunes_image), (text_enc, cfg.tunes_text)):
         if tuned and not hasattr(enc, "tunable"):
             raise CirlabError(f"{enc.spec} cannot be fine-tuned here (supported: efficientnet_lite*, clip:, minilm, hf "
                               "text models)")
-    blocks, layers = (cfg["image_blocks"] if tune_image else 0), (cfg["text_layers"] if tune_text else 0)
-    if tune_image and cfg["gradient_checkpointing"]:
+    blocks, layers = (cfg.image_blocks if cfg.tunes_image else 0), (cfg.text_layers if cfg.tunes_text else 0)
+    if cfg.tunes_image and cfg.gradient_checkpointing:
         if not hasattr(image_enc, "checkpointing"):
             raise CirlabError(f"{image_enc.spec} has no gradient checkpointing here (efficientnet_lite*, clip: do)")
         image_enc.checkpointing = True
-    image_parts = image_enc.tunable(blocks) if tune_image else {}
-    text_parts = text_enc.tunable(layers) if tune_text else {}
+    image_parts = image_enc.tunable(blocks) if cfg.tunes_image else {}
+    text_parts = text_enc.tunable(layers) if cfg.tunes_text else {}
     for p in list(image_parts.values()) + list(text_parts.values()):
         p.requires_grad_(True)
-    for enc, tuned in ((image_enc, tune_image), (text_enc, tune_text)):
+    for enc, tuned in ((image_enc, cfg.tunes_image), (text_enc, cfg.tunes_text)):
         if tuned:
-            enc.model.to(device)
+            enc.model.to(placement.device)
+    return Tuning(image_enc, text_enc, image_parts, text_parts, blocks, layers)
 
+
+def prepare_data(cfg: Stage1Config, ds: Dataset, tuning: Tuning, cache: FeatureCache, train_split: str,
+                 val_split: str | None, device: torch.device, progress: bool) -> Stage1Data:
+    """The images stage 1 reads (the frozen trunk's outputs, the pixels where it augments, else cached pooled
+    vectors) and the texts (cached, or run through a tuned text model every batch)."""
     triplets = {s: ds.triplets(s) for s in (train_split, val_split) if s and s in ds.splits}
     caption_mode = train_split not in triplets  # an image-caption file: alignment and the other image tasks
     gallery = ds.gallery()
@@ -297,55 +303,67 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         needed = sorted({x for t in triplets[train_split] for x in (t.reference, *t.targets[:1])} | set(val_gallery)
                         | {t.reference for t in triplets.get(val_split, [])})
     needed = [i for i in needed if i in paths]
-    augment = Augment.parse(cfg["augment"]) if tune_image else Augment()
+    image_enc = tuning.image
+    augment = Augment.parse(cfg.augment) if cfg.tunes_image else Augment()
     if augment and not hasattr(image_enc, "trunk_of_pixels"):
         raise CirlabError(f"{image_enc.spec} cannot be trained from augmented images (supported: efficientnet_lite*, "
                           "clip:)")
-    if tune_image:
-        kept, trunk = _trunk_outputs(image_enc, needed, paths, blocks, progress, pixels=bool(augment), device=device)
-        images = ImageSide(image_enc, kept, trunk, blocks, augment if augment else None, device)
+    if cfg.tunes_image:
+        kept, trunk = _trunk_outputs(image_enc, needed, paths, tuning.blocks, progress, pixels=bool(augment),
+                                     device=device)
+        images = ImageSide(image_enc, kept, trunk, tuning.blocks, augment if augment else None, device)
     else:
         table, _ = image_table(cache, image_enc, gallery.subset(needed), ("pooled",), progress)
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0, device=device)
     data = TaskData(ds.name, caption_mode, train_split, {i: c for i, c in ds.captions.items() if i in images.row},
                     set(ds.gallery(train_split).ids) & set(images.row), ds.by_id)
-    weights = {name: w for name, w in cfg["tasks"].items() if w}
+    all_texts = [t.text for ts in triplets.values() for t in ts] + list(data.captions.values()) + data.category_names
+    table = None if cfg.tunes_text else text_table(cache, tuning.text, all_texts, ("pooled",), progress)
+    return Stage1Data(images, TextSide(tuning.text, table, device), data, triplets, caption_mode, val_split,
+                      val_gallery, augment)
+
+
+def stage1_task_set(cfg: Stage1Config, data: TaskData, name: str) -> tuple[dict, dict]:
+    """The tasks with a weight that this data can feed (in the registry's order: heads are built and losses added
+    in it), and those it cannot, with why."""
     tasks, skipped = {}, {}
-    for name in stage1_tasks.in_order():  # the registry's order: heads are built and losses added in it
-        if name in weights:
-            task = stage1_tasks.get(name)(data, cfg["embed_dim"], train_cfg.logit_scale)
+    for task_name in stage1_tasks.in_order():
+        if cfg.tasks.get(task_name):
+            task = stage1_tasks.get(task_name)(data, cfg.embed_dim, cfg.train.logit_scale)
             why = task.skip_reason()
             if why:
-                skipped[name] = why
+                skipped[task_name] = why
             else:
-                tasks[name] = task
+                tasks[task_name] = task
     if not tasks:
-        raise CirlabError(f"no stage-1 task can run on {ds.name}: {skipped or 'every task weight is 0'}")
-    active = {name: weights[name] for name in tasks}
-    captions = data.captions
-    all_texts = [t.text for ts in triplets.values() for t in ts] + list(captions.values()) + data.category_names
-    texts = TextSide(text_enc, None if tune_text else text_table(cache, text_enc, all_texts, ("pooled",), progress),
-                     device)
-    seconds["features"] = time.perf_counter() - t0
+        raise CirlabError(f"no stage-1 task can run on {name}: {skipped or 'every task weight is 0'}")
+    return tasks, skipped
 
-    if caption_mode:  # one training item per captioned training image
-        usable = sorted(i for i in data.train_ids if i in captions)
+
+def train_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, sides: Stage1Data, tasks: dict, out: Path,
+                 resume: bool, placement: Placement, progress: bool) -> tuple["Stage1Model", TrainResult, dict]:
+    """The stage-1 model (the ``sum`` fusion, the tuned layers, the tasks' heads) trained by :func:`fit`; and the
+    caption -> image recall before and after, on the training and validation images that have captions."""
+    images, texts, captions = sides.images, sides.texts, sides.tasks.captions
+    if sides.caption_mode:  # one training item per captioned training image
+        usable = sorted(i for i in sides.tasks.train_ids if i in captions)
     else:
-        usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row)) for t in triplets[train_split]
+        usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row))
+                  for t in sides.triplets[sides.tasks.train_split]
                   if t.reference in images.row and any(x in images.row for x in t.targets)]
     if len(usable) < 2:
-        raise CirlabError(f"only {len(usable)} usable training {'image' if caption_mode else 'triplet'}(s) for stage 1")
-    fusion = build_fusion("sum", FeatureDims.of(image_enc, text_enc), embed_dim=cfg["embed_dim"]).to(device)
-    model = Stage1Model(fusion, image_parts, text_parts, images)
-    if tune_image:
-        model.frozen_modules.append(image_enc.model)
-    if tune_text:
-        model.frozen_modules.append(text_enc.model)
+        raise CirlabError(f"only {len(usable)} usable training {'image' if sides.caption_mode else 'triplet'}(s) for "
+                          "stage 1")
+    device = placement.device
+    fusion = build_fusion("sum", FeatureDims.of(tuning.image, tuning.text), embed_dim=cfg.embed_dim).to(device)
+    model = Stage1Model(fusion, tuning.image_parts, tuning.text_parts, images)
+    model.frozen_modules += [enc.model for enc, tuned in ((tuning.image, cfg.tunes_image), (tuning.text, cfg.tunes_text))
+                             if tuned]
     for task in tasks.values():
         model.aux.update(task.modules())
 
     def batch_loss(rows: np.ndarray) -> torch.Tensor:
-        if caption_mode:
+        if sides.caption_mode:
             ids, triples = [usable[r] for r in rows], None
         else:
             triples = tuple(zip(*(usable[r] for r in rows)))
@@ -355,54 +373,56 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
         for name, task in tasks.items():
             term = task.loss(batch, model.aux)
             if term is not None:
-                loss = loss + active[name] * term
+                loss = loss + cfg.tasks[name] * term
         return loss
 
     validate = None
-    if val_split in triplets and triplets[val_split]:
-        val = [t for t in triplets[val_split] if t.reference in images.row]
-        val_ids = [g for g in val_gallery if g in images.row]
+    if sides.val_split in sides.triplets and sides.triplets[sides.val_split]:
+        val = [t for t in sides.triplets[sides.val_split] if t.reference in images.row]
+        val_ids = [g for g in sides.val_gallery if g in images.row]
 
         @torch.no_grad()
         def validate(_module) -> dict[int, float]:
             return _recall(fusion, images, texts, val, val_ids, ds.exclude_reference)
 
-    aligned = {"train": sorted(i for i in data.train_ids if i in captions),
-               "val": sorted(i for i in val_gallery if i in captions and i in images.row)}
+    aligned = {"train": sorted(i for i in sides.tasks.train_ids if i in captions),
+               "val": sorted(i for i in sides.val_gallery if i in captions and i in images.row)}
     aligned = {k: v for k, v in aligned.items() if v}
-    alignment_before = {k: _text_to_image_recall(fusion, images, texts, v, captions) for k, v in aligned.items()}
-    groups = [{"params": list(fusion.parameters()) + list(model.aux.parameters()), "lr_scale": cfg["head_lr_scale"]}]
-    if image_parts or text_parts:
-        groups.append({"params": list(image_parts.values()) + list(text_parts.values()), "lr_scale": 1.0})
-    t1 = time.perf_counter()
-    result = fit(model, len(usable), batch_loss, train_cfg, progress, validate, out / "stage1-state.pt", resume,
-                 out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg['tune']})", param_groups=groups, device=device,
-                 precision=precision)
-    seconds["train"] = time.perf_counter() - t1
-    # the kept weights' validation recall, as fit recorded it: the best epoch's row, else the last one's
-    kept = result.history[result.best_epoch - 1 if train_cfg.select_best and result.best_epoch else -1]
-    val_recall = {int(k[6:]): v for k, v in kept.items() if k.startswith("val_R@")}
-    alignment = {k: {"images": len(v), "before": alignment_before[k],
+    before = {k: _text_to_image_recall(fusion, images, texts, v, captions) for k, v in aligned.items()}
+    groups = [{"params": list(fusion.parameters()) + list(model.aux.parameters()), "lr_scale": cfg.head_lr_scale}]
+    if tuning.image_parts or tuning.text_parts:
+        groups.append({"params": list(tuning.image_parts.values()) + list(tuning.text_parts.values()),
+                       "lr_scale": 1.0})
+    result = fit(model, len(usable), batch_loss, cfg.train, progress, validate, out / "stage1-state.pt", resume,
+                 out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg.tune})", param_groups=groups,
+                 placement=placement)
+    alignment = {k: {"images": len(v), "before": before[k],
                      "after": _text_to_image_recall(fusion, images, texts, v, captions)} for k, v in aligned.items()}
-
     from cirlab.eval.report import training_curves_png
 
-    training_curves_png(out / "stage1-metrics.png", result.history, f"stage 1, tune {cfg['tune']}, on {ds.name}")
-    meta = {"stage1": {"tune": cfg["tune"], "image_blocks": blocks, "text_layers": layers, "data": ds.name,
-                       "augment": augment.spec, "tasks": active, "skipped_tasks": skipped}}
-    if tune_image:
-        save_tuned(out / "image.pt", "image", image_enc, blocks, meta)
+    training_curves_png(out / "stage1-metrics.png", result.history, f"stage 1, tune {cfg.tune}, on {ds.name}")
+    return model, result, alignment
+
+
+def save_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, fusion, result: TrainResult, skipped: dict,
+                tasks: dict, augment: Augment, out: Path) -> tuple[object, object]:
+    """Write the tuned encoders (``image.pt``, ``text.pt``) and the stage-1 model (``stage1.pt``) on them; the
+    encoders as read back from those files (a frozen one as it was)."""
+    meta = {"stage1": {"tune": cfg.tune, "image_blocks": tuning.blocks, "text_layers": tuning.layers, "data": ds.name,
+                       "augment": augment.spec, "tasks": {name: cfg.tasks[name] for name in tasks},
+                       "skipped_tasks": skipped}}
+    image_enc, text_enc = tuning.image, tuning.text
+    if cfg.tunes_image:
+        save_tuned(out / "image.pt", "image", image_enc, tuning.blocks, meta)
         image_enc = load_tuned(out / "image.pt", "image")
-    if tune_text:
-        save_tuned(out / "text.pt", "text", text_enc, layers, meta)
+    if cfg.tunes_text:
+        save_tuned(out / "text.pt", "text", text_enc, tuning.layers, meta)
         text_enc = load_tuned(out / "text.pt", "text")
-    save_checkpoint(out / "stage1.pt", fusion, {"embed_dim": cfg["embed_dim"]}, cfg["train"], image_enc, text_enc,
-                    {"config": {"method": "sum", "model": {"embed_dim": cfg["embed_dim"]}, "train": cfg["train"]},
+    train = cfg.to_dict()["train"]
+    save_checkpoint(out / "stage1.pt", fusion, {"embed_dim": cfg.embed_dim}, train, image_enc, text_enc,
+                    {"config": {"method": "sum", "model": {"embed_dim": cfg.embed_dim}, "train": train},
                      "data": {"name": ds.name}, "train": result.to_dict(), **meta})
-    seconds["total"] = time.perf_counter() - t0
-    res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall, active, skipped, alignment)
-    atomic_write_text(out / "stage1.json", json.dumps({"config": cfg, **res.to_dict()}, indent=1))
-    return res
+    return image_enc, text_enc
 
 
 def _recall(fusion, images: ImageSide, texts: TextSide, triplets, gallery_ids: list[str], exclude_reference: bool,

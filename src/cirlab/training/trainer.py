@@ -17,7 +17,7 @@ from tqdm import tqdm
 from cirlab.config import TrainConfig, monitor_ks
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.devices import autocast, grad_scaler, precision_name, resolve_device, resolve_precision, to_device
+from cirlab.devices import Placement, autocast, grad_scaler, placed, precision_name, to_device
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save, atomic_write_text
 from cirlab.fusion.base import Fusion
@@ -138,20 +138,20 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
                  state_path: str | Path | None = None, resume: bool = False,
                  log_path: str | Path | None = None, pseudo: list[Triplet] | None = None,
-                 pseudo_every: int = 3, device: str | torch.device | None = None,
-                 precision: str | None = None) -> TrainResult:
+                 pseudo_every: int = 3, placement: Placement | None = None) -> TrainResult:
     """Stage 2: train a fusion method on cached features with the batch InfoNCE loss (plus the
     triplet loss where ``triplet_weight`` > 0), through :func:`fit`.
 
     ``images`` holds the target (gallery) images; ``queries`` the query halves of the triplets.
     ``pseudo``: pseudo triplets (``training.pseudo``), one epoch on them after every
-    ``pseudo_every`` epochs on the real ones (paper 004's schedule). ``device``, ``precision``: see :func:`fit`.
+    ``pseudo_every`` epochs on the real ones (paper 004's schedule). ``placement``: see :func:`fit`.
     """
     from cirlab.training.pseudo import pseudo_epochs
 
     cfg.check()
     seed_everything(cfg.seed)
-    device = resolve_device(device)
+    placement = placed(placement)
+    device = placement.device
     real = TripletIndex.build(triplets, images, queries)
     if len(real) < 2:
         raise CirlabError(f"only {len(real)} usable training triplet(s): need at least 2 whose images and texts are encoded")
@@ -184,8 +184,8 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         return loss
 
     result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
-                 state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch, device=device,
-                 precision=precision)
+                 state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch,
+                 placement=placement)
     result.triplets = len(real)
     result.pseudo_epochs = [e + 1 for e, p in enumerate(plan) if p]
     return result
@@ -200,10 +200,8 @@ class Precision:
     scaler: torch.amp.GradScaler
 
     @classmethod
-    def of(cls, device: str | torch.device | None, precision: str | None) -> "Precision":
-        device = resolve_device(device)
-        dtype = resolve_precision(precision, device)
-        return cls(device, dtype, grad_scaler(device, dtype))
+    def of(cls, placement: Placement) -> "Precision":
+        return cls(placement.device, placement.dtype, grad_scaler(placement.device, placement.dtype))
 
 
 def _backward(batch_loss: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray, parts: int,
@@ -224,7 +222,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
         progress: bool = True, validate: Callable | None = None, state_path: str | Path | None = None,
         resume: bool = False, log_path: str | Path | None = None, desc: str = "training",
         on_epoch: Callable[[int], None] | None = None, param_groups: list[dict] | None = None,
-        device: str | torch.device | None = None, precision: str | None = None) -> TrainResult:
+        placement: Placement | None = None) -> TrainResult:
     """The one optimisation loop of both stages: ``items`` training examples (or a count per epoch) shuffled each epoch,
     ``batch_loss(rows)`` the loss of a batch; the configured optimiser over the module's trainable
     parameters, per-step schedule with warm-up, gradient clipping.
@@ -239,12 +237,12 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
     before each epoch's steps. ``param_groups``: ``[{"params": [...], "lr_scale": s}, ...]`` where parts
     learn at ``s`` times ``lr`` (stage 1: new projection heads faster than pretrained layers).
 
-    ``device`` (None: ``$CIRLAB_DEVICE``, else ``auto``) is where the module trains; ``batch_loss`` puts its
-    inputs there. ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cirlab.devices`) runs the
-    forward passes under autocast, fp16 with a gradient scaler. Saved states are CPU tensors.
+    ``placement.device`` (None: the defaults' placement) is where the module trains; ``batch_loss`` puts its
+    inputs there. ``placement.precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see :mod:`cirlab.devices`)
+    runs the forward passes under autocast, fp16 with a gradient scaler. Saved states are CPU tensors.
     """
     cfg.check()
-    amp = Precision.of(device, precision)
+    amp = Precision.of(placed(placement))
     module.to(amp.device)
     groups = param_groups or [{"params": list(module.parameters()), "lr_scale": 1.0}]
     groups = [{"params": [q for q in g["params"] if q.requires_grad], "lr": cfg.lr * g.get("lr_scale", 1.0)}
