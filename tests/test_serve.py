@@ -357,3 +357,57 @@ def test_a_wrong_method_names_every_allowed_one(served):
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
     r = httpx.post(base + "/search", data={"text": "red", "method": ""})
     assert r.status_code == 422 and "'method' must be non-empty" in r.json()["error"]
+
+
+def test_a_cut_off_upload_is_read_and_the_reply_says_so(served):
+    """A PNG whose last bytes are missing decodes (its pixels are all there): it is answered, with a warning in the
+    reply, for a search and for a gallery addition; a whole file gets none."""
+    from cirlab.images import ends_early
+
+    base, index_dir, *_ = served
+    whole, cut = png_bytes((20, 200, 40)), png_bytes((20, 200, 40))[:-12]
+    assert ends_early(cut) and not ends_early(whole) and not ends_early(b"\xff\xd8 a jpeg")
+    r = search(base, {"text": "red", "k": "3"}, {"image": ("cut.png", cut, "image/png")})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert len(r.json()["warnings"]) == 1 and "cut.png: the file ends early" in r.json()["warnings"][0]
+    assert search(base, {"text": "red"}, {"image": ("whole.png", whole, "image/png")}).json()["warnings"] == []
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    r = httpx.post(base + "/gallery", files=[("image", ("cutoff.png", cut, "image/png"))], headers=auth, timeout=120)
+    assert r.status_code == 201 and "cutoff.png: the file ends early" in r.json()["warnings"][0]
+    assert httpx.delete(base + f"/gallery/{r.json()['added'][0]['id']}", headers=auth).status_code == 200
+
+
+def test_the_search_form_is_one_model_for_the_schema_and_the_validation(served):
+    """The OpenAPI schema of POST /search's fields is generated from the model that validates them; a value the
+    schema refuses is refused with one line; an optional query parameter offers no null."""
+    base, *_ = served
+    spec = httpx.get(base + "/openapi.json").json()
+    body = spec["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert body["k"]["minimum"] == 1 and body["k"]["maximum"] == 100 and body["method"]["enum"] == ["sum"]
+    assert body["text"]["maxLength"] == 1000 and body["image_id"]["minLength"] == 1 and "title" not in body["k"]
+    for data, words in [({"text": "red", "filter": "[1]"}, "filter: String should match pattern"),
+                        ({"text": "  "}, "text: String should match pattern"),
+                        ({"text": "", "image_id": "img1"}, "'text' must be non-empty"),
+                        ({"text": ["red", "blue"]}, "'text' was sent 2 times")]:
+        r = search(base, data)
+        assert r.status_code == 422 and words in r.json()["error"] and set(r.json()) == {"error"}, (data, r.text)
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/gallery"]["get"]["parameters"]}
+    assert params["seed"]["type"] == "integer" and "anyOf" not in params["seed"]
+    assert httpx.get(base + "/gallery", params={"random": 1, "seed": "null"}).status_code == 422
+    assert httpx.get(base + "/gallery", params={"random": 1}).status_code == 200
+
+
+def test_a_form_field_the_schema_does_not_have_is_refused(served):
+    """The forms' schemas allow no other field (additionalProperties: false), and the server refuses one, in one
+    line that lists the fields it takes: a typo does not pass unnoticed."""
+    base, *_ = served
+    spec = httpx.get(base + "/openapi.json").json()
+    for path in ("/search", "/gallery"):
+        for media in spec["paths"][path]["post"]["requestBody"]["content"].values():
+            assert media["schema"]["additionalProperties"] is False
+    r = search(base, {"txt": "red", "k": "3"})
+    assert r.status_code == 422 and "unknown field(s) 'txt': the form takes image_id, text, k" in r.json()["error"]
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    r = httpx.post(base + "/gallery", data={"name": "x"}, files=[("image", ("a.png", png_bytes(), "image/png"))],
+                   headers=auth, timeout=60)
+    assert r.status_code == 422 and "unknown field(s) 'name'" in r.json()["error"]

@@ -47,7 +47,20 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS
 
     if not data:
         raise UnreadableImage(f"{name}: the file is empty")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    image = _decode(io.BytesIO(data), name, max_pixels)
+    if ends_early(data):
+        image.info["ends_early"] = True
+    return image
+
+
+# the bytes a whole file of these formats ends with: PNG's IEND chunk, GIF's trailer
+_ENDINGS = {b"\x89PNG\r\n\x1a\n": b"IEND\xaeB`\x82", b"GIF8": b";"}
+
+
+def ends_early(data: bytes) -> bool:
+    """Whether a PNG or GIF file lacks its last bytes (Pillow decodes such a file without a word when its pixels are
+    all there): a sign of a cut-off upload, worth a warning though the image is read."""
+    return any(data.startswith(magic) and not data.endswith(end) for magic, end in _ENDINGS.items())
 
 
 def _decode(source, name: str, max_pixels: int) -> Image.Image:

@@ -32,7 +32,8 @@ from starlette.routing import Match
 
 from cirlab import __version__
 from cirlab.devices import Placement
-from cirlab.serve.schema import Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body
+from cirlab.serve.schema import (Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body, form_fields,
+                                 known_fields, openapi_properties, search_form)
 from cirlab.serve.service import MAX_K, STAGES, THUMB_SIZES, SearchService, ServiceError
 
 log = logging.getLogger("cirlab.serve")
@@ -78,21 +79,6 @@ async def _send_json(send, status: int, message: str) -> None:
     response = JSONResponse({"error": message}, status_code=status)
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
-
-
-def _int(value, name: str, default: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        return int(str(value))
-    except ValueError:
-        raise ServiceError(422, f"{name} must be an integer, got {str(value)[:40]!r}") from None
-
-
-_SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
-_VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
-_PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
-FILTER_PATTERN = rf"^\{{ ?{_PAIR}( ?, ?{_PAIR})* ?\}}$"  # ASCII filters; the server takes any such JSON object
 
 
 def _filter(value) -> dict | None:
@@ -165,22 +151,12 @@ def create_app(service: SearchService) -> FastAPI:
             raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
 
     bearer = HTTPBearer(auto_error=False, description="CIRLAB_API_TOKEN, for gallery changes")
-    search_fields = {
-        "image_id": {"type": "string", "minLength": 1,
-                     "description": "a gallery image as the reference (instead of an upload)"},
-        "text": {"type": "string", "maxLength": service.max_text_chars, "pattern": r"\S",
-                 "description": "the modification text; without it, images like the reference"},
-        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 12},
-        "method": {"type": "string", "enum": [service.pipe.meta["method"]],
-                   "description": "the served method (a server serves one)"},
-        "filter": {"type": "string", "maxLength": 4000, "pattern": FILTER_PATTERN,
-                   "description": 'a metadata filter, a JSON object: {"field": value or [values], ...}; keeps the '
-                                  'images whose metadata match every field, e.g. {"family": "colour"}'},
-    }
+    SearchForm = search_form(service.max_text_chars, MAX_K, service.pipe.meta["method"], service.check_k,
+                             service.check_text, service.check_method)
 
     @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
               response_model=SearchResponse, responses=errors(404, 413, 415, 422),
-              openapi_extra=form_body(search_fields, files="image", rules={
+              openapi_extra=form_body(openapi_properties(SearchForm), files="image", rules={
                   "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["image_id"]}],
                   "not": {"required": ["image", "image_id"]}}))
     async def search(request: Request, response: Response):
@@ -196,15 +172,13 @@ def create_app(service: SearchService) -> FastAPI:
                 timing["decode"] = time.perf_counter() - start
         elif upload not in (None, ""):
             raise ServiceError(422, "the field 'image' must be a file upload; send a gallery id as 'image_id'")
-        text = form.get("text")
-        if text is not None and not isinstance(text, str):
-            raise ServiceError(422, "the field 'text' must be text")
-        image_id, method = form.get("image_id"), form.get("method")
-        for name, value in (("image_id", image_id), ("method", method)):  # as the schema says: absent, or text
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ServiceError(422, f"the field '{name}' must be non-empty text, or left out")
-        k = _int(form.get("k"), "k", 12)
-        body = await run_in_threadpool(service.search, text, k, image, image_id, method, timing, _filter(form.get("filter")))
+        try:
+            fields = form_fields(SearchForm, form, files=("image",))
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        body = await run_in_threadpool(service.search, fields.text, fields.k, image, fields.image_id, fields.method,
+                                       timing, _filter(fields.filter))
+        body["warnings"] = service.upload_warnings([(upload.filename or "image", image)] if image else [])
         response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
                                                       for stage in STAGES if stage in timing)
         return body
@@ -214,8 +188,8 @@ def create_app(service: SearchService) -> FastAPI:
                                                                                          "format": "binary"}}},
                                                        "description": "the image file or thumbnail"},
                                                  **errors(404, 415, 422)})
-    async def image(image_id: str, size: int | None = Query(None, description=f"one of {list(THUMB_SIZES)}",
-                                                            json_schema_extra={"enum": list(THUMB_SIZES)})):
+    async def image(image_id: str, size: int = Query(None, description=f"one of {list(THUMB_SIZES)}; absent: the file",
+                                                     json_schema_extra={"enum": list(THUMB_SIZES)})):
         if size is None:
             path = await run_in_threadpool(service.path_of, image_id)
             return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
@@ -226,7 +200,8 @@ def create_app(service: SearchService) -> FastAPI:
              response_model=GalleryPage, responses=errors(422))
     async def gallery(q: str = Query("", max_length=200), offset: int = Query(0, ge=0, le=2**31),
                       limit: int = Query(24, ge=1, le=MAX_K), random: bool = False,
-                      seed: int | None = Query(None, ge=0, le=2**63 - 1)):
+                      seed: int = Query(None, ge=0, le=2**63 - 1, description="random: the pick's seed (absent: "
+                                                                               "a new pick each time)")):
         return await run_in_threadpool(service.browse, q, offset, limit, random, seed)
 
     @app.post("/gallery", summary="Add images (bearer token)", status_code=201, response_model=Added,
@@ -235,6 +210,10 @@ def create_app(service: SearchService) -> FastAPI:
     async def add(request: Request):
         check_token(request)
         form = await read_form(request, max_files=GALLERY_FILES)
+        try:
+            known_fields(form, ["image"])
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
         files = []
         for upload in form.getlist("image"):
             if not isinstance(upload, UploadFile):

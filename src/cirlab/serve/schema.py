@@ -1,15 +1,23 @@
 """The HTTP API's request and response shapes, for an OpenAPI document that describes the API exactly.
 
-The handlers read multipart forms themselves (to bound their size and give one-line errors), so
-their request bodies are declared here by hand; responses are pydantic models, and every status a
-route can answer is declared with the shared ``Error`` body.
+A form's fields are a pydantic model (:func:`search_form`): the request body's OpenAPI schema is generated from
+it (:func:`form_body`) and the handler validates the form it read with it (:func:`form_fields`), so the schema
+and the validation are one thing. The handlers read the multipart body themselves, to bound its size and its
+parts; the file field is read apart. Responses are pydantic models, and every status a route can answer is
+declared with the shared ``Error`` body.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+_SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
+_VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
+_PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
+FILTER_PATTERN = rf"^\{{ ?{_PAIR}( ?, ?{_PAIR})* ?\}}$"  # ASCII filters; the server takes any such JSON object
 
 
 class Error(BaseModel):
@@ -39,6 +47,8 @@ class Query(BaseModel):
 class SearchResponse(BaseModel):
     query: Query
     results: list[Hit]
+    warnings: list[str] = Field([], description="what the server accepted but you may want to know (an upload "
+                                                "whose file ends early)")
 
 
 class GalleryPage(BaseModel):
@@ -51,6 +61,8 @@ class Added(BaseModel):
     duplicates: list[str] = Field([], description="ids of images sent more than once in this request: each is "
                                                   "stored once")
     size: int
+    warnings: list[str] = Field([], description="what the server accepted but you may want to know (an upload "
+                                                "whose file ends early)")
 
 
 class Removed(BaseModel):
@@ -82,21 +94,113 @@ def errors(*statuses: int) -> dict:
     return {s: {"model": Error, "description": text[s]} for s in statuses}
 
 
+class _Form(BaseModel):
+    """A form's text fields (the file field is read apart); an unknown field is left alone."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+def search_form(max_text_chars: int, max_k: int, method: str, check_k, check_text, check_method) -> type[_Form]:
+    """``POST /search``'s fields for one server (its text limit, its method). The ``check_*`` functions are the
+    service's own checks: a value the schema refuses gets the same one-line message as from the Python API."""
+
+    def integer(value):
+        if value in (None, ""):
+            return 12
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ValueError(f"k must be an integer, got {str(value)[:40]!r}") from None
+
+    validators = {
+        "k_is_an_integer": field_validator("k", mode="before")(lambda cls, v: check_k(integer(v))),
+        "text_within_the_limit": field_validator("text", mode="before")(
+            lambda cls, v: v if not isinstance(v, str) or not v.strip() else check_text(v) and v),
+        "method_served": field_validator("method", mode="before")(lambda cls, v: check_method(v) or v),
+    }
+    return create_model(
+        "SearchForm", __base__=_Form, __validators__=validators,
+        image_id=(str | None, Field(None, min_length=1, description="a gallery image as the reference (instead of "
+                                                                    "an upload)")),
+        text=(str | None, Field(None, max_length=max_text_chars, pattern=r"\S",
+                                description="the modification text; without it, images like the reference")),
+        k=(int, Field(12, ge=1, le=max_k, description="how many results")),
+        method=(Literal[method] | None, Field(None, description="the served method (a server serves one)")),
+        filter=(str | None, Field(None, max_length=4000, pattern=FILTER_PATTERN,
+                                  description='a metadata filter, a JSON object: {"field": value or [values], ...}; '
+                                              'keeps the images whose metadata match every field, e.g. '
+                                              '{"family": "colour"}')),
+    )
+
+
+def known_fields(form, names) -> None:
+    """Refuse (``ValueError``, one line) a form with a field outside ``names``: the schema allows no other."""
+    unknown = sorted(set(form.keys()) - set(names))
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise ValueError(f"unknown field(s) {shown}: the form takes {', '.join(names)}")
+
+
+def form_fields(model: type[_Form], form, files: tuple[str, ...] = ()) -> _Form:
+    """The form's text fields validated by ``model``; a refused one raises ``ValueError`` with one line naming
+    the field. A field the model does not have (other than the file fields ``files``), a field sent twice, or a
+    file where text belongs, is refused too."""
+    known_fields(form, [*model.model_fields, *files])
+    values = {}
+    for name in model.model_fields:
+        got = form.getlist(name)
+        if len(got) > 1:
+            raise ValueError(f"the field {name!r} was sent {len(got)} times; send it once")
+        if got and not isinstance(got[0], str):
+            raise ValueError(f"the field {name!r} must be text, not a file")
+        if got == [""]:
+            raise ValueError(f"the field {name!r} must be non-empty text, or left out")
+        if got:
+            values[name] = got[0]
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "form"
+        message = re.sub(r"^(Value error|Assertion failed), ", "", first.get("msg", "invalid"))
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def openapi_properties(model: type[BaseModel]) -> dict:
+    """A model's fields as OpenAPI 3.0 properties: an optional field is its own type (absent means None, so no
+    ``null`` is offered), without pydantic's titles and null defaults."""
+    out = {}
+    for name, prop in model.model_json_schema()["properties"].items():
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+        prop.pop("title", None)
+        if prop.get("default", 0) is None:
+            prop.pop("default")
+        if "const" in prop:  # a Literal of one value
+            prop["enum"] = [prop.pop("const")]
+        out[name] = prop
+    return out
+
+
 def form_body(fields: dict, required: list[str] | None = None, files: str | None = None, many: bool = False,
               rules: dict | None = None) -> dict:
     """An ``openapi_extra`` request body: the same fields as multipart/form-data (with the file field
     ``files`` as binary, an array of them where ``many``) and, without files, as a urlencoded form.
-    ``rules``: JSON-schema keywords over the fields (``anyOf``, ``not``) for each form."""
+    ``rules``: JSON-schema keywords over the fields (``anyOf``, ``not``) for each form. No other field is
+    allowed (the handlers refuse one: :func:`known_fields`)."""
     multipart = dict(fields)
     if files:
         binary = {"type": "string", "format": "binary", "description": "an image file (JPEG, PNG, WebP, GIF, BMP, "
                                                                       "AVIF, TIFF); bytes that do not decode: 415"}
         multipart[files] = {"type": "array", "items": binary, "minItems": 1} if many else binary
     content = {"multipart/form-data": {"schema": {"type": "object", "properties": multipart,
+                                                  "additionalProperties": False,
                                                   **({"required": required} if required else {}), **(rules or {})}}}
     if not many:
         plain = {k: v for k, v in (rules or {}).items() if k != "anyOf"}
         if rules and "anyOf" in rules:  # no file in a urlencoded form: one of the remaining fields is needed
             plain["anyOf"] = [r for r in rules["anyOf"] if set(r.get("required", [])) <= set(fields)]
-        content["application/x-www-form-urlencoded"] = {"schema": {"type": "object", "properties": fields, **plain}}
+        content["application/x-www-form-urlencoded"] = {"schema": {"type": "object", "properties": fields,
+                                                                   "additionalProperties": False, **plain}}
     return {"requestBody": {"required": True, "content": content}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import threading
 import time
@@ -36,6 +37,8 @@ from cirlab.index.search import search
 from cirlab.index.store import live_version
 from cirlab.indexing import Change, add_images, remove_images
 from cirlab.serve.batching import MicroBatcher
+
+log = logging.getLogger("cirlab.serve")
 
 MAX_K = 100
 THUMB_SIZES = (64, 128, 256, 512)
@@ -106,6 +109,12 @@ class SearchService:
             raise ServiceError(422, f"k must be between 1 and {MAX_K}, got {k}")
         return k
 
+    def check_method(self, method: str | None) -> None:
+        """A request may name the method it expects: it must be the one served."""
+        if method and method != self.pipe.meta["method"]:
+            raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {method!r}: "
+                                    f"start one with a {method} model (cirlab serve --model ...)")
+
     def decode_upload(self, data: bytes, name: str) -> Image.Image:
         if len(data) > self.max_upload_bytes:
             raise ServiceError(413, f"{name} is {len(data) / 2**20:.1f} MB; uploads are limited to "
@@ -113,11 +122,20 @@ class SearchService:
         from cirlab.images import ImageTooLarge, UnreadableImage
 
         try:
-            return decode_image(data, name, self.max_pixels)
+            image = decode_image(data, name, self.max_pixels)
         except ImageTooLarge as e:
             raise ServiceError(413, str(e)) from None
         except UnreadableImage as e:
             raise ServiceError(415, f"{e}; send a JPEG, PNG, WebP, GIF or BMP image") from None
+        if image.info.get("ends_early"):
+            log.warning("accepted %s, whose file ends early", name)
+        return image
+
+    @staticmethod
+    def upload_warnings(named: list[tuple[str, Image.Image]]) -> list[str]:
+        """What to tell the sender of these decoded uploads: each file that ends early."""
+        return [f"{name}: the file ends early (its last bytes are missing); it was read as far as it goes"
+                for name, im in named if im.info.get("ends_early")]
 
     def search(self, text: str | None, k: int = 12, image: Image.Image | None = None, image_id: str | None = None,
                method: str | None = None, timing: dict | None = None, filter: dict | None = None) -> dict:
@@ -131,9 +149,7 @@ class SearchService:
             check_filter(filter)
         except CirlabError as e:
             raise ServiceError(422, str(e)) from None
-        if method and method != self.pipe.meta["method"]:
-            raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {method!r}: "
-                                    f"start one with a {method} model (cirlab serve --model ...)")
+        self.check_method(method)
         if image is not None and image_id:
             raise ServiceError(422, "send either an image or an image_id, not both")
         reference: str | Image.Image | None = image
@@ -280,7 +296,7 @@ class SearchService:
             done = self._commit(lambda held: add_images(self.pipe, self.index_dir, Gallery(ids, paths), names, held,
                                                         progress=False))
             return {"added": [self.item(i) for i in done.added], "duplicates": sorted(set(done.duplicates)),
-                    "size": done.total}
+                    "size": done.total, "warnings": self.upload_warnings([(n, im) for n, _, im in decoded])}
 
     def remove_image(self, image_id: str) -> None:
         with self.lock:
