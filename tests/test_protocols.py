@@ -178,3 +178,35 @@ def test_a_benchmark_made_a_data_set_evaluates_as_its_loader_does(served, tmp_pa
     assert bench.returncode == 0, bench.stderr
     assert "| sum |" in bench.stdout and "mAP@10" in bench.stdout
     assert "reference excluded" in (tmp_path / "bench" / "f200k.md").read_text()
+
+
+def test_circo_scores_every_ground_truth_and_writes_the_server_file(cirr_like, tmp_path):
+    """A CIRCO-style split (several ground truths, the reference kept): mAP@K from the rankings over every ground
+    truth, Recall@K on the target alone; the test split's file has every query id with its top ids as integers,
+    and a split with skipped queries is refused."""
+    from cirlab.errors import CirlabError
+    from cirlab.eval.metrics import map_at_k
+    from cirlab.eval.protocols import circo_submission
+
+    pipe, cirr = cirr_like
+    ids = [str(100 + n) for n in range(12)]
+    paths = dict(zip(ids, cirr.paths.values()))
+    queries = [BenchmarkQuery(ids[i], f"make it look like shape {(i + 1) % 12}", [ids[(i + d) % 12] for d in (1, 2, 3)],
+                              i) for i in range(12)]
+    split = BenchmarkSplit("circo-val", queries, ids, paths, False, (5, 10, 25, 50), {"recall": "target"})
+    res = evaluate_benchmark(pipe, split, progress=False)
+    assert all(q.reference in r for q, r in zip(res.evaluated, res.ranked))  # the reference stays in the gallery
+    want = map_at_k(res.ranked, [q.targets for q in res.evaluated])
+    assert all(res.metrics[f"mAP@{k}"] == pytest.approx(v) for k, v in want.items())
+    first = np.mean([q.targets[0] in r[:5] for q, r in zip(res.evaluated, res.ranked)]) * 100
+    assert res.metrics["R@5"] == pytest.approx(first)
+    for q in split.queries:
+        q.targets = []
+    held = evaluate_benchmark(pipe, BenchmarkSplit("circo-test", split.queries, ids, paths, False, (5, 10, 25, 50)),
+                              progress=False)
+    sent = json.loads(circo_submission(held, tmp_path).read_text())
+    assert set(sent) == {str(i) for i in range(12)} and all(len(v) == 12 for v in sent.values())
+    assert all(isinstance(x, int) for v in sent.values() for x in v) and sent["0"] == [int(x) for x in held.ranked[0]]
+    held.skipped = 1
+    with pytest.raises(CirlabError, match="needs every query"):
+        circo_submission(held, tmp_path)

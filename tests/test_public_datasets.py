@@ -135,3 +135,39 @@ def test_fashioniq_and_shoes_made_cirlab_data_sets(tmp_path):
     assert Dataset(tmp_path / "shoes-ds").exclude_reference
     with pytest.raises(CirlabError, match="train captions are not"):
         make_benchmark_dataset("cirr", ROOT / "cirr", tmp_path, tmp_path / "c")
+
+
+def test_circo_loader_on_the_real_annotations(tmp_path):
+    """CIRCO val and test from the published files, over placeholder images in COCO's layout (its image list and
+    unlabeled2017/): every query, its ground truths target first, the reference kept in the gallery; a missing ground
+    truth leaves its query with the others, a missing reference skips it; a bare folder of COCO-named files works."""
+    from cirlab.data.circo import load_circo
+
+    ann = ROOT / "circo"
+    val = json.loads((ann / "annotations" / "val.json").read_text())
+    test = json.loads((ann / "annotations" / "test.json").read_text())
+    ids = sorted({r["reference_img_id"] for r in val + test} | {g for r in val for g in r["gt_img_ids"]}) + [1, 2, 3]
+    coco = tmp_path / "COCO2017_unlabeled"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "image_info_unlabeled2017.json").write_text(
+        json.dumps({"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in ids]}))
+    fill(coco / "unlabeled2017", [f"{i:012d}.jpg" for i in ids])
+    circo = load_circo(ann, coco, "val")
+    assert len(circo.queries) == len(val) == 220 and len(circo.gallery) == len(ids) and not circo.missing
+    assert circo.ks == (5, 10, 25, 50) and not circo.exclude_reference and circo.protocol["recall"] == "target"
+    q0 = circo.queries[0]
+    assert (q0.reference, q0.text, q0.pair_id) == ("271520", "shows two people and has a more colorful background", 0)
+    assert q0.targets == ["355099", "528417", "534704"] and q0.reference in circo.gallery
+    assert sum(len(q.targets) for q in circo.queries) == sum(len(r["gt_img_ids"]) for r in val)
+    held = load_circo(ann / "annotations", coco, "test")
+    assert len(held.queries) == len(test) == 800 and all(q.targets == [] for q in held.queries)
+    (coco / "unlabeled2017" / "000000528417.jpg").unlink()
+    (coco / "unlabeled2017" / f"{val[1]['reference_img_id']:012d}.jpg").unlink()
+    gone = load_circo(ann, coco, "val")
+    assert sorted(gone.missing) == sorted(["528417", str(val[1]["reference_img_id"])]) and gone.skipped == sum(
+        r["reference_img_id"] == val[1]["reference_img_id"] for r in val)
+    assert gone.queries[0].targets == ["355099", "534704"]
+    bare = load_circo(ann, coco / "unlabeled2017", "val")  # no image list: the files named by COCO id
+    assert len(bare.gallery) == len(ids) - 2 and len(bare.queries) == len(gone.queries)
+    with pytest.raises(CirlabError, match="use 'val'"):
+        load_circo(ann, coco, "train")

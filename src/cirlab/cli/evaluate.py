@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                        help="Recall@K of a trained model on a data set split or a public benchmark")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
     v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
-    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "shoes", "fashion200k"], default=None,
+    v.add_argument("--benchmark", choices=["fashioniq", "cirr", "circo", "shoes", "fashion200k"], default=None,
                    help="evaluate under a public benchmark's protocol (with --annotations and --images)")
     v.add_argument("--annotations", type=Path, default=None, help="the benchmark's annotation folder, as published")
     v.add_argument("--images", type=Path, default=None, help="the folder holding the benchmark's images")
@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     v.add_argument("--spelling", type=Path, default=None,
                    help="FashionIQ / Shoes: a spelling-correction dictionary (file or DQU-CIR's folder)")
     v.add_argument("--out", type=Path, default=Path("eval_out"),
-                   help="where the JSON, the Recall@K curve (PNG), the example page (HTML) and CIRR test1 submissions go "
+                   help="where the JSON, the Recall@K curve (PNG), the example page (HTML) and the CIRR test1 and CIRCO "
+                        "test submissions go "
                         "(default: %(default)s)")
     v.add_argument("--examples", type=int, default=20,
                    help="queries drawn (seeded) for the example page; 0: no page (default: %(default)s)")
@@ -81,7 +82,8 @@ def run(a: argparse.Namespace) -> int:
 
 def _benchmark(a: argparse.Namespace) -> int:
     from cirlab.api import Pipeline
-    from cirlab.eval.protocols import benchmark_table, cirr_submission, evaluate_benchmark, load_benchmark
+    from cirlab.eval.protocols import (benchmark_table, circo_submission, cirr_submission, evaluate_benchmark,
+                                       load_benchmark)
     from cirlab.eval.report import write_reports
 
     if a.annotations is None or a.images is None:
@@ -111,4 +113,6 @@ def _benchmark(a: argparse.Namespace) -> int:
     if a.benchmark == "cirr" and (a.split or "val") == "test1":
         for p in cirr_submission(results[0], a.out):
             print(f"wrote {p}")
+    if a.benchmark == "circo" and a.split == "test":
+        print(f"wrote {circo_submission(results[0], a.out)}")
     return 0

@@ -1,5 +1,5 @@
 """Evaluate a trained pipeline on a loaded benchmark split under that benchmark's protocol, and
-write CIRR's test-server submission files.
+write CIRR's and CIRCO's test-server submission files.
 
 The features come from the same cache and encoders as everywhere else; the fusion composes the
 queries in batches; the ranking is exact over the split's gallery (reference removed where the
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cirlab.data.circo import load_circo
 from cirlab.data.cirr import load_cirr
 from cirlab.data.fashion200k import load_fashion200k
 from cirlab.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
@@ -75,7 +76,9 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     metrics: dict[str, float] = {}
     scored = [i for i, q in enumerate(usable) if q.targets]
     if scored:
-        rec = recall_at_k(top[scored], [[pos[t] for t in usable[i].targets if t in pos] for i in scored], split.ks)
+        first = split.protocol.get("recall") == "target"  # CIRCO: Recall@K counts the target, not every ground truth
+        rec = recall_at_k(top[scored], [[pos[t] for t in usable[i].targets[:1 if first else None] if t in pos]
+                                        for i in scored], split.ks)
         metrics.update({f"R@{k}": v for k, v in rec.items()})
         scored_ranked = [ranked[i] for i in scored]
         scored_targets = [usable[i].targets for i in scored]
@@ -117,21 +120,39 @@ def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = 
     return paths
 
 
+def circo_submission(result: BenchmarkResult, out_dir: str | Path) -> Path:
+    """CIRCO's submission file for the authors' server: ``{query id: [top 50 image ids]}`` for every query of the
+    split (ids as integers, as the server reads them). Refused where a query was skipped: the server needs all."""
+    if not result.name.startswith("circo-") or any(q.pair_id is None for q in result.evaluated):
+        raise CirlabError("a CIRCO submission needs a CIRCO split (its query ids)")
+    if result.skipped:
+        raise CirlabError(f"{result.skipped} {result.name} queries were skipped for missing images, and the server "
+                          "needs every query: bring the missing images (listed in the -missing.txt file) and rerun")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result.name}-submission.json"
+    atomic_write_text(path, json.dumps({str(q.pair_id): [int(i) for i in top[:50]]
+                                        for q, top in zip(result.evaluated, result.ranked)}))
+    return path
+
+
 def load_benchmark(benchmark: str, annotations: str | Path, images: str | Path, split: str | None = None,
                    category: str | None = None, fiq_gallery: str = "original", join: str = "and",
                    spelling: str | Path | None = None) -> list[BenchmarkSplit]:
     """The evaluation splits of a public benchmark from its published files: FashionIQ's categories (one,
-    or all three), CIRR's val or test1, Shoes' test, Fashion200K's test."""
+    or all three), CIRR's val or test1, CIRCO's val or test, Shoes' test, Fashion200K's test."""
     if benchmark == "fashioniq":
         cats = [category] if category else list(FASHIONIQ_CATEGORIES)
         return [load_fashioniq(annotations, images, c, split or "val", fiq_gallery, join, spelling) for c in cats]
     if benchmark == "cirr":
         return [load_cirr(annotations, images, split or "val")]
+    if benchmark == "circo":
+        return [load_circo(annotations, images, split or "val")]
     if benchmark == "fashion200k":
         return [load_fashion200k(annotations, images, split or "test")]
     if benchmark == "shoes":
         return [load_shoes(annotations, images, spelling)]
-    raise CirlabError(f"unknown benchmark {benchmark!r}; choose fashioniq, cirr, shoes or fashion200k")
+    raise CirlabError(f"unknown benchmark {benchmark!r}; choose fashioniq, cirr, circo, shoes or fashion200k")
 
 
 def benchmark_table(results: list[BenchmarkResult]) -> str:
