@@ -341,3 +341,52 @@ def test_stage1_settings_are_typed_with_their_help_and_merge_over_the_defaults()
         ("scale=0.2", "all", True, False)
     with pytest.raises(CirlabError, match="unknown training option"):
         stage1_config({"train": {"lrate": 1.0}})
+
+
+def test_a_zero_shot_stage_1_reads_no_triplet_and_no_other_split(tmp_path):
+    """The zero-shot protocol (docs/zero-shot.md): stage 1 sees the training split's images and their captions, and
+    nothing else (no triplet, no modification text, no attribute, no val or test image or caption); asking it for
+    triplets is an error. A copy of the data set with every triplet file removed trains the same model, bit for
+    bit, and the checkpoint says what the run read."""
+    import shutil
+
+    import torch
+
+    from cirlab.checkpoint import read_checkpoint
+    from cirlab.data.triplets import Dataset
+    from cirlab.encoders import build_image_encoder, build_text_encoder
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
+
+    folder = make_dataset(tmp_path / "tiny", n=16)
+    full = Dataset(folder)
+    zs = full.zero_shot()
+    train = set(full.gallery("train").ids)
+    assert set(zs.by_id) == train and zs.splits == [] and zs.meta["zero_shot"]["source"] == "tiny"
+    assert all(set(r) <= {"id", "file", "split", "caption"} for r in zs.images)
+    assert zs.captions == {i: c for i, c in full.captions.items() if i in train}
+    assert {r["split"] for r in zs.images} <= {"train", "val"}
+    with pytest.raises(CirlabError, match="no split 'train'"):
+        zs.triplets("train")
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    for name in full.meta["splits"].values():
+        (bare / name).unlink()
+    cfg = {**read_stage1_config("align"), "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}}
+    # built once before both runs: an encoder's first construction in a process draws from the seeded generator
+    build_image_encoder("efficientnet_lite0"), build_text_encoder("minilm")
+    runs = [run_stage1(Dataset(f).zero_shot(), tmp_path / f"run-{n}", FeatureCache(tmp_path / f"cache-{n}"),
+                       "efficientnet_lite0", "minilm", cfg, progress=False) for n, f in enumerate((folder, bare))]
+    a, b = (read_checkpoint(r.out / "stage1.pt") for r in runs)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["meta"]["stage1"]["zero_shot"]["reads"] == "the 'train' images and their captions"
+    assert runs[0].tasks == {"retrieval": 1.0} and runs[0].alignment["train"]["images"] > 0
+
+
+def test_the_zero_shot_flag_is_for_stage_1_only(tmp_path, capsys):
+    from cirlab.cli import main
+
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--zero-shot"]) == 2
+    assert "--zero-shot trains stage 1 only (it reads no triplets): use --stage 1" in capsys.readouterr().err

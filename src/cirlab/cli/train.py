@@ -50,6 +50,11 @@ def add_parser(sub) -> None:
                 {"type": str, "choices": f.metadata["choices"], "metavar": "SPEC" if f.name == "augment" else None})
         s1.add_argument("--" + name, dest=name.replace("-", "_"), default=None,
                         help=f"{f.metadata['help']} (default {f.default!r})", **kind)
+    s1.add_argument("--zero-shot", dest="zero_shot", action="store_true",
+                    help="the zero-shot protocol: read only the training split's images and their captions (no "
+                         "triplet, no modification text, no other split; 10%% of those images held out to measure "
+                         "caption -> image recall); with --stage1-config align this trains an aligned image-text "
+                         "pair without a single triplet (docs/zero-shot.md)")
     s1.add_argument("--stage1-config", dest="stage1_config", default=None,
                     help="a preset (clip_cd: paper 004's composed objective, the default; clip_ft: the same with "
                          "paper 004's CLIP recipe, both towers whole, AdamW lr 2e-6, weight decay 0.01, batch 64; "
@@ -108,7 +113,12 @@ def _stage1(a: argparse.Namespace, flags_apply: bool):
     if flags_apply:
         override["train"] = {**override.get("train", {}), **_given(a)}
     out = a.out if a.stage == "1" else a.out / "stage1"
-    res = run_stage1(a.data, out, common.feature_cache(a), a.image_encoder, a.text_encoder, override,
+    data = a.data
+    if a.zero_shot:
+        from cirlab.data.triplets import Dataset
+
+        data = Dataset.open(a.data, a.images).zero_shot()
+    res = run_stage1(data, out, common.feature_cache(a), a.image_encoder, a.text_encoder, override,
                      progress=not a.quiet, resume=a.resume and a.stage == "1", images=a.images,
                      placement=a.placement)
     print(res.summary())
@@ -124,6 +134,8 @@ def run(a: argparse.Namespace) -> int:
     if a.stage == "1":
         _stage1(a, flags_apply=True)
         return 0
+    if a.zero_shot:
+        raise CirlabError("--zero-shot trains stage 1 only (it reads no triplets): use --stage 1")
     cfg = method_config(a.method, a.config)
     cfg["train"].update(_given(a))
     if a.image_head:

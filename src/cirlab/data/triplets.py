@@ -12,6 +12,7 @@ split triplet files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,11 @@ def record_splits(record: dict) -> list[str]:
     return list(split) if isinstance(split, list) else [split]
 
 
+def held_out(image_id: str, share: float) -> bool:
+    """Whether an image falls in the held-out ``share`` (by a hash of its id: the same on every run)."""
+    return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
 class Dataset:
     """A dataset folder: image records, split triplets and the gallery of each split."""
 
@@ -138,8 +144,6 @@ class Dataset:
         """Image-caption pairs without triplets (``{"image": ..., "caption": ...}`` lines; ``image`` is a path
         relative to the image folder, with or without suffix), for image-text alignment in stage 1.
         A seeded ``val_share`` of the images (by a hash of the id) is held out as ``val``."""
-        import hashlib
-
         path = Path(path)
         images = Path(images) if images is not None else (path.parent / "images" if (path.parent / "images").is_dir()
                                                           else path.parent)
@@ -160,7 +164,7 @@ class Dataset:
             if i is None:
                 unknown += 1
                 continue
-            split = "val" if int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < val_share else "train"
+            split = "val" if held_out(i, val_share) else "train"
             records.setdefault(i, {"id": i, "file": gallery.paths[gallery.position[i]].relative_to(images).as_posix(),
                                    "split": split, "caption": caption})
         if not records:
@@ -168,6 +172,28 @@ class Dataset:
         ds = cls.__new__(cls)
         ds.root, ds.image_dir, ds.name = path.parent, images, path.stem
         ds.meta = {"name": path.stem, "splits": {}, "captions_only": True, "unknown_images": unknown}
+        ds.images = list(records.values())
+        ds.by_id = records
+        return ds
+
+    def zero_shot(self, train_split: str = "train", val_share: float = 0.1) -> "Dataset":
+        """What a zero-shot run may read of this data set: the images of its training split and their captions,
+        as an image-caption data set (``val_share`` of them, by a hash of the id, held out as ``val``). No
+        triplet, no modification text, no attribute and no image of another split is in it, and asking it for
+        triplets is an error; it is made from ``images.jsonl`` alone, so no triplet file is opened."""
+        records = {}
+        for r in self.images:
+            if train_split in record_splits(r):
+                records[r["id"]] = {"id": r["id"], "file": r["file"], "split": "val" if held_out(r["id"], val_share)
+                                    else "train", **({"caption": r["caption"]} if r.get("caption") else {})}
+        if not any(r.get("caption") for r in records.values()):
+            raise CirlabError(f"data set {self.name} has no captioned {train_split!r} images: a zero-shot run learns "
+                              "from the training images' captions (images.jsonl 'caption')")
+        ds = Dataset.__new__(Dataset)
+        ds.root, ds.image_dir, ds.name = self.root, self.image_dir, f"{self.name}-zero-shot"
+        ds.meta = {"name": ds.name, "splits": {}, "captions_only": True,
+                   "zero_shot": {"source": self.name, "reads": f"the {train_split!r} images and their captions",
+                                 "val_share": val_share}}
         ds.images = list(records.values())
         ds.by_id = records
         return ds

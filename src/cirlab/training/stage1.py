@@ -410,7 +410,8 @@ def save_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, fusion, result: 
     encoders as read back from those files (a frozen one as it was)."""
     meta = {"stage1": {"tune": cfg.tune, "image_blocks": tuning.blocks, "text_layers": tuning.layers, "data": ds.name,
                        "augment": augment.spec, "tasks": {name: cfg.tasks[name] for name in tasks},
-                       "skipped_tasks": skipped}}
+                       "skipped_tasks": skipped, **({"zero_shot": ds.meta["zero_shot"]} if "zero_shot" in ds.meta
+                                                    else {})}}
     image_enc, text_enc = tuning.image, tuning.text
     if cfg.tunes_image:
         save_tuned(out / "image.pt", "image", image_enc, tuning.blocks, meta)
