@@ -5,7 +5,7 @@ import torch
 
 from cirlab.config import method_config, variant_names
 from cirlab.errors import CirlabError
-from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+from cirlab.fusion import FeatureDims, build_fusion, fusion_methods, learned_methods
 
 # tiny encoders: 20-d pooled image, a 4x4 map of 20-d regions, 3 levels padded to 8, 12-d text of 6 tokens, a 4x4
 # local map of 10-d regions, and the views the pixels give, whatever the network: colour and a 32 px thumbnail
@@ -34,7 +34,7 @@ def batch(b=6, seed=0):
     return image, text
 
 
-ALL = fusion_methods.names()
+ALL = learned_methods()  # the zero-shot family has no parameters: tests/test_zero_shot.py
 
 
 @pytest.mark.parametrize("name", ALL + variant_names())

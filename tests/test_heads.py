@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cirlab.errors import CirlabError
-from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+from cirlab.fusion import FeatureDims, build_fusion, learned_methods
 from conftest import make_dataset
 
 DIMS = FeatureDims(1280, 384, 1280, 49, 384, (3, 192), 408, (49, 304))
@@ -75,7 +75,7 @@ def test_head_map_is_checked():
         build_fusion("tirg_gate", DIMS, image_head="grid", head_map="local")
 
 
-@pytest.mark.parametrize("method", [m for m in fusion_methods.names() if m != "text_only"])
+@pytest.mark.parametrize("method", [m for m in learned_methods() if m != "text_only"])
 def test_every_method_embeds_reference_and_gallery_with_one_head(method):
     """The head's views join both sides' views, and its output reaches the query: with the head's last layer
     moved off zero, the query and the gallery vector both change."""

@@ -12,7 +12,7 @@ from PIL import Image
 from cirlab.checkpoint import load_checkpoint, save_checkpoint
 from cirlab.config import method_config
 from cirlab.encoders.cache import FeatureCache
-from cirlab.fusion import FeatureDims, build_fusion, fusion_methods
+from cirlab.fusion import FeatureDims, build_fusion, fusion_methods, learned_methods, zero_shot_methods
 from cirlab.fusion.dqu import draw_keywords, keywords, unified_text
 from cirlab.experiment.workspace import Workspace, train_method, views_needed
 from conftest import make_dataset, make_images
@@ -27,7 +27,7 @@ def _views(dims, b, seed=0):
     return image, text
 
 
-@pytest.mark.parametrize("name", fusion_methods.names())
+@pytest.mark.parametrize("name", learned_methods())  # zero-shot ones: tests/test_zero_shot.py
 def test_checkpoint_round_trip_for_every_method(name, image_encoder, text_encoder, tmp_path):
     dims = FeatureDims.of(image_encoder, text_encoder)
     cfg = method_config(name)
@@ -145,6 +145,9 @@ def test_cli_methods_lists_every_method_with_parameters(tmp_path):
     lines = res.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == fusion_methods.names()
     for ln in lines:
+        if ln.split()[0] in zero_shot_methods():  # training-free: no parameters
+            assert int(ln.split()[1].replace(",", "")) == 0 and "zero-shot" in ln
+            continue
         assert int(ln.split()[1].replace(",", "")) > 0 and "paper" in ln or "baseline" in ln or "TIRG" in ln
     configs = [json.loads(x) for x in _cli("methods", "--configs", home=tmp_path).stdout.splitlines()]
     names = {c["name"] for c in configs}

@@ -91,6 +91,6 @@ def stage1_model_path(path: str | Path) -> Path:
 
 
 def is_aligned(meta: dict) -> bool:
-    """Whether a checkpoint is a stage-1 model trained on image-caption retrieval (its projections then
-    embed texts and images in one space)."""
-    return bool(meta.get("stage1", {}).get("tasks", {}).get("retrieval"))
+    """Whether a checkpoint embeds texts and images in one space: a stage-1 model trained on image-caption retrieval,
+    or a zero-shot method on an aligned pair."""
+    return bool(meta.get("zero_shot")) or bool(meta.get("stage1", {}).get("tasks", {}).get("retrieval"))

@@ -16,8 +16,9 @@ def add_parser(sub) -> None:
                        help="train and evaluate several methods over seeds; a mean ± std table")
     b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     b.add_argument("--methods", default="all",
-                   help="'all' (every registered method), 'ablations' (every variant and its base method), "
-                        "or a comma list of methods and variants (default: %(default)s)")
+                   help="'all' (every method that learns from triplets), 'zero-shot' (every zero-shot method: give an "
+                        "aligned pair, docs/zero-shot.md), 'ablations' (every variant and its base method), or a comma "
+                        "list of methods and variants (default: %(default)s)")
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default: %(default)s)")
     b.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
     b.add_argument("--image-head", default=None, metavar="SPEC",

@@ -24,6 +24,9 @@ def run(a: argparse.Namespace) -> int:
         return 0
     dims = FeatureDims.of(build_image_encoder(DEFAULT_IMAGE_ENCODER), build_text_encoder(DEFAULT_TEXT_ENCODER))
     for name in fusion_methods.names():
+        if fusion_methods.get(name).zero_shot:  # no parameters, on any aligned pair
+            print(f"{name:<12} {0:>11,}  {fusion_methods.get(name).paper}")
+            continue
         model = build_fusion(name, dims, **method_config(name)["model"])
         print(f"{name:<12} {model.num_parameters():>11,}  {model.paper}")
     return 0

@@ -129,6 +129,7 @@ def run(a: argparse.Namespace) -> int:
     from cirlab.config import method_config
     from cirlab.eval.report import recall_table
     from cirlab.experiment import Workspace, train_method
+    from cirlab.fusion import fusion_methods
     from cirlab.training.stage1 import stage1_encoders
 
     if a.stage == "1":
@@ -147,6 +148,8 @@ def run(a: argparse.Namespace) -> int:
     stage1 = _stage1(a, flags_apply=False).out if a.stage == "both" else a.stage1
     if stage1 is not None:
         a.image_encoder, a.text_encoder = stage1_encoders(stage1)
+        if fusion_methods.get(cfg["method"]).zero_shot:  # its aligned space: the stage-1 model's projections
+            cfg["model"]["aligned"] = str(stage1)
     if a.augment and stage1 is None:
         raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
     ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
@@ -158,6 +161,12 @@ def run(a: argparse.Namespace) -> int:
     model, result, meta = train_method(ws, a.method, cfg, out=out, progress=not a.quiet, state_path=state,
                                        resume=a.resume, log_path=log, pseudo=stage1 if a.augment else None,
                                        pseudo_config=pseudo_options)
+    if meta.get("zero_shot"):
+        print(f"assembled {a.method} (zero-shot: no training, no triplet read) on {a.image_encoder} + {a.text_encoder}"
+              f"{', aligned by ' + cfg['model']['aligned'] if cfg['model'].get('aligned') else ''}; saved {out}")
+        if "test" in ws.triplets:
+            print(recall_table({a.method: ws.evaluate(model, "test").recall}))
+        return 0
     resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from else ""
     print(f"trained {a.method} on {result.triplets} triplets in {result.seconds:.1f} s{resumed}; best epoch "
           f"{result.best_epoch or len(result.history)}; saved {out}\nmetrics: {log} and {log.with_suffix('.png')}; "

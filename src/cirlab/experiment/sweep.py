@@ -18,14 +18,17 @@ from cirlab.errors import CirlabError
 from cirlab.eval.metrics import DEFAULT_KS
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.files import atomic_write_text
-from cirlab.fusion import fusion_methods
+from cirlab.fusion import fusion_methods, learned_methods, zero_shot_methods
 from cirlab.index import build_index
 
 
 def expand_methods(spec: str) -> list[str]:
-    """``all`` (every registered method), ``ablations`` (every variant after its base method) or a comma list."""
+    """``all`` (every method that learns from triplets), ``zero-shot`` (every zero-shot method, on an aligned pair),
+    ``ablations`` (every variant after its base method) or a comma list."""
     if spec == "all":
-        return fusion_methods.names()
+        return learned_methods()
+    if spec == "zero-shot":
+        return zero_shot_methods()
     if spec == "ablations":
         out: list[str] = []
         for v in variant_names():
@@ -130,9 +133,15 @@ class BenchResult:
                                                       for key in keys) + " |")
         return "\n".join(lines)
 
+    @property
+    def zero_shot(self) -> bool:
+        """Whether every method of the bench is zero-shot (trained on no triplet; ``fusion.zero_shot``)."""
+        return bool(self.runs) and all(fusion_methods.get(method_config(r.name)["method"]).zero_shot
+                                       for r in self.runs)
+
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
-                "image_head": self.image_head,
+                "image_head": self.image_head, "zero_shot": self.zero_shot,
                 "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path
+from cirlab.checkpoint import (check_encoders, is_aligned, load_checkpoint, read_checkpoint, save_checkpoint,
+                               stage1_model_path)
 from cirlab.config import TrainConfig, method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
@@ -148,6 +149,32 @@ class Workspace:
                         exclude_reference=exclude_reference, backend=backend)
 
 
+def zero_shot_model(ws: Workspace, cfg: dict) -> Fusion:
+    """A training-free method (``fusion.zero_shot``) on ``ws``'s encoders, which must be an aligned pair: a CLIP
+    pair, or the encoders of the aligned stage-1 model ``cfg["model"]["aligned"]`` (whose projections it copies
+    in). Refused in one line otherwise; ``cfg`` gets the aligned model's path and width."""
+    aligned = cfg["model"].get("aligned")
+    state = None
+    if aligned:
+        path = stage1_model_path(aligned)
+        ckpt = read_checkpoint(path)
+        if not is_aligned(ckpt["meta"]):
+            raise CirlabError(f"{path} was not trained on image-caption retrieval, so it is no aligned pair: train one "
+                              "with 'cirlab train --stage 1 --stage1-config align --zero-shot' (docs/zero-shot.md)")
+        check_encoders(ckpt["meta"], ws.image_encoder, ws.text_encoder, path)
+        cfg["model"].update(aligned=str(path.resolve()), embed_dim=ckpt["meta"]["model_config"]["embed_dim"])
+        state = ckpt["state_dict"]
+    elif not (ws.image_encoder.spec.startswith("clip:") and ws.image_encoder.spec == ws.text_encoder.spec):
+        raise CirlabError(f"{cfg['method']} composes in an aligned image-text space, and {ws.image_encoder.spec} with "
+                          f"{ws.text_encoder.spec} is no aligned pair: use a CLIP pair (--image-encoder clip:X "
+                          "--text-encoder clip:X) or an aligned stage-1 model (--stage1 DIR, made with --stage1-config "
+                          "align; docs/zero-shot.md)")
+    model = build_fusion(cfg["method"], ws.dims, **cfg["model"])
+    if state is not None:
+        model.load_aligned(state)
+    return model.eval()
+
+
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
                  progress: bool = True, train_split: str = "train", val_split: str | None = "val",
                  reuse: bool = False, text_head: bool = True, state_path: str | Path | None = None,
@@ -167,6 +194,12 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     if cfg["method"] not in fusion_methods:
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
     data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}
+    if fusion_methods.get(cfg["method"]).zero_shot:  # nothing to train: the method is assembled, no triplet read
+        model = zero_shot_model(ws, cfg)
+        meta = {"config": cfg, "data": data_id, "train": TrainResult().to_dict(), "zero_shot": True}
+        if out:
+            save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)
+        return model, TrainResult(), meta
     if reuse and out and Path(out).is_file():
         try:
             meta = read_checkpoint(out)["meta"]

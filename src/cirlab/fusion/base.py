@@ -110,6 +110,7 @@ class Fusion(nn.Module):
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    zero_shot: ClassVar[bool] = False  # training-free, on an aligned pair (fusion.zero_shot): no triplet is read
     image_views: tuple[str, ...] = ("pooled",)
     text_views: tuple[str, ...] = ("pooled",)
     gallery_views: tuple[str, ...] = ("pooled",)
@@ -240,6 +241,16 @@ class Fusion(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def learned_methods() -> list[str]:
+    """The registered methods that learn from triplets (all but the zero-shot family)."""
+    return [n for n in fusion_methods.names() if not fusion_methods.get(n).zero_shot]
+
+
+def zero_shot_methods() -> list[str]:
+    """The registered zero-shot methods (``fusion.zero_shot``): training-free, on an aligned pair."""
+    return [n for n in fusion_methods.names() if fusion_methods.get(n).zero_shot]
 
 
 def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:

@@ -1,0 +1,130 @@
+"""Zero-shot composition (fusion/zero_shot.py, docs/zero-shot.md): the training-free methods give the documented
+vectors on hand-computed examples and learn nothing; they are refused on an unaligned pair; on a CLIP pair they
+round-trip through a checkpoint and serve from an index; on the offline stand-in (a stage-1 model aligned on
+captions alone) they compose in its projections."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset, make_tiny_clip
+
+from cirlab.errors import CirlabError
+from cirlab.fusion import FeatureDims, build_fusion
+
+DIMS = FeatureDims(image=2, text=2)  # one shared 2-d space: the maps are the identity
+
+
+def query(method, r, t, **params):
+    model = build_fusion(method, DIMS, **params).eval()
+    with torch.no_grad():
+        return model({"pooled": torch.tensor([r], dtype=torch.float32)},
+                     {"pooled": torch.tensor([t], dtype=torch.float32)})[0].tolist()
+
+
+def test_every_training_free_method_gives_the_documented_vector():
+    r, t = [1.0, 0.0], [0.0, 3.0]  # unit r; t normalised to (0, 1)
+    s = 1 / math.sqrt(2)
+    assert query("zs_image", r, t) == pytest.approx([1, 0]) and query("zs_text", r, t) == pytest.approx([0, 1])
+    assert query("zs_sum", r, t) == pytest.approx([s, s])
+    assert query("zs_slerp", r, t) == pytest.approx([s, s])  # halfway along the quarter circle
+    assert query("zs_slerp", r, t, alpha=1 / 3) == pytest.approx([math.cos(math.pi / 6), math.sin(math.pi / 6)])
+    assert query("zs_slerp", r, r, alpha=0.3) == pytest.approx([1, 0])  # parallel: no division by sin 0
+    w = 0.7
+    assert query("zs_weighted", r, t) == pytest.approx([(1 - w) / math.hypot(1 - w, w), w / math.hypot(1 - w, w)])
+    assert query("zs_weighted", r, t, weight=0.5) == pytest.approx(query("zs_sum", r, t))
+    for method in ("zs_image", "zs_text", "zs_sum", "zs_slerp", "zs_weighted"):
+        model = build_fusion(method, DIMS)
+        assert model.zero_shot and sum(p.numel() for p in model.parameters()) == 0, method
+        assert model.embed_gallery({"pooled": torch.tensor([[3.0, 4.0]])})[0].tolist() == pytest.approx([0.6, 0.8])
+    with pytest.raises(CirlabError, match="alpha must be within"):
+        build_fusion("zs_slerp", DIMS, alpha=2)
+    with pytest.raises(CirlabError, match="no image head"):
+        build_fusion("zs_sum", DIMS, image_head="colour")
+
+
+def test_an_unaligned_pair_is_refused_in_one_line(tmp_path):
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    with pytest.raises(CirlabError, match="embed into 1280 and 384 dimensions"):
+        build_fusion("zs_sum", FeatureDims(image=1280, text=384))
+    ws = Workspace.open(make_dataset(tmp_path / "tiny", n=8), FeatureCache(tmp_path / "cache"), progress=False)
+    with pytest.raises(CirlabError, match="efficientnet_lite0 with minilm is no aligned pair: use a CLIP pair"):
+        train_method(ws, "zs_slerp", progress=False)
+
+
+def test_on_a_clip_pair_a_zero_shot_model_round_trips_and_serves_from_an_index(tmp_path, capsys):
+    from cirlab.api import Pipeline
+    from cirlab.checkpoint import read_checkpoint
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+    from cirlab.indexing import index_gallery
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    data = make_dataset(tmp_path / "tiny", n=12)
+    ws = Workspace.open(data, FeatureCache(tmp_path / "cache"), clip, clip, progress=False)
+    model, result, meta = train_method(ws, "zs_slerp", {"model": {"alpha": 0.4}}, out=tmp_path / "zs.pt",
+                                       progress=False)
+    assert meta["zero_shot"] and result.seconds == 0 and not result.history and model.embed_dim == 16
+    assert read_checkpoint(tmp_path / "zs.pt")["meta"]["model_config"] == {"alpha": 0.4}
+    pipe = Pipeline.load(tmp_path / "zs.pt", tmp_path / "cache")
+    assert pipe.model.alpha == 0.4 and pipe.text_search
+    reference = data / "images" / "img0.png"
+    q = pipe.compose(reference, "make it red")
+    with torch.no_grad():  # the same vector as the model built in memory
+        views = ws.images.tensors(np.array([ws.images.row["img0"]]), model.image_views)
+        text = {"pooled": torch.from_numpy(pipe.text_encoder.encode_texts(["make it red"])["pooled"])}
+        np.testing.assert_allclose(q, model(views, text)[0].numpy(), atol=1e-6)
+    index, _ = index_gallery(pipe, data / "images", "exact", progress=False)
+    hits = pipe.search(index, reference, "make it red", k=5, exclude_reference=True)
+    assert len(hits) == 5 and "img0" not in [h.id for h in hits]
+    assert [h.id for h in pipe.search(index, None, "make it red", k=3)]  # a text alone, in the aligned space
+    from cirlab.experiment import run_bench
+
+    bench = run_bench(data, ["zs_sum", "zs_image"], 1, FeatureCache(tmp_path / "cache"), clip, clip, progress=False,
+                      log=lambda line: None)
+    assert bench.to_dict()["zero_shot"] and [r.name for r in bench.runs] == ["zs_sum", "zs_image"]
+    assert all(r.train_seconds == 0 and r.parameters == 0 for r in bench.runs)
+    from cirlab.cli import main
+
+    common = ["--image-encoder", clip, "--text-encoder", clip, "--cache", str(tmp_path / "cache")]
+    assert main(["train", "--method", "zs_weighted", "--data", str(data), "--out", str(tmp_path / "cli.pt"), "--quiet",
+                 *common]) == 0
+    assert "assembled zs_weighted (zero-shot: no training, no triplet read)" in capsys.readouterr().out
+    assert main(["search", "--model", str(tmp_path / "cli.pt"), "--gallery", str(data / "images"), "--image",
+                 str(reference), "--text", "make it red", "--cache", str(tmp_path / "cache"), "--json", "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+
+
+def test_on_the_stand_in_the_methods_compose_in_the_aligned_stage_1_projections(tmp_path):
+    """A stage-1 model aligned on captions alone (--zero-shot, align preset) is the aligned pair: zs_sum's query is
+    exactly the stage-1 sum model's."""
+    from cirlab.checkpoint import load_checkpoint
+    from cirlab.data.triplets import Dataset
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1_config import read_stage1_config
+
+    data = make_dataset(tmp_path / "tiny", n=20)  # 10 training images: the retrieval task needs 8 captions
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = {**read_stage1_config("align"), "embed_dim": 32, "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}}
+    aligned = run_stage1(Dataset(data).zero_shot(), tmp_path / "aligned", cache, "efficientnet_lite0", "minilm", cfg,
+                         progress=False)
+    ws = Workspace.open(data, cache, progress=False)
+    model, _, meta = train_method(ws, "zs_sum", {"model": {"aligned": str(aligned.out)}}, progress=False)
+    assert model.embed_dim == 32 and meta["config"]["model"]["aligned"].endswith("stage1.pt")
+    stage1, _ = load_checkpoint(aligned.out / "stage1.pt", ws.image_encoder, ws.text_encoder)
+    rows = np.array([ws.images.row[i] for i in ("img0", "img1")])
+    image = ws.images.tensors(rows, ("pooled",))
+    text = {"pooled": torch.from_numpy(ws.text_encoder.encode_texts(["make it red", "a square"])["pooled"])}
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, text), stage1(image, text), rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.embed_gallery(image), stage1.embed_gallery(image), rtol=0, atol=1e-6)
+    with pytest.raises(CirlabError, match="was not trained on image-caption retrieval"):
+        composed = run_stage1(data, tmp_path / "composed", cache, "efficientnet_lite0", "minilm",
+                              {"tune": "none", "train": {"epochs": 1, "batch_size": 4}}, progress=False)
+        train_method(ws, "zs_sum", {"model": {"aligned": str(composed.out)}}, progress=False)
