@@ -128,3 +128,43 @@ def test_on_the_stand_in_the_methods_compose_in_the_aligned_stage_1_projections(
         composed = run_stage1(data, tmp_path / "composed", cache, "efficientnet_lite0", "minilm",
                               {"tune": "none", "train": {"epochs": 1, "batch_size": 4}}, progress=False)
         train_method(ws, "zs_sum", {"model": {"aligned": str(composed.out)}}, progress=False)
+
+
+def test_a_clip_pair_searches_indexes_and_serves_with_no_checkpoint(tmp_path, capsys):
+    """``--method zs_X --image-encoder clip:... --text-encoder clip:...``: no training and no checkpoint, for a folder
+    search, an index build and search, and a real server's POST /search; the index records the method and its
+    config, so the server and the CLI agree on it. Wrong uses are one-line errors."""
+    import os
+
+    import httpx
+    from conftest import start_server, stop_server
+
+    from cirlab.cli import main
+
+    clip = f"clip:{make_tiny_clip(tmp_path / 'clip')}"
+    data = make_dataset(tmp_path / "tiny", n=10)
+    pair = ["--method", "zs_slerp", "--image-encoder", clip, "--text-encoder", clip, "--cache", str(tmp_path / "cache")]
+    reference = str(data / "images" / "img0.png")
+    query = ["--image", reference, "--text", "make it red", "-k", "3", "--json", "--exclude-reference"]
+    assert main(["search", "--gallery", str(data / "images"), *query, *pair]) == 0
+    folder = json.loads(capsys.readouterr().out)["results"]
+    assert main(["index", "build", str(data / "images"), "--out", str(tmp_path / "ix"), "--quiet", *pair]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "ix"), *query, *pair]) == 0
+    indexed = json.loads(capsys.readouterr().out)["results"]
+    assert [r["id"] for r in indexed] == [r["id"] for r in folder] and len(indexed) == 3
+    proc, base = start_server(["--index", tmp_path / "ix", *pair], env={**os.environ, "CIRLAB_HOME": str(tmp_path)},
+                              log=tmp_path / "server.log")
+    try:
+        r = httpx.post(base + "/search", data={"image_id": "img0", "text": "make it red", "k": "3"}, timeout=60)
+        assert r.status_code == 200 and [x["id"] for x in r.json()["results"]] == [x["id"] for x in indexed]
+        assert httpx.get(base + "/info").json()["model"]["method"] == "zs_slerp"
+    finally:
+        stop_server(proc)
+    for args, words in [(["--method", "sum", "--image-encoder", clip, "--text-encoder", clip], "learns from triplets"),
+                        (["--method", "zs_sum"], "needs an aligned pair"),
+                        (["--model", "m.pt", "--method", "zs_sum", "--image-encoder", clip, "--text-encoder", clip],
+                         "not both"),
+                        (["--image-encoder", clip], "go with --method")]:
+        assert main(["search", "--gallery", str(data / "images"), "--text", "red", *args]) == 2
+        assert words in capsys.readouterr().err, args

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from cirlab import settings
-from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint
+from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint, zero_shot_fusion
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
 from cirlab.devices import Placement, module_device, placed, to_device
@@ -111,7 +112,13 @@ class Pipeline:
     def identity(self) -> dict:
         """What an index built by this pipeline records: the fusion (method + checkpoint hash), the encoders."""
         if self._identity is None:
-            digest = hashlib.sha1(self.path.read_bytes()).hexdigest()[:12] if self.path else "unsaved"
+            if self.path:
+                digest = hashlib.sha1(self.path.read_bytes()).hexdigest()[:12]
+            elif self.meta.get("zero_shot"):  # no file: the method and its config are the whole model
+                digest = "zero-shot-" + hashlib.sha1(json.dumps(self.meta["model_config"], sort_keys=True).encode()
+                                                     ).hexdigest()[:12]
+            else:
+                digest = "unsaved"
             self._identity = {"fusion": f"{self.meta['method']}:{digest}", "image_encoder": self.image_encoder.id,
                               "text_encoder": self.text_encoder.id}
         return self._identity
@@ -142,6 +149,21 @@ class Pipeline:
             head.to(device)
         return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head,
                    placement)
+
+    @classmethod
+    def zero_shot(cls, method: str, image_spec: str, text_spec: str, cache_dir: str | Path | None = None,
+                  placement: Placement | None = None, model: dict | None = None) -> "Pipeline":
+        """A zero-shot method (``zs_*``) on an aligned pair, with no checkpoint: a CLIP pair (``clip:X`` for both),
+        or ``model={"aligned": DIR}``, an aligned stage-1 model on these encoders (docs/zero-shot.md)."""
+        placement = placed(placement)
+        image_encoder = build_image_encoder(image_spec, placement)
+        text_encoder = build_text_encoder(text_spec, placement)
+        fusion, config = zero_shot_fusion(method, image_encoder, text_encoder, model)
+        meta = {"method": method, "model_config": config, "zero_shot": True,
+                "image_encoder": {"spec": image_encoder.spec, "id": image_encoder.id, "dim": image_encoder.dim},
+                "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim}}
+        return cls(fusion.to(placement.device), meta, image_encoder, text_encoder,
+                   FeatureCache(cache_dir or settings.cache_dir()), None, None, placement)
 
     def _on(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Views on the model's device."""

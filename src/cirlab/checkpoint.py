@@ -84,6 +84,36 @@ def fusion_from_checkpoint(ckpt: dict, dims: FeatureDims, path: str | Path = "ch
     return model.eval()
 
 
+def zero_shot_fusion(method: str, image_encoder, text_encoder, model: dict | None = None) -> tuple[Fusion, dict]:
+    """A training-free method (``fusion.zero_shot``) on these encoders, which must be an aligned pair: a CLIP pair,
+    or the encoders of the aligned stage-1 model ``model["aligned"]`` (a folder or ``stage1.pt``), whose projections
+    it copies in. Refused in one line otherwise. Returns the model and its config (with the aligned model's path
+    and width)."""
+    config = dict(model or {})
+    state = None
+    if config.get("aligned"):
+        path = stage1_model_path(config["aligned"])
+        ckpt = read_checkpoint(path)
+        if not is_aligned(ckpt["meta"]):
+            raise CirlabError(f"{path} was not trained on image-caption retrieval, so it is no aligned pair: train one "
+                              "with 'cirlab train --stage 1 --stage1-config align --zero-shot' (docs/zero-shot.md)")
+        check_encoders(ckpt["meta"], image_encoder, text_encoder, path)
+        config.update(aligned=str(path.resolve()), embed_dim=ckpt["meta"]["model_config"]["embed_dim"])
+        state = ckpt["state_dict"]
+    elif not (image_encoder.spec.startswith("clip:") and image_encoder.spec == text_encoder.spec):
+        raise CirlabError(f"{method} composes in an aligned image-text space, and {image_encoder.spec} with "
+                          f"{text_encoder.spec} is no aligned pair: use a CLIP pair (--image-encoder clip:X "
+                          "--text-encoder clip:X) or an aligned stage-1 model (--stage1 or --aligned DIR, made with "
+                          "--stage1-config align; docs/zero-shot.md)")
+    fusion = build_fusion(method, FeatureDims.of(image_encoder, text_encoder), **config)
+    if not fusion.zero_shot:
+        raise CirlabError(f"{method} learns from triplets: only a zero-shot method (zs_*) runs without a checkpoint; "
+                          "train one with 'cirlab train' and pass --model")
+    if state is not None:
+        fusion.load_aligned(state)
+    return fusion.eval(), config
+
+
 def stage1_model_path(path: str | Path) -> Path:
     """The stage-1 checkpoint in a stage-1 folder (``stage1.pt``), or the file itself."""
     path = Path(path)

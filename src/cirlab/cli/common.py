@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cirlab import settings
 from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from cirlab.errors import CirlabError
 
 FIELD_TYPES = {"int": int, "float": float, "str": str}  # a config dataclass field's type -> argparse's
 
@@ -32,6 +33,45 @@ def model() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None,
                    help=f"checkpoint to use (default: the model 'make demo' trains, {settings.default_model_path()})")
     return p
+
+
+def zero_shot() -> argparse.ArgumentParser:
+    p = _parent()
+    g = p.add_argument_group("a zero-shot method instead of a checkpoint (docs/zero-shot.md)")
+    g.add_argument("--method", default=None, metavar="zs_NAME",
+                   help="a training-free method (zs_sum, zs_slerp, zs_weighted, zs_image, zs_text) on an aligned pair, "
+                        "with no --model")
+    g.add_argument("--image-encoder", dest="image_encoder", default=None,
+                   help="with --method: the image encoder of the aligned pair (clip:/path or clip:hub/name)")
+    g.add_argument("--text-encoder", dest="text_encoder", default=None,
+                   help="with --method: its text encoder (the same clip:... for a CLIP pair)")
+    g.add_argument("--aligned", type=Path, default=None,
+                   help="with --method: an aligned stage-1 folder (--stage1-config align); its encoders are the pair")
+    return p
+
+
+def pipeline(a: argparse.Namespace):
+    """The pipeline a command answers with: the checkpoint ``--model`` names (or the default one), or the zero-shot
+    ``--method`` on the aligned pair given."""
+    from cirlab.api import Pipeline
+
+    if a.method is None:
+        if a.image_encoder or a.text_encoder or a.aligned:
+            raise CirlabError("--image-encoder, --text-encoder and --aligned go with --method (a zero-shot method); "
+                              "a checkpoint (--model) names its own encoders")
+        return Pipeline.load(a.model, a.cache, a.placement)
+    if a.model is not None:
+        raise CirlabError("give --model (a trained checkpoint) or --method (a zero-shot method), not both")
+    image, text = a.image_encoder, a.text_encoder
+    if a.aligned is not None:
+        from cirlab.training.stage1 import stage1_encoders
+
+        image, text = (image or stage1_encoders(a.aligned)[0]), (text or stage1_encoders(a.aligned)[1])
+    if not image or not text:
+        raise CirlabError(f"--method {a.method} needs an aligned pair: --image-encoder clip:X --text-encoder clip:X, or "
+                          "--aligned DIR (a stage-1 model aligned on captions)")
+    return Pipeline.zero_shot(a.method, image, text, a.cache, a.placement,
+                              {"aligned": str(a.aligned)} if a.aligned is not None else None)
 
 
 def image_encoder() -> argparse.ArgumentParser:

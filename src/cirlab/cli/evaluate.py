@@ -13,7 +13,8 @@ from cirlab.files import atomic_write_text
 
 
 def add_parser(sub) -> None:
-    v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.cache(), common.runtime()],
+    v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.zero_shot(), common.cache(),
+                                        common.runtime()],
                        help="Recall@K of a trained model on a data set split or a public benchmark")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
     v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
@@ -48,12 +49,11 @@ def run(a: argparse.Namespace) -> int:
         return _benchmark(a)
     if a.data is None:
         raise CirlabError("give --data DIR (a cirlab data set) or --benchmark NAME with --annotations and --images")
-    from cirlab.api import Pipeline
     from cirlab.eval.metrics import recall_curve
     from cirlab.eval.report import recall_table, write_reports
     from cirlab.experiment import Workspace
 
-    pipe = Pipeline.load(a.model, a.cache, a.placement)
+    pipe = common.pipeline(a)
     split = a.split or "test"
     ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split)
     ds = ws.dataset
@@ -81,14 +81,13 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _benchmark(a: argparse.Namespace) -> int:
-    from cirlab.api import Pipeline
     from cirlab.eval.protocols import (benchmark_table, circo_submission, cirr_submission, evaluate_benchmark,
                                        load_benchmark)
     from cirlab.eval.report import write_reports
 
     if a.annotations is None or a.images is None:
         raise CirlabError("--benchmark needs --annotations DIR (the published annotation folder) and --images DIR")
-    pipe = Pipeline.load(a.model, a.cache, a.placement)
+    pipe = common.pipeline(a)
     splits = load_benchmark(a.benchmark, a.annotations, a.images, a.split, a.category, a.fiq_gallery, a.join,
                             a.spelling)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from cirlab.cli import common
 def add_parser(sub) -> None:
     ix = sub.add_parser("index", help="build, grow, shrink and describe a persistent index of a gallery")
     isub = ix.add_subparsers(dest="action", metavar="ACTION", required=True)
-    writer = [common.quiet(), common.model(), common.cache(), common.runtime()]
+    writer = [common.quiet(), common.model(), common.zero_shot(), common.cache(), common.runtime()]
     ib = isub.add_parser("build", parents=writer, help="embed a folder of images with a model and index it")
     ib.add_argument("gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
     ib.add_argument("--out", type=Path, required=True, help="index folder to write")
@@ -45,7 +45,6 @@ def add_parser(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from cirlab.api import Pipeline
     from cirlab.index import describe_index, verify_index
     from cirlab.indexing import add_images, build_gallery_index, gallery_ids, remove_images
 
@@ -61,7 +60,7 @@ def run(a: argparse.Namespace) -> int:
         change = remove_images(a.dir, a.ids)
         print(f"removed {change.removed} of {len(a.ids)} id(s); {change.total} vectors remain")
         return 0
-    pipe = Pipeline.load(a.model, a.cache, a.placement)
+    pipe = common.pipeline(a)
     if a.action == "build":
         index, report, source = build_gallery_index(pipe, a.gallery, a.out, a.backend, a.engine, a.address, a.workers,
                                                     a.shard_size, a.metadata, progress=not a.quiet)

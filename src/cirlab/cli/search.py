@@ -15,7 +15,7 @@ log = logging.getLogger("cirlab")
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("search", parents=[common.model(), common.cache(), common.runtime()],
+    s = sub.add_parser("search", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime()],
                        help="composed search over a folder of images or an index")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from cirlab.api import Pipeline, check_text
+    from cirlab.api import check_text
     from cirlab.index import CombinedScoring, check_filter, load_index, parse_filter_args
     from cirlab.index.metadata import gallery_metadata
 
@@ -52,7 +52,7 @@ def run(a: argparse.Namespace) -> int:
         raise CirlabError("--metadata is for --gallery: an index keeps the metadata it was built with")
     if a.image is not None and not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
-    pipe = Pipeline.load(a.model, a.cache, a.placement)
+    pipe = common.pipeline(a)
     skipped = 0
     if a.index is not None:
         index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cirlab.checkpoint import (check_encoders, is_aligned, load_checkpoint, read_checkpoint, save_checkpoint,
-                               stage1_model_path)
+from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path, zero_shot_fusion
 from cirlab.config import TrainConfig, method_config
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
@@ -150,29 +149,10 @@ class Workspace:
 
 
 def zero_shot_model(ws: Workspace, cfg: dict) -> Fusion:
-    """A training-free method (``fusion.zero_shot``) on ``ws``'s encoders, which must be an aligned pair: a CLIP
-    pair, or the encoders of the aligned stage-1 model ``cfg["model"]["aligned"]`` (whose projections it copies
-    in). Refused in one line otherwise; ``cfg`` gets the aligned model's path and width."""
-    aligned = cfg["model"].get("aligned")
-    state = None
-    if aligned:
-        path = stage1_model_path(aligned)
-        ckpt = read_checkpoint(path)
-        if not is_aligned(ckpt["meta"]):
-            raise CirlabError(f"{path} was not trained on image-caption retrieval, so it is no aligned pair: train one "
-                              "with 'cirlab train --stage 1 --stage1-config align --zero-shot' (docs/zero-shot.md)")
-        check_encoders(ckpt["meta"], ws.image_encoder, ws.text_encoder, path)
-        cfg["model"].update(aligned=str(path.resolve()), embed_dim=ckpt["meta"]["model_config"]["embed_dim"])
-        state = ckpt["state_dict"]
-    elif not (ws.image_encoder.spec.startswith("clip:") and ws.image_encoder.spec == ws.text_encoder.spec):
-        raise CirlabError(f"{cfg['method']} composes in an aligned image-text space, and {ws.image_encoder.spec} with "
-                          f"{ws.text_encoder.spec} is no aligned pair: use a CLIP pair (--image-encoder clip:X "
-                          "--text-encoder clip:X) or an aligned stage-1 model (--stage1 DIR, made with --stage1-config "
-                          "align; docs/zero-shot.md)")
-    model = build_fusion(cfg["method"], ws.dims, **cfg["model"])
-    if state is not None:
-        model.load_aligned(state)
-    return model.eval()
+    """A training-free method on ``ws``'s encoders (:func:`cirlab.checkpoint.zero_shot_fusion`); ``cfg`` gets the
+    aligned model's path and width."""
+    model, cfg["model"] = zero_shot_fusion(cfg["method"], ws.image_encoder, ws.text_encoder, cfg["model"])
+    return model
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,

@@ -31,7 +31,6 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from cirlab import __version__
-from cirlab.devices import Placement
 from cirlab.serve.schema import (Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body, form_fields,
                                  known_fields, openapi_properties, search_form)
 from cirlab.serve.service import MAX_K, STAGES, THUMB_SIZES, SearchService, ServiceError
@@ -271,18 +270,14 @@ def create_app(service: SearchService) -> FastAPI:
     return app
 
 
-def serve(index: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = 10.0, cache: str | None = None, batch_window_ms: float = 5.0,
-          max_batch: int = 32, placement: Placement | None = None) -> None:
-    """Load the model (placed by ``placement``; None: the defaults') and index once, then run uvicorn until
-    interrupted."""
+def serve(index: str, pipe, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
+          batch_window_ms: float = 5.0, max_batch: int = 32) -> None:
+    """Serve ``pipe`` (an ``api.Pipeline``: a checkpoint's, or a zero-shot method's) over the index, loaded once,
+    with uvicorn until interrupted."""
     import os
 
     import uvicorn
 
-    from cirlab.api import Pipeline
-
-    pipe = Pipeline.load(model, cache, placement)
     service = SearchService(pipe, index, max_upload_bytes=int(max_upload_mb * 2**20),
                             api_token=os.environ.get("CIRLAB_API_TOKEN"), batch_window_ms=batch_window_ms,
                             max_batch=max_batch)
