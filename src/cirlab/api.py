@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cirlab import settings
-from cirlab.checkpoint import is_aligned, load_checkpoint, read_checkpoint, zero_shot_fusion
+from cirlab.checkpoint import encoder_record, is_aligned, load_checkpoint, read_checkpoint, zero_shot_fusion
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
 from cirlab.devices import Placement, module_device, placed, to_device
@@ -160,8 +160,7 @@ class Pipeline:
         text_encoder = build_text_encoder(text_spec, placement)
         fusion, config = zero_shot_fusion(method, image_encoder, text_encoder, model)
         meta = {"method": method, "model_config": config, "zero_shot": True,
-                "image_encoder": {"spec": image_encoder.spec, "id": image_encoder.id, "dim": image_encoder.dim},
-                "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim}}
+                "image_encoder": encoder_record(image_encoder), "text_encoder": encoder_record(text_encoder)}
         return cls(fusion.to(placement.device), meta, image_encoder, text_encoder,
                    FeatureCache(cache_dir or settings.cache_dir()), None, None, placement)
 

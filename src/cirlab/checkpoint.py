@@ -24,14 +24,18 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "cirlab_version": __version__,
         "method": model.name, "model_config": model_config, "train_config": train_config, "dims": model.dims.to_dict(),
-        "image_encoder": {"spec": image_encoder.spec, "id": image_encoder.id, "dim": image_encoder.dim},
-        "text_encoder": {"spec": text_encoder.spec, "id": text_encoder.id, "dim": text_encoder.dim},
+        "image_encoder": encoder_record(image_encoder), "text_encoder": encoder_record(text_encoder),
         **(extra or {}),
     }
     ckpt = {"meta": meta, "state_dict": model.state_dict()}
     if text_head is not None:
         ckpt["text_head"] = text_head
     return atomic_torch_save(ckpt, path)
+
+
+def encoder_record(encoder) -> dict:
+    """What a checkpoint records of an encoder: its spec, its id (architecture and weights) and its width."""
+    return {"spec": encoder.spec, "id": encoder.id, "dim": encoder.dim}
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -33,6 +33,14 @@ def monitor_ks(monitor: str) -> list[int]:
     return ks
 
 
+def check_known(cls, options: dict, what: str) -> None:
+    """Refuse, in one line, options that are not fields of the config dataclass ``cls`` (``what``: their kind)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(options) - known
+    if unknown:
+        raise CirlabError(f"unknown {what} option(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
 def _option(default, help: str, flag: bool = True, choices: tuple | None = None):
     """A training option: its default, and the help text its ``cirlab train`` flag shows (``flag=False``:
     config files only)."""
@@ -79,10 +87,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CirlabError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_known(cls, d, "training")
         cfg = cls(**d)
         cfg.check()
         return cfg
@@ -137,10 +142,7 @@ class PseudoConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PseudoConfig":
-        known = {f.name for f in fields(cls)}
-        bad = set(d or {}) - known
-        if bad:
-            raise CirlabError(f"unknown pseudo-triplet option(s) {sorted(bad)}; known: {sorted(known)}")
+        check_known(cls, d or {}, "pseudo-triplet")
         cfg = cls(**(d or {}))
         if not (cfg.s_max >= 1 and -1 <= cfg.eps_l <= cfg.eps_u <= 1 and cfg.every >= 1):
             raise CirlabError("pseudo triplets need s_max >= 1, eps_l <= eps_u within [-1, 1] and every >= 1")

@@ -66,7 +66,8 @@ def pipeline(a: argparse.Namespace):
     if a.aligned is not None:
         from cirlab.training.stage1 import stage1_encoders
 
-        image, text = (image or stage1_encoders(a.aligned)[0]), (text or stage1_encoders(a.aligned)[1])
+        specs = stage1_encoders(a.aligned)
+        image, text = image or specs[0], text or specs[1]
     if not image or not text:
         raise CirlabError(f"--method {a.method} needs an aligned pair: --image-encoder clip:X --text-encoder clip:X, or "
                           "--aligned DIR (a stage-1 model aligned on captions)")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cirlab.data.public import IMAGE_SUFFIXES, BenchmarkQuery, BenchmarkSplit, find_images, keep_present, read_json
+from cirlab.data.public import (IMAGE_SUFFIXES, BenchmarkQuery, BenchmarkSplit, find_images, keep_present, nearby_files,
+                                read_json)
 from cirlab.errors import CirlabError
 
 CIRCO_KS = (5, 10, 25, 50)
@@ -60,6 +61,5 @@ def coco_files(root: Path) -> dict[str, str]:
             raise CirlabError(f"{info} is not COCO's image list (a JSON object with 'images')") from None
         folder = "unlabeled2017/" if (root / "unlabeled2017").is_dir() else ""
         return {str(int(x["id"])): folder + x["file_name"] for x in listed}
-    files = [p for p in list(root.iterdir()) + [q for d in root.iterdir() if d.is_dir() for q in d.iterdir()]
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit()]
-    return {str(int(p.stem)): str(p.relative_to(root)) for p in files}
+    return {str(int(p.stem)): str(p.relative_to(root)) for p in nearby_files(root)
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit()}

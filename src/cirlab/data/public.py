@@ -71,6 +71,12 @@ def read_json(path: Path):
         raise CirlabError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def nearby_files(root: Path) -> list[Path]:
+    """The files in ``root`` and one level of subfolders: where the loaders look for a benchmark's images."""
+    return [p for p in list(root.iterdir()) + [q for d in root.iterdir() if d.is_dir() for q in d.iterdir()]
+            if p.is_file()]
+
+
 def find_images(image_root: Path, names: set[str], relative: dict[str, str] | None = None) -> tuple[dict[str, Path], list[str]]:
     """Files of image ids: ``root/<relative path>`` where the benchmark gives one, else ``root/<id><suffix>``
     (suffix as given, or any image suffix), searched in the root and one level of subfolders."""
@@ -78,10 +84,9 @@ def find_images(image_root: Path, names: set[str], relative: dict[str, str] | No
         raise CirlabError(f"image folder {image_root} does not exist; pass the folder that holds the benchmark's images")
     found: dict[str, Path] = {}
     index: dict[str, Path] = {}
-    for p in list(image_root.iterdir()) + [q for d in image_root.iterdir() if d.is_dir() for q in d.iterdir()]:
-        if p.is_file():
-            index.setdefault(p.name, p)
-            index.setdefault(p.stem, p)
+    for p in nearby_files(image_root):
+        index.setdefault(p.name, p)
+        index.setdefault(p.stem, p)
     for name in names:
         if relative and name in relative:
             p = (image_root / relative[name]).resolve()

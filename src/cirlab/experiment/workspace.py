@@ -148,13 +148,6 @@ class Workspace:
                         exclude_reference=exclude_reference, backend=backend)
 
 
-def zero_shot_model(ws: Workspace, cfg: dict) -> Fusion:
-    """A training-free method on ``ws``'s encoders (:func:`cirlab.checkpoint.zero_shot_fusion`); ``cfg`` gets the
-    aligned model's path and width."""
-    model, cfg["model"] = zero_shot_fusion(cfg["method"], ws.image_encoder, ws.text_encoder, cfg["model"])
-    return model
-
-
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
                  progress: bool = True, train_split: str = "train", val_split: str | None = "val",
                  reuse: bool = False, text_head: bool = True, state_path: str | Path | None = None,
@@ -175,7 +168,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
     data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}
     if fusion_methods.get(cfg["method"]).zero_shot:  # nothing to train: the method is assembled, no triplet read
-        model = zero_shot_model(ws, cfg)
+        model, cfg["model"] = zero_shot_fusion(cfg["method"], ws.image_encoder, ws.text_encoder, cfg["model"])
         meta = {"config": cfg, "data": data_id, "train": TrainResult().to_dict(), "zero_shot": True}
         if out:
             save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)

@@ -85,6 +85,7 @@ class DQU(Fusion):
 
     name = "dqu"
     paper = "paper 002 (DQU-CIR: text + visual query unification)"
+
     def build_layers(self, unify: str = "both", hidden_dim: int = 512,
                      captions: str = "metadata", captioner_ridge: float = 1.0, captioner_model: str | None = None) -> None:
         dims, embed_dim = self.dims, self.embed_dim

@@ -28,6 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from cirlab.fusion.base import Fusion, Views, fusion_methods
+from cirlab.fusion.baselines import ImageOnly, Sum, TextOnly
+
+
+def share(name: str, value: float) -> float:
+    """A mixing option, which must lie within [0, 1] (refused with ``ValueError`` otherwise)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1], got {value}")
+    return float(value)
 
 
 class ZeroShot(Fusion):
@@ -74,35 +82,26 @@ class ZeroShot(Fusion):
         return self.embed_image(reference), self.project_text(text["pooled"])
 
 
+# the baselines' queries, read in the aligned space (ZeroShot comes first: its maps replace the projections)
 @fusion_methods.register("zs_image")
-class ZeroShotImage(ZeroShot):
+class ZeroShotImage(ZeroShot, ImageOnly):
     """``q = r``: the reference alone (the text is ignored)."""
 
     name = "zs_image"
 
-    def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        return self.embed_image(reference)
-
 
 @fusion_methods.register("zs_text")
-class ZeroShotText(ZeroShot):
+class ZeroShotText(ZeroShot, TextOnly):
     """``q = t``: the text alone (the reference is ignored)."""
 
     name = "zs_text"
 
-    def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        return self.project_text(text["pooled"])
-
 
 @fusion_methods.register("zs_sum")
-class ZeroShotSum(ZeroShot):
+class ZeroShotSum(ZeroShot, Sum):
     """``q = L2(r + t)``."""
 
     name = "zs_sum"
-
-    def compose(self, reference: Views, text: Views) -> torch.Tensor:
-        r, t = self.vectors(reference, text)
-        return F.normalize(r + t, dim=-1)
 
 
 @fusion_methods.register("zs_slerp")
@@ -114,9 +113,7 @@ class ZeroShotSlerp(ZeroShot):
 
     def build_layers(self, aligned: str | None = None, alpha: float = 0.5) -> None:
         super().build_layers(aligned)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = share("alpha", alpha)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         r, t = self.vectors(reference, text)
@@ -137,9 +134,7 @@ class ZeroShotWeighted(ZeroShot):
 
     def build_layers(self, aligned: str | None = None, weight: float = 0.7) -> None:
         super().build_layers(aligned)
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"weight must be within [0, 1], got {weight}")
-        self.weight = float(weight)
+        self.weight = share("weight", weight)
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         r, t = self.vectors(reference, text)

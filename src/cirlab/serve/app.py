@@ -150,8 +150,7 @@ def create_app(service: SearchService) -> FastAPI:
             raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
 
     bearer = HTTPBearer(auto_error=False, description="CIRLAB_API_TOKEN, for gallery changes")
-    SearchForm = search_form(service.max_text_chars, MAX_K, service.pipe.meta["method"], service.check_k,
-                             service.check_text, service.check_method)
+    SearchForm = search_form(service, MAX_K)
 
     @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
               response_model=SearchResponse, responses=errors(404, 413, 415, 422),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 _SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
 _VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
@@ -95,37 +95,35 @@ def errors(*statuses: int) -> dict:
 
 
 class _Form(BaseModel):
-    """A form's text fields (the file field is read apart); an unknown field is left alone."""
-
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+    """A form's text fields (the file field is read apart; :func:`form_fields` passes the fields it has)."""
 
 
-def search_form(max_text_chars: int, max_k: int, method: str, check_k, check_text, check_method) -> type[_Form]:
-    """``POST /search``'s fields for one server (its text limit, its method). The ``check_*`` functions are the
-    service's own checks: a value the schema refuses gets the same one-line message as from the Python API."""
+def search_form(service, max_k: int) -> type[_Form]:
+    """``POST /search``'s fields for one server (a ``serve.service.SearchService``: its text limit, its method).
+    The validators are the service's own checks, so a value the schema refuses gets the same one-line message as
+    from the Python API. (:func:`form_fields` sends only non-empty text, so a validator never sees an absent k.)"""
 
-    def integer(value):
-        if value in (None, ""):
-            return 12
+    def integer(value: str) -> int:
         try:
-            return int(str(value))
+            return int(value)
         except ValueError:
-            raise ValueError(f"k must be an integer, got {str(value)[:40]!r}") from None
+            raise ValueError(f"k must be an integer, got {value[:40]!r}") from None
 
     validators = {
-        "k_is_an_integer": field_validator("k", mode="before")(lambda cls, v: check_k(integer(v))),
+        "k_is_an_integer": field_validator("k", mode="before")(lambda cls, v: service.check_k(integer(v))),
         "text_within_the_limit": field_validator("text", mode="before")(
-            lambda cls, v: v if not isinstance(v, str) or not v.strip() else check_text(v) and v),
-        "method_served": field_validator("method", mode="before")(lambda cls, v: check_method(v) or v),
+            lambda cls, v: v if not v.strip() else service.check_text(v) and v),
+        "method_served": field_validator("method", mode="before")(lambda cls, v: service.check_method(v) or v),
     }
     return create_model(
         "SearchForm", __base__=_Form, __validators__=validators,
         image_id=(str | None, Field(None, min_length=1, description="a gallery image as the reference (instead of "
                                                                     "an upload)")),
-        text=(str | None, Field(None, max_length=max_text_chars, pattern=r"\S",
+        text=(str | None, Field(None, max_length=service.max_text_chars, pattern=r"\S",
                                 description="the modification text; without it, images like the reference")),
         k=(int, Field(12, ge=1, le=max_k, description="how many results")),
-        method=(Literal[method] | None, Field(None, description="the served method (a server serves one)")),
+        method=(Literal[service.pipe.meta["method"]] | None, Field(None, description="the served method (a server "
+                                                                                     "serves one)")),
         filter=(str | None, Field(None, max_length=4000, pattern=FILTER_PATTERN,
                                   description='a metadata filter, a JSON object: {"field": value or [values], ...}; '
                                               'keeps the images whose metadata match every field, e.g. '

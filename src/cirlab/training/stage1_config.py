@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from cirlab.config import TrainConfig, _option, read_config
+from cirlab.config import TrainConfig, _option, check_known, read_config
 from cirlab.errors import CirlabError
 from cirlab.training.augment import Augment
 from cirlab.training.stage1_tasks import stage1_tasks
@@ -56,10 +56,7 @@ class Stage1Config:
     def from_dict(cls, override: dict | None = None) -> "Stage1Config":
         """The defaults with ``override`` on top (its ``tasks`` and ``train`` merged key by key); checked."""
         override = dict(override or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(override) - known
-        if unknown:
-            raise CirlabError(f"unknown stage-1 option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_known(cls, override, "stage-1")
         base = cls()
         override["tasks"] = {**base.tasks, **override.get("tasks", {})}
         override["train"] = TrainConfig.from_dict({**STAGE1_TRAIN, **override.get("train", {})})
