@@ -76,10 +76,10 @@ def make_dataset(folder, n=8, seed=0):
 
 
 def tiny_tokenizer(folder):
-    """A 12-word BERT vocabulary saved in ``folder``; returns its size."""
+    """A 13-word BERT vocabulary (the pseudo-word ``$`` last) saved in ``folder``; returns its size."""
     from transformers import BertTokenizer
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "dress", "shorter"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "dress", "shorter", "$"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)

@@ -159,6 +159,9 @@ class Pipeline:
         image_encoder = build_image_encoder(image_spec, placement)
         text_encoder = build_text_encoder(text_spec, placement)
         fusion, config = zero_shot_fusion(method, image_encoder, text_encoder, model)
+        if fusion.reads:
+            raise CirlabError(f"{method} is made from the training {fusion.reads} of a data set, so it needs a checkpoint: "
+                              f"'cirlab train --method {method} --data D ...' (no triplet is read), then --model")
         meta = {"method": method, "model_config": config, "zero_shot": True,
                 "image_encoder": encoder_record(image_encoder), "text_encoder": encoder_record(text_encoder)}
         return cls(fusion.to(placement.device), meta, image_encoder, text_encoder,
@@ -241,7 +244,11 @@ class Pipeline:
         composed = [n for n in todo if queries[n].image is not None and queries[n].text is not None]
         text_only = [n for n in todo if queries[n].image is None]
         image_only = [n for n in todo if queries[n].text is None]
-        text = self.text_views([queries[n].text for n in composed], self.model.text_views) if composed else {}
+        if composed and self.model.writes_query_texts:  # the method reads each text with its reference
+            text = self.model.query_texts(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
+                                          [queries[n].text for n in composed], self.text_encoder)
+        else:
+            text = self.text_views([queries[n].text for n in composed], self.model.text_views) if composed else {}
         pooled = self._on(self.text_views([queries[n].text for n in text_only], ("pooled",)))["pooled"] if text_only \
             else None
         encoded = time.perf_counter()

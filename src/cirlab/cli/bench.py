@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     b.add_argument("--retrieval", default=None, metavar="SPECS",
                    help="also rank each trained model through these index backends, ';'-separated, e.g. "
                         "'exact;knn;kmeans_svm:k=15' (paper 003's KNN and K-means + SVM)")
+    b.add_argument("--aligned", type=Path, default=None, metavar="DIR",
+                   help="an aligned stage-1 model (made with --stage1-config align) that the zero-shot methods compose "
+                        "in; its encoders are the bench's (docs/zero-shot.md)")
     b.add_argument("--split", default="test", help="split to report (default: %(default)s)")
     b.add_argument("--extra-splits", default=None, metavar="SPLITS",
                    help="comma list of other splits each model is also evaluated on, e.g. test-twemoji next to a "
@@ -39,12 +42,16 @@ def add_parser(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from cirlab.experiment import expand_methods, run_bench, save_bench
 
+    if a.aligned is not None:  # the aligned model's encoders
+        from cirlab.training.stage1 import stage1_encoders
+
+        a.image_encoder, a.text_encoder = stage1_encoders(a.aligned)
     result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
                        extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
-                       placement=a.placement)
+                       placement=a.placement, aligned=a.aligned)
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -23,10 +23,10 @@ def run(a: argparse.Namespace) -> int:
             print(json.dumps({"name": name, **method_config(name)}))
         return 0
     dims = FeatureDims.of(build_image_encoder(DEFAULT_IMAGE_ENCODER), build_text_encoder(DEFAULT_TEXT_ENCODER))
+    # a zero-shot method runs on an aligned pair: counted on one as wide as the default text encoder
+    aligned = FeatureDims(image=dims.text, text=dims.text, text_token=dims.text_token)
     for name in fusion_methods.names():
-        if fusion_methods.get(name).zero_shot:  # no parameters, on any aligned pair
-            print(f"{name:<12} {0:>11,}  {fusion_methods.get(name).paper}")
-            continue
-        model = build_fusion(name, dims, **method_config(name)["model"])
-        print(f"{name:<12} {model.num_parameters():>11,}  {model.paper}")
+        model = build_fusion(name, aligned if fusion_methods.get(name).zero_shot else dims,
+                             **method_config(name)["model"])
+        print(f"{name:<14} {model.num_parameters():>11,}  {model.paper}")
     return 0

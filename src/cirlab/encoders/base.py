@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -299,3 +300,39 @@ def check_views(views: Sequence[str], allowed: Sequence[str], who: str) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# -- a pseudo-word: a token embedding injected into a text encoder's input (Pic2Word, LinCIR, SEARLE's OTI) --------
+PSEUDO_WORD = "$"  # where a prompt's pseudo-word goes: "a photo of $, {text}"
+
+
+def pseudo_word_id(tokenizer, spec: str) -> int:
+    """The token id the pseudo-word ``$`` is written as; refused where the tokenizer has no single token for it."""
+    ids = tokenizer(PSEUDO_WORD, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
+        raise CirlabError(f"{spec}: its tokenizer has no single token for the pseudo-word {PSEUDO_WORD!r}, which the "
+                          "methods with a pseudo-word need: use a text encoder whose vocabulary has it (MiniLM, BERT, "
+                          "CLIP do)")
+    return int(ids[0])
+
+
+@contextmanager
+def injected(embedding: torch.nn.Module, input_ids: torch.Tensor, placeholder: int, tokens: torch.Tensor | None):
+    """While open, the word embedding of every ``placeholder`` in ``input_ids`` is replaced, row by row, by that row's
+    ``tokens`` (one vector a prompt): the output of ``embedding`` is rewritten by a forward hook, so position, type and
+    the rest of the text model run as for a real word, and gradients reach ``tokens``. ``tokens=None``: nothing."""
+    if tokens is None:
+        yield
+        return
+    where = (input_ids == placeholder).unsqueeze(-1)
+    if not bool(where.any(dim=1).all()):
+        raise CirlabError(f"every prompt needs the pseudo-word {PSEUDO_WORD!r} (within the text encoder's token limit)")
+
+    def hook(module, args, output):
+        return torch.where(where.to(output.device), tokens[:, None, :].to(output.device, output.dtype), output)
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

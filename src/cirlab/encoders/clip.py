@@ -12,6 +12,7 @@ Each encoder instance loads its own copy of the weights, so fine-tuning one neve
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,8 @@ from cirlab.encoders.base import (
     pixel_views,
     fingerprint_folder,
     hidden_levels,
+    injected,
+    pseudo_word_id,
     image_encoders,
     read_json,
     model_folder,
@@ -159,13 +162,28 @@ class CLIPTextEncoder:
     def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
         return _tower_tunable(self.model, "text_model", "text_projection", "final_layer_norm", n, self.spec)
 
-    def pooled_with_grad(self, texts: Sequence[str]) -> torch.Tensor:
-        """The pooled view as a tensor that gradients flow through (the whole tower runs forward)."""
+    def pooled_with_grad(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled view as a tensor that gradients flow through (the whole tower runs forward). ``tokens`` (one
+        a text, ``word_dim`` wide): each text's pseudo-word ``$`` is read as its row (``encoders.base.injected``)."""
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         batch = to_device(dict(batch), module_device(self.model))
-        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word, tokens):
+            out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.model.text_projection(out.pooler_output)
+
+    @property
+    def word_embeddings(self) -> torch.nn.Embedding:
+        """The model's input word embeddings: a pseudo-word is a vector of their width."""
+        return self.model.text_model.embeddings.token_embedding
+
+    @property
+    def word_dim(self) -> int:
+        return int(self.word_embeddings.embedding_dim)
+
+    @cached_property
+    def pseudo_word(self) -> int:
+        return pseudo_word_id(self.tokenizer, self.spec)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:

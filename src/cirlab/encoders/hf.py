@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,8 @@ from cirlab.encoders.base import (
     pixel_views,
     fingerprint_folder,
     hidden_levels,
+    injected,
+    pseudo_word_id,
     image_encoders,
     read_json,
     model_folder,
@@ -99,10 +102,25 @@ class HFTextEncoder:
         prefixes = tuple(f"encoder.layer.{i}." for i in range(count - n, count))
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
 
-    def pooled_with_grad(self, texts: Sequence[str]) -> torch.Tensor:
-        """The pooled view as a tensor that gradients flow through (dropout as the model's mode says)."""
+    def pooled_with_grad(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled view as a tensor that gradients flow through (dropout as the model's mode says). ``tokens``
+        (one a text, ``word_dim`` wide): each text's pseudo-word ``$`` is read as its row (``encoders.base.injected``)."""
         batch = to_device(dict(self.tokenize(texts, pad_to_max=False)), module_device(self.model))
-        return self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word, tokens):
+            return self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
+    @property
+    def word_embeddings(self) -> torch.nn.Embedding:
+        """The model's input word embeddings: a pseudo-word is a vector of their width."""
+        return self.model.get_input_embeddings()
+
+    @property
+    def word_dim(self) -> int:
+        return int(self.word_embeddings.embedding_dim)
+
+    @cached_property
+    def pseudo_word(self) -> int:
+        return pseudo_word_id(self.tokenizer, self.spec)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:

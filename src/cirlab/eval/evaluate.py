@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
@@ -46,6 +47,26 @@ def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], 
                    to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
              for s in range(0, len(ref), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+@torch.inference_mode()
+def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: list[tuple[str, str]],
+                    progress: bool = False, batch: int = 128) -> QuerySide:
+    """The query side of a method that reads each text with its reference (``Fusion.query_texts``): a text table
+    with a row per (reference, text) pair whose reference is encoded, made by the method in batches."""
+    todo = sorted({p for p in pairs if p[0] in images.row})
+    device = module_device(model)
+    views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
+    parts: dict[str, list[np.ndarray]] = {}
+    for s in tqdm(range(0, len(todo), batch), desc=f"{model.name}: query texts", disable=not progress or not todo):
+        chunk = todo[s:s + batch]
+        reference = to_device(images.tensors(images.rows([r for r, _ in chunk]), views), device)
+        for name, value in model.query_texts(reference, [t for _, t in chunk], text_encoder).items():
+            parts.setdefault(name, []).append(value.float().cpu().numpy())
+    keys = [f"{r}\x1f{t}" for r, t in todo]
+    texts = FeatureTable(keys, {k: np.concatenate(v) for k, v in parts.items()} if todo
+                         else {"pooled": np.zeros((0, model.embed_dim), np.float32)})
+    return QuerySide(images, texts, {p: (p[0], k) for p, k in zip(todo, keys)})
 
 
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,

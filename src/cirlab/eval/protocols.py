@@ -24,7 +24,7 @@ from cirlab.data.public import BenchmarkSplit
 from cirlab.data.shoes import load_shoes
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import compose_queries, embed_gallery, ranked_ids
+from cirlab.eval.evaluate import compose_queries, embed_gallery, ranked_ids, written_queries
 from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
 from cirlab.files import atomic_write_text
 from cirlab.index.exact import exact_topk
@@ -62,10 +62,13 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
     images, failed = image_table(pipe.cache, pipe.image_encoder, Gallery(ids, [split.paths[i] for i in ids]), views,
                                  progress)
-    texts = text_table(pipe.cache, pipe.text_encoder, [q.text for q in split.queries], model.text_views, progress)
     gallery = [g for g in split.gallery if g in images.row]
     usable = [q for q in split.queries if q.reference in images.row]
-    side = QuerySide(images, texts)
+    if model.writes_query_texts:  # the method reads each text with its reference
+        side = written_queries(model, images, pipe.text_encoder, [(q.reference, q.text) for q in usable], progress)
+    else:
+        side = QuerySide(images, text_table(pipe.cache, pipe.text_encoder, [q.text for q in split.queries],
+                                            model.text_views, progress))
     triplets = [Triplet(q.reference, q.text, q.targets) for q in usable]
     query_vectors = compose_queries(model, side, triplets)
     gallery_vectors = embed_gallery(model, images, gallery)

@@ -154,8 +154,10 @@ def _mean_std(values: list[float]) -> str:
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
               image_head: str | None = None, retrieval: Sequence[str] = (),
-              extra_splits: Sequence[str] = (), placement: Placement | None = None) -> BenchResult:
-    """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``.
+              extra_splits: Sequence[str] = (), placement: Placement | None = None,
+              aligned: str | Path | None = None) -> BenchResult:
+    """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``. A zero-shot method
+    with nothing to learn (no parameter) runs once: its seeds would repeat it.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
     ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
     ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10). ``placement``: where the
@@ -177,6 +179,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     for name in methods:
         for seed in range(seeds):
             override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}, "model": model_override}
+            if aligned is not None and fusion_methods.get(method_config(name)["method"]).zero_shot:
+                override["model"] = {**model_override, "aligned": str(aligned)}
             cfg = method_config(name, override)
             model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
             ev = ws.evaluate(model, split)
@@ -193,6 +197,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             result.runs.append(run)
             log(f"{name} seed {seed}: " + " ".join(f"R@{k} {v:.1f}" for k, v in ev.recall.items())
                 + f" ({res.seconds:.0f} s, best epoch {res.best_epoch})")
+            if model.zero_shot and not model.num_parameters():
+                break
     return result
 
 

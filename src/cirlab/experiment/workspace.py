@@ -16,11 +16,12 @@ from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_
                              fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import Rankings, evaluate
+from cirlab.eval.evaluate import Rankings, evaluate, written_queries
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
 from cirlab.training.align import caption_pairs, fit_text_head
 from cirlab.training.trainer import TrainResult, seed_everything, train_fusion
+from cirlab.training.zero_shot import Unlabelled, prepare_zero_shot
 
 
 def views_needed(configs: list[dict], dims: FeatureDims) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -95,9 +96,14 @@ class Workspace:
         """The encoded images of a split (``None``: of the whole data set)."""
         return [i for i in self.dataset.gallery(split).ids if i in self.images.row]
 
-    def queries(self, model: Fusion) -> QuerySide:
-        """The query side for ``model``: the encoded references and texts, or, for a method that makes its queries'
-        inputs itself (``Fusion.reads_raw_queries``: DQU), its unified queries."""
+    def queries(self, model: Fusion, split: str | None = None) -> QuerySide:
+        """The query side for ``model``: the encoded references and texts; for a method that reads each text with its
+        reference (``Fusion.writes_query_texts``), its texts of ``split``'s queries (None: every split's); for a
+        method that makes its queries' inputs itself (``Fusion.reads_raw_queries``: DQU), its unified queries."""
+        if model.writes_query_texts:
+            every = [t for s, ts in self.triplets.items() if split in (None, s) for t in ts]
+            return written_queries(model, self.images, self.text_encoder, [(t.reference, t.text) for t in every],
+                                   self.progress)
         if not model.reads_raw_queries:
             return QuerySide(self.images, self.texts)
         from cirlab.training.unify import fit_captioner, unify_queries
@@ -114,6 +120,20 @@ class Workspace:
             self._unified[setting] = unify_queries(model, self.cache, self.image_encoder, self.text_encoder, self.images,
                                                    paths, captions, every, self.progress)
         return self._unified[setting]
+
+    def unlabelled(self, split: str, model: Fusion) -> Unlabelled:
+        """What the zero-shot protocol lets ``model``'s preparation read (docs/zero-shot.md), through
+        ``Dataset.zero_shot`` (made from images.jsonl alone): the images of ``split`` (the training split) and their
+        captions; no triplet, no image or caption of another split. A workspace opened on that view reads it as is."""
+        zs = self.dataset if "zero_shot" in self.dataset.meta else self.dataset.zero_shot(split)
+        ids = [i for i in zs.by_id if i in self.images.row]
+        views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
+        image_views = self.images.tensors(self.images.rows(ids), views) if model.reads == "images" else {}
+        captions = sorted({zs.captions[i] for i in ids if zs.captions.get(i)}) if model.reads == "captions" else []
+        pooled = torch.as_tensor(self.cache.text_features(self.text_encoder, captions, ("pooled",),
+                                                          progress=self.progress)["pooled"]) if captions \
+            else torch.zeros(0, self.text_encoder.dim)
+        return Unlabelled(image_views, captions, pooled)
 
     def fit_text_head(self, model: Fusion, train_split: str = "train", test_split: str | None = "test"):
         """A text-to-image head for ``model`` on the captions of the training images (``training.align``);
@@ -144,7 +164,7 @@ class Workspace:
         if exclude_reference is None:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
-        return evaluate(model, self.triplets[split], self.images, self.queries(model), gallery,
+        return evaluate(model, self.triplets[split], self.images, self.queries(model, split), gallery,
                         exclude_reference=exclude_reference, backend=backend)
 
 
@@ -160,19 +180,22 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     ``pseudo``: a stage-1 model (``stage1.pt`` or its folder) that makes pseudo triplets for paper 004's
     augmentation (``training.pseudo``; options in ``pseudo_config``); it must share this run's encoders."""
     cfg = method_config(method, config)
+    data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}
+    if fusion_methods.get(cfg["method"]).zero_shot:  # no triplet read: assembled, and prepared from
+        # the training images or captions where the method reads them
+        train_cfg = TrainConfig.from_dict(cfg["train"])
+        seed_everything(train_cfg.seed)  # a mapping's initial weights too
+        model, cfg["model"] = zero_shot_fusion(cfg["method"], ws.image_encoder, ws.text_encoder, cfg["model"])
+        result = prepare_zero_shot(model, ws.unlabelled(train_split, model), ws.text_encoder, train_cfg, progress,
+                                   ws.placement) if model.reads else TrainResult()
+        meta = {"config": cfg, "data": data_id, "train": result.to_dict(), "zero_shot": True}
+        if out:
+            save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)
+        return model, result, meta
     if train_split not in ws.triplets:
         why = " (image-caption data trains stage 1 only, with the align preset)" \
             if ws.dataset.meta.get("captions_only") else ""
         raise CirlabError(f"data set {ws.dataset.name} has no {train_split!r} triplets to train a fusion on{why}")
-    if cfg["method"] not in fusion_methods:
-        fusion_methods.get(cfg["method"])  # raises the one-line "unknown method" error
-    data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed")}
-    if fusion_methods.get(cfg["method"]).zero_shot:  # nothing to train: the method is assembled, no triplet read
-        model, cfg["model"] = zero_shot_fusion(cfg["method"], ws.image_encoder, ws.text_encoder, cfg["model"])
-        meta = {"config": cfg, "data": data_id, "train": TrainResult().to_dict(), "zero_shot": True}
-        if out:
-            save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta)
-        return model, TrainResult(), meta
     if reuse and out and Path(out).is_file():
         try:
             meta = read_checkpoint(out)["meta"]

@@ -10,7 +10,7 @@ through the same image projection as the reference. Inputs are L2-normalised fir
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +167,18 @@ class Fusion(nn.Module):
         """Whether this method makes its queries' inputs itself (it overrides :meth:`raw_query_views`): then a
         query is answered one by one, and a data set's queries are made by the method's own preparation."""
         return type(self).raw_query_views is not Fusion.raw_query_views
+
+    def query_texts(self, reference: Views, texts: Sequence[str], text_encoder) -> Views | None:
+        """Hook for a method that reads each query's text together with its reference (a pseudo-word made from the
+        reference, as Pic2Word, LinCIR and SEARLE's OTI do; the reference's caption, as the text-shift proxy does):
+        the text views of each (reference, text) pair, which :meth:`compose` then reads. ``reference``: the
+        references' views (one row a query). None, the default: the texts' own views, encoded apart (and cached)."""
+        return None
+
+    @property
+    def writes_query_texts(self) -> bool:
+        """Whether this method reads each query's text with its reference (it overrides :meth:`query_texts`)."""
+        return type(self).query_texts is not Fusion.query_texts
 
     def head_view(self) -> str:
         """The view the heads' region rows come from (it replaces ``tokens`` among the views they read)."""

@@ -1,0 +1,165 @@
+"""Zero-shot methods that read the text with the reference (fusion/zero_shot.py, training/zero_shot.py): a pseudo-word
+injected into the text encoder (Pic2Word, LinCIR, SEARLE's OTI) and the text-shift proxy. The injected token reaches
+MiniLM and CLIP's text tower; training reaches the mapping only and reads no triplet; the methods give the documented
+vectors, round-trip through a checkpoint, and answer through an index and the CLI."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_dataset, make_tiny_clip
+
+from cirlab.errors import CirlabError
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return f"clip:{make_tiny_clip(tmp_path_factory.mktemp('clip') / 'clip')}"
+
+
+@pytest.mark.parametrize("spec", ["minilm", "clip"])
+def test_the_injected_pseudo_word_reaches_the_text_encoder(spec, clip):
+    from cirlab.encoders import build_text_encoder
+
+    te = build_text_encoder(clip if spec == "clip" else spec)
+    a, b = torch.randn(2, te.word_dim, generator=torch.Generator().manual_seed(0))
+    tokens = torch.stack([a, b]).requires_grad_(True)
+    out = te.pooled_with_grad(["a $ dress", "a $ dress"], tokens)
+    assert not torch.allclose(out[0], out[1], atol=1e-4)  # the output changes with the token
+    plain = te.pooled_with_grad(["a red dress"]).detach()
+    np.testing.assert_allclose(plain.numpy(), te.encode_texts(["a red dress"])["pooled"], atol=1e-5)
+    real = te.word_embeddings(torch.tensor([te.tokenizer("red", add_special_tokens=False)["input_ids"][0]]))
+    injected = te.pooled_with_grad(["a $ dress"], real.detach())  # the word's own embedding: the word itself
+    torch.testing.assert_close(injected.detach(), plain, atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    assert all(p.grad is None for p in te.model.parameters())  # the text encoder stays frozen
+    with pytest.raises(CirlabError, match="every prompt needs the pseudo-word"):
+        te.pooled_with_grad(["a red dress"], tokens[:1])
+
+
+def test_the_caption_editor_substitutes_appends_and_removes():
+    from cirlab.fusion.zero_shot import edit_caption, masked_caption
+
+    slots = {("man", "woman"): 0.6, ("dark", "light"): 0.7, ("dark", "medium"): 0.45}
+
+    def similar(a, b):
+        return torch.tensor([[1.0 if x == y else slots.get((x, y), 0.1) for y in b] for x in a])
+
+    assert edit_caption("woman cook", "as a man instead", similar) == "man cook"
+    assert edit_caption("raised hand", "give it a dark skin tone", similar) == "raised hand dark skin tone"
+    assert edit_caption("man cook light skin tone", "make the skin tone dark", similar) == "man cook dark skin tone"
+    assert edit_caption("man cook medium skin tone", "dark skin", similar) == "man cook dark skin tone"
+    assert edit_caption("man cook medium skin tone", "dark skin", similar, threshold=0.5) \
+        == "man cook medium skin tone dark"
+    assert edit_caption("man shrugging light skin tone", "remove the skin tone", similar) == "man shrugging light"
+    assert edit_caption("red apple", "make it so", similar) == "red apple"
+    assert masked_caption("a red apple on the table") == "a $ on the $"
+
+
+def _assembled(tmp_path, clip, method, model=None, train=None, n=12):
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    data = tmp_path / "tiny" if (tmp_path / "tiny").exists() else make_dataset(tmp_path / "tiny", n=n)
+    ws = Workspace.open(data, FeatureCache(tmp_path / "cache"), clip, clip, progress=False)
+    model, result, meta = train_method(ws, method, {"model": model or {}, "train": train or {}},
+                                       out=tmp_path / f"{method}.pt", progress=False)
+    return ws, model, result, meta
+
+
+def test_the_text_shift_proxy_gives_the_documented_vector(tmp_path, clip):
+    """``q = L2(r + t(edited caption) - t(caption))``, the caption the bank's nearest to ``r`` (the training captions
+    alone), the edit made by ``edit_caption``."""
+    from cirlab.fusion.zero_shot import edit_caption, word_similarity
+
+    ws, model, _, meta = _assembled(tmp_path, clip, "zs_text_shift")
+    train = set(ws.dataset.gallery("train").ids)
+    assert model.bank == sorted(c for i, c in ws.dataset.captions.items() if i in train) and meta["zero_shot"]
+    views = ws.images.tensors(np.array([ws.images.row["img0"]]), ("pooled",))
+    text = "make it red"
+    with torch.no_grad():
+        q = model(views, model.query_texts(views, [text], ws.text_encoder))[0]
+        r = F.normalize(views["pooled"], dim=-1)  # a CLIP pair: the maps are the identity
+        bank = F.normalize(torch.from_numpy(ws.text_encoder.encode_texts(model.bank)["pooled"]), dim=-1)
+        caption = model.bank[int((r @ bank.T).argmax())]
+        edited = edit_caption(caption, text, word_similarity(ws.text_encoder, [caption, text]), 0.4)
+        t = F.normalize(torch.from_numpy(ws.text_encoder.encode_texts([edited, caption])["pooled"]), dim=-1)
+        torch.testing.assert_close(q, F.normalize(r[0] + t[0] - t[1], dim=-1), atol=1e-5, rtol=0)
+
+
+def test_oti_optimises_a_pseudo_word_per_query_in_bounded_steps(tmp_path, clip):
+    ws, model, result, _ = _assembled(tmp_path, clip, "zs_oti", {"steps": 15, "lr": 0.1})
+    assert model.steps == 15 and not result.history and sum(p.numel() for p in model.parameters()) == 0
+    views = ws.images.tensors(ws.images.rows(["img0", "img1"]), ("pooled",))
+    te = ws.text_encoder
+    with torch.inference_mode():  # as the server calls it
+        tokens = model.pseudo_words(views, te)
+    start = te.word_embeddings.weight.mean(0).expand(2, -1)
+    r = model.embed_image(views)
+    with torch.no_grad():
+        before = (model.project_text(te.pooled_with_grad(["a photo of $"] * 2, start)) * r).sum(-1)
+        after = (model.project_text(te.pooled_with_grad(["a photo of $"] * 2, tokens)) * r).sum(-1)
+    assert bool((after > before + 0.05).all())  # each query's own word: closer to its own reference
+    with pytest.raises(CirlabError, match="steps must be within"):
+        _assembled(tmp_path, clip, "zs_oti", {"steps": 0})
+
+
+@pytest.mark.parametrize("method", ["pic2word", "lincir"])
+def test_a_mapped_pseudo_word_trains_only_its_mapping_and_round_trips(tmp_path, clip, method, capsys):
+    """Gradients reach the mapping only; the model round-trips through a checkpoint, serves from an index, and is
+    refused without a checkpoint."""
+    from cirlab.api import Pipeline
+    from cirlab.cli import main
+
+    ws, model, result, meta = _assembled(tmp_path, clip, method, train={"epochs": 3, "batch_size": 4})
+    assert len(result.history) == 3 and meta["zero_shot"] and meta["train"]["history"]
+    data = ws.unlabelled("train", model)
+    task = model.task(data.image_views, data.captions, data.caption_pooled)
+    assert len(task.inputs) == len(task.prompts) >= 2 and all("$" in p for p in task.prompts)
+    tokens = model.mapping(task.inputs[:2])
+    loss = model.project_text(ws.text_encoder.pooled_with_grad(task.prompts[:2], tokens)).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.mapping.parameters())
+    assert all(p.grad is None for p in ws.text_encoder.model.parameters())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in model.mapping.named_parameters(prefix="mapping")]
+    pipe = Pipeline.load(tmp_path / f"{method}.pt", tmp_path / "cache")
+    reference = ws.dataset.root / "images" / "img0.png"
+    q = pipe.compose(reference, "make it red")
+    with torch.no_grad():
+        views = ws.images.tensors(np.array([ws.images.row["img0"]]), ("pooled",))
+        np.testing.assert_allclose(q, model(views, model.query_texts(views, ["make it red"], ws.text_encoder))[0],
+                                   atol=1e-5)
+    assert main(["index", "build", str(ws.dataset.root / "images"), "--out", str(tmp_path / "ix"), "--quiet",
+                 "--model", str(tmp_path / f"{method}.pt"), "--cache", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(reference), "--text", "make it red",
+                 "-k", "3", "--json", "--model", str(tmp_path / f"{method}.pt"), "--cache", str(tmp_path / "cache")]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 3 and hits[0]["id"] != "img0"
+    with pytest.raises(CirlabError, match="needs a checkpoint"):
+        Pipeline.zero_shot(method, clip, clip, tmp_path / "cache")
+
+
+def test_pic2word_reads_no_triplet(tmp_path, clip):
+    """Trained on the full data set, or on a copy with every triplet file removed (opened as its zero-shot view), the
+    mapping is the same, bit for bit: it read the training images and nothing of a triplet."""
+    from cirlab.data.triplets import Dataset
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    folder = make_dataset(tmp_path / "tiny", n=12)
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    for name in json.loads((folder / "dataset.json").read_text())["splits"].values():
+        (bare / name).unlink()
+    weights = []
+    for data in (Dataset(folder), Dataset(bare).zero_shot()):
+        ws = Workspace.open(data, FeatureCache(tmp_path / "cache"), clip, clip, progress=False)
+        model, _, _ = train_method(ws, "pic2word", {"train": {"epochs": 2, "batch_size": 4}}, progress=False)
+        weights.append(model.mapping.state_dict())
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
