@@ -1,4 +1,5 @@
-"""Zero-shot methods that read the text with the reference (fusion/zero_shot.py, training/zero_shot.py): a pseudo-word
+"""Zero-shot methods that read the text with the reference (fusion/zero_shot.py, training/zero_shot.py), and the
+product of similarities as a re-scoring of the first stage's candidates: a pseudo-word
 injected into the text encoder (Pic2Word, LinCIR, SEARLE's OTI) and the text-shift proxy. The injected token reaches
 MiniLM and CLIP's text tower; training reaches the mapping only and reads no triplet; the methods give the documented
 vectors, round-trip through a checkpoint, and answer through an index and the CLI."""
@@ -163,3 +164,89 @@ def test_pic2word_reads_no_triplet(tmp_path, clip):
         weights.append(model.mapping.state_dict())
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_the_product_of_similarities_re_scores_the_first_stage_candidates(tmp_path, clip):
+    """``zs_product``: the first stage is ``zs_sum``'s; its candidates are re-scored by ``max(r.g, 0) max(t.g, 0)``,
+    the same in a folder search, an index search through the API and the evaluation; the set of the top K is the
+    first stage's."""
+    from cirlab.api import Pipeline
+    from cirlab.eval.evaluate import query_rescoring
+    from cirlab.fusion import FeatureDims, build_fusion
+    from cirlab.index import build_index
+    from cirlab.index.scoring import ProductScoring
+    from cirlab.index.search import search
+
+    model = build_fusion("zs_product", FeatureDims(image=2, text=2))
+    r, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert model({"pooled": r}, {"pooled": t})[0].tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5])
+    assert model.score_parts({"pooled": r}, {"pooled": t})[0].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    index = build_index("exact", 2)
+    g = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1], [-0.6, 0.8]], np.float32)
+    index.add(["a", "b", "c", "d", "e"], g)
+    q = np.array([[2 ** -0.5, 2 ** -0.5]], np.float32)
+    first = search(index, q, 3)[0]
+    scored = search(index, q, 3, scoring=ProductScoring([np.eye(2, dtype=np.float32)], candidates=3))[0]
+    assert {i for i, _ in scored} == {i for i, _ in first} == {"b", "c", "a"}
+    assert scored == [("b", pytest.approx(0.48)), ("c", pytest.approx(0.48)), ("a", 0.0)]
+
+    pipe = Pipeline.zero_shot("zs_product", clip, clip, tmp_path / "cache", model={"candidates": 5})
+    plain = Pipeline.zero_shot("zs_sum", clip, clip, tmp_path / "cache")
+    data = make_dataset(tmp_path / "tiny", n=12)
+    reference = data / "images" / "img0.png"
+    gallery = pipe.encode_gallery(data / "images", progress=False)
+    hits = pipe.search(gallery, reference, "make it red", k=5, exclude_reference=True)
+    first = plain.search(gallery, reference, "make it red", k=5, exclude_reference=True)
+    assert {h.id for h in hits} == {h.id for h in first}  # only reordered
+    vectors = dict(zip(gallery.ids, gallery.vectors))
+    rv = vectors["img0"]  # the reference's own gallery vector: zs_product's r
+    tv = pipe.compose(None, "make it red")
+    by_hand = sorted(((max(float(vectors[h.id] @ rv), 0) * max(float(vectors[h.id] @ tv), 0), h.id) for h in first),
+                     reverse=True)
+    assert [h.id for h in hits] == [i for _, i in by_hand]
+    assert [h.score for h in hits] == pytest.approx([s for s, _ in by_hand], abs=1e-5)
+    with pytest.raises(CirlabError, match="re-scores its candidates itself"):
+        from cirlab.index.scoring import CombinedScoring
+        pipe.search(gallery, reference, "make it red", scoring=CombinedScoring())
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    ws = Workspace.open(data, FeatureCache(tmp_path / "cache"), clip, clip, progress=False)
+    zs_product, _, _ = train_method(ws, "zs_product", {"model": {"candidates": 4}}, progress=False)
+    zs_sum, _, _ = train_method(ws, "zs_sum", progress=False)
+    ev, base = ws.evaluate(zs_product, "test"), ws.evaluate(zs_sum, "test")
+    scoring = query_rescoring(zs_product, ws.queries(zs_product, "test"), ev.triplets)
+    assert len(scoring.parts) == len(ev.triplets) and scoring.candidates == 4
+    for mine, theirs in zip(ev.ids, base.ids):
+        assert set(mine) == set(theirs[:4]) and len(mine) == min(4, len(theirs))
+
+
+def test_the_server_re_scores_as_the_api_does(tmp_path, clip, capsys):
+    """``zs_product`` served over real HTTP: the reply's ranking and scores are the Python API's over the same index."""
+    import os
+
+    import httpx
+    from conftest import start_server, stop_server
+
+    from cirlab.api import Pipeline
+    from cirlab.cli import main
+    from cirlab.index import load_index
+
+    data = make_dataset(tmp_path / "tiny", n=10)
+    pair = ["--method", "zs_product", "--image-encoder", clip, "--text-encoder", clip, "--cache", str(tmp_path / "cache"),
+            "--method-options", "candidates=6"]
+    assert main(["index", "build", str(data / "images"), "--out", str(tmp_path / "ix"), "--quiet", *pair]) == 0
+    capsys.readouterr()
+    pipe = Pipeline.zero_shot("zs_product", clip, clip, tmp_path / "cache", model={"candidates": 6})
+    index, _ = load_index(tmp_path / "ix")
+    expected = pipe.search(index, data / "images" / "img0.png", "make it red", k=4, exclude_reference=True)
+    proc, base = start_server(["--index", tmp_path / "ix", *pair], env={**os.environ, "CIRLAB_HOME": str(tmp_path)},
+                              log=tmp_path / "server.log")
+    try:
+        r = httpx.post(base + "/search", data={"image_id": "img0", "text": "make it red", "k": "4"}, timeout=60)
+    finally:
+        stop_server(proc)
+    assert r.status_code == 200
+    got = r.json()["results"]
+    assert [x["id"] for x in got] == [h.id for h in expected]
+    assert [x["score"] for x in got] == pytest.approx([h.score for h in expected], abs=1e-4)

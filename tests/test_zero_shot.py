@@ -153,6 +153,9 @@ def test_a_clip_pair_searches_indexes_and_serves_with_no_checkpoint(tmp_path, ca
     assert main(["search", "--index", str(tmp_path / "ix"), *query, *pair]) == 0
     indexed = json.loads(capsys.readouterr().out)["results"]
     assert [r["id"] for r in indexed] == [r["id"] for r in folder] and len(indexed) == 3
+    assert main(["search", "--gallery", str(data / "images"), *query, *pair, "--method-options", "alpha=0.9"]) == 0
+    leaning = json.loads(capsys.readouterr().out)["results"]  # an option of the method, from the command line
+    assert [r["score"] for r in leaning] != [r["score"] for r in folder]
     proc, base = start_server(["--index", tmp_path / "ix", *pair], env={**os.environ, "CIRLAB_HOME": str(tmp_path)},
                               log=tmp_path / "server.log")
     try:
@@ -165,6 +168,8 @@ def test_a_clip_pair_searches_indexes_and_serves_with_no_checkpoint(tmp_path, ca
                         (["--method", "zs_sum"], "needs an aligned pair"),
                         (["--model", "m.pt", "--method", "zs_sum", "--image-encoder", clip, "--text-encoder", clip],
                          "not both"),
-                        (["--image-encoder", clip], "go with --method")]:
+                        (["--image-encoder", clip], "go with --method"),
+                        ([*pair[:6], "--method-options", "beta=1"], "cannot be built"),
+                        ([*pair[:6], "--method-options", "alpha"], "use name=value")]:
         assert main(["search", "--gallery", str(data / "images"), "--text", "red", *args]) == 2
         assert words in capsys.readouterr().err, args

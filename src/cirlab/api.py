@@ -33,6 +33,7 @@ from cirlab.fusion import Fusion
 from cirlab.fusion.text_head import head_from_state
 from cirlab.images import load_image
 from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter
+from cirlab.index.scoring import ProductScoring
 from cirlab.index.metadata import attach
 from cirlab.index.search import Hit, file_ids, hits, search
 
@@ -227,11 +228,13 @@ class Pipeline:
         return out
 
     @torch.inference_mode()
-    def compose_many(self, queries: Sequence["Query"], timing: dict | None = None) -> list[np.ndarray | CirlabError]:
+    def compose_many(self, queries: Sequence["Query"], timing: dict | None = None,
+                     parts: dict | None = None) -> list[np.ndarray | CirlabError]:
         """Query vectors of many queries, in one encoder batch and one fusion call a kind: composed (reference +
         text), text only (``image=None``) and image only (``text=None``: the reference's gallery embedding).
         A query that fails (an unreadable reference file) gets its error in its place; the others are answered.
-        ``timing`` (a dict) receives the seconds spent encoding (``encode``) and fusing (``fuse``)."""
+        ``timing`` (a dict) receives the seconds spent encoding (``encode``) and fusing (``fuse``); ``parts`` (a dict),
+        for a method that re-scores its candidates (``Fusion.score_parts``), each composed query's parts by its place."""
         start = time.perf_counter()
         out: list = [self._refused(q) for q in queries]
         if self.model.reads_raw_queries:  # the method makes each query's inputs itself (DQU): one by one
@@ -253,9 +256,11 @@ class Pipeline:
             else None
         encoded = time.perf_counter()
         if composed:
-            vectors = self.model(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
-                                 self._on(text))
+            reference = self._on(_stack([refs[n] for n in composed], self.model.image_views))
+            vectors = self.model(reference, self._on(text))
             out = _place(out, composed, vectors)
+            if parts is not None and self.model.rescores:
+                parts.update(zip(composed, self.model.score_parts(reference, self._on(text)).cpu().numpy()))
         if text_only:
             out = _place(out, text_only, self.model.project_text(pooled) if self.text_head is None else self.text_head(pooled))
         if image_only:
@@ -329,7 +334,20 @@ class Pipeline:
             raise CirlabError(f"the index holds {index.dim}-d vectors, this model makes {self.model.embed_dim}-d ones: "
                               "use the model the index was built with")
         check_filter(filter)  # refused before encoding
-        query = self.compose(image, text)
+        if scoring is not None and self.model.rescores:
+            raise CirlabError(f"{self.model.name} re-scores its candidates itself: leave --scoring out")
+        parts: dict = {}
+        (query,) = self.compose_many([Query(image, check_text(text))], parts=parts)
+        if isinstance(query, Exception):
+            raise query
         skip = file_ids(index, image) if exclude_reference else set()
-        (ranked,) = search(index, query[None], k, [skip], filter, scoring)
+        (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts))
         return hits(index, ranked)
+
+    def rescoring(self, vectors: Sequence[np.ndarray], parts: dict) -> ProductScoring | None:
+        """The method's own second stage for these query vectors (``parts`` from :meth:`compose_many`, by place):
+        the product of similarities over each composed query's parts, a query without parts kept at its own cosine;
+        None for a method that does not re-score (``Fusion.rescores``)."""
+        if not self.model.rescores:
+            return None
+        return ProductScoring([parts.get(n, v[None]) for n, v in enumerate(vectors)], self.model.candidates)

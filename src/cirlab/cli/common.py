@@ -39,8 +39,10 @@ def zero_shot() -> argparse.ArgumentParser:
     p = _parent()
     g = p.add_argument_group("a zero-shot method instead of a checkpoint (docs/zero-shot.md)")
     g.add_argument("--method", default=None, metavar="zs_NAME",
-                   help="a training-free method (zs_sum, zs_slerp, zs_weighted, zs_image, zs_text) on an aligned pair, "
-                        "with no --model")
+                   help="a training-free method (zs_slerp, zs_sum, zs_weighted, zs_oti, zs_image, zs_text) on an aligned "
+                        "pair, with no --model")
+    g.add_argument("--method-options", dest="method_options", default=None, metavar="K=V,...",
+                   help="with --method: its options, e.g. alpha=0.7 (zs_slerp), weight=0.6, steps=10 (docs/zero-shot.md)")
     g.add_argument("--image-encoder", dest="image_encoder", default=None,
                    help="with --method: the image encoder of the aligned pair (clip:/path or clip:hub/name)")
     g.add_argument("--text-encoder", dest="text_encoder", default=None,
@@ -56,8 +58,9 @@ def pipeline(a: argparse.Namespace):
     from cirlab.api import Pipeline
 
     if a.method is None:
-        if a.image_encoder or a.text_encoder or a.aligned:
-            raise CirlabError("--image-encoder, --text-encoder and --aligned go with --method (a zero-shot method); "
+        if a.image_encoder or a.text_encoder or a.aligned or a.method_options:
+            raise CirlabError("--image-encoder, --text-encoder, --aligned and --method-options go with --method (a "
+                              "zero-shot method); "
                               "a checkpoint (--model) names its own encoders")
         return Pipeline.load(a.model, a.cache, a.placement)
     if a.model is not None:
@@ -71,8 +74,28 @@ def pipeline(a: argparse.Namespace):
     if not image or not text:
         raise CirlabError(f"--method {a.method} needs an aligned pair: --image-encoder clip:X --text-encoder clip:X, or "
                           "--aligned DIR (a stage-1 model aligned on captions)")
-    return Pipeline.zero_shot(a.method, image, text, a.cache, a.placement,
-                              {"aligned": str(a.aligned)} if a.aligned is not None else None)
+    options = method_options(a.method_options)
+    if a.aligned is not None:
+        options["aligned"] = str(a.aligned)
+    return Pipeline.zero_shot(a.method, image, text, a.cache, a.placement, options)
+
+
+def method_options(text: str | None) -> dict:
+    """``"alpha=0.7,steps=10"`` -> ``{"alpha": 0.7, "steps": 10}`` (numbers where they parse, text otherwise)."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise CirlabError(f"--method-options {part!r}: use name=value, e.g. alpha=0.7")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def image_encoder() -> argparse.ArgumentParser:

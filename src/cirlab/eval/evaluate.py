@@ -14,6 +14,7 @@ from cirlab.devices import module_device, to_device
 from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
+from cirlab.index.scoring import ProductScoring
 
 
 @dataclass
@@ -38,15 +39,44 @@ def embed_gallery(model: Fusion, images: FeatureTable, gallery_ids: list[str], b
 
 
 @torch.inference_mode()
-def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], batch: int = 512) -> np.ndarray:
+def compose_queries(model: Fusion, queries: QuerySide, triplets: list[Triplet], batch: int = 512,
+                    call=None) -> np.ndarray:
+    """The query vectors of ``triplets`` (``call(model, reference views, text views)``: another output of the
+    model's query side instead, e.g. its ``score_parts``)."""
     keys = [queries.key(t.reference, t.text) for t in triplets]
     ref = queries.images.rows([k[0] for k in keys])
     txt = queries.texts.rows([k[1] for k in keys])
     device = module_device(model)
-    parts = [model(to_device(queries.images.tensors(ref[s:s + batch], model.image_views), device),
-                   to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
+    call = call or (lambda m, r, t: m(r, t))
+    parts = [call(model, to_device(queries.images.tensors(ref[s:s + batch], model.image_views), device),
+                  to_device(queries.texts.tensors(txt[s:s + batch], model.text_views), device)).cpu()
              for s in range(0, len(ref), batch)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+@torch.inference_mode()
+def query_rescoring(model: Fusion, queries: QuerySide, triplets: list[Triplet]) -> ProductScoring | None:
+    """The method's own second stage over the triplets' queries (``Fusion.score_parts``), or None."""
+    if not model.rescores or not triplets:
+        return None
+    return ProductScoring(list(compose_queries(model, queries, triplets, call=lambda m, r, t: m.score_parts(r, t))),
+                          model.candidates)
+
+
+def rescore_top(top: np.ndarray, scores: np.ndarray, gallery: np.ndarray, scoring, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ranked rows (-1: none) re-scored by ``scoring`` (a re-scoring of the candidates), the best
+    ``k`` kept."""
+    out_top = np.full((len(top), k), -1, np.int64)
+    out_scores = np.full((len(top), k), -np.inf, np.float32)
+    for q, (row, srow) in enumerate(zip(top, scores)):
+        cand = np.array([j for j, v in zip(row, srow) if j >= 0 and np.isfinite(v)], np.int64)
+        if not len(cand):
+            continue
+        s = scoring.score(None, gallery[cand], q)
+        order = np.argsort(-s, kind="stable")[:k]
+        out_top[q, :len(order)], out_scores[q, :len(order)] = cand[order], s[order]
+    return out_top, out_scores
 
 
 @torch.inference_mode()
@@ -86,19 +116,23 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     gallery = embed_gallery(model, images, gallery_ids)
     vectors = compose_queries(model, queries, usable)
     return rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
-                skipped=len(triplets) - len(usable))
+                skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable))
 
 
 def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,
-         exclude_reference: bool = True, keep: int = 50, backend: str | None = None, skipped: int = 0) -> Rankings:
+         exclude_reference: bool = True, keep: int = 50, backend: str | None = None, skipped: int = 0,
+         scoring: ProductScoring | None = None) -> Rankings:
     """Rankings and Recall@K of query vectors (one per triplet) over gallery vectors: the part of
     :func:`evaluate` after the model, shared with stage 1's validation. A triplet whose targets are
-    all outside the gallery counts as a miss."""
+    all outside the gallery counts as a miss. ``scoring``: the method's re-scoring of its candidates."""
     pos = {g: i for i, g in enumerate(gallery_ids)}
     exclude = np.array([pos.get(t.reference, -1) for t in triplets], dtype=np.int64) if exclude_reference else None
     k = max(max(ks), keep)
-    top, scores = exact_topk(queries, gallery, k, exclude) if backend is None else \
-        index_topk(backend, queries, gallery, k, exclude)
+    wide = max(k, scoring.candidates) if scoring else k
+    top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
+        index_topk(backend, queries, gallery, wide, exclude)
+    if scoring is not None:
+        top, scores = rescore_top(top, scores, gallery, scoring, k)
     targets = [[pos[x] for x in t.targets if x in pos] for t in triplets]
     ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(triplets, ids, scores, recall_at_k(top, targets, ks), skipped, exclude_reference,

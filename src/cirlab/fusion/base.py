@@ -180,6 +180,17 @@ class Fusion(nn.Module):
         """Whether this method reads each query's text with its reference (it overrides :meth:`query_texts`)."""
         return type(self).query_texts is not Fusion.query_texts
 
+    def score_parts(self, reference: Views, text: Views) -> torch.Tensor | None:
+        """Hook for a method whose composed query has a second stage: the unit vectors (B, parts, D) that
+        re-score the best ``candidates`` of the first stage by the product of their similarities to each
+        (``index.scoring.ProductScoring``). None, the default: the query vector's cosine is the score."""
+        return None
+
+    @property
+    def rescores(self) -> bool:
+        """Whether this method re-scores its candidates (it overrides :meth:`score_parts`)."""
+        return type(self).score_parts is not Fusion.score_parts
+
     def head_view(self) -> str:
         """The view the heads' region rows come from (it replaces ``tokens`` among the views they read)."""
         return self.head_map

@@ -16,6 +16,7 @@ methods unchanged. Their names carry the ``zs_`` family prefix:
 | ``zs_image`` | ``r`` |
 | ``zs_text`` | ``t`` |
 | ``zs_sum`` | ``L2(r + t)`` |
+| ``zs_product`` | ``L2(r + t)``, its best candidates re-scored by ``max(r.g, 0) max(t.g, 0)`` |
 | ``zs_slerp`` | ``slerp(r, t; alpha) = (sin((1 - alpha) theta) r + sin(alpha theta) t) / sin(theta)``, ``cos(theta) = r.t`` |
 | ``zs_weighted`` | ``L2((1 - w) r + w t)``, a weighted query in the spirit of WeiCom / WeiMoCIR |
 """
@@ -110,6 +111,24 @@ class ZeroShotSum(ZeroShot, Sum):
     """``q = L2(r + t)``."""
 
     name = "zs_sum"
+
+
+@fusion_methods.register("zs_product")
+class ZeroShotProduct(ZeroShot, Sum):
+    """The product of the two similarities, done as a re-scoring: the first stage ranks by ``L2(r + t)`` (``zs_sum``),
+    then its best ``candidates`` (100) are re-scored by ``max(r.g, 0) max(t.g, 0)`` (``index.scoring.ProductScoring``):
+    a result must be like the reference *and* match the text."""
+
+    name = "zs_product"
+
+    def build_layers(self, aligned: str | None = None, candidates: int = 100) -> None:
+        super().build_layers(aligned)
+        if int(candidates) < 1:
+            raise ValueError(f"candidates must be at least 1, got {candidates}")
+        self.candidates = int(candidates)
+
+    def score_parts(self, reference: Views, text: Views) -> torch.Tensor:
+        return torch.stack(self.vectors(reference, text), dim=1)
 
 
 @fusion_methods.register("zs_slerp")

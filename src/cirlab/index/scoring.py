@@ -1,4 +1,5 @@
-"""Paper 000's combined similarity (its formulas 24-26), applied as a re-scoring of candidates.
+"""Re-scorings of a backend's candidates: paper 000's combined similarity (its formulas 24-26), and the product of
+similarities (:class:`ProductScoring`, a zero-shot method's second stage).
 
 ``s = w_cos * cos(q, g) - w_euc * ||q - g||_2 - w_ham * hamming(sign q, sign g) / D - w_l1 * ||q - g||_1 / D``
 
@@ -17,6 +18,7 @@ best ``k`` returned. Weights of 0 switch a term off.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Sequence
 
 import numpy as np
 
@@ -49,8 +51,9 @@ class CombinedScoring:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def score(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Combined scores of one query (D,) against candidate vectors (C, D)."""
+    def score(self, query: np.ndarray, candidates: np.ndarray, row: int = 0) -> np.ndarray:
+        """Combined scores of one query (D,) against candidate vectors (C, D) (``row``: the query's place in its
+        batch, unused here)."""
         d = query.shape[-1]
         diff = candidates - query[None]
         s = self.cosine * (candidates @ query)
@@ -63,18 +66,36 @@ class CombinedScoring:
         return s.astype(np.float32)
 
 
-def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring, filter: dict | None = None
-            ) -> tuple[list[list[str]], np.ndarray]:
+@dataclass(frozen=True)
+class ProductScoring:
+    """The product of similarities, a re-scoring of candidates: ``s = prod_j max(cos(p_j, g), 0)`` over each query's
+    parts ``p_j`` (``parts``: per query, (parts, D) unit vectors: a composed query's reference and text vectors, so a
+    candidate must be near both; a query with one part, its own vector, keeps its cosine). Negative cosines count as
+    0, so two dissimilarities never multiply into a match."""
+
+    parts: Sequence[np.ndarray]
+    candidates: int = 100
+
+    def score(self, query: np.ndarray, candidates: np.ndarray, row: int = 0) -> np.ndarray:
+        return np.prod(np.maximum(candidates @ np.asarray(self.parts[row], np.float32).T, 0.0), axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"product": max(len(p) for p in self.parts), "candidates": self.candidates}
+
+
+def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring | ProductScoring, filter: dict | None = None,
+            rows: list[int] | None = None) -> tuple[list[list[str]], np.ndarray]:
     """Search ``index`` for ``scoring.candidates`` rows per query (of those ``filter`` keeps), re-rank them by the
-    combined score."""
+    scoring's score (``rows``: each query's place in the batch the scoring was made for; default 0, 1, ...)."""
     ids, _ = index.search(queries, max(k, scoring.candidates), filter)
+    rows = list(range(len(queries))) if rows is None else rows
     out_ids, out_scores = [], np.full((len(queries), k), -np.inf, np.float32)
     for i, row in enumerate(ids):
         if not row:
             out_ids.append([])
             continue
         vecs = index.vectors[[index.row_of[x] for x in row]]
-        s = scoring.score(np.asarray(queries[i], np.float32), vecs)
+        s = scoring.score(np.asarray(queries[i], np.float32), vecs, rows[i])
         order = np.argsort(-s, kind="stable")[:k]
         out_ids.append([row[j] for j in order])
         out_scores[i, :len(order)] = s[order]

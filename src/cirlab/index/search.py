@@ -21,7 +21,7 @@ import numpy as np
 from cirlab.errors import CirlabError
 from cirlab.index.base import BaseIndex, check_filter
 from cirlab.index.metadata import display_name
-from cirlab.index.scoring import CombinedScoring, rescore
+from cirlab.index.scoring import CombinedScoring, ProductScoring, rescore
 
 Ranked = list[tuple[str, float]]
 
@@ -47,7 +47,8 @@ def _per_query(value, n: int, what: str) -> list:
 
 
 def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclude: Sequence[Collection[str]] | None = None,
-           filters: dict | Sequence[dict | None] | None = None, scoring: CombinedScoring | None = None) -> list[Ranked]:
+           filters: dict | Sequence[dict | None] | None = None,
+           scoring: CombinedScoring | ProductScoring | None = None) -> list[Ranked]:
     """The best ``k`` (id, score) of ``index`` for each query vector (n, d), best first: one search call of the
     index per distinct filter. ``k``, ``exclude`` and ``filters`` are one for all queries or one per query."""
     queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
@@ -66,7 +67,7 @@ def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclud
     for rows in groups.values():
         want = max(ks[r] + len(skips[r]) for r in rows)
         where = filters[rows[0]] or None
-        ids, scores = (rescore(index, queries[rows], want, scoring, where) if scoring
+        ids, scores = (rescore(index, queries[rows], want, scoring, where, rows) if scoring
                        else index.search(queries[rows], want, where))
         for r, row_ids, row_scores in zip(rows, ids, scores):
             out[r] = [(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in skips[r] and np.isfinite(s)][:ks[r]]

@@ -175,11 +175,13 @@ class SearchService:
         stages: dict[str, float] = {}
         with self.lock:
             self.refresh()
-            vectors = self.pipe.compose_many([i.query for i in items], stages)
+            parts: dict = {}
+            vectors = self.pipe.compose_many([i.query for i in items], stages, parts)
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
             start = time.perf_counter()
+            scoring = self.pipe.rescoring([vectors[n] for n in ok], {m: parts[n] for m, n in enumerate(ok) if n in parts})
             ranked = search(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
-                            [items[n].skip for n in ok], [items[n].filter for n in ok]) if ok else []
+                            [items[n].skip for n in ok], [items[n].filter for n in ok], scoring) if ok else []
             stages["search"] = time.perf_counter() - start
             answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
         return [(answers[n], stages) if n in answers else
