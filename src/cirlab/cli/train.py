@@ -162,7 +162,10 @@ def run(a: argparse.Namespace) -> int:
                                        resume=a.resume, log_path=log, pseudo=stage1 if a.augment else None,
                                        pseudo_config=pseudo_options)
     if meta.get("zero_shot"):
-        print(f"assembled {a.method} (zero-shot: no training, no triplet read) on {a.image_encoder} + {a.text_encoder}"
+        reads = fusion_methods.get(cfg["method"]).reads
+        how = (f"trained its mapping on the training {reads} in {result.seconds:.1f} s" if result.history else
+               f"kept the training {reads} as its bank" if reads else "no training") + ", no triplet read"
+        print(f"assembled {a.method} (zero-shot: {how}) on {a.image_encoder} + {a.text_encoder}"
               f"{', aligned by ' + cfg['model']['aligned'] if cfg['model'].get('aligned') else ''}; saved {out}")
         if "test" in ws.triplets:
             print(recall_table({a.method: ws.evaluate(model, "test").recall}))

@@ -222,6 +222,8 @@ class ZeroShotTextShift(ZeroShot):
     def build_layers(self, aligned: str | None = None, scale: float = 1.0, substitute: float = 0.4) -> None:
         super().build_layers(aligned)
         self.scale, self.substitute = float(scale), share("substitute", substitute)
+        self._words: dict[str, torch.Tensor] = {}
+        self._words_of = None
         self.register_buffer("bank_vectors", torch.zeros(0, self.embed_dim))
         self.register_buffer("bank_bytes", torch.zeros(0, dtype=torch.uint8))
 
@@ -253,7 +255,9 @@ class ZeroShotTextShift(ZeroShot):
         """The text views here are the shift itself, ``t(edited caption) - t(caption)``, in the aligned space."""
         r = self.embed_image(reference)
         captions, vectors = self.captions(r)
-        similar = word_similarity(text_encoder, [*captions, *texts])
+        if len(self._words) > 50_000 or self._words_of is not text_encoder:  # the words' vectors, kept between queries
+            self._words, self._words_of = {}, text_encoder
+        similar = word_similarity(text_encoder, [*captions, *texts], self._words)
         edited = [edit_caption(c, t, similar, self.substitute) for c, t in zip(captions, texts)]
         pooled = torch.as_tensor(text_encoder.encode_texts(edited, ("pooled",))["pooled"]).to(r.device)
         return {"pooled": self.project_text(pooled) - vectors}
@@ -262,16 +266,17 @@ class ZeroShotTextShift(ZeroShot):
         return F.normalize(self.embed_image(reference) + self.scale * text["pooled"].float(), dim=-1)
 
 
-def word_similarity(text_encoder, texts: Sequence[str]):
-    """Cosines between the single words of ``texts`` under the text encoder (for :func:`edit_caption`), encoded at
-    once."""
-    known = sorted({w for x in texts for w in caption_words(x)})
-    vectors = F.normalize(torch.as_tensor(text_encoder.encode_texts(known, ("pooled",))["pooled"]).float(), dim=-1) \
-        if known else torch.zeros(0, text_encoder.dim)
-    row = {w: n for n, w in enumerate(known)}
+def word_similarity(text_encoder, texts: Sequence[str], known: dict[str, torch.Tensor] | None = None):
+    """Cosines between the single words of ``texts`` under the text encoder (for :func:`edit_caption`); the words not
+    in ``known`` (word -> unit vector, filled here) are encoded at once."""
+    known = {} if known is None else known
+    new = sorted({w for x in texts for w in caption_words(x)} - set(known))
+    if new:
+        vectors = F.normalize(torch.as_tensor(text_encoder.encode_texts(new, ("pooled",))["pooled"]).float(), dim=-1)
+        known.update(zip(new, vectors))
 
     def similar(a: list[str], b: list[str]) -> torch.Tensor:
-        return vectors[[row[w] for w in a]] @ vectors[[row[w] for w in b]].T
+        return torch.stack([known[w] for w in a]) @ torch.stack([known[w] for w in b]).T
     return similar
 
 
