@@ -18,7 +18,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -314,6 +314,19 @@ def pseudo_word_id(tokenizer, spec: str) -> int:
                           "methods with a pseudo-word need: use a text encoder whose vocabulary has it (MiniLM, BERT, "
                           "CLIP do)")
     return int(ids[0])
+
+
+class PseudoWordInput:
+    """What a text encoder with a ``tokenizer``, a ``spec`` and input ``word_embeddings`` offers the pseudo-word
+    methods: the width of a word, and the id ``$`` is written as."""
+
+    @property
+    def word_dim(self) -> int:
+        return int(self.word_embeddings.embedding_dim)
+
+    @cached_property
+    def pseudo_word(self) -> int:
+        return pseudo_word_id(self.tokenizer, self.spec)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ Each encoder instance loads its own copy of the weights, so fine-tuning one neve
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -27,8 +26,8 @@ from cirlab.encoders.base import (
     pixel_views,
     fingerprint_folder,
     hidden_levels,
+    PseudoWordInput,
     injected,
-    pseudo_word_id,
     image_encoders,
     read_json,
     model_folder,
@@ -137,7 +136,7 @@ class CLIPImageEncoder:
         return res
 
 
-class CLIPTextEncoder:
+class CLIPTextEncoder(PseudoWordInput):
     def __init__(self, folder: Path, max_tokens: int = 64, spec: str | None = None) -> None:
         from transformers import AutoTokenizer
 
@@ -176,14 +175,6 @@ class CLIPTextEncoder:
     def word_embeddings(self) -> torch.nn.Embedding:
         """The model's input word embeddings: a pseudo-word is a vector of their width."""
         return self.model.text_model.embeddings.token_embedding
-
-    @property
-    def word_dim(self) -> int:
-        return int(self.word_embeddings.embedding_dim)
-
-    @cached_property
-    def pseudo_word(self) -> int:
-        return pseudo_word_id(self.tokenizer, self.spec)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +24,8 @@ from cirlab.encoders.base import (
     pixel_views,
     fingerprint_folder,
     hidden_levels,
+    PseudoWordInput,
     injected,
-    pseudo_word_id,
     image_encoders,
     read_json,
     model_folder,
@@ -46,7 +45,7 @@ def _load(loader, folder: Path, what: str):
         raise CirlabError(f"could not load the {what} in {folder}: {str(e).splitlines()[0]}") from None
 
 
-class HFTextEncoder:
+class HFTextEncoder(PseudoWordInput):
     """Token states of a local transformer text model; pooled = masked mean of tokens (optionally L2)."""
 
     def __init__(self, folder: Path, spec: str, normalize: bool = True, max_tokens: int = 64) -> None:
@@ -113,14 +112,6 @@ class HFTextEncoder:
     def word_embeddings(self) -> torch.nn.Embedding:
         """The model's input word embeddings: a pseudo-word is a vector of their width."""
         return self.model.get_input_embeddings()
-
-    @property
-    def word_dim(self) -> int:
-        return int(self.word_embeddings.embedding_dim)
-
-    @cached_property
-    def pseudo_word(self) -> int:
-        return pseudo_word_id(self.tokenizer, self.spec)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], views: Sequence[str] = ("pooled",)) -> dict[str, np.ndarray]:
