@@ -250,3 +250,18 @@ def test_the_server_re_scores_as_the_api_does(tmp_path, clip, capsys):
     got = r.json()["results"]
     assert [x["id"] for x in got] == [h.id for h in expected]
     assert [x["score"] for x in got] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
+def test_pic2word_needs_no_caption_and_lincir_refuses_without_one(tmp_path, clip):
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    folder = make_dataset(tmp_path / "tiny", n=12)
+    rows = [json.loads(x) for x in (folder / "images.jsonl").read_text().splitlines()]
+    (folder / "images.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "caption"}) + "\n"
+                                                 for r in rows))
+    ws = Workspace.open(folder, FeatureCache(tmp_path / "cache"), clip, clip, progress=False)
+    _, result, _ = train_method(ws, "pic2word", {"train": {"epochs": 1, "batch_size": 4}}, progress=False)
+    assert len(result.history) == 1
+    with pytest.raises(CirlabError, match="no captioned 'train' images"):
+        train_method(ws, "lincir", progress=False)

@@ -176,17 +176,18 @@ class Dataset:
         ds.by_id = records
         return ds
 
-    def zero_shot(self, train_split: str = "train", val_share: float = 0.1) -> "Dataset":
+    def zero_shot(self, train_split: str = "train", val_share: float = 0.1, captions: bool = True) -> "Dataset":
         """What a zero-shot run may read of this data set: the images of its training split and their captions,
         as an image-caption data set (``val_share`` of them, by a hash of the id, held out as ``val``). No
         triplet, no modification text, no attribute and no image of another split is in it, and asking it for
-        triplets is an error; it is made from ``images.jsonl`` alone, so no triplet file is opened."""
+        triplets is an error; it is made from ``images.jsonl`` alone, so no triplet file is opened. ``captions``:
+        refuse a data set with no captioned training image (what learns from images alone passes False)."""
         records = {}
         for r in self.images:
             if train_split in record_splits(r):
                 records[r["id"]] = {"id": r["id"], "file": r["file"], "split": "val" if held_out(r["id"], val_share)
                                     else "train", **({"caption": r["caption"]} if r.get("caption") else {})}
-        if not any(r.get("caption") for r in records.values()):
+        if captions and not any(r.get("caption") for r in records.values()):
             raise CirlabError(f"data set {self.name} has no captioned {train_split!r} images: a zero-shot run learns "
                               "from the training images' captions (images.jsonl 'caption')")
         ds = Dataset.__new__(Dataset)

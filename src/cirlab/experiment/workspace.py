@@ -125,7 +125,8 @@ class Workspace:
         """What the zero-shot protocol lets ``model``'s preparation read (docs/zero-shot.md), through
         ``Dataset.zero_shot`` (made from images.jsonl alone): the images of ``split`` (the training split) and their
         captions; no triplet, no image or caption of another split. A workspace opened on that view reads it as is."""
-        zs = self.dataset if "zero_shot" in self.dataset.meta else self.dataset.zero_shot(split)
+        zs = self.dataset if "zero_shot" in self.dataset.meta \
+            else self.dataset.zero_shot(split, captions=model.reads == "captions")
         ids = [i for i in zs.by_id if i in self.images.row]
         views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
         image_views = self.images.tensors(self.images.rows(ids), views) if model.reads == "images" else {}
