@@ -219,10 +219,10 @@ class Pipeline:
         """Whether text-only queries work: a text head, or a stage-1 model trained on image-caption retrieval."""
         return self.text_head is not None or is_aligned(self.meta)
 
-    def compose(self, image: str | Path | Image.Image | None, text: str) -> np.ndarray:
+    def compose(self, image: str | Path | Image.Image | None, text: str, parts: dict | None = None) -> np.ndarray:
         """The query vector of (reference image, modification text); with no image, of the text alone
-        (a plain text-to-image search through the model's text head)."""
-        (out,) = self.compose_many([Query(image, check_text(text))])
+        (a plain text-to-image search through the model's text head). ``parts``: see :meth:`compose_many`."""
+        (out,) = self.compose_many([Query(image, check_text(text))], parts=parts)
         if isinstance(out, Exception):
             raise out
         return out
@@ -247,20 +247,19 @@ class Pipeline:
         composed = [n for n in todo if queries[n].image is not None and queries[n].text is not None]
         text_only = [n for n in todo if queries[n].image is None]
         image_only = [n for n in todo if queries[n].text is None]
+        reference = self._on(_stack([refs[n] for n in composed], self.model.image_views)) if composed else {}
         if composed and self.model.writes_query_texts:  # the method reads each text with its reference
-            text = self.model.query_texts(self._on(_stack([refs[n] for n in composed], self.model.image_views)),
-                                          [queries[n].text for n in composed], self.text_encoder)
+            text = self._on(self.model.query_texts(reference, [queries[n].text for n in composed], self.text_encoder))
         else:
-            text = self.text_views([queries[n].text for n in composed], self.model.text_views) if composed else {}
+            text = self._on(self.text_views([queries[n].text for n in composed], self.model.text_views)) if composed \
+                else {}
         pooled = self._on(self.text_views([queries[n].text for n in text_only], ("pooled",)))["pooled"] if text_only \
             else None
         encoded = time.perf_counter()
         if composed:
-            reference = self._on(_stack([refs[n] for n in composed], self.model.image_views))
-            vectors = self.model(reference, self._on(text))
-            out = _place(out, composed, vectors)
+            out = _place(out, composed, self.model(reference, text))
             if parts is not None and self.model.rescores:
-                parts.update(zip(composed, self.model.score_parts(reference, self._on(text)).cpu().numpy()))
+                parts.update(zip(composed, self.model.score_parts(reference, text).cpu().numpy()))
         if text_only:
             out = _place(out, text_only, self.model.project_text(pooled) if self.text_head is None else self.text_head(pooled))
         if image_only:
@@ -337,9 +336,7 @@ class Pipeline:
         if scoring is not None and self.model.rescores:
             raise CirlabError(f"{self.model.name} re-scores its candidates itself: leave --scoring out")
         parts: dict = {}
-        (query,) = self.compose_many([Query(image, check_text(text))], parts=parts)
-        if isinstance(query, Exception):
-            raise query
+        query = self.compose(image, text, parts)
         skip = file_ids(index, image) if exclude_reference else set()
         (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts))
         return hits(index, ranked)

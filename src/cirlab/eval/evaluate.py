@@ -14,7 +14,7 @@ from cirlab.devices import module_device, to_device
 from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
-from cirlab.index.scoring import ProductScoring
+from cirlab.index.scoring import ProductScoring, best_candidates
 
 
 @dataclass
@@ -63,19 +63,22 @@ def query_rescoring(model: Fusion, queries: QuerySide, triplets: list[Triplet]) 
                           model.candidates)
 
 
-def rescore_top(top: np.ndarray, scores: np.ndarray, gallery: np.ndarray, scoring, k: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's ranked rows (-1: none) re-scored by ``scoring`` (a re-scoring of the candidates), the best
-    ``k`` kept."""
+def ranked_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                scoring: ProductScoring | None = None, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` gallery rows (-1: none) and scores of each query: exact search, or through ``backend``; with a
+    ``scoring``, its ``candidates`` best re-scored by it (the method's second stage), the best ``k`` of them kept."""
+    wide = max(k, scoring.candidates) if scoring else k
+    top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
+        index_topk(backend, queries, gallery, wide, exclude)
+    if scoring is None:
+        return top, scores
     out_top = np.full((len(top), k), -1, np.int64)
     out_scores = np.full((len(top), k), -np.inf, np.float32)
     for q, (row, srow) in enumerate(zip(top, scores)):
         cand = np.array([j for j, v in zip(row, srow) if j >= 0 and np.isfinite(v)], np.int64)
-        if not len(cand):
-            continue
-        s = scoring.score(None, gallery[cand], q)
-        order = np.argsort(-s, kind="stable")[:k]
-        out_top[q, :len(order)], out_scores[q, :len(order)] = cand[order], s[order]
+        if len(cand):
+            order, best = best_candidates(scoring, None, gallery[cand], q, k)
+            out_top[q, :len(order)], out_scores[q, :len(order)] = cand[order], best
     return out_top, out_scores
 
 
@@ -127,12 +130,7 @@ def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], tripl
     all outside the gallery counts as a miss. ``scoring``: the method's re-scoring of its candidates."""
     pos = {g: i for i, g in enumerate(gallery_ids)}
     exclude = np.array([pos.get(t.reference, -1) for t in triplets], dtype=np.int64) if exclude_reference else None
-    k = max(max(ks), keep)
-    wide = max(k, scoring.candidates) if scoring else k
-    top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
-        index_topk(backend, queries, gallery, wide, exclude)
-    if scoring is not None:
-        top, scores = rescore_top(top, scores, gallery, scoring, k)
+    top, scores = ranked_topk(queries, gallery, max(max(ks), keep), exclude, scoring, backend)
     targets = [[pos[x] for x in t.targets if x in pos] for t in triplets]
     ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(triplets, ids, scores, recall_at_k(top, targets, ks), skipped, exclude_reference,

@@ -24,11 +24,10 @@ from cirlab.data.public import BenchmarkSplit
 from cirlab.data.shoes import load_shoes
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import (compose_queries, embed_gallery, query_rescoring, ranked_ids, rescore_top,
+from cirlab.eval.evaluate import (compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk,
                                   written_queries)
 from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
 from cirlab.files import atomic_write_text
-from cirlab.index.exact import exact_topk
 
 CIRR_VERSION = "rc2"
 
@@ -75,11 +74,8 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     gallery_vectors = embed_gallery(model, images, gallery)
     pos = {g: i for i, g in enumerate(gallery)}
     exclude = np.array([pos.get(q.reference, -1) for q in usable]) if split.exclude_reference else None
-    scoring = query_rescoring(model, side, triplets)
-    want = max(keep, *split.ks)
-    top, scores = exact_topk(query_vectors, gallery_vectors, max(want, scoring.candidates) if scoring else want, exclude)
-    if scoring is not None:
-        top, scores = rescore_top(top, scores, gallery_vectors, scoring, want)
+    top, scores = ranked_topk(query_vectors, gallery_vectors, max(keep, *split.ks), exclude,
+                              query_rescoring(model, side, triplets))
     ranked = ranked_ids(top, scores, gallery)
     metrics: dict[str, float] = {}
     scored = [i for i, q in enumerate(usable) if q.targets]

@@ -95,8 +95,17 @@ def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring | Produ
             out_ids.append([])
             continue
         vecs = index.vectors[[index.row_of[x] for x in row]]
-        s = scoring.score(np.asarray(queries[i], np.float32), vecs, rows[i])
-        order = np.argsort(-s, kind="stable")[:k]
+        order, best = best_candidates(scoring, np.asarray(queries[i], np.float32), vecs, rows[i], k)
         out_ids.append([row[j] for j in order])
-        out_scores[i, :len(order)] = s[order]
+        out_scores[i, :len(order)] = best
     return out_ids, out_scores
+
+
+def best_candidates(scoring: CombinedScoring | ProductScoring, query: np.ndarray | None, vectors: np.ndarray, row: int,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of one query's candidate vectors by ``scoring`` (ties kept in the first stage's order): their
+    positions among the candidates, and their scores. ``row``: the query's place in the batch the scoring was made
+    for."""
+    s = scoring.score(query, vectors, row)
+    order = np.argsort(-s, kind="stable")[:k]
+    return order, s[order]
