@@ -26,7 +26,7 @@ import torch
 
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
-from cirlab.encoders.runtime import OrtSession, export_onnx
+from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
 from cirlab.images import load_image
 
 from _report import save_report
@@ -48,7 +48,7 @@ def int8_encoders(image, text):
         dst = src.with_name("model.int8.onnx")
         if not dst.is_file():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        enc._runtime_session = ((enc.id, "onnx"), OrtSession(dst))  # what the runtime would build, on int8
+        use_session(enc, OrtSession(dst))  # what the runtime would build, on int8
         out.append(enc)
     return out
 

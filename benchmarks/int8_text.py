@@ -22,7 +22,7 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from cirlab.encoders.base import new_encoder
-from cirlab.encoders.runtime import OrtSession, export_onnx
+from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
 
 VARIANTS = {
     "s8, per tensor": dict(weight_type=QuantType.QInt8),
@@ -61,7 +61,7 @@ def main() -> None:
             quantize_dynamic(str(src), str(dst), **options)
         q = new_encoder("text", "minilm")
         q.runtime = "onnx"
-        q._runtime_session = ((q.id, "onnx"), OrtSession(dst))  # the runtime's own session, on the int8 graph
+        use_session(q, OrtSession(dst))  # the runtime's own session, on the int8 graph
         got = q.encode_texts(probe)["pooled"]
         cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
         rows.append((name, base / best(lambda: q.encode_texts(texts)), float(cos.min())))

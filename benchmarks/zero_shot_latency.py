@@ -8,8 +8,8 @@ for each, an exact index over the data set's images (embedded once into the feat
 process, and one client that sends ``--requests`` searches one after another, each a gallery image as the reference
 (``image_id``) with a text new to the server, after 10 unmeasured ones. Every method pays one text encoding a query
 (``sum`` reads the text alone; the pseudo-word methods read a prompt with the reference's word in it, through the
-torch text model, since the injection is a hook the exported ONNX graph does not have; the text-shift proxy reads
-its edited caption, and the words it compares once each), so the difference is the method's own work. OTI
+text network exported with the word as one more input, ``word_network``; the text-shift proxy reads its edited
+caption, and the words it compares once each), so the difference is the method's own work. OTI
 optimises its word for each query, so it gets ``--requests`` / 10 and is reported apart. Reported: client-side
 p50 / p99 in ms, the p50's difference to ``sum``, and the server's median encode and fuse stage times.
 """

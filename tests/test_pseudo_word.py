@@ -42,6 +42,27 @@ def test_the_injected_pseudo_word_reaches_the_text_encoder(spec, clip):
         te.pooled_with_grad(["a red dress"], tokens[:1])
 
 
+@pytest.mark.parametrize("spec", ["minilm", "clip"])
+def test_the_pseudo_word_runs_in_onnx_runtime_as_in_pytorch(spec, clip, tmp_path, monkeypatch):
+    """A query's pseudo-word is an input of the exported graph: ONNX Runtime gives PyTorch's vectors, texts of
+    other lengths and batch sizes than the export's included, and a prompt without ``$`` is refused before it runs."""
+    from cirlab.encoders import build_text_encoder
+    from cirlab.encoders.runtime import exported_path
+
+    monkeypatch.setenv("CIRLAB_HOME", str(tmp_path))
+    te = build_text_encoder(clip if spec == "clip" else spec)
+    texts = ["a photo of $, make it red", "a photo of $ that has a much larger blue circle at the top", "$"]
+    words = torch.randn(3, te.word_dim, generator=torch.Generator().manual_seed(1))
+    eager = te.pooled_with_grad(texts, words).detach()
+    te.runtime = "onnx"
+    exported = te.encode_with_words(texts, words)
+    torch.testing.assert_close(exported, eager, atol=1e-4, rtol=0)
+    assert exported_path(te, graph="word_network").is_file() and not exported_path(te).exists()
+    torch.testing.assert_close(te.encode_with_words(texts[1:2], words[1:2]), eager[1:2], atol=1e-4, rtol=0)
+    with pytest.raises(CirlabError, match="every prompt needs the pseudo-word"):
+        te.encode_with_words(["a red dress"], words[:1])
+
+
 def test_the_caption_editor_substitutes_appends_and_removes():
     from cirlab.fusion.zero_shot import edit_caption, masked_caption
 

@@ -28,6 +28,7 @@ from PIL import Image
 
 from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from cirlab.devices import Placement, placed, resolve_precision
+from cirlab.encoders.runtime import Network, Wrapped, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
 
@@ -317,8 +318,12 @@ def pseudo_word_id(tokenizer, spec: str) -> int:
 
 
 class PseudoWordInput:
-    """What a text encoder with a ``tokenizer``, a ``spec`` and input ``word_embeddings`` offers the pseudo-word
-    methods: the width of a word, and the id ``$`` is written as."""
+    """What a text encoder with a ``tokenizer``, a ``spec``, input ``word_embeddings`` and a ``network`` offers the
+    pseudo-word methods: the width of a word, the id ``$`` is written as, and its network with each text's word
+    vector as one more input (``word_network``), which the inference runtimes run like the plain one.
+
+    The encoder supplies ``text_feeds(texts)`` (the network's inputs by name, ``input_ids`` first) and
+    ``pooled_from(outputs, feeds)`` (its pooled view from the network's outputs)."""
 
     @property
     def word_dim(self) -> int:
@@ -328,18 +333,52 @@ class PseudoWordInput:
     def pseudo_word(self) -> int:
         return pseudo_word_id(self.tokenizer, self.spec)
 
+    @cached_property
+    def word_network_module(self) -> torch.nn.Module:
+        return Wrapped(self.network_module, self._word_network_outputs)
+
+    def _word_network_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *feeds, words = inputs
+        with injected(self.word_embeddings, feeds[0], self.pseudo_word, words, check=False):
+            return self.network_module(*feeds)
+
+    def word_network(self) -> Network:
+        """The network an inference runtime runs for a pseudo-word: the plain network's inputs and ``words``
+        (one vector a text, ``word_dim`` wide) -> its outputs."""
+        plain = self.network()
+        feeds = self.text_feeds([f"a photo of {PSEUDO_WORD}, a red one", f"a photo of {PSEUDO_WORD} that is blue"])
+        dynamic = {**{n: {0: "batch", 1: "sequence"} for n in feeds}, "words": {0: "batch"}}
+        return Network(self.word_network_module, {**feeds, "words": torch.zeros(2, self.word_dim)}, plain.outputs,
+                       dynamic, version=plain.version)
+
+    def encode_with_words(self, texts: Sequence[str], words: torch.Tensor) -> torch.Tensor:
+        """The pooled vectors of ``texts``, each one's ``$`` read as its row of ``words``, under the encoder's
+        runtime (no gradient; :meth:`pooled_with_grad` is the one to train through)."""
+        feeds = self.text_feeds(texts)
+        check_pseudo_words(feeds["input_ids"], self.pseudo_word)
+        outputs = run_network(self, {**feeds, "words": words.detach().float().cpu()}, "word_network")
+        return self.pooled_from(outputs, feeds)
+
+
+def check_pseudo_words(input_ids: torch.Tensor, placeholder: int) -> None:
+    if not bool((input_ids == placeholder).any(dim=1).all()):
+        raise CirlabError(f"every prompt needs the pseudo-word {PSEUDO_WORD!r} (within the text encoder's token limit)")
+
 
 @contextmanager
-def injected(embedding: torch.nn.Module, input_ids: torch.Tensor, placeholder: int, tokens: torch.Tensor | None):
+def injected(embedding: torch.nn.Module, input_ids: torch.Tensor, placeholder: int, tokens: torch.Tensor | None,
+             check: bool = True):
     """While open, the word embedding of every ``placeholder`` in ``input_ids`` is replaced, row by row, by that row's
     ``tokens`` (one vector a prompt): the output of ``embedding`` is rewritten by a forward hook, so position, type and
-    the rest of the text model run as for a real word, and gradients reach ``tokens``. ``tokens=None``: nothing."""
+    the rest of the text model run as for a real word, and gradients reach ``tokens``. ``tokens=None``: nothing.
+    ``check``: refuse a prompt without the placeholder (off inside a graph being exported, where it is checked
+    before the graph runs)."""
     if tokens is None:
         yield
         return
     where = (input_ids == placeholder).unsqueeze(-1)
-    if not bool(where.any(dim=1).all()):
-        raise CirlabError(f"every prompt needs the pseudo-word {PSEUDO_WORD!r} (within the text encoder's token limit)")
+    if check:
+        check_pseudo_words(input_ids, placeholder)
 
     def hook(module, args, output):
         return torch.where(where.to(output.device), tokens[:, None, :].to(output.device, output.dtype), output)

@@ -158,15 +158,21 @@ class CLIPTextEncoder(PseudoWordInput):
         batch = self.tokenizer(["a red one", "make it larger and blue"], padding=True, return_tensors="pt")
         return text_network(self.network_module, batch, ("input_ids", "attention_mask"), ("pooled", "states"))
 
+    def text_feeds(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def pooled_from(self, outputs: list[torch.Tensor], feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs[0]
+
     def tunable(self, n: int | str) -> dict[str, torch.nn.Parameter]:
         return _tower_tunable(self.model, "text_model", "text_projection", "final_layer_norm", n, self.spec)
 
     def pooled_with_grad(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled view as a tensor that gradients flow through (the whole tower runs forward). ``tokens`` (one
         a text, ``word_dim`` wide): each text's pseudo-word ``$`` is read as its row (``encoders.base.injected``)."""
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt")
-        batch = to_device(dict(batch), module_device(self.model))
+        batch = to_device(self.text_feeds(texts), module_device(self.model))
         with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word, tokens):
             out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.model.text_projection(out.pooler_output)

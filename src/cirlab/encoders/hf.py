@@ -77,6 +77,13 @@ class HFTextEncoder(PseudoWordInput):
             max_length=self.max_tokens, return_tensors="pt",
         )
 
+    def text_feeds(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenize(texts, pad_to_max=False)
+        return {n: batch[n] for n in self.input_names}
+
+    def pooled_from(self, outputs: list[torch.Tensor], feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._pool(outputs[0], feeds["attention_mask"])
+
     def _pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

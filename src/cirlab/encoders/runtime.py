@@ -3,6 +3,8 @@ run by ONNX Runtime (``onnx``) or OpenVINO (``openvino``).
 
 Each neural encoder exposes its network as :class:`Network`: a module whose ``forward`` takes named
 tensors (pixels, or token ids and masks) and returns a tuple of tensors, with example inputs for the export.
+A text encoder with a pseudo-word (:class:`cirlab.encoders.base.PseudoWordInput`) has a second graph,
+``word_network``: the same network with one more input, each text's word vector for its ``$``.
 Preprocessing (decoding, resizing, tokenising) and postprocessing (pooling, the views) stay in the encoder
 and are the same under every runtime; only the network between them changes.
 
@@ -95,38 +97,41 @@ def runtime_name(encoder) -> str:
     return f"{runtime}:{device}/{precision_name(encoder.precision)}"
 
 
-def run_network(encoder, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def run_network(encoder, feeds: dict[str, torch.Tensor], graph: str = "network") -> list[torch.Tensor]:
     """The encoder's network on ``feeds`` (its inputs by name, in ``forward``'s order) under its runtime
     (``encoder.runtime``, default ``torch``) and, for torch, on its device (``encoder.device``; see
-    :func:`cirlab.encoders.base.place`); float32 CPU tensors come back."""
+    :func:`cirlab.encoders.base.place`); float32 CPU tensors come back. ``graph``: which of the encoder's
+    networks (``network``, or ``word_network`` for a pseudo-word): its module is ``encoder.<graph>_module`` and
+    its :class:`Network` ``encoder.<graph>()``."""
     runtime = getattr(encoder, "runtime", "torch")
     if runtime == "torch":
-        device = getattr(encoder, "device", None)
+        module, device = getattr(encoder, f"{graph}_module"), getattr(encoder, "device", None)
         if device is None or device.type == "cpu":
             with torch.inference_mode():
-                return list(encoder.network_module(*feeds.values()))
+                return list(module(*feeds.values()))
         with torch.inference_mode(), autocast(device, encoder.precision):
-            outputs = encoder.network_module(*to_device(feeds, device).values())
+            outputs = module(*to_device(feeds, device).values())
         return [o.float().cpu() for o in outputs]
-    session = _session(encoder, runtime)
+    session = _session(encoder, runtime, graph)
     arrays = session.run({k: v.numpy() for k, v in feeds.items()})
     return [torch.from_numpy(a) for a in arrays]
 
 
-def exported_path(encoder, net: Network | None = None) -> Path:
-    """Where the encoder's exported graph lives (whether or not it exists yet); ``net``: its network, if built."""
-    net = net or encoder.network()
-    key = json.dumps({"id": encoder.id, "graph": type(encoder).__name__, "version": net.version,
+def exported_path(encoder, net: Network | None = None, graph: str = "network") -> Path:
+    """Where the encoder's exported ``graph`` lives (whether or not it exists yet); ``net``: its network, if built."""
+    net = net or getattr(encoder, graph)()
+    name = type(encoder).__name__ + ("" if graph == "network" else f".{graph}")
+    key = json.dumps({"id": encoder.id, "graph": name, "version": net.version,
                       "torch": torch.__version__.split("+")[0], "format": EXPORT_FORMAT, "opset": OPSET})
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     stem = "".join(c if c.isalnum() or c in "._@-" else "_" for c in encoder.id)[:80]
     return settings.home() / "runtimes" / f"{stem}-{digest}" / "model.onnx"
 
 
-def export_onnx(encoder) -> Path:
-    """Export the encoder's network once (a cached graph is reused); returns the ``.onnx`` path."""
-    net = encoder.network()
-    path = exported_path(encoder, net)
+def export_onnx(encoder, graph: str = "network") -> Path:
+    """Export the encoder's ``graph`` once (a cached graph is reused); returns the ``.onnx`` path."""
+    net = getattr(encoder, graph)()
+    path = exported_path(encoder, net, graph)
     if path.is_file() and (path.parent / "source.json").is_file():
         return path
     if path.parent.exists():  # an export cut short before it was complete: rebuilt
@@ -159,16 +164,24 @@ def export_onnx(encoder) -> Path:
 _lock = threading.Lock()
 
 
-def _session(encoder, runtime: str):
-    """The encoder's session for ``runtime``, built once per encoder id (thread-safe)."""
+def _session(encoder, runtime: str, graph: str = "network"):
+    """The encoder's session for ``runtime`` and ``graph``, built once per encoder id (thread-safe)."""
     with _lock:
-        key = (encoder.id, runtime)
-        cached = getattr(encoder, "_runtime_session", None)
-        if cached is None or cached[0] != key:
-            path = export_onnx(encoder)
-            session = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path)
-            encoder._runtime_session = (key, session)
-        return encoder._runtime_session[1]
+        sessions = encoder.__dict__.setdefault("_runtime_sessions", {})
+        key = (encoder.id, runtime, graph)
+        if key not in sessions:
+            for old in [k for k in sessions if k[1:] == key[1:]]:  # the weights changed (a tuned file loaded)
+                del sessions[old]
+            path = export_onnx(encoder, graph)
+            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path)
+        return sessions[key]
+
+
+def use_session(encoder, session, runtime: str = "onnx", graph: str = "network") -> None:
+    """Have the encoder run ``graph`` under ``runtime`` by ``session`` (one built on another graph file, e.g. an
+    int8 one) rather than on its own export."""
+    with _lock:
+        encoder.__dict__.setdefault("_runtime_sessions", {})[(encoder.id, runtime, graph)] = session
 
 
 def _threads() -> int:

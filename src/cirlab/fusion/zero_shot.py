@@ -294,7 +294,7 @@ class PseudoWord(ZeroShot):
     def query_texts(self, reference: Views, texts: Sequence[str], text_encoder) -> Views:
         tokens = self.pseudo_words(reference, text_encoder)
         prompts = [self.prompt.format(text=t.replace(PSEUDO_WORD, " ").strip()) for t in texts]
-        return {"pooled": text_encoder.pooled_with_grad(prompts, tokens).float()}
+        return {"pooled": text_encoder.encode_with_words(prompts, tokens).float()}
 
     def compose(self, reference: Views, text: Views) -> torch.Tensor:
         return self.project_text(text["pooled"])
