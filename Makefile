@@ -25,12 +25,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-# EmojiEdit's other art sets: Fluent Emoji (MIT) from npm into the environment, rasterised by rsvg-convert
+# EmojiEdit's other art sets from npm into the environment: Fluent Emoji (MIT; SVG, rasterised by rsvg-convert)
+# and Noto Emoji (Apache 2.0; PNG, from emoji-datasource-google)
 FLUENT := $(VENV)/npm/node_modules/fluentui-emoji/icons
+NOTO := $(VENV)/npm/node_modules/emoji-datasource-google/img/google/64
 styles: setup
 	@test -x /usr/bin/rsvg-convert || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq librsvg2-bin >/dev/null; }
-	@test -d $(FLUENT) || npm install --prefix $(VENV)/npm --no-save --no-audit --no-fund --loglevel=error \
-		fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6
+	@test -d $(FLUENT) -a -d $(NOTO) || npm install --prefix $(VENV)/npm --no-save --no-audit --no-fund --loglevel=error \
+		fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6 emoji-datasource-google@16.0.0
 
 demo: setup
 	$(VENV)/bin/cirlab demo

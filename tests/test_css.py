@@ -149,3 +149,21 @@ def test_named_configurations_fix_the_split_sizes():
         split_sizes(config="huge")
     with pytest.raises(CirlabError, match="at least 10 triplets"):
         split_sizes(5)
+
+
+def test_the_paraphrase_bank_shares_no_text_with_training(css):
+    """No CSS-like paraphrase can be a generated text: none reads as the generator's grammar (``add ...``,
+    ``remove ...``, ``make ...``), none is a text of any split; each query gets five distinct phrasings that keep its
+    object, place and value."""
+    from cirlab.data.paraphrase import bank, paraphrased
+
+    ds = Dataset(css[0])
+    every = {t.text for s in ds.splits for t in ds.triplets(s)}
+    sets = paraphrased("css", ds.triplets("test"))
+    assert len(sets) == 5 and all(len(v) >= 5 for v in bank()["css"].values())
+    for n, t in enumerate(ds.triplets("test")):
+        texts = [s[n].text for s in sets]
+        assert len(set(texts)) == 5 and not set(texts) & every, texts
+        assert not any(x.startswith(("add ", "remove ", "make ")) for x in texts), texts
+        words = t.text.split(" ", 1)[1].replace(" to ", " at ")
+        assert all(w in texts[0] for w in words.split() if w != "a"), (t.text, texts[0])

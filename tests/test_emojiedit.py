@@ -130,3 +130,51 @@ def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_pat
         assert mirror["id"] == source["id"] + "-mirror" and ("right" in t["text"]) == (mirror is b)
         pixels = [np.asarray(Image.open(ds.image_dir / x["file"]).convert("RGB")) for x in (source, mirror)]
         np.testing.assert_array_equal(pixels[0][:, ::-1], pixels[1])
+
+
+def test_the_paraphrase_bank_shares_no_text_with_training(built):
+    """Every EmojiEdit paraphrase, for every value an edit can take, differs from every training phrasing of every
+    edit; each test query gets five distinct phrasings of its own edit."""
+    from cirlab.data.emojiedit import COLOURS, DIRECTIONS, GENDERS, HAIR, TONES, describe, edit_words
+    from cirlab.data.paraphrase import bank, paraphrased
+
+    values = {"tone": (*TONES, None), "gender": (*GENDERS, None), "hair": (*HAIR, None), "colour": (*COLOURS, None),
+              "direction": (*DIRECTIONS, None), "facing": ("left", "right", None)}  # None: the factor is absent
+    training = {p for f, vs in values.items() for v in vs for p in describe(f, v)}
+    ds = Dataset(built[0] / "a")
+    assert {t.text for s in ("train", "val") for t in ds.triplets(s)} <= training
+    every = {p.replace("{v}", words) for f, vs in values.items() for v in vs
+             for family, words in [edit_words(f, v)]
+             for p in bank()["emojiedit"][family]}
+    assert len(every) > 100 and not every & training
+    assert all(len(v) >= 5 for v in bank()["emojiedit"].values())
+    sets = paraphrased("emojiedit", ds.triplets("test"))
+    assert len(sets) == 5 and all(len(s) == len(ds.triplets("test")) for s in sets)
+    for n, t in enumerate(ds.triplets("test")[:200]):
+        texts = [s[n].text for s in sets]
+        assert len(set(texts)) == 5 and not set(texts) & training and sets[0][n].targets == t.targets
+
+
+def test_noto_a_new_artist_keeps_the_bases_texts_and_splits_of_the_twemoji_build(built, tmp_path):
+    """Noto Emoji (Google's drawings, emoji-datasource-google's PNGs) held out: its test split has the Twemoji
+    build's test queries (the same references, texts and targets, a few emoji Noto lacks aside), drawn by
+    another artist; train and val stay Twemoji's."""
+    import numpy as np
+    from PIL import Image
+
+    counts = build_emojiedit(tmp_path / "noto", seed=0, styles=["twemoji"], test_style="noto")
+    ds, plain = Dataset.open(tmp_path / "noto"), Dataset.open(built[0] / "a")
+    assert [(t.reference, t.text, t.targets) for t in ds.triplets("train")] == \
+        [("twemoji_" + t.reference, t.text, ["twemoji_" + x for x in t.targets]) for t in plain.triplets("train")]
+    same = {(t.reference, t.text, tuple(t.targets)) for t in plain.triplets("test")}
+    held_out = ds.triplets("test")
+    assert len(held_out) >= 0.95 * len(same)
+    assert all((t.reference.removeprefix("noto_"), t.text, tuple(x.removeprefix("noto_") for x in t.targets)) in same
+               for t in held_out)
+    assert {r["style"] for r in ds.images if r["id"] in ds.gallery("test").ids} == {"noto"}
+    assert counts["missing_per_style"]["noto"] == len(plain.gallery("test").ids) - len(ds.gallery("test").ids)
+    assert "Noto Emoji (c) Google, Apache License 2.0" in json.loads((tmp_path / "noto" / "dataset.json").read_text())["license"]
+    a = np.asarray(Image.open(tmp_path / "noto" / "images" / "noto_1f385.png"), np.float32)
+    b = np.asarray(Image.open(built[0] / "a" / "images" / "1f385.png"), np.float32)
+    assert a.shape == b.shape == (72, 72, 3) and (a < 200).any(axis=2).mean() > 0.2  # drawn, not blank
+    assert np.abs(a - b).mean() > 20  # another artist's drawing of the same emoji

@@ -115,8 +115,15 @@ def test_dqu_trains_on_unified_queries_and_caches_the_drawn_references(tmp_path)
     ws2 = Workspace.open(ds, cache, progress=False)  # a fresh workspace reads them back, encodes nothing
     ws2.queries(model)
     assert sorted(p.name for p in drawn_store[0].iterdir()) == before
-    ev = ws.evaluate(model, "test")
+    ev = ws.evaluate(model, "test", audit=True)
     assert len(ev.triplets) == 2 and set(ev.recall) == {1, 5, 10, 50}
+    # the audit's text alone is the plain text with the blank unified reference, not the unified text (which
+    # carries the reference's caption)
+    from cirlab.eval.audit import blank_queries
+
+    blank = blank_queries(model, queries, ws.triplets["test"], None, ws.texts)
+    assert {k[1] for k in blank.keys.values()} == {t.text for t in ws.triplets["test"]}
+    assert len(ev.audit.per_query()) == 2
 
     from cirlab.api import Pipeline
 

@@ -166,6 +166,10 @@ def test_a_benchmark_made_a_data_set_evaluates_as_its_loader_does(served, tmp_pa
         assert via_data["recall"][str(k)] == pytest.approx(via_loader["metrics"][f"R@{k}"])
     for k in (5, 10, 25, 50):  # two targets per query: CIRCO-style mAP@K on both routes
         assert via_data["map"][str(k)] == pytest.approx(via_loader["metrics"][f"mAP@{k}"])
+    # the modality audit, by the same model on both routes: the same three ranks for each query
+    assert via_data["audit"]["summary"] == pytest.approx(via_loader["audit"]["summary"])
+    assert [q["image"] for q in via_data["audit"]["queries"]] == [q["image"] for q in via_loader["audit"]["queries"]]
+    assert len(via_data["audit"]["queries"]) == 12 and via_data["audit"]["solved_at"] == 1
     for out, name in ((tmp_path / "a", "fashion200k-test"), (tmp_path / "b", "fashion200k")):
         with Image.open(out / f"{name}-recall.png") as im:
             assert im.size[0] > 400
@@ -178,6 +182,9 @@ def test_a_benchmark_made_a_data_set_evaluates_as_its_loader_does(served, tmp_pa
     assert bench.returncode == 0, bench.stderr
     assert "| sum |" in bench.stdout and "mAP@10" in bench.stdout
     assert "reference excluded" in (tmp_path / "bench" / "f200k.md").read_text()
+    assert "| method | composed R@1 | composed R@10 | image R@1 |" in (tmp_path / "bench" / "f200k.md").read_text()
+    run = json.loads((tmp_path / "bench" / "f200k.json").read_text())["runs"][0]
+    assert run["audit"]["composed R@1"] == pytest.approx(run["recall"]["1"])
 
 
 def test_circo_scores_every_ground_truth_and_writes_the_server_file(cirr_like, tmp_path):

@@ -136,6 +136,7 @@ def test_a_mapped_pseudo_word_trains_only_its_mapping_and_round_trips(tmp_path, 
     refused without a checkpoint."""
     from cirlab.api import Pipeline
     from cirlab.cli import main
+    from cirlab.eval.audit import blank_queries
 
     ws, model, result, meta = _assembled(tmp_path, clip, method, train={"epochs": 3, "batch_size": 4})
     assert len(result.history) == 3 and meta["zero_shot"] and meta["train"]["history"]
@@ -148,6 +149,14 @@ def test_a_mapped_pseudo_word_trains_only_its_mapping_and_round_trips(tmp_path, 
     assert all(p.grad is not None for p in model.mapping.parameters())
     assert all(p.grad is None for p in ws.text_encoder.model.parameters())
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in model.mapping.named_parameters(prefix="mapping")]
+    ev = ws.evaluate(model, "test", audit=True)  # the text-only query is written with the blank reference
+    assert len(ev.audit.per_query()) == len(ev.triplets) and ev.audit.summary()["composed R@1"] == ev.recall[1]
+    blank = blank_queries(model, ws.queries(model, "test"), ws.triplets["test"], ws.text_encoder)
+    first = ws.triplets["test"][0]
+    with torch.no_grad():
+        written = model.query_texts(blank.images.tensors(np.array([0])), [first.text], ws.text_encoder)["pooled"]
+    np.testing.assert_allclose(blank.texts.views["pooled"][blank.texts.row[blank.key(first.reference, first.text)[1]]],
+                               written[0], atol=1e-5)
     pipe = Pipeline.load(tmp_path / f"{method}.pt", tmp_path / "cache")
     reference = ws.dataset.root / "images" / "img0.png"
     q = pipe.compose(reference, "make it red")

@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     b.add_argument("--extra-splits", default=None, metavar="SPLITS",
                    help="comma list of other splits each model is also evaluated on, e.g. test-twemoji next to a "
                         "held-out art style's test")
+    b.add_argument("--paraphrases", action="store_true",
+                   help="also evaluate each model on the split's queries in every phrasing of the paraphrase bank, "
+                        "none used in training (EmojiEdit, CSS-like; docs/evaluation.md#paraphrase-robustness)")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")
     b.set_defaults(func=run)
@@ -51,7 +54,7 @@ def run(a: argparse.Namespace) -> int:
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
                        extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
-                       placement=a.placement, aligned=a.aligned)
+                       placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases)
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -49,6 +49,7 @@ def run(a: argparse.Namespace) -> int:
         return _benchmark(a)
     if a.data is None:
         raise CirlabError("give --data DIR (a cirlab data set) or --benchmark NAME with --annotations and --images")
+    from cirlab.eval.audit import audit_line, audit_report
     from cirlab.eval.metrics import recall_curve
     from cirlab.eval.report import recall_table, write_reports
     from cirlab.experiment import Workspace
@@ -59,8 +60,9 @@ def run(a: argparse.Namespace) -> int:
     ds = ws.dataset
     gallery_split = None if a.gallery == "all" else split
     ev = ws.evaluate(pipe.model, split, exclude_reference=False if a.keep_reference else None,
-                     gallery_split=gallery_split)
+                     gallery_split=gallery_split, audit=True)
     print(recall_table({pipe.meta["method"]: ev.recall}))
+    print(audit_line(ev.audit))
     if ev.map:
         print("  ".join(f"mAP@{k} {v:.1f}" for k, v in ev.map.items()) + "  (queries with several targets: CIRCO-style)")
     print(f"{len(ev.triplets)} queries over {len(ws.gallery_ids(gallery_split))} gallery images; "
@@ -69,7 +71,7 @@ def run(a: argparse.Namespace) -> int:
     name = f"{ds.name}-{split}"
     report = {"data": ds.name, "split": split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
               "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
-              "protocol": ds.meta.get("protocol", {})}
+              "protocol": ds.meta.get("protocol", {}), "audit": audit_report(ev.audit, ev.triplets)}
     atomic_write_text(a.out / f"{name}.json", json.dumps(report, indent=1))
     print(f"wrote {a.out / (name + '.json')}")
     every = ds.gallery()
@@ -81,6 +83,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _benchmark(a: argparse.Namespace) -> int:
+    from cirlab.eval.audit import audit_line
     from cirlab.eval.protocols import (benchmark_table, circo_submission, cirr_submission, evaluate_benchmark,
                                        load_benchmark)
     from cirlab.eval.report import write_reports
@@ -100,6 +103,9 @@ def _benchmark(a: argparse.Namespace) -> int:
     table = benchmark_table(results)
     if table:
         print(table)
+    for r in results:
+        if r.audit is not None:
+            print(f"{r.name}: {audit_line(r.audit)}")
     report = {"benchmark": a.benchmark, "model": pipe.identity, "protocol": [sp.protocol for sp in splits],
               "results": [r.to_dict() for r in results]}
     atomic_write_text(a.out / f"{a.benchmark}.json", json.dumps(report, indent=1))

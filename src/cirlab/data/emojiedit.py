@@ -12,12 +12,13 @@ so every style has the same held-out bases. The images can come from another art
 (``emoji_styles``): Microsoft's Fluent Emoji (MIT) in its ``fluent-flat``, ``fluent-color`` and
 ``fluent-high-contrast`` styles, from the npm package ``fluentui-emoji`` (SVG, rasterised by
 Debian's ``rsvg-convert``) with code points matched through ``@iconify-json/fluent-emoji-flat``'s
-``chars.json``. One style gives the usual data set drawn in that style (image ids are the code
-points). Several styles, or a ``test_style``, give one data set where each image id is
-``<style>_<code points>`` and each triplet stays within one style: train and val in every training
-style; test in the held-out ``test_style`` only (its images never appear in training), and the same
-test triplets in each training style as the split ``test-<style>``, for the in-style comparison (each
-test gallery holds one style).
+``chars.json``; and Google's Noto Emoji (``noto``; Apache 2.0), another artist's drawings, from the 64 px PNGs
+of the npm package ``emoji-datasource-google`` (MIT for the package), matched by code points. One style gives
+the usual data set drawn in that style (image ids are the code points). Several styles, or a ``test_style``,
+give one data set where each image id is ``<style>_<code points>`` and each triplet stays within one style: train
+and val in every training style; test in the held-out ``test_style`` only (its images never appear in training),
+and the same test triplets in each training style as the split ``test-<style>``, for the in-style comparison
+(each test gallery holds one style).
 """
 
 from __future__ import annotations
@@ -109,19 +110,24 @@ def parse_name(name: str) -> dict | None:
 FACTORS = ("tone", "gender", "hair", "colour", "direction", "facing")
 
 
+def edit_words(factor: str, value: str | None) -> tuple[str, str]:
+    """The phrasing family of "change ``factor`` to ``value``" (a key of :data:`PHRASES`) and the value in words
+    (``{v}``)."""
+    if factor == "tone":
+        return ("tone" if value else "tone-none"), _words(value)
+    if factor == "gender":
+        return "gender", GENDER_WORDS[value]
+    if factor == "hair":
+        return ("hair-bald" if value == "bald" else "hair" if value else "hair-none"), _words(value)
+    if factor == "facing":
+        return "facing", value or "left"
+    return factor, _words(value)
+
+
 def describe(factor: str, value: str | None) -> list[str]:
     """The phrasings of "change ``factor`` to ``value``"."""
-    if factor == "tone":
-        return PHRASES["tone"] if value else PHRASES["tone-none"]
-    if factor == "gender":
-        return [p.replace("{v}", GENDER_WORDS[value]) for p in PHRASES["gender"]]
-    if factor == "hair":
-        if value == "bald":
-            return PHRASES["hair-bald"]
-        return PHRASES["hair"] if value else PHRASES["hair-none"]
-    if factor == "facing":
-        return [p.replace("{v}", value or "left") for p in PHRASES["facing"]]
-    return PHRASES[factor]
+    family, words = edit_words(factor, value)
+    return [p.replace("{v}", words) for p in PHRASES[family]]
 
 
 def _words(v: str | None) -> str:
@@ -211,7 +217,7 @@ def make_triplets(records: list[dict], seed: int) -> list[Triplet]:
                 edits[(diff[0], GENDER_WORDS[value] if diff[0] == "gender" else str(value))].append(b)
             for (factor, _), targets in sorted(edits.items(), key=lambda kv: kv[0]):
                 value = targets[0]["factors"].get(factor)
-                text = rng.choice(describe(factor, value)).replace("{v}", _words(value))
+                text = rng.choice(describe(factor, value))
                 triplets.append(Triplet(a["id"], text, sorted(t["id"] for t in targets), {
                     "edit": factor, "from": a["factors"].get(factor), "to": value, "base": base,
                 }))
@@ -229,7 +235,10 @@ class EmojiStyle:
     def source(self, record: dict) -> Path | None:
         if self.name == "twemoji":
             return record["src"]
-        name = fluent_names().get("-".join(c for c in record["id"].split("-") if c != "fe0f"))
+        points = "-".join(c for c in record["id"].split("-") if c != "fe0f")
+        if self.name == "noto":
+            return noto_files().get(points)
+        name = fluent_names().get(points)
         folder = fluent_root() / "fluentui-emoji" / "icons" / self.folder
         # an emoji that has skin-tone variants is "<name>-default" in its untoned form
         paths = [folder / f"{name}.svg", folder / f"{name}-default.svg"] if name else []
@@ -238,22 +247,37 @@ class EmojiStyle:
 
 emoji_styles: Registry = Registry("emoji style")
 FLUENT_CREDIT = "Fluent Emoji (c) Microsoft Corporation, MIT licence (npm fluentui-emoji)"
+NOTO_CREDIT = "Noto Emoji (c) Google, Apache License 2.0 (npm emoji-datasource-google)"
 for _style in (EmojiStyle("twemoji", "Twemoji (c) Twitter/X and contributors, CC-BY 4.0"),
                EmojiStyle("fluent-flat", FLUENT_CREDIT, "flat"), EmojiStyle("fluent-color", FLUENT_CREDIT, "modern"),
-               EmojiStyle("fluent-high-contrast", FLUENT_CREDIT, "high-contrast")):
+               EmojiStyle("fluent-high-contrast", FLUENT_CREDIT, "high-contrast"), EmojiStyle("noto", NOTO_CREDIT)):
     emoji_styles.register(_style.name)(_style)
 FLUENT_PACKAGES = "fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6"
+NOTO_PACKAGE = "emoji-datasource-google@16.0.0"
+
+
+def npm_root(what: str, packages: str, *folders: str) -> Path:
+    """The ``node_modules`` folder holding an art set's npm ``packages`` (each of ``folders`` must be there):
+    ``$CIRLAB_NPM/node_modules``, by default in the Python environment (``<prefix>/npm``, where ``make styles``
+    installs them)."""
+    prefix = Path(os.environ.get("CIRLAB_NPM") or Path(sys.prefix) / "npm")
+    root = prefix / "node_modules"
+    if not all((root / f).is_dir() for f in folders):
+        raise CirlabError(f"{what} is not installed in {prefix}: npm install --prefix {prefix} {packages} "
+                          "(or 'make styles'; CIRLAB_NPM names another prefix)")
+    return root
 
 
 def fluent_root() -> Path:
-    """The ``node_modules`` folder holding Fluent Emoji: ``$CIRLAB_NPM/node_modules``, by default in the
-    Python environment (``<prefix>/npm``, where ``make styles`` installs it)."""
-    prefix = Path(os.environ.get("CIRLAB_NPM") or Path(sys.prefix) / "npm")
-    root = prefix / "node_modules"
-    if not (root / "fluentui-emoji" / "icons").is_dir() or not (root / "@iconify-json/fluent-emoji-flat").is_dir():
-        raise CirlabError(f"Fluent Emoji is not installed in {prefix}: npm install --prefix {prefix} "
-                          f"{FLUENT_PACKAGES} (or 'make styles'; CIRLAB_NPM names another prefix)")
-    return root
+    return npm_root("Fluent Emoji", FLUENT_PACKAGES, "fluentui-emoji/icons", "@iconify-json/fluent-emoji-flat")
+
+
+@lru_cache(maxsize=1)
+def noto_files() -> dict[str, Path]:
+    """Code points (without FE0F, dash-joined) -> Noto Emoji's 64 px PNG in emoji-datasource-google."""
+    folder = npm_root("Noto Emoji", NOTO_PACKAGE, "emoji-datasource-google/img/google/64") \
+        / "emoji-datasource-google" / "img" / "google" / "64"
+    return {"-".join(c for c in p.stem.split("-") if c != "fe0f"): p for p in sorted(folder.glob("*.png"))}
 
 
 @lru_cache(maxsize=1)

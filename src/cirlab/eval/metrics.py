@@ -20,11 +20,11 @@ def recall_at_k(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[
         raise ValueError(f"{len(ranked)} rankings but {len(targets)} target sets")
     if len(ranked) == 0:
         return {k: 0.0 for k in ks}
-    first_hit = _first_hits(ranked, targets)
+    first_hit = first_hits(ranked, targets)
     return {k: float(100.0 * np.mean(first_hit < k)) for k in ks}
 
 
-def _first_hits(ranked, targets, limit: int | None = None) -> np.ndarray:
+def first_hits(ranked, targets, limit: int | None = None) -> np.ndarray:
     """The 0-based rank of each query's first target within its first ``limit`` entries (inf: none)."""
     first = np.full(len(ranked), np.inf)
     for i, (row, tg) in enumerate(zip(ranked, targets)):
@@ -80,5 +80,5 @@ def recall_curve(ranked: Sequence[Sequence], targets: Sequence[Iterable], k_max:
     """Recall@K in percent for K = 1..k_max (any hashable ids): the curve a Recall@K plot draws."""
     if not len(ranked):
         return [0.0] * k_max
-    first = _first_hits(ranked, targets, k_max)
+    first = first_hits(ranked, targets, k_max)
     return [float(100.0 * np.mean(first < k)) for k in range(1, k_max + 1)]

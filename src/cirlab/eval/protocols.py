@@ -24,6 +24,7 @@ from cirlab.data.public import BenchmarkSplit
 from cirlab.data.shoes import load_shoes
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
+from cirlab.eval.audit import ModalityAudit, audit_report, blank_queries, modality_audit
 from cirlab.eval.evaluate import (compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk,
                                   written_queries)
 from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
@@ -44,10 +45,12 @@ class BenchmarkResult:
     subset_ranked: list[list[str]] = field(repr=False, default_factory=list)  # CIRR: the image set, best first
     evaluated: list = field(repr=False, default_factory=list)  # the BenchmarkQuery of each ranking
     curve: list[float] = field(repr=False, default_factory=list)  # Recall@K for K = 1..keep
+    audit: ModalityAudit | None = field(repr=False, default=None)  # of the queries with targets (eval.audit)
+    audited: list = field(repr=False, default_factory=list)  # those queries
 
     def to_dict(self) -> dict:
         return {"name": self.name, "metrics": self.metrics, "queries": self.queries, "gallery": self.gallery,
-                "skipped": self.skipped}
+                "skipped": self.skipped, **({"audit": audit_report(self.audit, self.audited)} if self.audit else {})}
 
 
 @torch.inference_mode()
@@ -89,8 +92,12 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
         curve = recall_curve(scored_ranked, scored_targets, keep)
         # several ground truths: CIRCO-style mAP@K too
         metrics.update({f"mAP@{k}": v for k, v in map_where_several(scored_ranked, scored_targets).items()})
+        audited = [triplets[i] for i in scored]  # the modality audit, by the same model
+        blank = blank_queries(model, side, audited, pipe.text_encoder, progress=progress)
+        audit = modality_audit(model, audited, images, blank, gallery_vectors, gallery, scored_ranked,
+                               None if exclude is None else exclude[scored], keep)
     else:
-        curve = []
+        curve, audit, audited = [], None, []
     subset_ranked = []
     if usable and usable[0].members is not None:  # CIRR: rank each image set by the same scores
         for q, vec in zip(usable, query_vectors):
@@ -103,7 +110,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
             metrics.update({f"Rsubset@{k}": v for k, v in sub.items()})
             metrics["(R@5+Rsubset@1)/2"] = (metrics["R@5"] + metrics["Rsubset@1"]) / 2
     return BenchmarkResult(split.name, metrics, len(usable), len(gallery), split.skipped + len(split.queries) - len(usable),
-                           ranked, scores, subset_ranked, usable, curve)
+                           ranked, scores, subset_ranked, usable, curve, audit, [usable[i] for i in scored])
 
 
 def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = "cirr-test1") -> tuple[Path, Path]:

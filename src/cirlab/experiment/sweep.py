@@ -15,6 +15,8 @@ from cirlab.config import method_config, variant_names
 from cirlab.devices import Placement
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
+from cirlab.data.paraphrase import PARAPHRASE_SHAPES, paraphrased, phrasing_text, phrasings
+from cirlab.eval.audit import AUDIT_COLUMNS, SOLVED_AT
 from cirlab.eval.metrics import DEFAULT_KS
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.files import atomic_write_text
@@ -63,6 +65,13 @@ class BenchRun:
     by_retrieval: dict[str, float] = field(default_factory=dict)
     # R@1 and R@10 of the same model on other splits (EmojiEdit's in-style test-<style> next to a held-out style)
     by_split: dict[str, float] = field(default_factory=dict)
+    # the modality audit (eval.audit): R@1/R@10 of the composed, image-only and text-only queries, the composition
+    # subset's share and R@K, and the composition gap
+    audit: dict[str, float] = field(default_factory=dict)
+    # paraphrase robustness (data.paraphrase): R@1 under each phrasing shape, their mean, spread and worst; and the
+    # R@1 of each edit's phrasing (``<edit>#<j>``)
+    paraphrase: dict[str, float] = field(default_factory=dict)
+    by_phrasing: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,17 +122,43 @@ class BenchResult:
                  ("Recall (%) on queries whose target holds only attribute pairs seen in training, and on those with "
                   "a pair never seen in training (novel compositions)", self.composition_table()),
                  ("Recall (%) when the same models rank through other index backends", self.retrieval_table()),
-                 ("Recall (%) of the same models on other splits", self._group_table("by_split", _mean_std))]
+                 ("Recall (%) of the same models on other splits", self._group_table("by_split", _mean_std)),
+                 (f"Modality audit (docs/evaluation.md#the-modality-audit): R@K (%) of the composed query, the reference "
+                  f"image alone and the text alone (the same model); the composition subset is the queries neither "
+                  f"single modality solves at rank {SOLVED_AT}: its share of the queries (%) and the composed R@K on it; "
+                  f"the composition gap is composed R@1 - the better single modality's R@1",
+                  self._group_table("audit", _mean_std, AUDIT_COLUMNS)),
+                 ("Paraphrase robustness (docs/evaluation.md#paraphrase-robustness): R@1 (%) of the same queries in "
+                  "the training phrasings and in each shape of phrasing of the bank (none used in training); mean "
+                  "and sample std over the five shapes, the worst shape, and the worst as a percentage of the mean",
+                  self._group_table("paraphrase", _mean_std, PARAPHRASE_COLUMNS)),
+                 ("Paraphrase R@1 (%) of each edit in each phrasing (mean over seeds; the bank's text in "
+                  "src/cirlab/data/paraphrases.json)", self.phrasing_table())]
         return [(heading, table) for heading, table in parts if table]
+
+    def phrasing_table(self) -> str:
+        """One row per edit's phrasing (``<edit>#<j>``, with its text), one column per method: R@1, mean over seeds;
+        empty without paraphrases."""
+        keys = sorted({k for r in self.runs for k in r.by_phrasing})
+        if not keys:
+            return ""
+        names = [n for n in self.names() if any(r.by_phrasing for r in self.runs if r.name == n)]
+        lines = ["| phrasing | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for key in keys:
+            cells = [f"{statistics.fmean(r.by_phrasing.get(key, 0.0) for r in self.runs if r.name == n):.1f}"
+                     for n in names]
+            lines.append(f"| {key} `{phrasing_text(self.dataset, key)}` | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
 
     def retrieval_table(self) -> str:
         """R@1 and R@10 of each model ranked by exact search and by the other backends the bench was given."""
         return self._group_table("by_retrieval", _mean_std)
 
-    def _group_table(self, attr: str, cell) -> str:
-        """One column per group key of the runs' ``attr`` dicts, one row per method, ``cell`` of the seeds'
-        values (0 where a run lacks the group); empty when no run has groups."""
-        keys = sorted({key for r in self.runs for key in getattr(r, attr)})
+    def _group_table(self, attr: str, cell, order: Sequence[str] = ()) -> str:
+        """One column per group key of the runs' ``attr`` dicts (those in ``order`` first, in its order), one row per
+        method, ``cell`` of the seeds' values (0 where a run lacks the group); empty when no run has groups."""
+        found = {key for r in self.runs for key in getattr(r, attr)}
+        keys = [k for k in order if k in found] + sorted(found - set(order))
         if not keys:
             return ""
         lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
@@ -145,6 +180,9 @@ class BenchResult:
                 "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
 
 
+PARAPHRASE_COLUMNS = ("original", *PARAPHRASE_SHAPES, "mean", "std", "worst", "worst % of mean")
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.1f}"
@@ -155,13 +193,14 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
               image_head: str | None = None, retrieval: Sequence[str] = (),
               extra_splits: Sequence[str] = (), placement: Placement | None = None,
-              aligned: str | Path | None = None) -> BenchResult:
+              aligned: str | Path | None = None, paraphrases: bool = False) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``. A zero-shot method
     with nothing to learn (no parameter) runs once: its seeds would repeat it.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
     ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
     ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10). ``placement``: where the
-    encoders run and the methods train (None: the defaults')."""
+    encoders run and the methods train (None: the defaults'). ``paraphrases``: each model is also evaluated on
+    ``split``'s queries in every phrasing of the paraphrase bank (:func:`paraphrase_recall`)."""
     if seeds < 1:
         raise CirlabError(f"seeds must be at least 1, got {seeds}")
     for backend in retrieval:
@@ -170,6 +209,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     ws = Workspace.for_configs(data, cache, image_spec, text_spec,
                                [method_config(m, {"model": model_override}) for m in methods], progress,
                                placement=placement)
+    if paraphrases and not phrasings(ws.dataset.name):
+        raise CirlabError(f"the paraphrase bank has no phrasings for data set {ws.dataset.name!r}: --paraphrases "
+                          "runs on EmojiEdit and CSS-like data sets")
     for name in (split, *extra_splits):
         if name not in ws.triplets:
             raise CirlabError(f"data set {ws.dataset.name} has no split {name!r}; it has {', '.join(ws.triplets)}")
@@ -183,11 +225,13 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
                 override["model"] = {**model_override, "aligned": str(aligned)}
             cfg = method_config(name, override)
             model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
-            ev = ws.evaluate(model, split)
+            ev = ws.evaluate(model, split, audit=True)
             run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
                            recall_by_edit(ev), recall_by_edit(ev, 1), top1_carries(ev, ws.dataset.by_id),
                            {f"{c} R@{k}": v for k in (1, 10) for c, v in recall_by(ev, "composition", k).items()},
-                           ev.map)
+                           ev.map, audit=ev.audit.summary())
+            if paraphrases:
+                run.paraphrase, run.by_phrasing = paraphrase_recall(ws, model, split, ev.recall[1])
             for backend in retrieval:
                 other = ev if backend == "exact" else ws.evaluate(model, split, backend=backend)
                 run.by_retrieval.update({f"{backend} R@{k}": other.recall[k] for k in (1, 10)})
@@ -211,6 +255,22 @@ def recall_by(ev, key: str, k: int = 10) -> dict[str, float]:
         if value:
             hits.setdefault(str(value), []).append(any(x in ids[:k] for x in t.targets))
     return {e: 100.0 * sum(h) / len(h) for e, h in sorted(hits.items())}
+
+
+def paraphrase_recall(ws: Workspace, model, split: str, original: float) -> tuple[dict[str, float], dict[str, float]]:
+    """R@1 (%) of ``split``'s queries asked in each phrasing of the bank (``data.paraphrase``), over ``split``'s
+    gallery: ``original`` (the R@1 in the data set's own phrasings, given), each shape's, their ``mean``, ``std``,
+    ``worst`` and ``worst % of mean``; and each edit's phrasing's (``<edit>#<j>``)."""
+    sets = paraphrased(ws.dataset.name, ws.triplets[split])
+    summary, per = {"original": original}, {}
+    for j, triplets in enumerate(sets):
+        ev = ws.evaluate(model, ws.add_split(f"{split}~phrasing{j}", triplets), gallery_split=split)
+        summary[PARAPHRASE_SHAPES[j]] = ev.recall[1]
+        per.update(recall_by(ev, "phrasing", 1))
+    values = [summary[PARAPHRASE_SHAPES[j]] for j in range(len(sets))]
+    summary.update({"mean": statistics.fmean(values), "std": statistics.stdev(values), "worst": min(values)})
+    summary["worst % of mean"] = 100.0 * summary["worst"] / summary["mean"] if summary["mean"] else 0.0
+    return summary, per
 
 
 def recall_by_edit(ev, k: int = 10) -> dict[str, float]:

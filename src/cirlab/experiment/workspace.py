@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path, zero_shot_fusion
@@ -16,6 +17,7 @@ from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_
                              fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
+from cirlab.eval.audit import blank_queries
 from cirlab.eval.evaluate import Rankings, evaluate, written_queries
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
@@ -121,6 +123,19 @@ class Workspace:
                                                    paths, captions, every, self.progress)
         return self._unified[setting]
 
+    def add_split(self, name: str, triplets: list[Triplet]) -> str:
+        """Further queries over the data set's images, evaluated as the split ``name`` (with ``gallery_split``
+        naming the split whose images they rank: paraphrases of a split's queries); their new texts are encoded
+        into the text table."""
+        self.triplets[name] = triplets
+        new = sorted({t.text for t in triplets} - set(self.texts.row))
+        if new:
+            extra = text_table(self.cache, self.text_encoder, new, tuple(self.texts.views), self.progress)
+            self.texts = FeatureTable(self.texts.keys + extra.keys, {v: np.concatenate([x, extra.views[v]])
+                                                                     for v, x in self.texts.views.items()})
+        self._unified.clear()  # DQU unifies every split's queries: these too
+        return name
+
     def unlabelled(self, split: str, model: Fusion) -> Unlabelled:
         """What the zero-shot protocol lets ``model``'s preparation read (docs/zero-shot.md), through
         ``Dataset.zero_shot`` (made from images.jsonl alone): the images of ``split`` (the training split) and their
@@ -157,16 +172,19 @@ class Workspace:
         return fit_text_head(*pairs(train_ids, train_caps), model.embed_dim, held_out=held_out)
 
     def evaluate(self, model: Fusion, split: str, exclude_reference: bool | None = None,
-                 gallery_split: str | None | bool = True, backend: str | None = None) -> Rankings:
+                 gallery_split: str | None | bool = True, backend: str | None = None, audit: bool = False) -> Rankings:
         """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
         split's, or the whole data set's (``None``). The reference is excluded from its ranking as the
         data set's protocol says (``None``), or as given. ``backend``: an index backend to rank through
-        instead of exact search."""
+        instead of exact search. ``audit``: with the modality audit (``eval.audit``)."""
         if exclude_reference is None:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
-        return evaluate(model, self.triplets[split], self.images, self.queries(model, split), gallery,
-                        exclude_reference=exclude_reference, backend=backend)
+        queries = self.queries(model, split)
+        blank = blank_queries(model, queries, self.triplets[split], self.text_encoder,
+                              self.texts if model.reads_raw_queries else None, self.progress) if audit else None
+        return evaluate(model, self.triplets[split], self.images, queries, gallery,
+                        exclude_reference=exclude_reference, backend=backend, blank=blank)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
