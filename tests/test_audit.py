@@ -7,8 +7,7 @@ import pytest
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.eval.audit import BLANK, ModalityAudit, blank_queries
-from cirlab.eval.evaluate import evaluate
+from cirlab.eval.audit import BLANK, ModalityAudit, blank_queries, evaluate_audited
 from cirlab.fusion import FeatureDims, build_fusion
 
 E = np.eye(5, dtype=np.float32)
@@ -35,7 +34,7 @@ def audited():
     model = build_fusion("zs_sum", FeatureDims(image=5, text=5))
     side = QuerySide(images, texts)
     blank = blank_queries(model, side, QUERIES, text_encoder=None)
-    return evaluate(model, QUERIES, images, side, list(GALLERY), blank=blank), blank
+    return evaluate_audited(model, QUERIES, images, side, list(GALLERY), blank), blank
 
 
 def test_the_blank_reference_is_the_mean_of_the_queried_references(audited):

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                                                                "default: %(default)s)")
     m.add_argument("--style", action="append", default=None, metavar="STYLE",
                    help="emojiedit: the art set the images are drawn in (repeat for several): twemoji (default), "
-                        "fluent-flat, fluent-color, fluent-high-contrast (Fluent Emoji: 'make styles' installs it)")
+                        "fluent-flat, fluent-color, fluent-high-contrast (Fluent Emoji), noto (Noto Emoji, another "
+                        "artist; 'make styles' installs both)")
     m.add_argument("--test-style", default=None, metavar="STYLE",
                    help="emojiedit: an art set held out of training: the test split is drawn in it alone, and "
                         "the same queries in each --style set form the split test-<style>")

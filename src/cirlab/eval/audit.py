@@ -24,7 +24,8 @@ import numpy as np
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.eval.evaluate import compose_queries, embed_gallery, ranked_ids, ranked_topk, written_queries
+from cirlab.eval.evaluate import (Rankings, compose_queries, embed_gallery, evaluate, ranked_ids, ranked_topk,
+                                  written_queries)
 from cirlab.eval.metrics import first_hits
 from cirlab.fusion.base import Fusion
 
@@ -116,6 +117,21 @@ def modality_audit(model: Fusion, triplets: list[Triplet], images: FeatureTable,
 
     image = embed_gallery(model, images, [t.reference for t in triplets])
     return ModalityAudit(first_hits(composed, targets), ranks(image), ranks(compose_queries(model, blank, triplets)))
+
+
+def evaluate_audited(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
+                     gallery_ids: list[str], blank: QuerySide, exclude_reference: bool = True, keep: int = 50,
+                     **options) -> Rankings:
+    """:func:`~cirlab.eval.evaluate.evaluate` (``options``: its ``ks``, ``backend``), the rankings carrying the
+    modality audit; ``blank``: the text-only query side (:func:`blank_queries`)."""
+    gallery = embed_gallery(model, images, gallery_ids)
+    ranked = evaluate(model, triplets, images, queries, gallery_ids, exclude_reference=exclude_reference, keep=keep,
+                      gallery=gallery, **options)
+    pos = {g: i for i, g in enumerate(gallery_ids)}
+    exclude = np.array([pos.get(t.reference, -1) for t in ranked.triplets], np.int64) if exclude_reference else None
+    ranked.audit = modality_audit(model, ranked.triplets, images, blank, gallery, gallery_ids, ranked.ids, exclude,
+                                  keep)
+    return ranked
 
 
 def audit_report(audit: ModalityAudit, queries: Sequence) -> dict:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -16,9 +14,6 @@ from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
 from cirlab.index.scoring import ProductScoring, best_candidates
-
-if TYPE_CHECKING:
-    from cirlab.eval.audit import ModalityAudit
 
 
 @dataclass
@@ -32,7 +27,7 @@ class Rankings:
     skipped: int
     exclude_reference: bool = True
     map: dict[int, float] = field(default_factory=dict)  # mAP@K where some query has several targets
-    audit: "ModalityAudit | None" = None  # the modality audit (eval.audit), where the evaluation asked for one
+    audit: object | None = None  # the modality audit (eval.audit.ModalityAudit), where the evaluation asked for one
 
 
 @torch.inference_mode()
@@ -109,30 +104,23 @@ def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: li
 
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
              gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50,
-             backend: str | None = None, blank: QuerySide | None = None) -> Rankings:
+             backend: str | None = None, gallery: np.ndarray | None = None) -> Rankings:
     """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
     counted. With ``exclude_reference`` the reference image never appears in its own ranking.
     ``backend``: rank through that index backend (``knn``, ``kmeans_svm:k=15``...) instead of exact
     cosine search; a backend that returns fewer than ``keep`` candidates leaves the rest unranked.
-    ``blank``: the text-only query side (``eval.audit.blank_queries``): the rankings carry the modality audit.
+    ``gallery``: the model's vectors of ``gallery_ids`` where the caller has them (``eval.audit.evaluate_audited``).
     """
     model.eval()
     gallery_set = set(gallery_ids)
     usable = [t for t in triplets
               if queries.key(t.reference, t.text) is not None and any(x in gallery_set for x in t.targets)]
-    gallery = embed_gallery(model, images, gallery_ids)
+    gallery = embed_gallery(model, images, gallery_ids) if gallery is None else gallery
     vectors = compose_queries(model, queries, usable)
-    ranked = rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
-                  skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable))
-    if blank is not None:
-        from cirlab.eval.audit import modality_audit
-
-        pos = {g: i for i, g in enumerate(gallery_ids)}
-        exclude = np.array([pos.get(t.reference, -1) for t in usable], np.int64) if exclude_reference else None
-        ranked.audit = modality_audit(model, usable, images, blank, gallery, gallery_ids, ranked.ids, exclude, keep)
-    return ranked
+    return rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
+                skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable))
 
 
 def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,

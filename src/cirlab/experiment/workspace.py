@@ -17,7 +17,7 @@ from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_
                              fit_image_encoder)
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
-from cirlab.eval.audit import blank_queries
+from cirlab.eval.audit import blank_queries, evaluate_audited
 from cirlab.eval.evaluate import Rankings, evaluate, written_queries
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
@@ -181,10 +181,13 @@ class Workspace:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
         queries = self.queries(model, split)
+        if not audit:
+            return evaluate(model, self.triplets[split], self.images, queries, gallery,
+                            exclude_reference=exclude_reference, backend=backend)
         blank = blank_queries(model, queries, self.triplets[split], self.text_encoder,
-                              self.texts if model.reads_raw_queries else None, self.progress) if audit else None
-        return evaluate(model, self.triplets[split], self.images, queries, gallery,
-                        exclude_reference=exclude_reference, backend=backend, blank=blank)
+                              self.texts if model.reads_raw_queries else None, self.progress)
+        return evaluate_audited(model, self.triplets[split], self.images, queries, gallery, blank,
+                                exclude_reference=exclude_reference, backend=backend)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,
