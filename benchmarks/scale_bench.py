@@ -11,10 +11,13 @@ count. Reported: wall seconds of the whole command, Ray's start-up (``ray.init``
 dataset), the embedding phase and images per second of that phase.
 
 Part 2, vector database: the real gallery vectors of the latency budget's 100k index
-(``benchmarks/latency_budget.py`` builds it), the first N for each size. The ``qdrant`` backend
-(local mode, in memory) and ``faiss:HNSW32`` are built over them and timed on ``--queries`` gallery
-vectors as queries, one at a time, unfiltered and with a filter that keeps a third of the rows.
-Recall@10 is against the exact index on the same queries.
+(``benchmarks/latency_budget.py`` builds it), the first N for each size. Built over them, each in a
+fresh folder: ``exact``, ``faiss:HNSW32``, Qdrant Edge (Qdrant's engine embedded) without a graph
+(``m=0``, every search a full scan) and with HNSW (``m=16``, then also queried with ``exact=1``), and
+qdrant-client's local mode on disk (``local=1``). Each is timed on ``--queries`` gallery vectors as
+queries, one at a time, unfiltered and with a filter that keeps a third of the rows (a payload
+index on the field). Recall@10 is against the exact index on the same queries. Disk: the saved
+cirlab index plus the engine's own folder.
 """
 
 from __future__ import annotations
@@ -80,10 +83,20 @@ def timed(index, queries: np.ndarray, k: int, where: dict | None, budget_s: floa
     return ids, np.array(times) * 1e3
 
 
-def databases(a) -> list[dict]:
-    from cirlab.index import build_index, load_index
+def folder_bytes(path: Path) -> int:
+    """Bytes the files of a folder take on disk (allocated blocks: Qdrant's segment and WAL files are sparse, their
+    apparent size is far larger)."""
+    return sum(f.stat().st_blocks * 512 for f in Path(path).rglob("*") if f.is_file()) if Path(path).exists() else 0
 
-    source, _ = load_index(ROOT / "data" / "latency_budget" / "index-exact")
+
+BACKENDS = {"exact": "exact", "faiss:HNSW32": "faiss:HNSW32", "qdrant Edge, m=0": "qdrant:m=0,path={work}/edge",
+            "qdrant Edge, HNSW m=16": "qdrant:path={work}/edge", "qdrant local mode": "qdrant:local=1,path={work}/local"}
+
+
+def databases(a) -> list[dict]:
+    from cirlab.index import build_index, load_index, save_index
+
+    source, _ = load_index(a.source)
     rows = []
     for size in map(int, a.sizes.split(",")):
         if size > len(source):
@@ -94,22 +107,33 @@ def databases(a) -> list[dict]:
         exact = build_index("exact", source.dim)
         exact.add(ids, vectors, meta)
         truth = {str(w): exact.search(queries, 10, w)[0] for w in (None, {"part": 1})}
-        for spec in ("exact", "faiss:HNSW32", "qdrant"):
+        for name, template in BACKENDS.items():
+            work = Path(tempfile.mkdtemp(prefix="scale_bench-db-"))
+            spec = template.format(work=work)
             start = time.perf_counter()
             index = exact if spec == "exact" else build_index(spec, source.dim)
             if spec != "exact":
                 index.add(ids, vectors, meta)
             build = time.perf_counter() - start
-            for where in (None, {"part": 1}):
+            save_index(index, work / "saved")  # what cirlab writes, then the engine's own folder
+            engine = getattr(getattr(index, "engine", None), "folder", None) or (work / "local" if "local" in spec else None)
+            disk = folder_bytes(work / "saved") + (folder_bytes(engine) if engine else 0)
+            for label, where, tune in (("none", None, {}), ("a third", {"part": 1}, {}),
+                                       *((("none, exact=1", None, {"exact": True}), ("a third, exact=1", {"part": 1},
+                                          {"exact": True})) if "HNSW m=16" in name else ())):
+                if tune:
+                    index.tune(**tune)
                 found, ms = timed(index, queries, 10, where, a.budget)
                 recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[str(where)][:len(found)])])
-                row = {"size": size, "backend": spec, "filter": "a third" if where else "none", "build_s": round(build, 1),
+                row = {"size": size, "backend": name,
+                       "filter": label, "build_s": round(build, 1), "disk_mb": round(disk / 2 ** 20, 1),
                        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
                        "recall_at_10": round(float(recall), 4), "queries": len(found)}
                 rows.append(row)
                 print(row, flush=True)
             if hasattr(index, "close"):
                 index.close()
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
@@ -120,6 +144,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--budget", type=float, default=60, help="seconds of queries per backend, filter and size (at least 20)")
+    ap.add_argument("--source", type=Path, default=ROOT / "data" / "latency_budget" / "index-exact",
+                    help="the index whose vectors part 2 reads (default: the latency budget's 100k gallery)")
     ap.add_argument("--skip", choices=["engines", "databases"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -135,10 +161,12 @@ def main() -> None:
             report += f"| {r['engine']} | {r['images']:,} | {r['wall_s']} | {start} | {r['embed_s']} | {r['images_per_s']} |\n"
     if dbs:
         report += ("\nBackends over the demo model's real gallery vectors (512-d), one query at a time, k=10; recall "
-                   "against exact on the same queries:\n\n| vectors | backend | filter | queries | build s | p50 ms | p99 ms | "
-                   "Recall@10 |\n|---:|---|---|---:|---:|---:|---:|---:|\n")
+                   "against exact on the same queries; disk = the saved index and the engine's folder:\n\n| vectors | backend | "
+                   "filter | queries | build s | disk MB | p50 ms | p99 ms | Recall@10 |\n"
+                   "|---:|---|---|---:|---:|---:|---:|---:|---:|\n")
         for r in dbs:
-            report += (f"| {r['size']:,} | {r['backend']} | {r['filter']} | {r['queries']} | {r['build_s']} | {r['p50_ms']} | "
+            report += (f"| {r['size']:,} | {r['backend']} | {r['filter']} | {r['queries']} | {r['build_s']} | "
+                       f"{r['disk_mb']} | {r['p50_ms']} | "
                        f"{r['p99_ms']} | "
                        f"{r['recall_at_10']} |\n")
     save_report(report, a.out, {"engines": eng, "databases": dbs})

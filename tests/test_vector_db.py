@@ -1,8 +1,10 @@
-"""Metadata filters (one meaning on every backend), the qdrant backend (Qdrant's local mode, in memory and
-on disk: add, remove, search, persistence, reuse of a collection that still holds the rows), per-image
+"""Metadata filters (one meaning on every backend), the qdrant backend (Qdrant Edge, Qdrant's engine embedded, in a
+folder of its own and on disk: add, remove, search, persistence, reuse of a shard that still holds the rows; the
+client's local mode for the client calls of the url= path), per-image
 metadata attached at index build, and filters through the CLI and the HTTP API."""
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -53,7 +55,7 @@ def reference(ids, vectors, meta, queries, k, where):
 FILTERS = [{"family": "colour"}, {"family": ["person", "thing"], "tags": "red"}, {"size": 3}, {"flag": True},
            {"size": [1, 2], "family": "person", "tags": ["blue", "green"]}, {"family": "nobody"}]
 SPECS = ["exact", "knn", "kdtree", "faiss:Flat", "faiss:HNSW16", "lsh:bits=64,candidates=20", "kmeans_svm:k=4,probe=1",
-         "qdrant", "qdrant:path={tmp}/db"]
+         "qdrant", "qdrant:m=0", "qdrant:path={tmp}/db", "qdrant:local=1"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -82,50 +84,70 @@ def test_a_malformed_filter_is_refused_in_one_line(bad, rows):
         check_filter(bad)
 
 
-def test_qdrant_on_disk_persists_reuses_its_collection_and_refills_a_stale_one(rows, tmp_path):
-    from qdrant_client import QdrantClient
+def test_qdrant_edge_on_disk_persists_reuses_its_shard_and_refills_a_stale_one(rows, tmp_path):
+    from qdrant_edge import EdgeShard, UpdateOperation
 
     from cirlab.index.qdrant import point_id
 
     ids, vectors, meta, queries = rows
     index = build_index(f"qdrant:path={tmp_path}/db,collection=gallery", 24)
+    assert index.embedded
     index.add(ids[:300], vectors[:300], meta[:300])
     index.add(ids[300:], vectors[300:], meta[300:])  # in place
     assert index.remove(ids[:10]) == 10
     before = index.search(queries, 8)
     save_index(index, tmp_path / "ix")
     index.close()
-    # out of band, mark one point: a load that reuses the collection keeps the mark, a refill loses it
-    client = QdrantClient(path=str(tmp_path / "db"))
-    client.set_payload("gallery", {"marker": 1}, points=[point_id(ids[20])])
-    assert client.count("gallery", exact=True).count == 390
-    client.close()
+    # out of band, mark one point: a load that reuses the shard keeps the mark, a refill loses it
+    shard = EdgeShard.load(str(tmp_path / "db" / "gallery"))
+    shard.update(UpdateOperation.set_payload([point_id(ids[20])], {"marker": 1}))
+    shard.flush()
+    shard.close()
+
+    def payload(index, i):
+        return index.engine.shard.retrieve([point_id(i)], True, False)[0].payload
+
     loaded, manifest = load_index(tmp_path / "ix")
     assert manifest["backend"] == f"qdrant:path={tmp_path}/db,collection=gallery"
     after = loaded.search(queries, 8)
     assert after[0] == before[0] and np.allclose(after[1], before[1], atol=1e-5)
-    marked = loaded.client().retrieve("gallery", [point_id(ids[20])], with_payload=True)[0].payload
+    marked = payload(loaded, ids[20])
     assert marked.get("marker") == 1 and marked["cirlab_id"] == ids[20] and marked["family"] == meta[20]["family"]
-    # a collection that lost points is refilled from the saved rows
-    loaded.client().delete("gallery", points_selector=[point_id(i) for i in ids[50:60]])
+    # a shard that lost points is refilled from the saved rows
+    loaded.engine.delete([point_id(i) for i in ids[50:60]])
+    loaded.engine.settle()
     loaded.close()
     again, _ = load_index(tmp_path / "ix")
-    assert again.client().count("gallery", exact=True).count == 390
+    assert again.engine.count() == 390
     assert again.search(queries, 8)[0] == before[0]
-    assert "marker" not in again.client().retrieve("gallery", [point_id(ids[20])], with_payload=True)[0].payload
+    assert "marker" not in payload(again, ids[20])
     again.close()
 
 
-def test_a_second_process_on_the_same_qdrant_folder_gets_one_line(rows, tmp_path):
+def test_qdrant_edge_refuses_to_replace_a_folder_of_other_files(rows, tmp_path):
     ids, vectors, meta, _ = rows
-    index = build_index(f"qdrant:path={tmp_path}/db", 24)
+    (tmp_path / "db" / "cirlab").mkdir(parents=True)
+    (tmp_path / "db" / "cirlab" / "photo.jpg").write_bytes(b"not a shard")
+    with pytest.raises(CirlabError) as e:
+        build_index(f"qdrant:path={tmp_path}/db", 24).add(ids[:5], vectors[:5], meta[:5])
+    assert "not a Qdrant Edge shard" in str(e.value) and "\n" not in str(e.value)
+    assert (tmp_path / "db" / "cirlab" / "photo.jpg").exists()
+
+
+@pytest.mark.parametrize("spec,says", [("qdrant:path={tmp}/db", "one process at a time"),
+                                       ("qdrant:local=1,path={tmp}/db", "one process")])
+def test_a_second_process_on_the_same_qdrant_folder_gets_one_line(spec, says, rows, tmp_path):
+    ids, vectors, meta, _ = rows
+    spec = spec.format(tmp=tmp_path)
+    index = build_index(spec, 24)
     index.add(ids[:20], vectors[:20], meta[:20])
     code = ("import sys\nfrom cirlab.errors import CirlabError\nfrom cirlab.index import build_index\ntry:\n"
-            f"    build_index('qdrant:path={tmp_path}/db', 24).add(['x'], [[1.0] + [0.0] * 23])\n"
+            f"    build_index('{spec}', 24).add(['x'], [[1.0] + [0.0] * 23])\n"
             "except CirlabError as e:\n    print(e)\n    sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr[-500:]
-    assert "one process" in r.stdout and len(r.stdout.strip().splitlines()) == 1
+    assert says in r.stdout and len(r.stdout.strip().splitlines()) == 1
+    assert index.search(vectors[:1], 1)[0] == [[ids[0]]]  # the first process's index is untouched
     index.close()
 
 
@@ -150,10 +172,11 @@ def test_an_unreachable_qdrant_server_is_one_line(rows, tmp_path):
     assert "qdrant (http://127.0.0.1:" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_missing_qdrant_client_is_one_line_naming_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "qdrant_client", None)
+@pytest.mark.parametrize("module,spec", [("qdrant_client", "qdrant:local=1"), ("qdrant_edge", "qdrant")])
+def test_a_missing_qdrant_package_is_one_line_naming_the_extra(module, spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(CirlabError, match=r"cirlab\[qdrant\]"):
-        build_index("qdrant", 8)
+        build_index(spec, 8)
 
 
 def test_metadata_files_in_every_format_attach_by_id_path_or_file(tmp_path):
@@ -234,3 +257,26 @@ def test_the_service_answers_over_a_qdrant_index(served, tmp_path):
         assert [h["id"] for h in r.json()["results"]] == [h.id for h in want if h.id != "img2"][:5]
     finally:
         stop_server(proc)
+
+
+@pytest.mark.skipif(not os.environ.get("QDRANT_URL"),
+                    reason="the url= contract needs a Qdrant server: set QDRANT_URL=http://HOST:6333 (one binary, or "
+                           "docker run -p 6333:6333 qdrant/qdrant)")
+def test_the_url_path_against_a_qdrant_server(rows, tmp_path):
+    """The client calls of url= on a real server: filters in the engine, in-place add and remove, and a saved index
+    that reuses its collection."""
+    ids, vectors, meta, queries = rows
+    spec = f"qdrant:url={os.environ['QDRANT_URL']},collection=cirlab-test-{os.getpid()}"
+    index = build_index(spec, 24)
+    try:
+        index.add(ids[:300], vectors[:300], meta[:300])
+        index.add(ids[300:], vectors[300:], meta[300:])
+        for where in FILTERS:
+            assert index.search(queries, 7, where)[0] == reference(ids, vectors, meta, queries, 7, where), where
+        assert index.remove(ids[:10]) == 10
+        before = index.search(queries, 8)
+        save_index(index, tmp_path / "ix")
+        loaded, _ = load_index(tmp_path / "ix")
+        assert loaded.search(queries, 8)[0] == before[0] and loaded.engine.count() == 390
+    finally:
+        index.engine.client.delete_collection(index.collection)

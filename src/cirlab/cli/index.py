@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     ib.add_argument("--backend", default="exact",
                     help="exact (default), knn, kdtree, lsh[:bits=256,candidates=100], faiss:FACTORY[,nprobe=N,ef=N] "
                          "(e.g. faiss:HNSW32, faiss:IVF1024,PQ64), kmeans_svm[:k=15,probe=1], "
-                         "qdrant[:path=DIR | url=http://HOST:6333,collection=NAME]")
+                         "qdrant[:path=DIR | url=http://HOST:6333][,collection=NAME] (Qdrant Edge embedded, or a server)")
     ib.add_argument("--metadata", type=Path, default=None,
                     help="JSONL, CSV or Parquet file of per-image records keyed by id, path or file (name, caption, "
                          "category...: shown by the API and web page, and filterable); without it, a data set's "
