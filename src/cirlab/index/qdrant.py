@@ -12,8 +12,9 @@ Specs:
   server (a numpy scan, filters checked point by point). Kept only because it runs the client calls
   of the ``url=`` path without a server; it is not Qdrant's engine and is not for galleries.
 
-Options: ``collection`` (default ``cirlab``), ``m`` (HNSW edges per node; 0: no graph, every search
-a full scan; built when the index is written), and the query-time ``ef`` (HNSW ``ef``) and
+Options: ``collection`` (default ``cirlab``), ``m`` (Edge's HNSW edges per node; 0: no graph, every
+search a full scan; built when the index is written), ``shards`` and ``replicas`` (a server's new
+collection: its shard count and replication factor across a cluster's nodes), and the query-time ``ef`` (HNSW ``ef``) and
 ``exact=1`` (a full scan). Each row is a point whose id is a UUID derived from the cirlab id and
 whose payload is the row's metadata plus ``cirlab_id``. Metadata fields whose values share one type
 get a payload index; filters (:func:`cirlab.index.base.check_filter`) become Qdrant conditions, so
@@ -181,11 +182,12 @@ class _Edge:
 class _Client:
     """A collection through ``qdrant-client``: a server (``url``) or the client's local mode."""
 
-    def __init__(self, dim: int, collection: str, url: str | None, path: str | None) -> None:
+    def __init__(self, dim: int, collection: str, url: str | None, path: str | None, layout: dict) -> None:
         need("qdrant_client", "qdrant", "the qdrant index backend")
         from qdrant_client import models
 
         self.models, self.dim, self.collection, self.url, self.path = models, dim, collection, url, path
+        self.layout = layout  # shard_number, replication_factor where the spec gives them (a cluster's collection)
         self.client = None
 
     def where(self) -> str:
@@ -225,7 +227,8 @@ class _Client:
         if self.exists():
             self._call("dropping the old collection", self.client.delete_collection, self.collection)
         self._call("creating the collection", self.client.create_collection, self.collection,
-                   vectors_config=self.models.VectorParams(size=self.dim, distance=self.models.Distance.COSINE))
+                   vectors_config=self.models.VectorParams(size=self.dim, distance=self.models.Distance.COSINE),
+                   **self.layout)
 
     def index_fields(self, types: dict[str, type]) -> None:
         """Payload indexes only where a server keeps them (local mode has none and warns)."""
@@ -277,7 +280,8 @@ class QdrantIndex(BaseIndex):
     client's local mode (``local=1``)."""
 
     name = "qdrant"
-    options = {"path": str, "url": str, "collection": str, "local": _flag, "m": int, "ef": int, "exact": _flag}
+    options = {"path": str, "url": str, "collection": str, "local": _flag, "m": int, "shards": int, "replicas": int,
+               "ef": int, "exact": _flag}
     search_options = ("ef", "exact")
     raw_vectors_on_disk = True  # the engine holds the searchable copy; the saved rows are read only to refill it
 
@@ -287,6 +291,9 @@ class QdrantIndex(BaseIndex):
             raise CirlabError("qdrant: give path= (a folder on this machine) or url= (a server), not both")
         if "url" in self.opts and self.opts.get("local"):
             raise CirlabError("qdrant: local=1 is the client's stand-in for a server; give it or url=, not both")
+        if ("shards" in self.opts or "replicas" in self.opts) and "url" not in self.opts:
+            raise CirlabError("qdrant: shards= and replicas= lay out a server's collection across its nodes; they "
+                              "need url=")
         if self.opts.get("m", 16) < 0:
             raise CirlabError(f"qdrant: m={self.opts['m']}: give the HNSW edges per node (16 is Qdrant's default), "
                               "or 0 for no graph")
@@ -296,7 +303,9 @@ class QdrantIndex(BaseIndex):
         self._point_rows: dict[str, int] = {}
         self._types: dict[str, type | None] = {}
         if "url" in self.opts or self.opts.get("local"):
-            self.engine = _Client(self.dim, self.collection, self.opts.get("url"), self.opts.get("path"))
+            layout = {k: self.opts[o] for o, k in (("shards", "shard_number"), ("replicas", "replication_factor"))
+                      if o in self.opts}
+            self.engine = _Client(self.dim, self.collection, self.opts.get("url"), self.opts.get("path"), layout)
         else:
             if "path" in self.opts:
                 folder = Path(self.opts["path"]) / self.collection
