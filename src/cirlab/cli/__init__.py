@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.offline()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # as given: what a launcher of ranks repeats
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

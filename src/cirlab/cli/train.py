@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -75,6 +77,10 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue from <name>-state.pt after its last finished epoch (same config and data; "
                         "--epochs may grow); the result equals an uninterrupted run")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="train stage 2 data-parallel in N processes on this machine (torchrun --standalone; gloo on "
+                        "the CPU, NCCL on GPUs, one GPU a rank): each takes its share of every batch. Several "
+                        "machines: start 'torchrun ... -m cirlab.cli train ...' on each instead (default: 1)")
     t.add_argument("--log", type=Path, default=None,
                    help="the metrics log (.csv for CSV, else JSON lines; default: <name>-metrics.jsonl beside --out)")
     t.set_defaults(func=run)
@@ -126,10 +132,45 @@ def _stage1(a: argparse.Namespace, flags_apply: bool):
 
 
 def run(a: argparse.Namespace) -> int:
+    """One process, the launcher of ``--nproc`` ranks, or one of the ranks (started by torchrun)."""
+    from cirlab.training.parallel import join, launched, leave, run_ranks, without_nproc
+
+    if a.nproc != 1 and not launched():
+        _data_parallel_stage(a)
+        out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
+        return run_ranks(a.nproc, without_nproc(a.argv), out.with_name(out.stem + "-ranks.log"))
+    if not launched():
+        return _run(a)
+    r = join(a.placement.device)
+    try:
+        _data_parallel_stage(a)
+        if r.main:
+            return _run(a)
+        a.quiet = True
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # rank 0 reports
+            return _run(a)
+    finally:
+        leave()
+
+
+def _data_parallel_stage(a: argparse.Namespace) -> None:
+    """What a data-parallel run trains: stage 2 of a method that learns from triplets."""
+    from cirlab.fusion import fusion_methods
+
+    if a.stage != "2":
+        raise CirlabError("--nproc trains stage 2 in data parallel; stage 1 does not split its batches yet: run "
+                          "--stage 1 in one process, then --stage 2 --stage1 DIR --nproc N")
+    if fusion_methods.get(a.method).zero_shot:
+        raise CirlabError(f"{a.method} is a zero-shot method (no triplets, a small mapping at most): train it in one "
+                          "process, without --nproc")
+
+
+def _run(a: argparse.Namespace) -> int:
     from cirlab.config import method_config
     from cirlab.eval.report import recall_table
     from cirlab.experiment import Workspace, train_method
     from cirlab.fusion import fusion_methods
+    from cirlab.training.parallel import main_first, ranks
     from cirlab.training.stage1 import stage1_encoders
 
     if a.stage == "1":
@@ -152,8 +193,9 @@ def run(a: argparse.Namespace) -> int:
             cfg["model"]["aligned"] = str(stage1)
     if a.augment and stage1 is None:
         raise CirlabError("--augment draws pseudo triplets with a stage-1 model: give --stage1 DIR or use --stage both")
-    ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
-                               progress=not a.quiet, images=a.images, placement=a.placement)
+    with main_first(ranks()):  # rank 0 encodes into the feature cache, the others then read it
+        ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
+                                   progress=not a.quiet, images=a.images, placement=a.placement)
     out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
     out.parent.mkdir(parents=True, exist_ok=True)
     log = a.log or out.with_name(out.stem + "-metrics.jsonl")

@@ -23,6 +23,7 @@ from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
 from cirlab.training.align import caption_pairs, fit_text_head
 from cirlab.training.trainer import TrainResult, seed_everything, train_fusion
+from cirlab.training.parallel import ranks
 from cirlab.training.zero_shot import Unlabelled, prepare_zero_shot
 
 
@@ -249,6 +250,8 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         extra = pseudo_set.triplets
     result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate,
                           state_path, resume, log_path, extra, pcfg.every if pcfg else 3, ws.placement)
+    if not ranks().main:  # a data-parallel run: rank 0 writes (training.parallel)
+        return model, result, {"config": cfg, "data": data_id, "train": result.to_dict()}
     if log_path:
         from cirlab.eval.report import training_curves_png
 

@@ -22,6 +22,8 @@ from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save, atomic_write_text
 from cirlab.fusion.base import Fusion
 from cirlab.training.losses import batch_infonce, batch_triplet
+from cirlab.training.parallel import (Ranks, data_parallel, gather, ranks, shard, shard_start, share, share_tensor,
+                                      summed, union_rows)
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}  # the names TrainConfig accepts
 
@@ -98,13 +100,21 @@ def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
     return path
 
 
+def embedded_rows(model: Fusion, images: FeatureTable, rows: np.ndarray, device: torch.device,
+                  r: Ranks) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gallery rows (the same on every rank) embedded with gradients, each rank its share, gathered; and the rows
+    as keys: extra negatives for :func:`batch_infonce`."""
+    mine = shard(rows, r)
+    vectors = model.embed_gallery(to_device(images.tensors(mine, model.gallery_views), device))
+    return gather(vectors, r), torch.from_numpy(rows)
+
+
 def reference_negatives(model: Fusion, images: FeatureTable, index: TripletIndex, b: np.ndarray,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gallery vectors of the batch's reference images (those the gallery table holds), and their rows
+                        device: torch.device, r: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery vectors of the (global) batch's reference images (those the gallery table holds), and their rows
     as keys: extra negatives for :func:`batch_infonce`."""
     rows = index.ref_gallery[b]
-    rows = np.unique(rows[rows >= 0])
-    return model.embed_gallery(to_device(images.tensors(rows, model.gallery_views), device)), torch.from_numpy(rows)
+    return embedded_rows(model, images, np.unique(rows[rows >= 0]), device, r)
 
 
 @torch.no_grad()
@@ -121,16 +131,18 @@ def gallery_snapshot(model: Fusion, images: FeatureTable, device: torch.device, 
 
 
 def mined_negatives(model: Fusion, images: FeatureTable, snapshot: torch.Tensor, query: torch.Tensor,
-                    index: TripletIndex, b: np.ndarray, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard negatives: the ``k`` gallery images nearest each query of batch ``b`` in the ``snapshot`` (other than
-    its targets), embedded again with gradients, and their rows as keys: extra negatives for :func:`batch_infonce`."""
+                    index: TripletIndex, b: np.ndarray, k: int, device: torch.device,
+                    r: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives: the ``k`` gallery images nearest each query of batch ``b`` (this rank's share: ``query``) in
+    the ``snapshot`` (other than its targets), their union over the ranks embedded again with gradients, and their
+    rows as keys: extra negatives for :func:`batch_infonce`."""
     sims = query.detach().float() @ snapshot.t()
     sims[torch.arange(len(b)), torch.from_numpy(index.target[b]).to(sims.device)] = float("-inf")
     for i, t in enumerate(b):
         if len(index.other_targets[t]):
             sims[i, torch.from_numpy(index.other_targets[t]).to(sims.device)] = float("-inf")
-    rows = sims.topk(min(k, sims.shape[1] - 1), dim=1).indices.unique().cpu()
-    return model.embed_gallery(to_device(images.tensors(rows.numpy(), model.gallery_views), device)), rows
+    rows = sims.topk(min(k, sims.shape[1] - 1), dim=1).indices.unique().cpu().numpy()
+    return embedded_rows(model, images, union_rows(rows, r), device, r)
 
 
 def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
@@ -159,29 +171,37 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
     plan = pseudo_epochs(cfg.epochs, pseudo_every) if fake is not None and len(fake) >= 2 else [False] * cfg.epochs
     current = {"index": real, "snapshot": None}
 
+    r = ranks()
+
     def on_epoch(epoch: int) -> None:
         current["index"] = fake if plan[epoch] else real
-        if cfg.hard_negatives:
-            current["snapshot"] = gallery_snapshot(model, images, device)
+        if cfg.hard_negatives:  # computed once, on rank 0, and sent to the others
+            snapshot = gallery_snapshot(model, images, device) if r.main else \
+                torch.empty((len(images), model.embed_dim), device=device)
+            current["snapshot"] = share_tensor(snapshot, r)
 
     def batch_loss(b: np.ndarray) -> torch.Tensor:
-        index = current["index"]
-        query = model(to_device(queries.images.tensors(index.ref[b], model.image_views), device),
-                      to_device(queries.texts.tensors(index.text[b], model.text_views), device))
-        target = model.embed_gallery(to_device(images.tensors(index.target[b], model.gallery_views), device))
+        """The loss of global batch ``b``: this rank's queries against every rank's columns (one process: all)."""
+        index, mine = current["index"], shard(b, r)
+        query = model(to_device(queries.images.tensors(index.ref[mine], model.image_views), device),
+                      to_device(queries.texts.tensors(index.text[mine], model.text_views), device))
+        target = gather(model.embed_gallery(to_device(images.tensors(index.target[mine], model.gallery_views),
+                                                      device)), r)
         keys = torch.from_numpy(index.target[b])
         columns, column_keys = target, keys
         if cfg.reference_negatives:
-            negatives, negative_keys = reference_negatives(model, images, index, b, device)
+            negatives, negative_keys = reference_negatives(model, images, index, b, device, r)
             columns, column_keys = torch.cat([columns, negatives]), torch.cat([column_keys, negative_keys])
         if cfg.hard_negatives:
-            negatives, negative_keys = mined_negatives(model, images, current["snapshot"], query, index, b,
-                                                       cfg.hard_negatives, device)
+            negatives, negative_keys = mined_negatives(model, images, current["snapshot"], query, index, mine,
+                                                       cfg.hard_negatives, device, r)
             columns, column_keys = torch.cat([columns, negatives]), torch.cat([column_keys, negative_keys])
-        loss = batch_infonce(query, columns, cfg.logit_scale, column_keys)
+        start = shard_start(len(b), r)
+        loss = batch_infonce(query, columns, cfg.logit_scale, column_keys, start)
         if cfg.triplet_weight:
-            loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys)
-        return loss
+            loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys, start)
+        # weighted by this rank's share: the gradients DistributedDataParallel averages are the whole batch's
+        return loss * (len(mine) * r.world / len(b)) if r.parallel else loss
 
     result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
                  state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch,
@@ -244,6 +264,13 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
     cfg.check()
     amp = Precision.of(placed(placement))
     module.to(amp.device)
+    r = ranks()
+    step_loss = batch_loss
+    if r.parallel:  # data-parallel: batch_loss takes this rank's share of each batch (training.parallel)
+        if cfg.accumulate > 1:
+            raise CirlabError("accumulate splits a batch inside one process; in a data-parallel run each rank "
+                              "already takes its share of the batch: use accumulate 1 (or a smaller batch per rank)")
+        step_loss = data_parallel(module, batch_loss, amp.device)
     groups = param_groups or [{"params": list(module.parameters()), "lr_scale": 1.0}]
     groups = [{"params": [q for q in g["params"] if q.requires_grad], "lr": cfg.lr * g.get("lr_scale", 1.0)}
               for g in groups]
@@ -254,7 +281,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
         raise ValueError(f"{len(sizes)} epoch sizes for {cfg.epochs} epochs")
 
     def batches(n: int) -> int:
-        return sum(1 for s in range(0, n, cfg.batch_size) if n - s >= 2)
+        return sum(1 for s in range(0, n, cfg.batch_size) if n - s >= max(2, r.world))
 
     per_epoch = batches(sizes[0])
     total = sum(batches(n) for n in sizes)
@@ -268,7 +295,8 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
         first_epoch, best_score, best_state, stale, spent = _restore(state_path, module, opt, sched, rng, cfg, result,
                                                                       sizes[0], amp)
     start = time.perf_counter()
-    bar = tqdm(range(first_epoch, cfg.epochs), desc=desc, disable=not progress, initial=first_epoch, total=cfg.epochs)
+    bar = tqdm(range(first_epoch, cfg.epochs), desc=desc, disable=not progress or not r.main, initial=first_epoch,
+               total=cfg.epochs)
     for epoch in bar:
         if cfg.patience and stale >= cfg.patience:
             break
@@ -279,10 +307,12 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
         total_loss, batches, epoch_start = 0.0, 0, time.perf_counter()
         for s in range(0, len(order), cfg.batch_size):
             b = order[s:s + cfg.batch_size]
-            if len(b) < 2:
+            if len(b) < max(2, r.world):
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = _backward(batch_loss, b, cfg.accumulate, amp)
+            loss = _backward(step_loss, b, cfg.accumulate, amp)
+            if r.parallel:  # each rank's loss is weighted by its share times the ranks: their mean is the batch's
+                loss = summed(loss, r) / r.world
             if cfg.grad_clip:
                 amp.scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -299,7 +329,7 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
                      "seconds": round(time.perf_counter() - epoch_start, 3)}
         if validate is not None:
             module.eval()
-            recall = validate(module)
+            recall = share(validate(module) if r.main else None, r)  # once, on rank 0
             row.update({f"val_R@{k}": v for k, v in recall.items()})
             score = sum(recall.get(k, 0.0) for k in monitor)
             if score > best_score:
@@ -311,9 +341,9 @@ def fit(module: torch.nn.Module, items: int | list[int], batch_loss: Callable[[n
                 stale += 1
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if log_path:
+        if log_path and r.main:
             write_metrics_log(log_path, result.history)
-        if state_path:
+        if state_path and r.main:
             atomic_torch_save({"kind": "cirlab-train-state", "epoch": epoch + 1, "config": asdict(cfg),
                           "triplets": sizes[0], "model": module.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,

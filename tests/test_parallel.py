@@ -1,0 +1,124 @@
+"""Data-parallel training on the CPU with 2 gloo processes (training/parallel.py): a step on two ranks is the step on
+the whole batch in one process; `cirlab train --nproc 2` trains, writes once, resumes and its checkpoint serves; a
+rank that dies ends the run in one line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_dataset
+
+STEP = Path(__file__).parent / "_parallel_step.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def torchrun(*args, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
+
+
+@pytest.mark.parametrize("method,triplets,batch", [("sum", 21, 21), ("combiner", 21, 10)])
+def test_a_step_on_two_ranks_is_the_step_on_the_whole_batch_in_one_process(method, triplets, batch, tmp_path):
+    """One step with uneven shares (11 and 10 queries), and two steps; reference and hard negatives and the triplet
+    term on."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    for cmd in ([sys.executable, STEP, one, method, triplets, batch], torchrun(STEP, two, method, triplets, batch)):
+        r = subprocess.run(list(map(str, cmd)), env=ENV, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = torch.load(one), torch.load(two)
+    assert len(a["losses"]) == len(b["losses"]) == -(-triplets // batch) - (triplets % batch == 1)
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
+    for name, weight in a["weights"].items():  # Adam's first steps are +-lr where a gradient is near 0: float noise
+        np.testing.assert_allclose(weight.numpy(), b["weights"][name].numpy(), atol=1e-4, err_msg=name)
+
+
+def cirlab(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "cirlab.cli", *map(str, args)], env=ENV, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    return make_dataset(root / "tiny", n=16), root / "cache"
+
+
+def test_two_ranks_train_write_once_resume_and_the_checkpoint_serves(tiny, tmp_path):
+    from cirlab.api import Pipeline
+
+    ds, cache = tiny
+    out = tmp_path / "run"
+    train = ["train", "--method", "combiner", "--data", ds, "--out", out, "--batch-size", "8", "--quiet",
+             "--cache", cache, "--nproc", "2"]
+    r = cirlab(*train, "--epochs", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("trained combiner on 56 triplets") == 1  # rank 0 reports, rank 1 is quiet
+    assert sorted(p.name for p in out.iterdir()) == ["model-metrics.jsonl", "model-metrics.png", "model-ranks.log",
+                                                     "model-state.pt", "model.pt"]
+    assert len((out / "model-metrics.jsonl").read_text().splitlines()) == 2
+    r = cirlab(*train, "--epochs", "3", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed after epoch 2" in r.stdout
+    assert len((out / "model-metrics.jsonl").read_text().splitlines()) == 3
+    pipe = Pipeline.load(out / "model.pt", cache)
+    gallery = pipe.encode_gallery(ds / "images", progress=False)
+    hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 3", k=5,
+                       exclude_reference=True)
+    assert len(hits) == 5 and "img0" not in [h.id for h in hits]
+    assert np.all(np.diff([h.score for h in hits]) <= 1e-6)
+
+
+def rank_process(rank: int, parent: int) -> int | None:
+    """The pid of the worker with ``RANK=rank`` among ``parent``'s descendants, if it has started."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"cirlab.cli" in cmdline and \
+                f"CIRLAB_TEST_PARENT={parent}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+def test_a_rank_that_dies_ends_the_run_in_one_line(tiny, tmp_path):
+    ds, cache = tiny
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "train", "--method", "combiner", "--data", ds,
+                             "--out", out, "--batch-size", "8", "--epochs", "400", "--quiet", "--cache", cache,
+                             "--nproc", "2"], env={**ENV, "CIRLAB_TEST_PARENT": str(os.getpid())},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "model-metrics.jsonl").is_file():  # training has begun on both ranks
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never began"
+            time.sleep(0.5)
+        victim = rank_process(1, os.getpid())
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=90)  # not a hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("cirlab: error: data-parallel training stopped: rank 1 of 2 ended (exit code -9, "
+                               "SIGKILL)") and "model-ranks.log" in lines[0]
+
+
+def test_what_does_not_run_data_parallel_is_refused_in_one_line(tiny, tmp_path):
+    ds, cache = tiny
+    for extra, says in ((["--stage", "1"], "stage 1 does not split its batches yet"),
+                        (["--method", "zs_sum"], "zero-shot method")):
+        r = cirlab("train", "--data", ds, "--out", tmp_path / "x", "--cache", cache, "--nproc", "2", *extra)
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
