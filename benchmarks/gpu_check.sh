@@ -12,7 +12,7 @@
 #      CLIP ViT-B/32-sized model with random weights, then stage 2 (combiner) on its tuned encoders, on a subset of
 #      EmojiEdit, under bf16 autocast (fp32 in the dry run: the CPU's own precision);
 #   4. parity: the chain's checkpoint composes the same queries on the CPU (fp32) and on the GPU;
-#   5. data-parallel: a 2-GPU step where two GPUs exist.
+#   5. data-parallel: stage 2 on 2 GPUs with --nproc 2 where two exist (the dry run: 2 CPU ranks, gloo).
 #
 # On the GPU machine (Python 3.12 with torch and transformers, nothing fetchable), what it lacks travels in .whl/
 # (wheels, see benchmarks/README.md) and the data set in data/emojiedit (carry both). src/ is put on PYTHONPATH.
@@ -74,8 +74,11 @@ step parity 60 "the chain's query vectors on the CPU (fp32) and on $DEV" -- \
     $PY benchmarks/gpu_check.py parity --model "$WORK/chain/model.pt" --data "$WORK/emojiedit-256" --device $DEV \
     --work "$WORK" --out "$OUT/parity.json"
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
-if [ "$GPUS" -ge 2 ]; then
-    step data-parallel 60 "a 2-GPU data-parallel step: not built yet (issue 33 item 1), so it fails here" -- false
+if [ "$GPUS" -ge 2 ] || [ $DRY = 1 ]; then  # the dry run takes the same path on the CPU (gloo)
+    step data-parallel 180 "stage 2 (combiner) on the chain's stage-1 encoders, --nproc 2 on $DEV, one epoch" -- \
+        $PY -m cirlab.cli train --nproc 2 --stage1 "$WORK/chain/stage1" --data "$WORK/emojiedit-256" \
+        --method combiner --epochs 1 --device $DEV --precision $PREC --runtime torch --cache "$WORK/cache" \
+        --out "$WORK/data-parallel" --quiet
 else
     printf '%s\t%s\t%s\t%s\n' data-parallel skipped 0 "$GPUS GPU(s): a 2-GPU step needs two" >> "$OUT/steps.tsv"
 fi

@@ -141,6 +141,10 @@ def run(a: argparse.Namespace) -> int:
         return run_ranks(a.nproc, without_nproc(a.argv), out.with_name(out.stem + "-ranks.log"))
     if not launched():
         return _run(a)
+    if a.placement.device.type == "cuda":  # one GPU a rank
+        from cirlab.devices import Placement
+
+        a.placement = Placement.resolve(f"cuda:{os.environ.get('LOCAL_RANK', '0')}", a.runtime, a.precision)
     r = join(a.placement.device)
     try:
         _data_parallel_stage(a)

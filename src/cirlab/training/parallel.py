@@ -63,7 +63,7 @@ def join(device: torch.device) -> Ranks:
         raise CirlabError("this PyTorch build has no torch.distributed: train in one process (no --nproc)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     minutes = float(os.environ.get("CIRLAB_DIST_TIMEOUT_MIN", "30"))
     dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
     return ranks()
