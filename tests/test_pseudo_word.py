@@ -294,3 +294,23 @@ def test_pic2word_needs_no_caption_and_lincir_refuses_without_one(tmp_path, clip
     assert len(result.history) == 1
     with pytest.raises(CirlabError, match="no captioned 'train' images"):
         train_method(ws, "lincir", progress=False)
+
+
+def test_a_text_tower_without_the_pseudo_word_still_tunes(tmp_path):
+    """Only a prompt with a pseudo-word needs ``$`` in the vocabulary: stage 1's whole-tower tuning of a text model
+    without it runs (a regression: its forward asked for the token id whether or not a word was injected)."""
+    from transformers import BertTokenizer
+
+    from cirlab.encoders import build_text_encoder
+
+    folder = make_tiny_clip(tmp_path / "clip")
+    words = [w for w in (folder / "vocab.txt").read_text().split("\n") if w and w != "$"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    enc = build_text_encoder(f"clip:{folder}")
+    for p in enc.tunable("all").values():
+        p.requires_grad_(True)
+    out = enc.pooled_with_grad(["make it red", "a blue dress"])
+    assert out.shape == (2, 16) and out.requires_grad
+    with pytest.raises(CirlabError, match="no single token for the pseudo-word"):
+        enc.pooled_with_grad(["a $ dress"], torch.zeros(1, 32))

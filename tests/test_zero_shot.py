@@ -124,6 +124,13 @@ def test_on_the_stand_in_the_methods_compose_in_the_aligned_stage_1_projections(
     with torch.no_grad():
         torch.testing.assert_close(model(image, text), stage1(image, text), rtol=0, atol=1e-6)
         torch.testing.assert_close(model.embed_gallery(image), stage1.embed_gallery(image), rtol=0, atol=1e-6)
+    # cirlab bench --aligned: the methods that need the shared space get it from the first (a regression: the
+    # workspace was opened with configs that lacked it, and zs_text_shift was refused)
+    from cirlab.experiment import run_bench
+
+    bench = run_bench(data, ["zs_text_shift", "zs_sum"], 1, cache, "efficientnet_lite0", "minilm", progress=False,
+                      aligned=aligned.out)
+    assert [r.name for r in bench.runs] == ["zs_text_shift", "zs_sum"] and all(r.audit for r in bench.runs)
     with pytest.raises(CirlabError, match="was not trained on image-caption retrieval"):
         composed = run_stage1(data, tmp_path / "composed", cache, "efficientnet_lite0", "minilm",
                               {"tune": "none", "train": {"epochs": 1, "batch_size": 4}}, progress=False)

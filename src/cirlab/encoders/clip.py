@@ -173,7 +173,7 @@ class CLIPTextEncoder(PseudoWordInput):
         """The pooled view as a tensor that gradients flow through (the whole tower runs forward). ``tokens`` (one
         a text, ``word_dim`` wide): each text's pseudo-word ``$`` is read as its row (``encoders.base.injected``)."""
         batch = to_device(self.text_feeds(texts), module_device(self.model))
-        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word, tokens):
+        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word if tokens is not None else -1, tokens):
             out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.model.text_projection(out.pooler_output)
 

@@ -112,7 +112,7 @@ class HFTextEncoder(PseudoWordInput):
         """The pooled view as a tensor that gradients flow through (dropout as the model's mode says). ``tokens``
         (one a text, ``word_dim`` wide): each text's pseudo-word ``$`` is read as its row (``encoders.base.injected``)."""
         batch = to_device(dict(self.tokenize(texts, pad_to_max=False)), module_device(self.model))
-        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word, tokens):
+        with injected(self.word_embeddings, batch["input_ids"], self.pseudo_word if tokens is not None else -1, tokens):
             return self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
     @property

@@ -206,8 +206,15 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     for backend in retrieval:
         build_index(backend, 8)  # an unknown backend or option fails now, not after the first training
     model_override = {"image_head": image_head} if image_head else {}
+
+    def model_of(name: str) -> dict:
+        """The model options every seed of ``name`` runs with: a zero-shot method composes in ``aligned``'s space."""
+        if aligned is not None and fusion_methods.get(method_config(name)["method"]).zero_shot:
+            return {**model_override, "aligned": str(aligned)}
+        return model_override
+
     ws = Workspace.for_configs(data, cache, image_spec, text_spec,
-                               [method_config(m, {"model": model_override}) for m in methods], progress,
+                               [method_config(m, {"model": model_of(m)}) for m in methods], progress,
                                placement=placement)
     if paraphrases and not phrasings(ws.dataset.name):
         raise CirlabError(f"the paraphrase bank has no phrasings for data set {ws.dataset.name!r}: --paraphrases "
@@ -220,10 +227,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
                          exclude_reference=ws.dataset.exclude_reference, image_head=image_head)
     for name in methods:
         for seed in range(seeds):
-            override = {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})}, "model": model_override}
-            if aligned is not None and fusion_methods.get(method_config(name)["method"]).zero_shot:
-                override["model"] = {**model_override, "aligned": str(aligned)}
-            cfg = method_config(name, override)
+            cfg = method_config(name, {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})},
+                                       "model": model_of(name)})
             model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
             ev = ws.evaluate(model, split, audit=True)
             run = BenchRun(name, seed, ev.recall, model.num_parameters(), res.seconds, res.best_epoch, len(ev.triplets),
