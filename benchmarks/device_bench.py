@@ -67,16 +67,20 @@ def clip_b32(folder: Path) -> Path:
 
 
 def subset(data: Path, work: Path, triplets: int) -> Path:
-    """A data set of ``data``'s first ``triplets`` training triplets and 64 validation ones, on the same images."""
+    """A data set of ``data``'s first ``triplets`` training triplets and 64 validation ones, on the images they name
+    (so that validation searches their images, not the whole split's)."""
     out = work / f"{data.name}-{triplets}"
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((data / "dataset.json").read_text())
     if not (out / "images").exists():
         (out / "images").symlink_to((data / meta["images"]).resolve())
-    (out / "images.jsonl").write_text((data / "images.jsonl").read_text())
+    used: set[str] = set()
     for split, n in (("train", triplets), ("val", 64)):
         lines = (data / meta["splits"][split]).read_text().splitlines()[:n]
+        used.update(x for line in lines for t in [json.loads(line)] for x in [t["reference"], *t["targets"]])
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    records = [line for line in (data / "images.jsonl").read_text().splitlines() if json.loads(line)["id"] in used]
+    (out / "images.jsonl").write_text("\n".join(records) + "\n")
     (out / "dataset.json").write_text(json.dumps({**meta, "images": "images",
                                                   "splits": {"train": "train.jsonl", "val": "val.jsonl"}}))
     return out

@@ -84,4 +84,5 @@ if [ "$GPUS" -ge 2 ] || [ $DRY = 1 ]; then  # the dry run takes the same path on
 else
     printf '%s\t%s\t%s\t%s\n' data-parallel skipped 0 "$GPUS GPU(s): a 2-GPU step needs two" >> "$OUT/steps.tsv"
 fi
+sed -i "s#$(pwd)/##g" "$OUT"/*.log  # results name paths relative to the repository
 $PY benchmarks/gpu_check.py summary --out "$OUT" $([ $DRY = 1 ] && echo --dry-run)
