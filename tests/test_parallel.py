@@ -116,9 +116,13 @@ def test_a_rank_that_dies_ends_the_run_in_one_line(tiny, tmp_path):
                                "SIGKILL)") and "model-ranks.log" in lines[0]
 
 
-def test_what_does_not_run_data_parallel_is_refused_in_one_line(tiny, tmp_path):
+def test_what_does_not_run_data_parallel_is_refused_in_one_line(tiny, tmp_path, capsys):
+    from cirlab.cli import main
+
     ds, cache = tiny
     for extra, says in ((["--stage", "1"], "stage 1 does not split its batches yet"),
                         (["--method", "zs_sum"], "zero-shot method")):
-        r = cirlab("train", "--data", ds, "--out", tmp_path / "x", "--cache", cache, "--nproc", "2", *extra)
-        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        code = main(["train", "--data", str(ds), "--out", str(tmp_path / "x"), "--cache", str(cache), "--nproc", "2",
+                     *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
