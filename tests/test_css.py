@@ -167,3 +167,29 @@ def test_the_paraphrase_bank_shares_no_text_with_training(css):
         assert not any(x.startswith(("add ", "remove ", "make ")) for x in texts), texts
         words = t.text.split(" ", 1)[1].replace(" to ", " at ")
         assert all(w in texts[0] for w in words.split() if w != "a"), (t.text, texts[0])
+
+
+def test_simulated_sessions_run_end_to_end_on_a_trained_model(css, tmp_path):
+    """``eval.multiturn.run_sessions`` on a small CSS-like set with a trained ``sum``: every turn is the data set's
+    grammar, a session stops when its target reaches rank 1, the success curves only rise, and the same seed gives
+    the same sessions."""
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.eval.multiturn import run_sessions
+    from cirlab.experiment.workspace import Workspace, train_method
+
+    ws = Workspace.open(css[0], FeatureCache(tmp_path / "cache"), progress=False)
+    model, _, _ = train_method(ws, "sum", {"train": {"epochs": 2}}, progress=False, text_head=False)
+    runs = [run_sessions(ws, model, "test", sessions=24, turns=4, mode=mode, shown=3, seed=1)
+            for mode in ("mean", "mean", "text")]
+    got = runs[0]
+    assert got.ranks == runs[1].ranks and len(got.ranks) == 24
+    for ranks in got.ranks:
+        assert 1 <= len(ranks) <= 4 and all(r > 0 for r in ranks[:-1])
+        assert len(ranks) == 4 or ranks[-1] == 0  # a session ends early only at rank 1
+    s = got.summary()
+    curve = [s[f"R@1 by {t}"] for t in range(1, 5)]
+    assert curve == sorted(curve) and all(s[f"R@10 by {t}"] >= s[f"R@1 by {t}"] for t in range(1, 5))
+    assert len(got.edits) == sum(len(r) for r in got.ranks)
+    assert {k for k, _ in got.edits} <= {"add", "remove", "change-colour", "change-size", "change-shape"}
+    texts = [t.text for name, ts in ws.triplets.items() if "~turn" in name for t in ts]
+    assert texts and all(t.startswith(("add ", "remove ", "make ")) for t in texts if " and " not in t)

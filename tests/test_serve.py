@@ -245,9 +245,9 @@ def test_batched_answers_equal_one_by_one_answers(served):
         assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
         assert np.allclose([x["score"] for x in a["results"]], [x["score"] for x in b["results"]], atol=1e-5)
     # one batch with a reference file gone bad: that search gets its error, the others their answers
-    good = [_Search(Query(batched.path_of("img0"), "make it red"), 5, {"img0"}, "img0"),
-            _Search(Query(None, "shape 4"), 5, set(), None)]
-    bad = _Search(Query(index_dir.parent / "gone.png", "make it red"), 5, {"img1"}, "img1")
+    good = [_Search([Query(batched.path_of("img0"), "make it red")], 5, {"img0"}, "img0"),
+            _Search([Query(None, "shape 4")], 5, set(), None)]
+    bad = _Search([Query(index_dir.parent / "gone.png", "make it red")], 5, {"img1"}, "img1")
     answers = batched._run_batch([good[0], bad, good[1]])
     assert isinstance(answers[1], ServiceError) and "'img1'" in str(answers[1]) and "gone.png" not in str(answers[1])
     assert [x["id"] for x in answers[0][0]] == [x["id"] for x in batched.search("make it red", 5, image_id="img0")["results"]]
@@ -411,3 +411,54 @@ def test_a_form_field_the_schema_does_not_have_is_refused(served):
     r = httpx.post(base + "/gallery", data={"name": "x"}, files=[("image", ("a.png", png_bytes(), "image/png"))],
                    headers=auth, timeout=60)
     assert r.status_code == 422 and "unknown field(s) 'name'" in r.json()["error"]
+
+
+def test_a_session_history_over_http_is_read_as_its_mode_says(served):
+    """``POST /search`` with a session's ``history``: ``last`` answers the current turn alone, ``text`` the current
+    reference with every text so far, ``mean`` the normalised mean of every turn's composed query (each computed here
+    in-process from the pipeline); a bad history gets a one-line 422, an unknown gallery id a 404."""
+    import json
+
+    from cirlab.api import Pipeline
+    from cirlab.index import load_index
+    from cirlab.index.search import search as index_search
+    from cirlab.session import JOIN
+
+    base, index_dir, ds, model = served
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    index, _ = load_index(index_dir, pipe.model.embed_dim, pipe.identity)
+    images = ds / "images"
+    earlier = [{"image_id": "img1", "text": "make it red"}, {"text": "shape 6"}]
+    now = {"image_id": "img3", "text": "make it look like shape 5", "k": "6"}
+
+    def served_ids(mode):
+        r = search(base, {**now, "history": json.dumps(earlier), "history_mode": mode})
+        assert r.status_code == 200, r.text
+        assert r.json()["query"]["history"] == 2 and r.json()["query"]["history_mode"] == mode
+        return r.json(), [x["id"] for x in r.json()["results"]]
+
+    def local_ids(vector):
+        return [i for i, _ in index_search(index, vector[None], 6, [{"img3"}])[0]]
+
+    body, ids = served_ids("last")
+    assert ids == [x["id"] for x in search(base, now).json()["results"]] == local_ids(
+        pipe.compose(images / "img3.png", now["text"]))
+    body, ids = served_ids("text")
+    joined = JOIN.join(["make it red", "shape 6", now["text"]])
+    assert body["query"]["searched"] == [{"image": True, "text": joined}]
+    assert ids == local_ids(pipe.compose(images / "img3.png", joined))
+    body, ids = served_ids("mean")
+    assert [q["image"] for q in body["query"]["searched"]] == [True, False, True]
+    parts = [pipe.compose(images / "img1.png", "make it red"), pipe.compose(None, "shape 6"),
+             pipe.compose(images / "img3.png", now["text"])]
+    mean = np.mean(parts, axis=0)
+    assert ids == local_ids(mean / np.linalg.norm(mean))
+    scores = {x["id"]: x["score"] for x in body["results"]}
+    assert np.allclose([scores[i] for i in ids], [float(index.vectors[index.row_of[i]] @ (mean / np.linalg.norm(mean)))
+                                                  for i in ids], atol=1e-4)  # scored by the mean, not the last turn
+    for history, mode, status, says in [("not json", "last", 422, "JSON list"), ('{"a": 1}', "last", 422, "JSON list"),
+                                        ('[{"where": "x"}]', "mean", 422, "turn 1"), ("[{}]", "mean", 422, "neither"),
+                                        ("[]", "sideways", 422, "history_mode"),
+                                        ('[{"image_id": "nope"}]', "mean", 404, "'nope'")]:
+        r = search(base, {**now, "history": history, "history_mode": mode})
+        assert r.status_code == status and says in r.json()["error"] and "\n" not in r.json()["error"], r.text

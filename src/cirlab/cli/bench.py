@@ -37,24 +37,44 @@ def add_parser(sub) -> None:
     b.add_argument("--paraphrases", action="store_true",
                    help="also evaluate each model on the split's queries in every phrasing of the paraphrase bank, "
                         "none used in training (EmojiEdit, CSS-like; docs/evaluation.md#paraphrase-robustness)")
+    b.add_argument("--multi-turn", action="store_true",
+                   help="also measure each model in multi-turn sessions with a simulated user over the split's gallery "
+                        "(EmojiEdit, CSS-like; docs/evaluation.md#multi-turn-search): tables and a plot of success "
+                        "against turns")
+    b.add_argument("--sessions", type=int, default=200, help="simulated sessions per model and history mode "
+                                                              "(default: %(default)s)")
+    b.add_argument("--turns", type=int, default=10, help="turns per session at most (default: %(default)s)")
+    b.add_argument("--shown", type=int, default=1,
+                   help="results the simulated user looks at; it refines from the one closest to its target "
+                        "(default: %(default)s, the top-1)")
+    b.add_argument("--history", default="last,text,mean", metavar="MODES",
+                   help="history modes to measure, a comma list of last, text, mean (default: %(default)s)")
+    b.add_argument("--start", default="random", choices=("random", "editable"),
+                   help="each session starts from a random gallery image, or from one the data set's edits reach "
+                        "the target from (EmojiEdit: the same emoji) (default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")
     b.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
+    from cirlab.eval.multiturn import MultiTurn
     from cirlab.experiment import expand_methods, run_bench, save_bench
+    from cirlab.session import check_mode
 
     if a.aligned is not None:  # the aligned model's encoders
         from cirlab.training.stage1 import stage1_encoders
 
         a.image_encoder, a.text_encoder = stage1_encoders(a.aligned)
+    multi_turn = MultiTurn(a.sessions, a.turns, a.shown, tuple(check_mode(m.strip()) for m in a.history.split(",")
+                                                              if m.strip()), a.start) if a.multi_turn else None
     result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
                        extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
-                       placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases)
+                       placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases,
+                       multi_turn=multi_turn)
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

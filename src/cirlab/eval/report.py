@@ -124,10 +124,10 @@ def recall_curve_png(path: str | Path, curves: dict[str, Sequence[float]], title
     ax.set_title(title, fontsize=10)
     if curves:
         ax.legend(fontsize=8, loc="lower right")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def _save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     plt = pyplot()
     fig.tight_layout()
     path = Path(path)
@@ -176,7 +176,7 @@ def training_curves_png(path: str | Path, history: list[dict], title: str) -> Pa
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="center right")
     ax.set_title(title, fontsize=10)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def write_reports(out: Path, name: str, title: str, curves: dict, parts: list, examples: int = 20) -> list[Path]:

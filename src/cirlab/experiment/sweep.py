@@ -18,6 +18,7 @@ from cirlab.errors import CirlabError
 from cirlab.data.paraphrase import PARAPHRASE_SHAPES, paraphrased, phrasing_text, phrasings
 from cirlab.eval.audit import AUDIT_COLUMNS, SOLVED_AT
 from cirlab.eval.metrics import DEFAULT_KS
+from cirlab.eval.multiturn import TOP, MultiTurn, run_sessions, simulated_user
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.files import atomic_write_text
 from cirlab.fusion import fusion_methods, learned_methods, zero_shot_methods
@@ -72,6 +73,11 @@ class BenchRun:
     # R@1 of each edit's phrasing (``<edit>#<j>``)
     paraphrase: dict[str, float] = field(default_factory=dict)
     by_phrasing: dict[str, float] = field(default_factory=dict)
+    # multi-turn search with a simulated user (eval.multiturn), per history mode: ``<mode>`` -> its summary (R@1 and
+    # R@10 by each turn, mean turns, never), and ``<mode>`` -> per edit kind, the share of its turns left outside the
+    # top 10
+    multi_turn: dict[str, dict[str, float]] = field(default_factory=dict)
+    stuck: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,7 +139,12 @@ class BenchResult:
                   "and sample std over the five shapes, the worst shape, and the worst as a percentage of the mean",
                   self._group_table("paraphrase", _mean_std, PARAPHRASE_COLUMNS)),
                  ("Paraphrase R@1 (%) of each edit in each phrasing (mean over seeds; the bank's text in "
-                  "src/cirlab/data/paraphrases.json)", self.phrasing_table())]
+                  "src/cirlab/data/paraphrases.json)", self.phrasing_table()),
+                 (f"Multi-turn search with a simulated user (docs/evaluation.md#multi-turn-search): the share (%) of "
+                  f"sessions whose target was at rank 1, or within the top {TOP}, by turn T; the mean turns to rank 1 "
+                  f"(of the sessions that got there) and the share that never did", self.multi_turn_table()),
+                 (f"Multi-turn search: per edit the user said, the share (%) of its turns after which the target was "
+                  f"still outside the top {TOP} (mean over seeds)", self.stuck_table())]
         return [(heading, table) for heading, table in parts if table]
 
     def phrasing_table(self) -> str:
@@ -148,6 +159,37 @@ class BenchResult:
             cells = [f"{statistics.fmean(r.by_phrasing.get(key, 0.0) for r in self.runs if r.name == n):.1f}"
                      for n in names]
             lines.append(f"| {key} `{phrasing_text(self.dataset, key)}` | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def multi_turn_table(self, at: Sequence[int] = (1, 2, 3, 5, 10)) -> str:
+        """One row per method and history mode: R@1 and R@10 by turn T (``at``), mean turns, never (mean ± std over
+        seeds); empty without multi-turn runs."""
+        rows = [(n, mode) for n in self.names() for mode in dict.fromkeys(m for r in self.runs if r.name == n
+                                                                          for m in r.multi_turn)]
+        if not rows:
+            return ""
+        turns = max(int(k.rsplit(" ", 1)[1]) for r in self.runs for m in r.multi_turn.values() for k in m
+                    if k.startswith("R@1 by"))
+        cols = [*(f"R@1 by {t}" for t in at if t <= turns), *(f"R@{TOP} by {t}" for t in at if t <= turns),
+                "mean turns", "never"]
+        lines = ["| method | history | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+        for name, mode in rows:
+            runs = [r.multi_turn[mode] for r in self.runs if r.name == name and mode in r.multi_turn]
+            lines.append(f"| {name} | {mode} | " + " | ".join(_mean_std([x[c] for x in runs]) for c in cols) + " |")
+        return "\n".join(lines)
+
+    def stuck_table(self) -> str:
+        rows = [(n, mode) for n in self.names() for mode in dict.fromkeys(m for r in self.runs if r.name == n
+                                                                          for m in r.stuck)]
+        kinds = sorted({k for r in self.runs for m in r.stuck.values() for k in m})
+        if not rows or not kinds:
+            return ""
+        lines = ["| method | history | " + " | ".join(kinds) + " |", "|---|---|" + "---:|" * len(kinds)]
+        for name, mode in rows:
+            runs = [r.stuck[mode] for r in self.runs if r.name == name and mode in r.stuck]
+            cells = [f"{statistics.fmean(x[k] for x in runs if k in x):.1f}" if any(k in x for x in runs) else "-"
+                     for k in kinds]
+            lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def retrieval_table(self) -> str:
@@ -193,14 +235,16 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
               image_head: str | None = None, retrieval: Sequence[str] = (),
               extra_splits: Sequence[str] = (), placement: Placement | None = None,
-              aligned: str | Path | None = None, paraphrases: bool = False) -> BenchResult:
+              aligned: str | Path | None = None, paraphrases: bool = False,
+              multi_turn: MultiTurn | None = None) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``. A zero-shot method
     with nothing to learn (no parameter) runs once: its seeds would repeat it.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
     ``retrieval``: index backends (``knn``, ``kmeans_svm:k=15``) each model is also evaluated through.
     ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10). ``placement``: where the
     encoders run and the methods train (None: the defaults'). ``paraphrases``: each model is also evaluated on
-    ``split``'s queries in every phrasing of the paraphrase bank (:func:`paraphrase_recall`)."""
+    ``split``'s queries in every phrasing of the paraphrase bank (:func:`paraphrase_recall`). ``multi_turn``: each
+    model is also measured in sessions with a simulated user over ``split``'s gallery (``eval.multiturn``)."""
     if seeds < 1:
         raise CirlabError(f"seeds must be at least 1, got {seeds}")
     for backend in retrieval:
@@ -219,6 +263,7 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     if paraphrases and not phrasings(ws.dataset.name):
         raise CirlabError(f"the paraphrase bank has no phrasings for data set {ws.dataset.name!r}: --paraphrases "
                           "runs on EmojiEdit and CSS-like data sets")
+    user = simulated_user(ws.dataset) if multi_turn else None  # a data set without one is refused before training
     for name in (split, *extra_splits):
         if name not in ws.triplets:
             raise CirlabError(f"data set {ws.dataset.name} has no split {name!r}; it has {', '.join(ws.triplets)}")
@@ -237,6 +282,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
                            ev.map, audit=ev.audit.summary())
             if paraphrases:
                 run.paraphrase, run.by_phrasing = paraphrase_recall(ws, model, split, ev.recall[1])
+            if multi_turn:
+                run.multi_turn, run.stuck = multi_turn_runs(ws, model, split, multi_turn, seed, user.text_only)
             for backend in retrieval:
                 other = ev if backend == "exact" else ws.evaluate(model, split, backend=backend)
                 run.by_retrieval.update({f"{backend} R@{k}": other.recall[k] for k in (1, 10)})
@@ -278,6 +325,20 @@ def paraphrase_recall(ws: Workspace, model, split: str, original: float) -> tupl
     return summary, per
 
 
+def multi_turn_runs(ws: Workspace, model, split: str, setting: MultiTurn, seed: int,
+                    needs_text_head: bool) -> tuple[dict, dict]:
+    """Simulated sessions of ``model`` in each history mode of ``setting`` (the seed's own targets and starts): each
+    mode's summary and its edits left outside the top 10. A user who searches by words alone gets the model's
+    text-to-image head, fitted here on the training images' captions."""
+    fitted = ws.fit_text_head(model) if needs_text_head else None
+    summaries, stuck = {}, {}
+    for mode in setting.modes:
+        got = run_sessions(ws, model, split, setting.sessions, setting.turns, mode, setting.shown, seed,
+                           fitted[0] if fitted else None, setting.start)
+        summaries[mode], stuck[mode] = got.summary(), got.stuck_edits()
+    return summaries, stuck
+
+
 def recall_by_edit(ev, k: int = 10) -> dict[str, float]:
     """Recall@k (%) of the queries of each edit type, where triplets name one (``attributes.edit``)."""
     return recall_by(ev, "edit", k)
@@ -315,6 +376,39 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"params = trainable parameters of the fusion; train s = mean wall time of training "
             f"(with per-epoch validation) on this machine.\n\n{result.table()}\n")
     text += "".join(f"\n{heading}:\n\n{table}\n" for heading, table in result.sections())
+    plot = multi_turn_png(out_dir / f"{name}-multi-turn.png", result) if result.multi_turn_table() else None
+    if plot is not None:
+        text += f"\nSuccess against turns: [{plot.name}]({plot.name})\n"
     atomic_write_text(md, text)
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result.to_dict(), indent=1))
     return md
+
+
+def multi_turn_png(path: Path, result: BenchResult) -> Path | None:
+    """Success against turns, one panel per history mode: per method, R@1 by turn T (solid) and R@10 (dashed),
+    mean over seeds (None without matplotlib)."""
+    from cirlab.eval.report import save_figure
+    from cirlab.optional import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    modes = list(dict.fromkeys(m for r in result.runs for m in r.multi_turn))
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.6), dpi=120, sharey=True, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for n, name in enumerate(result.names()):
+            runs = [r.multi_turn[mode] for r in result.runs if r.name == name and mode in r.multi_turn]
+            if not runs:
+                continue
+            for k, style in ((1, "-"), (TOP, "--")):
+                keys = sorted((int(x.rsplit(" ", 1)[1]) for x in runs[0] if x.startswith(f"R@{k} by")))
+                ax.plot(keys, [statistics.fmean(r[f"R@{k} by {t}"] for r in runs) for t in keys], style,
+                        color=f"C{n}", label=f"{name} R@{k}")
+        ax.set_title(f"history: {mode}", fontsize=10)
+        ax.set_xlabel("turn")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("sessions with the target found (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Multi-turn search, simulated user: {result.dataset}", fontsize=10)
+    return save_figure(fig, path)

@@ -93,6 +93,19 @@ def _filter(value) -> dict | None:
     return parsed
 
 
+def _history(value) -> list | None:
+    """The search form's ``history`` field: a JSON list of earlier turns, or None where it is absent."""
+    if value in (None, ""):
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, list):
+        raise ServiceError(422, 'the field \'history\' must be a JSON list, e.g. [{"image_id": "x", "text": "make it red"}]')
+    return parsed
+
+
 def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text.")
@@ -175,7 +188,7 @@ def create_app(service: SearchService) -> FastAPI:
         except ValueError as e:
             raise ServiceError(422, str(e)) from None
         body = await run_in_threadpool(service.search, fields.text, fields.k, image, fields.image_id, fields.method,
-                                       timing, _filter(fields.filter))
+                                       timing, _filter(fields.filter), _history(fields.history), fields.history_mode)
         body["warnings"] = service.upload_warnings([(upload.filename or "image", image)] if image else [])
         response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
                                                       for stage in STAGES if stage in timing)

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
+from cirlab.session import HISTORY_MODES, MAX_TURNS
+
 _SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
 _VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
 _PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
@@ -36,12 +38,21 @@ class Hit(Item):
     score: float
 
 
+class Searched(BaseModel):
+    image: bool = Field(description="whether this query had a reference image")
+    text: str | None = Field(description="the text it read")
+
+
 class Query(BaseModel):
     mode: Literal["composed", "text", "image"]
     text: str | None
     image_id: str | None
     k: int
     filter: dict | None = None
+    history: int = Field(0, description="how many earlier turns of the session were sent")
+    history_mode: Literal[HISTORY_MODES] = "last"
+    searched: list[Searched] = Field([], description="the queries the search composed from the turns, by the "
+                                                     "history mode: one, or one per turn (mean)")
 
 
 class SearchResponse(BaseModel):
@@ -124,6 +135,14 @@ def search_form(service, max_k: int) -> type[_Form]:
         k=(int, Field(12, ge=1, le=max_k, description="how many results")),
         method=(Literal[service.pipe.meta["method"]] | None, Field(None, description="the served method (a server "
                                                                                      "serves one)")),
+        history=(str | None, Field(None, max_length=(MAX_TURNS - 1) * (service.max_text_chars + 300),
+                                   description='a multi-turn session\'s earlier turns, oldest first, a JSON list: '
+                                               '[{"image_id": "...", "text": "..."}, ...] (each with an image_id, a '
+                                               f'text or both; at most {MAX_TURNS - 1}); read as history_mode says')),
+        history_mode=(Literal[HISTORY_MODES], Field("last", description="how the search reads the session: last, "
+                                                    "the current turn alone; text, the current reference with every "
+                                                    "text so far; mean, the mean of every turn's composed query "
+                                                    "(docs/evaluation.md#multi-turn-search)")),
         filter=(str | None, Field(None, max_length=4000, pattern=FILTER_PATTERN,
                                   description='a metadata filter, a JSON object: {"field": value or [values], ...}; '
                                               'keeps the images whose metadata match every field, e.g. '

@@ -37,6 +37,7 @@ from cirlab.index.search import search
 from cirlab.index.store import live_version
 from cirlab.indexing import Change, add_images, remove_images
 from cirlab.serve.batching import MicroBatcher
+from cirlab.session import MAX_TURNS, Turn, check_mode, combine, plan
 
 log = logging.getLogger("cirlab.serve")
 
@@ -48,10 +49,10 @@ RECENT = 2000  # searches the rolling percentiles of info() cover
 
 @dataclass
 class _Search:
-    """One search waiting for its batch: the query, k, the ids left out, the gallery id referred to, and the
-    metadata filter."""
+    """One search waiting for its batch: its queries (one, or one per turn of a session whose history mode averages
+    them: ``cirlab.session``), k, the ids left out, the gallery id referred to, and the metadata filter."""
 
-    query: Query
+    queries: list[Query]
     k: int
     skip: set
     image_id: str | None
@@ -138,11 +139,14 @@ class SearchService:
                 for name, im in named if im.info.get("ends_early")]
 
     def search(self, text: str | None, k: int = 12, image: Image.Image | None = None, image_id: str | None = None,
-               method: str | None = None, timing: dict | None = None, filter: dict | None = None) -> dict:
+               method: str | None = None, timing: dict | None = None, filter: dict | None = None,
+               history: list | None = None, history_mode: str = "last") -> dict:
         """Top-k for (reference, text). Reference: an uploaded image or a gallery id (left out of its own
         results, and read from its stored features). No reference: a text-to-image search; no text: images
         that look like the reference. ``filter``: keep images whose metadata match (``{field: value or
-        [values]}``). ``timing`` (a dict; ``decode`` may be in it already) receives the seconds of each stage."""
+        [values]}``). ``history``: a session's earlier turns, oldest first (``{"image_id": ..., "text": ...}``
+        each), read as ``history_mode`` says (``cirlab.session``). ``timing`` (a dict; ``decode`` may be in it
+        already) receives the seconds of each stage."""
         k = self.check_k(k)
         text = self.check_text(text)
         try:
@@ -157,7 +161,9 @@ class SearchService:
             reference = self.path_of(image_id)
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
-        item = _Search(Query(reference, text), k, {image_id} if image_id else set(), image_id, filter or None)
+        turns = self.session_turns(history or [], history_mode) + [Turn(reference, text)]
+        queries = [Query(t.reference, t.text) for t in plan(turns, history_mode)]
+        item = _Search(queries, k, {image_id} if image_id else set(), image_id, filter or None)
         decode = (timing or {}).get("decode", 0.0)
         start = time.perf_counter()
         (results, batch_stages), queued, size = self.batcher.submit(item)
@@ -166,8 +172,32 @@ class SearchService:
             timing.update(stages)
         self._record({**stages, "batch": size})
         mode = "composed" if reference is not None and text else "text" if text else "image"
-        return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k, "filter": filter or None},
+        return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k, "filter": filter or None,
+                          "history": len(turns) - 1, "history_mode": history_mode,
+                          "searched": [{"image": q.image is not None, "text": q.text} for q in queries]},
                 "results": results}
+
+    def session_turns(self, history: list, mode: str) -> list[Turn]:
+        """A session's earlier turns from the request's ``history`` (a list of ``{"image_id", "text"}``), each
+        checked as a search's own reference and text are."""
+        try:
+            check_mode(mode)
+        except CirlabError as e:
+            raise ServiceError(422, str(e)) from None
+        if not isinstance(history, list) or len(history) >= MAX_TURNS:
+            raise ServiceError(422, f"history must be a JSON list of at most {MAX_TURNS - 1} earlier turns")
+        turns = []
+        for n, turn in enumerate(history, 1):
+            if not isinstance(turn, dict) or set(turn) - {"image_id", "text"}:
+                raise ServiceError(422, f'history turn {n} must be an object with "image_id" and/or "text"')
+            image_id, text = turn.get("image_id"), turn.get("text")
+            if not (image_id is None or isinstance(image_id, str)) or not (text is None or isinstance(text, str)):
+                raise ServiceError(422, f"history turn {n}: image_id and text must be strings")
+            text = self.check_text(text)
+            if not image_id and text is None:
+                raise ServiceError(422, f"history turn {n} has neither an image_id nor a text")
+            turns.append(Turn(self.path_of(image_id) if image_id else None, text))
+        return turns
 
     def _run_batch(self, items: list[_Search]) -> list:
         """One batch of searches: one encoder batch, one fusion call a kind, one index search. Each item gets
@@ -176,17 +206,37 @@ class SearchService:
         with self.lock:
             self.refresh()
             parts: dict = {}
-            vectors = self.pipe.compose_many([i.query for i in items], stages, parts)
+            flat = [q for i in items for q in i.queries]
+            composed = self.pipe.compose_many(flat, stages, parts)
+            vectors, firsts, at = [], [], 0
+            for i in items:  # each search's vector: its one query's, or its turns' combined (cirlab.session.combine)
+                mine = composed[at:at + len(i.queries)]
+                failed = next((v for v in mine if isinstance(v, Exception)), None)
+                vectors.append(failed if failed is not None else combine(mine))
+                firsts.append(at if len(i.queries) == 1 else None)
+                at += len(i.queries)
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
             start = time.perf_counter()
-            scoring = self.pipe.rescoring([vectors[n] for n in ok], {m: parts[n] for m, n in enumerate(ok) if n in parts})
+            scoring = self.pipe.rescoring([vectors[n] for n in ok], {m: parts[firsts[n]] for m, n in enumerate(ok)
+                                                                     if firsts[n] in parts})
             ranked = search(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
                             [items[n].skip for n in ok], [items[n].filter for n in ok], scoring) if ok else []
             stages["search"] = time.perf_counter() - start
             answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
         return [(answers[n], stages) if n in answers else
-                ServiceError(422, unreadable_gallery_image(it.image_id) if it.image_id else str(vectors[n]))
-                for n, it in enumerate(items)]
+                self._query_error(it, vectors[n]) for n, it in enumerate(items)]
+
+    @staticmethod
+    def _query_error(item: _Search, error: Exception) -> ServiceError:
+        """The reply for a search whose query failed: a gallery file that went bad is named by its id (the current
+        reference's) or as one of the session's, never by the server's path."""
+        files = [str(q.image) for q in item.queries if isinstance(q.image, (str, Path))]
+        if not any(f in str(error) for f in files):
+            return ServiceError(422, str(error))
+        if item.image_id and str(error).find(files[-1]) >= 0:
+            return ServiceError(422, unreadable_gallery_image(item.image_id))
+        return ServiceError(422, "the file of a gallery image in this session's history is unreadable on the "
+                                 "server; start the session again from another image")
 
     def _record(self, stages: dict) -> None:
         for stage, value in stages.items():

@@ -1,0 +1,298 @@
+"""Multi-turn search measured with a simulated user (docs/evaluation.md#multi-turn-search).
+
+A simulated user holds a hidden target image of the test gallery, whose attributes it knows (the data set's image
+records). A session starts from a random gallery image. Each turn, the user:
+
+1. looks at the results shown (the top ``shown``, default the top-1) and takes the one closest to the target (fewest
+   edits away; the higher ranked on a tie) as the next reference;
+2. compares that image's attributes with the target's;
+3. says one templated edit, in the data set's own grammar, that moves towards the target (after Guo et al.'s dialog
+   simulator, which says a relative caption): :class:`EmojiUser`, :class:`CssUser`.
+
+The next search is composed from the session's turns by its history mode (:mod:`cirlab.session`), the reference left
+out of its ranking. A session ends when the target is at rank 1.
+
+Measured per turn T = 1..``turns``: the share of sessions whose target was at rank 1 by turn T, and within the top 10
+by turn T; the mean number of turns to reach rank 1 (of the sessions that did), and the share that never did.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cirlab.data.css import CELLS, Obj, describe as css_words, unique_description
+from cirlab.data.emojiedit import FACTORS, describe as emoji_phrases
+from cirlab.data.triplets import Triplet
+from cirlab.devices import module_device
+from cirlab.errors import CirlabError
+from cirlab.eval.evaluate import compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk
+from cirlab.eval.metrics import first_hits
+from cirlab.index.scoring import ProductScoring
+from cirlab.session import Turn, check_mode, combine, plan
+
+TOP = 10  # the "within the top 10" of the success curves
+STARTS = ("random", "editable")
+
+
+@dataclass(frozen=True)
+class MultiTurn:
+    """How a bench measures multi-turn search: ``sessions`` per model and history mode, at most ``turns`` each, the
+    user looking at the top ``shown``, each session starting as ``start`` says (:func:`run_sessions`)."""
+
+    sessions: int = 200
+    turns: int = 10
+    shown: int = 1
+    modes: tuple[str, ...] = ("last", "text", "mean")
+    start: str = "random"
+
+    def __post_init__(self) -> None:
+        check_setting(self.sessions, self.turns, self.shown, self.start)
+        if not self.modes:
+            raise CirlabError("name at least one history mode")
+        for mode in self.modes:
+            check_mode(mode)
+
+
+def check_setting(sessions: int, turns: int, shown: int, start: str) -> None:
+    if start not in STARTS:
+        raise CirlabError(f"unknown session start {start!r}: use one of {', '.join(STARTS)}")
+    if min(sessions, turns, shown) < 1:
+        raise CirlabError(f"sessions, turns and shown must each be at least 1, got {sessions}, {turns}, {shown}")
+
+
+def emoji_name(attributes: dict) -> str:
+    """An emoji's name in words, without its factors: ``person in manual wheelchair``, ``apple``."""
+    words = str(attributes.get("base", "emoji")).replace("_", " ")
+    if attributes.get("family") == "person" and words.split()[0] not in ("person", "man", "woman"):
+        words = f"person {words}"
+    return words
+
+
+class EmojiUser:
+    """EmojiEdit's simulated user. Images differ in their emoji (``base``) and in the factors an edit changes (skin
+    tone, gender, hair, colour, direction, facing). It names one differing factor's target value in one of the
+    training phrasings. Where the emoji itself differs, which no EmojiEdit edit changes, it searches by words alone
+    for the target's emoji (``person walking``): a turn without a reference, through the model's text-to-image head."""
+
+    name = "emojiedit"
+    text_only = ("emoji",)  # the edits said as a search by words alone
+
+    def __init__(self, records: dict[str, dict]) -> None:
+        self.attrs = {i: r.get("attributes") or {} for i, r in records.items()}
+        self.captions = {i: [r["caption"]] for i, r in records.items() if r.get("caption")}
+
+    def key(self, image: str) -> tuple:
+        """What the user sees of an image: two images with the same key are the same to it."""
+        a = self.attrs[image]
+        return (a.get("base"), *(a.get(f) for f in FACTORS))
+
+    def editable(self, a: str, b: str) -> bool:
+        """Whether the data set's own edits lead from ``a`` to ``b``: the same emoji."""
+        return self.attrs[a].get("base") == self.attrs[b].get("base")
+
+    def distance(self, a: str, b: str) -> int:
+        x, y = self.attrs[a], self.attrs[b]
+        return len(FACTORS) * (x.get("base") != y.get("base")) + sum(x.get(f) != y.get(f) for f in FACTORS)
+
+    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
+        """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
+        by words alone (:attr:`text_only`)."""
+        x, y = self.attrs[current], self.attrs[target]
+        if x.get("base") != y.get("base"):
+            return rng.choice([emoji_name(y), *self.captions.get(target, [])]), "emoji"
+        factors = [f for f in FACTORS if x.get(f) != y.get(f)]
+        if not factors:
+            raise CirlabError(f"images {current} and {target} read the same: there is no edit between them")
+        factor = rng.choice(factors)
+        return rng.choice(emoji_phrases(factor, y.get(factor))), factor
+
+
+def scene(record: dict) -> tuple[Obj, ...]:
+    """A CSS-like image's scene from its record's ``attributes.objects``."""
+    return tuple(sorted(Obj(**o) for o in (record.get("attributes") or {}).get("objects", [])))
+
+
+class CssUser:
+    """CSS-like's simulated user. Scenes are objects in a 3x3 grid; an edit is TIRG's grammar: ``add <size> <colour>
+    <shape> to <cell>`` for an object the target has in an empty cell, ``remove <object>`` for one it lacks, ``make
+    <object> <value>`` for one attribute (colour, size or shape) of an object in the same cell. The object is named by
+    the fewest attributes that single it out, as the data set's texts do."""
+
+    name = "css"
+    text_only = ()
+
+    def __init__(self, records: dict[str, dict]) -> None:
+        self.scenes = {i: {o.cell: o for o in scene(r)} for i, r in records.items()}
+
+    def key(self, image: str) -> frozenset:
+        return frozenset(self.scenes[image].values())
+
+    def editable(self, a: str, b: str) -> bool:
+        return True
+
+    def distance(self, a: str, b: str) -> int:
+        x, y = self.scenes[a], self.scenes[b]
+        return sum(1 if (c in x) != (c in y) else
+                   sum(getattr(x[c], k) != getattr(y[c], k) for k in ("colour", "size", "shape"))
+                   for c in set(x) | set(y))
+
+    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
+        x, y = self.scenes[current], self.scenes[target]
+        now = tuple(sorted(x.values()))
+        options: list[tuple[str, str]] = []
+        for c in sorted(set(x) | set(y)):
+            if c not in x:
+                o = y[c]
+                options.append((f"add {css_words({'size': o.size, 'colour': o.colour, 'shape': o.shape})} "
+                                f"to {CELLS[c]}", "add"))
+            elif c not in y:
+                options.append((f"remove {css_words(unique_description(now, x[c], rng))}", "remove"))
+            else:
+                for k in ("colour", "size", "shape"):
+                    value = getattr(y[c], k)
+                    if getattr(x[c], k) != value:
+                        name = css_words(unique_description(now, x[c], rng))
+                        options.append((f"make {name} {'a ' + value if k == 'shape' else value}", f"change-{k}"))
+        if not options:
+            raise CirlabError(f"images {current} and {target} hold the same scene: there is no edit between them")
+        return rng.choice(options)
+
+
+USERS = {"emojiedit": EmojiUser, "css": CssUser}
+
+
+def simulated_user(dataset) -> EmojiUser | CssUser:
+    """The simulated user of a data set (EmojiEdit, CSS-like), which reads its image records."""
+    family = "css" if dataset.name.startswith("css") else dataset.name.split("-")[0]
+    if family not in USERS:
+        raise CirlabError(f"no simulated user knows the images of data set {dataset.name!r}: multi-turn search runs "
+                          f"on {', '.join(USERS)} data sets, whose image records carry their attributes")
+    return USERS[family](dataset.by_id)
+
+
+@dataclass
+class Sessions:
+    """The outcome of simulated sessions: each session's 0-based rank of its target at each turn it ran (a session
+    stops at rank 0), and the edits the user said, with the turn's rank after each."""
+
+    ranks: list[list[float]]
+    turns: int
+    edits: list[tuple[str, float]] = field(default_factory=list)
+
+    def success(self, within: int) -> list[float]:
+        """Per turn T = 1..turns, the share (%) of sessions whose target was within the top ``within`` by turn T."""
+        out = []
+        for t in range(1, self.turns + 1):
+            out.append(100.0 * float(np.mean([any(r < within for r in s[:t]) for s in self.ranks])))
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """``R@1 by T`` and ``R@10 by T`` per turn, ``mean turns`` to rank 1 (sessions that got there) and ``never``
+        (%): the sessions that did not within ``turns``."""
+        out = {f"R@1 by {t}": v for t, v in enumerate(self.success(1), 1)}
+        out.update({f"R@{TOP} by {t}": v for t, v in enumerate(self.success(TOP), 1)})
+        reached = [next(t for t, r in enumerate(s, 1) if r < 1) for s in self.ranks if any(r < 1 for r in s)]
+        out["mean turns"] = statistics.fmean(reached) if reached else float("nan")
+        out["never"] = 100.0 * (1 - len(reached) / len(self.ranks)) if self.ranks else 0.0
+        return out
+
+    def stuck_edits(self) -> dict[str, float]:
+        """Per edit kind, the share (%) of its turns after which the target was still not in the top 10."""
+        by: dict[str, list[bool]] = {}
+        for kind, rank in self.edits:
+            by.setdefault(kind, []).append(rank >= TOP)
+        return {k: 100.0 * sum(v) / len(v) for k, v in sorted(by.items())}
+
+
+def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int = 10, mode: str = "last",
+                 shown: int = 1, seed: int = 0, text_head=None, start: str = "random") -> Sessions:
+    """``sessions`` simulated sessions of ``model`` over ``split``'s gallery (a workspace's encoded images), each
+    with its own target and a random start, at most ``turns`` turns each. ``start``: ``random``, another gallery
+    image; ``editable``, another gallery image from which the data set's own edits reach the target (EmojiEdit: one
+    of the same emoji; CSS-like: any). ``text_head``: the model's text-to-image head, for the turns said by words
+    alone (else the method's own text projection)."""
+    check_mode(mode)
+    check_setting(sessions, turns, shown, start)
+    if model.reads_raw_queries:
+        raise CirlabError(f"{model.name} makes each query's inputs from the raw image and text: the multi-turn "
+                          "benchmark composes from the encoded tables; measure another method")
+    user = simulated_user(ws.dataset)
+    gallery_ids = ws.gallery_ids(split)
+    if len(gallery_ids) < 2:
+        raise CirlabError(f"split {split!r} has {len(gallery_ids)} encoded images: a session needs two")
+    rng = random.Random(seed)
+    targets = [gallery_ids[j] for j in rng.sample(range(len(gallery_ids)), min(sessions, len(gallery_ids)))]
+    same: dict = {}
+    for g in gallery_ids:
+        same.setdefault(user.key(g), []).append(g)
+    answers = [same[user.key(t)] for t in targets]  # every image the user cannot tell from its target
+    starts = []
+    for t, found in zip(targets, answers):
+        pool = [g for g in gallery_ids if g not in found and (start == "random" or user.editable(g, t))]
+        starts.append(rng.choice(pool or [g for g in gallery_ids if g not in found]))
+    gallery = embed_gallery(model, ws.images, gallery_ids)
+    pos = {g: i for i, g in enumerate(gallery_ids)}
+    history: list[list[Turn]] = [[] for _ in targets]
+    reference, ranks, edits = list(starts), [[] for _ in targets], []
+    active = list(range(len(targets)))
+    for turn in range(1, turns + 1):
+        said = []
+        for n in active:
+            text, kind = user.edit(reference[n], targets[n], rng)
+            history[n].append(Turn(None if kind in user.text_only else reference[n], text))
+            said.append(kind)
+        vectors, scoring = _session_vectors(ws, model, [plan(history[n], mode) for n in active], f"{split}~turn{turn}",
+                                            text_head)
+        exclude = np.array([pos[reference[n]] for n in active], np.int64)
+        top, scores = ranked_topk(vectors, gallery, max(TOP, shown), exclude, scoring)
+        ids = ranked_ids(top, scores, gallery_ids)
+        hit = first_hits(ids, [answers[n] for n in active])
+        for n, row, r, kind in zip(active, ids, hit, said):
+            ranks[n].append(float(r))
+            edits.append((kind, float(r)))
+            candidates = [x for x in row[:shown] if x not in answers[n]]
+            if candidates:
+                reference[n] = min(candidates, key=lambda x: user.distance(x, targets[n]))
+        active = [n for n in active if ranks[n][-1] > 0]
+        if not active:
+            break
+    return Sessions(ranks, turns, edits)
+
+
+def _session_vectors(ws, model, plans: list[list[Turn]], split: str,
+                     text_head=None) -> tuple[np.ndarray, ProductScoring | None]:
+    """Each session's query vector: its plan's queries composed from the workspace's tables (new texts encoded; a
+    turn without a reference read by ``text_head``, else by the method's own text projection), then combined
+    (:func:`cirlab.session.combine`); and the method's own re-scoring where every plan is one composed query (as the
+    service does: a combined vector has no parts to re-score)."""
+    flat = [q for p in plans for q in p]
+    composed = [n for n, q in enumerate(flat) if q.reference is not None]
+    alone = [n for n, q in enumerate(flat) if q.reference is None]
+    triplets = [Triplet(flat[n].reference, flat[n].text or "", [flat[n].reference]) for n in composed]
+    queries = ws.queries(model, ws.add_split(split, triplets))
+    vectors = np.zeros((len(flat), model.embed_dim), np.float32)
+    if composed:
+        vectors[composed] = compose_queries(model, queries, triplets)
+    if alone:
+        vectors[alone] = text_vectors(ws, model, [flat[n].text for n in alone], text_head)
+    if all(len(p) == 1 for p in plans) and not alone:
+        return vectors, query_rescoring(model, queries, triplets)
+    out, at = [], 0
+    for p in plans:
+        out.append(combine(list(vectors[at:at + len(p)])))
+        at += len(p)
+    return np.stack(out), None
+
+
+@torch.inference_mode()
+def text_vectors(ws, model, texts: list[str], text_head=None) -> np.ndarray:
+    """Text-only query vectors in ``model``'s gallery space: through a text-to-image head, or the method's own text
+    projection (what ``Pipeline.compose_many`` does for a query without a reference)."""
+    pooled = torch.as_tensor(ws.cache.text_features(ws.text_encoder, texts, ("pooled",), progress=False)["pooled"])
+    head = text_head if text_head is not None else model.project_text
+    return head(pooled.float().to(module_device(model))).float().cpu().numpy()
