@@ -67,6 +67,20 @@ def test_upload_search_refine_and_history(served, browser):
     assert page.input_value("#text") == "make it look like shape 5"
     assert "uploaded: img2.png" in page.inner_text("#reference")
 
+    page.select_option("#history-mode", "mean")  # turn 1 again, reading the two before it
+    with page.expect_response("**/search") as answer:
+        page.click("#search")
+    page.wait_for_function("document.querySelectorAll('#history li').length === 3")
+    query = answer.value.json()["query"]
+    assert query["history"] == 2 and query["history_mode"] == "mean"
+    # turn 1's upload is not sent again (its text is), turn 2's gallery reference is, and this turn's upload
+    assert query["searched"] == [{"image": False, "text": "make it look like shape 5"},
+                                 {"image": True, "text": "make it look like shape 9"},
+                                 {"image": True, "text": "make it look like shape 5"}]
+    assert "reading 2 earlier turns (mean)" in page.inner_text("#status")
+    page.click("#new-session")
+    assert page.locator("#history li").count() == 0
+
     page.fill("#text", "")
     page.click("#clear-reference")
     page.click("#search")

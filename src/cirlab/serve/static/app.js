@@ -2,6 +2,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { reference: null, history: [], busy: false };
+const MAX_HISTORY = 19; // earlier turns the server reads (cirlab.session.MAX_TURNS - 1)
 
 function card(item, onPick, withScore) {
   const el = document.createElement("button");
@@ -123,6 +124,15 @@ async function search(event) {
   if (ref && ref.kind === "gallery") form.append("image_id", ref.id);
   if (text) form.append("text", text);
   form.append("k", $("k").value);
+  const mode = $("history-mode").value;
+  const earlier = state.history.map((turn) => ({
+    ...(turn.reference && turn.reference.kind === "gallery" ? { image_id: turn.reference.id } : {}),
+    ...(turn.text ? { text: turn.text } : {}),
+  })).filter((turn) => Object.keys(turn).length).slice(-MAX_HISTORY);
+  if (mode !== "last" && earlier.length) {
+    form.append("history", JSON.stringify(earlier));
+    form.append("history_mode", mode);
+  }
   state.busy = true;
   $("search").disabled = true;
   setStatus("searching…");
@@ -133,7 +143,8 @@ async function search(event) {
     renderResults(body.results);
     state.history.push({ reference: ref, text, results: body.results });
     renderHistory();
-    setStatus(`${body.results.length} results (${body.query.mode} search). Click one to refine from it.`);
+    const read = body.query.history ? `, reading ${body.query.history} earlier turns (${body.query.history_mode})` : "";
+    setStatus(`${body.results.length} results (${body.query.mode} search${read}). Click one to refine from it.`);
   } catch (err) {
     setStatus(String(err.message || err), true);
   } finally {
@@ -170,6 +181,11 @@ $("upload").addEventListener("change", () => {
   $("text").focus();
 });
 $("clear-reference").addEventListener("click", () => setReference(null));
+$("new-session").addEventListener("click", () => {
+  state.history = [];
+  renderHistory();
+  setStatus("A new session: earlier turns are forgotten.");
+});
 $("search-form").addEventListener("submit", search);
 let debounce = null;
 $("gallery-q").addEventListener("input", () => {
