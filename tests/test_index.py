@@ -298,3 +298,40 @@ def test_evaluation_through_an_index_backend():
     svm_rows, svm_scores = index_topk("kmeans_svm:k=15", q, g, 100, exclude)
     short = svm_rows == -1
     assert short.any() and np.isneginf(svm_scores[short]).all() and not (svm_rows == exclude[:, None]).any()
+
+
+def test_re_ranking_keeps_the_first_stages_top_k_and_only_reorders_it(data):
+    """A second model (its own query and gallery vectors) reorders the first stage's top K: the set is the first
+    stage's, the order is the second model's, in the one search (index.search) and in an evaluation
+    (eval.ranked_topk) alike; fewer results than K keep the second model's best of the K."""
+    from cirlab.eval.evaluate import ranked_topk
+    from cirlab.index.scoring import ModelScoring
+    from cirlab.index.search import search
+    from cirlab.rerank import RerankSpec
+
+    vectors, queries, ids = data
+    index = build_index("exact", 32)
+    index.add(ids, vectors)
+    rng = np.random.default_rng(5)
+    second_gallery, second_queries = unit(rng.normal(size=(len(ids), 32))), unit(rng.normal(size=(len(queries), 32)))
+    by_id = ModelScoring(second_queries, lambda keys: second_gallery[[int(i[3:]) for i in keys]], candidates=20)
+    first = search(index, queries, 20)
+    served = search(index, queries, 20, rerank=by_id)
+    short = search(index, queries, 5, rerank=by_id)
+    by_row = ModelScoring(second_queries, lambda rows: second_gallery[np.asarray(rows)], candidates=20)
+    top, scores = ranked_topk(queries, vectors, 20, rerank=by_row)
+    changed = 0
+    for q, (a, b, c) in enumerate(zip(first, served, short)):
+        assert {i for i, _ in a} == {i for i, _ in b}  # the same top K
+        want = sorted((i for i, _ in a), key=lambda i: -float(second_gallery[int(i[3:])] @ second_queries[q]))
+        assert [i for i, _ in b] == want == [ids[j] for j in top[q]]  # in the second model's order, both paths
+        assert [i for i, _ in c] == want[:5]
+        assert np.allclose([s for _, s in b], scores[q], atol=1e-5)
+        changed += [i for i, _ in a] != want
+    assert changed > len(queries) // 2  # the second model really reorders
+    assert RerankSpec.parse("runs/m.pt") == RerankSpec.parse("model=runs/m.pt,candidates=100")
+    assert RerankSpec.parse("model=m.pt,candidates=7").candidates == 7
+    for bad, says in [("candidates=5", "needs a checkpoint"), ("m.pt,top=3", "model=PATH"),
+                      ("m.pt,candidates=x", "whole number"), ("m.pt,candidates=0", "at least 1")]:
+        with pytest.raises(CirlabError, match=says):
+            RerankSpec.parse(bad)

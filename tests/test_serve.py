@@ -462,3 +462,40 @@ def test_a_session_history_over_http_is_read_as_its_mode_says(served):
                                         ('[{"image_id": "nope"}]', "mean", 404, "'nope'")]:
         r = search(base, {**now, "history": history, "history_mode": mode})
         assert r.status_code == status and says in r.json()["error"] and "\n" not in r.json()["error"], r.text
+
+
+def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, tmp_path):
+    """A server with a second model (``cirlab serve --rerank``): each answer is the first model's top K in the second
+    model's order, the same as ``Pipeline.search(rerank=)``; a text-only search the second model cannot compose (no
+    text head) keeps the first order; /info names the re-ranker."""
+    from cirlab.api import Pipeline
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment.workspace import Workspace, train_method
+    from cirlab.index import load_index
+    from cirlab.rerank import ServedReranker
+    from cirlab.serve.service import SearchService
+
+    _, index_dir, ds, model = served
+    ws = Workspace.open(ds, FeatureCache(index_dir.parent / "cache"), progress=False)
+    train_method(ws, "combiner", {"train": {"epochs": 2, "batch_size": 8}}, out=tmp_path / "second.pt",
+                 progress=False, text_head=False)
+    pipe = Pipeline.load(model, index_dir.parent / "cache")
+    rerank = ServedReranker.load(f"model={tmp_path / 'second.pt'},candidates=6", pipe)
+    service = SearchService(pipe, index_dir, batch_window_ms=0, rerank=rerank)
+    plain = SearchService(pipe, index_dir, batch_window_ms=0)
+    index, _ = load_index(index_dir, pipe.model.embed_dim, pipe.identity)
+    reordered = 0
+    for n in range(6):
+        q = dict(text=f"make it look like shape {n + 2}", image_id=f"img{n}")
+        got = [x["id"] for x in service.search(k=6, **q)["results"]]
+        first = [x["id"] for x in plain.search(k=6, **q)["results"]]
+        assert set(got) == set(first) and len(got) == 6
+        api = pipe.search(index, ds / "images" / f"img{n}.png", q["text"], 6, exclude_reference=True, rerank=rerank)
+        assert got == [h.id for h in api]
+        reordered += got != first
+    assert reordered  # the second model's order is not the first's
+    text_only = dict(text="shape 4", k=5)
+    assert service.search(**text_only)["results"] == plain.search(**text_only)["results"]
+    assert service.info()["rerank"] == {"method": "combiner", "checkpoint": "second.pt", "candidates": 6}
+    service.close()
+    plain.close()

@@ -126,18 +126,22 @@ class Pipeline:
 
     @classmethod
     def load(cls, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
-             placement: Placement | None = None) -> "Pipeline":
+             placement: Placement | None = None, beside: "Pipeline | None" = None) -> "Pipeline":
         """Load a checkpoint and the encoders it was trained on (refused if they differ), placed by ``placement``
-        (None: the defaults', :meth:`cirlab.devices.Placement.resolve`: CUDA where there is one)."""
-        placement = placed(placement)
+        (None: the defaults', :meth:`cirlab.devices.Placement.resolve`: CUDA where there is one). ``beside``: a
+        pipeline whose encoders, cache and placement this one shares (a re-ranker's: ``cirlab.rerank``)."""
+        placement = beside.placement if beside else placed(placement)
         device = placement.device
         path = Path(model_path) if model_path else settings.default_model_path()
         if model_path is None and not path.is_file():
             raise CirlabError(f"no default model yet at {path}: run 'make demo' (or 'cirlab train') first, or give a model path")
         ckpt = read_checkpoint(path)
         meta = ckpt["meta"]
-        image_encoder = build_image_encoder(meta["image_encoder"]["spec"], placement)
-        text_encoder = build_text_encoder(meta["text_encoder"]["spec"], placement)
+        if beside:
+            image_encoder, text_encoder = beside.image_encoder, beside.text_encoder
+        else:
+            image_encoder = build_image_encoder(meta["image_encoder"]["spec"], placement)
+            text_encoder = build_text_encoder(meta["text_encoder"]["spec"], placement)
         model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):
@@ -148,8 +152,11 @@ class Pipeline:
         model.to(device)
         if head is not None:
             head.to(device)
-        return cls(model, meta, image_encoder, text_encoder, FeatureCache(cache_dir or settings.cache_dir()), path, head,
-                   placement)
+        cache = beside.cache if beside else FeatureCache(cache_dir or settings.cache_dir())
+        out = cls(model, meta, image_encoder, text_encoder, cache, path, head, placement)
+        if beside:
+            out._texts = beside._texts  # one text cache: the same texts, the same encoder
+        return out
 
     @classmethod
     def zero_shot(cls, method: str, image_spec: str, text_spec: str, cache_dir: str | Path | None = None,
@@ -320,11 +327,12 @@ class Pipeline:
 
     def search(self, index: BaseIndex | GalleryVectors, image: str | Path | Image.Image | None, text: str,
                k: int = 10, exclude_reference: bool = False, scoring: CombinedScoring | None = None,
-               filter: dict | None = None) -> list[Hit]:
+               filter: dict | None = None, rerank=None) -> list[Hit]:
         """Top-k of an index (or of a folder's :class:`GalleryVectors`, as an exact index) for the composed query,
         through the one search (:func:`cirlab.index.search.search`): ``exclude_reference`` leaves the reference
         file out, ``scoring`` re-ranks candidates (paper 000's combined score), ``filter`` keeps images whose
-        metadata match (``{field: value or [values]}``)."""
+        metadata match (``{field: value or [values]}``), ``rerank`` (a ``cirlab.rerank.ServedReranker``) reorders the
+        top candidates by a second model."""
         if isinstance(index, GalleryVectors):
             index = index.to_index()
         if k < 1:
@@ -338,7 +346,8 @@ class Pipeline:
         parts: dict = {}
         query = self.compose(image, text, parts)
         skip = file_ids(index, image) if exclude_reference else set()
-        (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts))
+        second = rerank.scoring(rerank.pipe.compose(image, text)[None], index) if rerank else None
+        (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts), second)
         return hits(index, ranked)
 
     def rescoring(self, vectors: Sequence[np.ndarray], parts: dict) -> ProductScoring | None:

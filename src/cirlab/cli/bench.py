@@ -12,7 +12,7 @@ from cirlab.cli import common
 
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", parents=[common.quiet(), common.encoders(), common.cache(), common.runtime(),
-                                         common.precision()],
+                                         common.precision(), common.rerank()],
                        help="train and evaluate several methods over seeds; a mean ± std table")
     b.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     b.add_argument("--methods", default="all",
@@ -60,6 +60,7 @@ def add_parser(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from cirlab.eval.multiturn import MultiTurn
     from cirlab.experiment import expand_methods, run_bench, save_bench
+    from cirlab.rerank import RerankSpec
     from cirlab.session import check_mode
 
     if a.aligned is not None:  # the aligned model's encoders
@@ -74,7 +75,7 @@ def run(a: argparse.Namespace) -> int:
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
                        extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
                        placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases,
-                       multi_turn=multi_turn)
+                       multi_turn=multi_turn, rerank=RerankSpec.parse(a.rerank) if a.rerank else None)
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -22,6 +22,24 @@ def quiet() -> argparse.ArgumentParser:
     return p
 
 
+def rerank() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--rerank", default=None, metavar="SPEC",
+                   help="a second model reorders the first stage's top K: a checkpoint PATH, or "
+                        "model=PATH,candidates=N (default 100); it must share the first model's encoders "
+                        "(docs/evaluation.md#re-ranking)")
+    return p
+
+
+def served_reranker(a: argparse.Namespace, pipe):
+    """``--rerank``'s second model beside ``pipe`` (``cirlab.rerank.ServedReranker``), or None."""
+    if not a.rerank:
+        return None
+    from cirlab.rerank import ServedReranker
+
+    return ServedReranker.load(a.rerank, pipe)
+
+
 def cache() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--cache", type=Path, default=None, help=f"feature cache folder (default: {settings.cache_dir()})")

@@ -14,7 +14,7 @@ from cirlab.files import atomic_write_text
 
 def add_parser(sub) -> None:
     v = sub.add_parser("eval", parents=[common.quiet(), common.model(), common.zero_shot(), common.cache(),
-                                        common.runtime()],
+                                        common.runtime(), common.rerank()],
                        help="Recall@K of a trained model on a data set split or a public benchmark")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (with dataset.json)")
     v.add_argument("--split", default=None, help="split to evaluate (default: test; benchmarks: val)")
@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     if a.benchmark:
+        if a.rerank:
+            raise CirlabError("--rerank is for a cirlab data set (--data) for now; the benchmark protocols rank "
+                              "without it")
         return _benchmark(a)
     if a.data is None:
         raise CirlabError("give --data DIR (a cirlab data set) or --benchmark NAME with --annotations and --images")
@@ -54,14 +57,19 @@ def run(a: argparse.Namespace) -> int:
     from cirlab.eval.report import recall_table, write_reports
     from cirlab.experiment import Workspace
 
+    from cirlab.rerank import Reranker
+
     pipe = common.pipeline(a)
     split = a.split or "test"
-    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split)
+    rerank = Reranker.load(a.rerank, pipe.image_encoder, pipe.text_encoder) if a.rerank else None
+    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split,
+                             also=[rerank.model] if rerank else [])
     ds = ws.dataset
     gallery_split = None if a.gallery == "all" else split
     ev = ws.evaluate(pipe.model, split, exclude_reference=False if a.keep_reference else None,
-                     gallery_split=gallery_split, audit=True)
-    print(recall_table({pipe.meta["method"]: ev.recall}))
+                     gallery_split=gallery_split, audit=True, rerank=rerank)
+    label = pipe.meta["method"] + (f" re-ranked by {rerank.name} (top {rerank.candidates})" if rerank else "")
+    print(recall_table({label: ev.recall}))
     print(audit_line(ev.audit))
     if ev.map:
         print("  ".join(f"mAP@{k} {v:.1f}" for k, v in ev.map.items()) + "  (queries with several targets: CIRCO-style)")
@@ -71,7 +79,9 @@ def run(a: argparse.Namespace) -> int:
     name = f"{ds.name}-{split}"
     report = {"data": ds.name, "split": split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
               "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
-              "protocol": ds.meta.get("protocol", {}), "audit": audit_report(ev.audit, ev.triplets)}
+              "protocol": ds.meta.get("protocol", {}), "audit": audit_report(ev.audit, ev.triplets),
+              "rerank": {"method": rerank.name, "checkpoint": str(a.rerank), "candidates": rerank.candidates}
+              if rerank else None}
     atomic_write_text(a.out / f"{name}.json", json.dumps(report, indent=1))
     print(f"wrote {a.out / (name + '.json')}")
     every = ds.gallery()

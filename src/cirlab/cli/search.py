@@ -15,7 +15,8 @@ log = logging.getLogger("cirlab")
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("search", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime()],
+    s = sub.add_parser("search", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime(),
+                                           common.rerank()],
                        help="composed search over a folder of images or an index")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--gallery", type=Path, help="folder of jpg/png/webp images (searched recursively)")
@@ -53,6 +54,7 @@ def run(a: argparse.Namespace) -> int:
     if a.image is not None and not a.image.is_file():
         raise CirlabError(f"reference image {a.image} does not exist")
     pipe = common.pipeline(a)
+    rerank = common.served_reranker(a, pipe)
     skipped = 0
     if a.index is not None:
         index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)
@@ -64,7 +66,7 @@ def run(a: argparse.Namespace) -> int:
         index = gallery.to_index(records=found[1] if found else None, root=a.gallery)
         skipped = len(gallery.failed)
     hits = pipe.search(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring,
-                       filter=where)
+                       filter=where, rerank=rerank)
     if a.json:
         print(json.dumps({"query": {"image": str(a.image) if a.image else None, "text": a.text},
                           "model": pipe.meta["method"], "results": [h.__dict__ for h in hits], "skipped": skipped}))

@@ -10,7 +10,8 @@ from cirlab.errors import CirlabError
 
 
 def add_parser(sub) -> None:
-    sv = sub.add_parser("serve", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime()],
+    sv = sub.add_parser("serve", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime(),
+                                            common.rerank()],
                         help="the HTTP API and web page over an index (FastAPI + uvicorn)",
                         description="Serve composed search over an index: POST /search, GET /images/{id}, GET /gallery, "
                                     "GET /health, GET /info, /docs, and the page at /. POST /gallery and DELETE "
@@ -40,5 +41,7 @@ def run(a: argparse.Namespace) -> int:
     if a.batch_window_ms < 0 or a.max_batch < 1:
         raise CirlabError(f"--batch-window-ms must be 0 or more and --max-batch at least 1, got {a.batch_window_ms} "
                           f"and {a.max_batch}")
-    serve(str(a.index), common.pipeline(a), a.host, a.port, a.max_upload_mb, a.batch_window_ms, a.max_batch)
+    pipe = common.pipeline(a)
+    serve(str(a.index), pipe, a.host, a.port, a.max_upload_mb, a.batch_window_ms, a.max_batch,
+          common.served_reranker(a, pipe))
     return 0

@@ -13,7 +13,7 @@ from cirlab.devices import module_device, to_device
 from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
 from cirlab.index.exact import exact_topk
-from cirlab.index.scoring import ProductScoring, best_candidates
+from cirlab.index.scoring import ModelScoring, ProductScoring, best_candidates
 
 
 @dataclass
@@ -64,22 +64,47 @@ def query_rescoring(model: Fusion, queries: QuerySide, triplets: list[Triplet]) 
 
 
 def ranked_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                scoring: ProductScoring | None = None, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                scoring: ProductScoring | None = None, backend: str | None = None,
+                rerank: ModelScoring | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` gallery rows (-1: none) and scores of each query: exact search, or through ``backend``; with a
-    ``scoring``, its ``candidates`` best re-scored by it (the method's second stage), the best ``k`` of them kept."""
-    wide = max(k, scoring.candidates) if scoring else k
+    ``scoring``, its ``candidates`` best re-scored by it (the method's second stage); with a ``rerank``, the first
+    ``rerank.candidates`` of those reordered by a second model (keys: gallery rows); the best ``k`` kept."""
+    stages = [s for s in (scoring, rerank) if s is not None]
+    wide = max(k, *(s.candidates for s in stages)) if stages else k
     top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
         index_topk(backend, queries, gallery, wide, exclude)
-    if scoring is None:
+    if not stages:
         return top, scores
     out_top = np.full((len(top), k), -1, np.int64)
     out_scores = np.full((len(top), k), -np.inf, np.float32)
     for q, (row, srow) in enumerate(zip(top, scores)):
         cand = np.array([j for j, v in zip(row, srow) if j >= 0 and np.isfinite(v)], np.int64)
-        if len(cand):
-            order, best = best_candidates(scoring, None, gallery[cand], q, k)
-            out_top[q, :len(order)], out_scores[q, :len(order)] = cand[order], best
+        best = np.zeros(0, np.float32)
+        for stage in stages:
+            cand = cand[:stage.candidates] if stage is rerank else cand
+            order, best = best_candidates(stage, None, gallery[cand], q, len(cand), cand)
+            cand = cand[order]
+        n = min(k, len(cand))
+        out_top[q, :n], out_scores[q, :n] = cand[:n], best[:n]
     return out_top, out_scores
+
+
+@dataclass
+class RerankStage:
+    """A second model that reorders each query's first ``candidates`` (``cirlab.rerank``), with its own query side
+    (its views of the same references and texts)."""
+
+    model: Fusion
+    queries: QuerySide
+    candidates: int = 100
+    name: str = ""
+
+    def scoring(self, triplets: list[Triplet], images: FeatureTable, gallery_ids: list[str]) -> ModelScoring:
+        """Its :class:`ModelScoring` of ``triplets`` over ``gallery_ids`` (keys: gallery rows)."""
+        self.model.eval()
+        gallery = embed_gallery(self.model, images, gallery_ids)
+        return ModelScoring(compose_queries(self.model, self.queries, triplets),
+                            lambda rows: gallery[np.asarray(rows, np.int64)], self.candidates, self.name)
 
 
 @torch.inference_mode()
@@ -104,7 +129,8 @@ def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: li
 
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
              gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50,
-             backend: str | None = None, gallery: np.ndarray | None = None) -> Rankings:
+             backend: str | None = None, gallery: np.ndarray | None = None,
+             rerank: RerankStage | None = None) -> Rankings:
     """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
@@ -112,6 +138,7 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     ``backend``: rank through that index backend (``knn``, ``kmeans_svm:k=15``...) instead of exact
     cosine search; a backend that returns fewer than ``keep`` candidates leaves the rest unranked.
     ``gallery``: the model's vectors of ``gallery_ids`` where the caller has them (``eval.audit.evaluate_audited``).
+    ``rerank``: a second model reorders each query's first candidates (``cirlab.rerank``).
     """
     model.eval()
     gallery_set = set(gallery_ids)
@@ -120,18 +147,19 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     gallery = embed_gallery(model, images, gallery_ids) if gallery is None else gallery
     vectors = compose_queries(model, queries, usable)
     return rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
-                skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable))
+                skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable),
+                rerank=rerank.scoring(usable, images, gallery_ids) if rerank else None)
 
 
 def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,
          exclude_reference: bool = True, keep: int = 50, backend: str | None = None, skipped: int = 0,
-         scoring: ProductScoring | None = None) -> Rankings:
+         scoring: ProductScoring | None = None, rerank: ModelScoring | None = None) -> Rankings:
     """Rankings and Recall@K of query vectors (one per triplet) over gallery vectors: the part of
     :func:`evaluate` after the model, shared with stage 1's validation. A triplet whose targets are
     all outside the gallery counts as a miss. ``scoring``: the method's re-scoring of its candidates."""
     pos = {g: i for i, g in enumerate(gallery_ids)}
     exclude = np.array([pos.get(t.reference, -1) for t in triplets], dtype=np.int64) if exclude_reference else None
-    top, scores = ranked_topk(queries, gallery, max(max(ks), keep), exclude, scoring, backend)
+    top, scores = ranked_topk(queries, gallery, max(max(ks), keep), exclude, scoring, backend, rerank)
     targets = [[pos[x] for x in t.targets if x in pos] for t in triplets]
     ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(triplets, ids, scores, recall_at_k(top, targets, ks), skipped, exclude_reference,

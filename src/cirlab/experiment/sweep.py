@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from cirlab import __version__
 from cirlab.config import method_config, variant_names
 from cirlab.devices import Placement
@@ -17,12 +19,14 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.data.paraphrase import PARAPHRASE_SHAPES, paraphrased, phrasing_text, phrasings
 from cirlab.eval.audit import AUDIT_COLUMNS, SOLVED_AT
-from cirlab.eval.metrics import DEFAULT_KS
+from cirlab.eval.metrics import DEFAULT_KS, first_hits
 from cirlab.eval.multiturn import TOP, MultiTurn, run_sessions, simulated_user
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.files import atomic_write_text
 from cirlab.fusion import fusion_methods, learned_methods, zero_shot_methods
 from cirlab.index import build_index
+from cirlab.rerank import Reranker, RerankSpec
+from cirlab.checkpoint import read_checkpoint
 
 
 def expand_methods(spec: str) -> list[str]:
@@ -78,6 +82,9 @@ class BenchRun:
     # top 10
     multi_turn: dict[str, dict[str, float]] = field(default_factory=dict)
     stuck: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the same model's ranking re-ranked by a second model (cirlab.rerank): R@1, R@10, and on the composition subset
+    # (the first stage's audit), next to the first stage's
+    reranked: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +96,7 @@ class BenchResult:
     encoders: dict = field(default_factory=dict)
     exclude_reference: bool = True
     image_head: str | None = None  # the image head every method used, where the bench set one
+    rerank: dict = field(default_factory=dict)  # the second model's method, checkpoint and candidates, where re-ranked
 
     def names(self) -> list[str]:
         return list(dict.fromkeys(r.name for r in self.runs))
@@ -140,6 +148,10 @@ class BenchResult:
                   self._group_table("paraphrase", _mean_std, PARAPHRASE_COLUMNS)),
                  ("Paraphrase R@1 (%) of each edit in each phrasing (mean over seeds; the bank's text in "
                   "src/cirlab/data/paraphrases.json)", self.phrasing_table()),
+                 (f"Re-ranking (docs/evaluation.md#re-ranking): R@K (%) of each model alone and with its top "
+                  f"{self.rerank.get('candidates', '')} reordered by {self.rerank.get('method', '')} "
+                  f"({self.rerank.get('checkpoint', '')}); the composition subset is the first stage's",
+                  self._group_table("reranked", _mean_std, RERANK_COLUMNS)),
                  (f"Multi-turn search with a simulated user (docs/evaluation.md#multi-turn-search): the share (%) of "
                   f"sessions whose target was at rank 1, or within the top {TOP}, by turn T; the mean turns to rank 1 "
                   f"(of the sessions that got there) and the share that never did", self.multi_turn_table()),
@@ -218,10 +230,12 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
-                "image_head": self.image_head, "zero_shot": self.zero_shot,
+                "image_head": self.image_head, "zero_shot": self.zero_shot, "rerank": self.rerank or None,
                 "cirlab_version": __version__, "runs": [r.__dict__ for r in self.runs]}
 
 
+RERANK_COLUMNS = tuple(f"{stage}{what} R@{k}" for what in ("", " subset") for k in (1, 10)
+                       for stage in ("first", "re-ranked"))
 PARAPHRASE_COLUMNS = ("original", *PARAPHRASE_SHAPES, "mean", "std", "worst", "worst % of mean")
 
 
@@ -236,7 +250,7 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
               image_head: str | None = None, retrieval: Sequence[str] = (),
               extra_splits: Sequence[str] = (), placement: Placement | None = None,
               aligned: str | Path | None = None, paraphrases: bool = False,
-              multi_turn: MultiTurn | None = None) -> BenchResult:
+              multi_turn: MultiTurn | None = None, rerank: RerankSpec | None = None) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split``. A zero-shot method
     with nothing to learn (no parameter) runs once: its seeds would repeat it.
     ``image_head``: the image head every method uses (``fusion.heads``), instead of its config's.
@@ -244,7 +258,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
     ``extra_splits``: other splits each model is also evaluated on (R@1 and R@10). ``placement``: where the
     encoders run and the methods train (None: the defaults'). ``paraphrases``: each model is also evaluated on
     ``split``'s queries in every phrasing of the paraphrase bank (:func:`paraphrase_recall`). ``multi_turn``: each
-    model is also measured in sessions with a simulated user over ``split``'s gallery (``eval.multiturn``)."""
+    model is also measured in sessions with a simulated user over ``split``'s gallery (``eval.multiturn``).
+    ``rerank``: each model is also evaluated with its top candidates reordered by that checkpoint (``cirlab.rerank``),
+    which must share the bench's encoders."""
     if seeds < 1:
         raise CirlabError(f"seeds must be at least 1, got {seeds}")
     for backend in retrieval:
@@ -257,9 +273,12 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             return {**model_override, "aligned": str(aligned)}
         return model_override
 
+    second = read_checkpoint(rerank.model)["meta"] if rerank else None  # its views are read too
     ws = Workspace.for_configs(data, cache, image_spec, text_spec,
-                               [method_config(m, {"model": model_of(m)}) for m in methods], progress,
-                               placement=placement)
+                               [method_config(m, {"model": model_of(m)}) for m in methods]
+                               + ([{"method": second["method"], "model": second["model_config"]}] if second else []),
+                               progress, placement=placement)
+    reranker = Reranker.load(rerank, ws.image_encoder, ws.text_encoder) if rerank else None
     if paraphrases and not phrasings(ws.dataset.name):
         raise CirlabError(f"the paraphrase bank has no phrasings for data set {ws.dataset.name!r}: --paraphrases "
                           "runs on EmojiEdit and CSS-like data sets")
@@ -269,7 +288,9 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
             raise CirlabError(f"data set {ws.dataset.name} has no split {name!r}; it has {', '.join(ws.triplets)}")
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
                          encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id},
-                         exclude_reference=ws.dataset.exclude_reference, image_head=image_head)
+                         exclude_reference=ws.dataset.exclude_reference, image_head=image_head,
+                         rerank={"method": reranker.name, "checkpoint": str(rerank.model),
+                                 "candidates": reranker.candidates} if reranker else {})
     for name in methods:
         for seed in range(seeds):
             cfg = method_config(name, {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})},
@@ -284,6 +305,8 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
                 run.paraphrase, run.by_phrasing = paraphrase_recall(ws, model, split, ev.recall[1])
             if multi_turn:
                 run.multi_turn, run.stuck = multi_turn_runs(ws, model, split, multi_turn, seed, user.text_only)
+            if reranker:
+                run.reranked = reranked_recall(ev, ws.evaluate(model, split, rerank=reranker))
             for backend in retrieval:
                 other = ev if backend == "exact" else ws.evaluate(model, split, backend=backend)
                 run.by_retrieval.update({f"{backend} R@{k}": other.recall[k] for k in (1, 10)})
@@ -323,6 +346,19 @@ def paraphrase_recall(ws: Workspace, model, split: str, original: float) -> tupl
     summary.update({"mean": statistics.fmean(values), "std": statistics.stdev(values), "worst": min(values)})
     summary["worst % of mean"] = 100.0 * summary["worst"] / summary["mean"] if summary["mean"] else 0.0
     return summary, per
+
+
+def reranked_recall(first, second) -> dict[str, float]:
+    """R@1 and R@10 of the first stage's rankings and of the re-ranked ones, on every query and on the first stage's
+    composition subset (its audit)."""
+    subset = first.audit.subset
+    out = {}
+    for stage, ev in (("first", first), ("re-ranked", second)):
+        hit = first_hits(ev.ids, [t.targets for t in ev.triplets])
+        for k in (1, 10):
+            out[f"{stage} R@{k}"] = 100.0 * float(np.mean(hit < k))
+            out[f"{stage} subset R@{k}"] = 100.0 * float(np.mean(hit[subset] < k)) if subset.any() else 0.0
+    return out
 
 
 def multi_turn_runs(ws: Workspace, model, split: str, setting: MultiTurn, seed: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,9 +19,10 @@ from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.audit import blank_queries, evaluate_audited
-from cirlab.eval.evaluate import Rankings, evaluate, written_queries
+from cirlab.eval.evaluate import Rankings, RerankStage, evaluate, written_queries
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
+from cirlab.rerank import Reranker
 from cirlab.training.align import caption_pairs, fit_text_head
 from cirlab.training.trainer import TrainResult, seed_everything, train_fusion
 from cirlab.training.parallel import ranks
@@ -81,14 +83,16 @@ class Workspace:
 
     @classmethod
     def for_model(cls, data: str | Path | Dataset, model: Fusion, image_encoder, text_encoder, cache: FeatureCache,
-                  split: str, progress: bool = True) -> "Workspace":
-        """What a trained model reads of a data set: its images' views (all of them, for any gallery choice)
-        and the texts of one split (``cirlab eval``)."""
+                  split: str, progress: bool = True, also: Sequence[Fusion] = ()) -> "Workspace":
+        """What a trained model (and the models ``also``: a re-ranker) reads of a data set: its images' views (all of
+        them, for any gallery choice) and the texts of one split (``cirlab eval``)."""
         ds = data if isinstance(data, Dataset) else Dataset(data)
-        views = tuple(sorted(set(model.image_views) | set(model.gallery_views)))
+        models = [model, *also]
+        views = tuple(sorted({v for m in models for v in (*m.image_views, *m.gallery_views)}))
         images, failed = image_table(cache, image_encoder, ds.gallery(), views, progress)
         triplets = {split: ds.triplets(split)}
-        texts = text_table(cache, text_encoder, [t.text for t in triplets[split]], model.text_views, progress)
+        texts = text_table(cache, text_encoder, [t.text for t in triplets[split]],
+                           tuple(sorted({v for m in models for v in m.text_views})), progress)
         return cls(ds, cache, image_encoder, text_encoder, images, texts, triplets, failed, progress)
 
     @property
@@ -173,22 +177,26 @@ class Workspace:
         return fit_text_head(*pairs(train_ids, train_caps), model.embed_dim, held_out=held_out)
 
     def evaluate(self, model: Fusion, split: str, exclude_reference: bool | None = None,
-                 gallery_split: str | None | bool = True, backend: str | None = None, audit: bool = False) -> Rankings:
+                 gallery_split: str | None | bool = True, backend: str | None = None, audit: bool = False,
+                 rerank: Reranker | None = None) -> Rankings:
         """Recall@K on ``split``; the gallery is that split's images (``gallery_split=True``), another
         split's, or the whole data set's (``None``). The reference is excluded from its ranking as the
         data set's protocol says (``None``), or as given. ``backend``: an index backend to rank through
-        instead of exact search. ``audit``: with the modality audit (``eval.audit``)."""
+        instead of exact search. ``audit``: with the modality audit (``eval.audit``). ``rerank``: a second model
+        reorders each query's first candidates (``cirlab.rerank``)."""
         if exclude_reference is None:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
         queries = self.queries(model, split)
+        stage = RerankStage(rerank.model, self.queries(rerank.model, split), rerank.candidates, rerank.name) \
+            if rerank else None
         if not audit:
             return evaluate(model, self.triplets[split], self.images, queries, gallery,
-                            exclude_reference=exclude_reference, backend=backend)
+                            exclude_reference=exclude_reference, backend=backend, rerank=stage)
         blank = blank_queries(model, queries, self.triplets[split], self.text_encoder,
                               self.texts if model.reads_raw_queries else None, self.progress)
         return evaluate_audited(model, self.triplets[split], self.images, queries, gallery, blank,
-                                exclude_reference=exclude_reference, backend=backend)
+                                exclude_reference=exclude_reference, backend=backend, rerank=stage)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,

@@ -18,7 +18,7 @@ best ``k`` returned. Weights of 0 switch a term off.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,29 +83,60 @@ class ProductScoring:
         return {"product": max(len(p) for p in self.parts), "candidates": self.candidates}
 
 
-def rescore(index, queries: np.ndarray, k: int, scoring: CombinedScoring | ProductScoring, filter: dict | None = None,
-            rows: list[int] | None = None) -> tuple[list[list[str]], np.ndarray]:
-    """Search ``index`` for ``scoring.candidates`` rows per query (of those ``filter`` keeps), re-rank them by the
-    scoring's score (``rows``: each query's place in the batch the scoring was made for; default 0, 1, ...)."""
-    ids, _ = index.search(queries, max(k, scoring.candidates), filter)
+@dataclass(frozen=True)
+class ModelScoring:
+    """Re-ranking by a second model (``cirlab.rerank``): the cosine of its own query vector (``queries``, one row per
+    query of the batch) and its own vectors of the candidates (``gallery``: candidate keys -> (C, D) unit vectors;
+    keys are gallery ids in a served index, gallery rows in an evaluation). It reorders the first stage's
+    ``candidates`` best and never adds one: the index stays one vector per image of the first model."""
+
+    queries: np.ndarray
+    gallery: Callable[[Sequence], np.ndarray]
+    candidates: int = 100
+    name: str = ""
+
+    def score_keys(self, keys: Sequence, row: int) -> np.ndarray:
+        return (self.gallery(keys) @ np.asarray(self.queries[row], np.float32)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"rerank": self.name, "candidates": self.candidates}
+
+
+Scoring = CombinedScoring | ProductScoring | ModelScoring
+
+
+def rescore(index, queries: np.ndarray, k: int, scoring: Scoring | None, filter: dict | None = None,
+            rows: list[int] | None = None, rerank: ModelScoring | None = None,
+            skips: Sequence[set] | None = None) -> tuple[list[list[str]], np.ndarray]:
+    """Search ``index`` for the candidates of each stage (``scoring``, then ``rerank``) per query (of those
+    ``filter`` keeps, less the ids ``skips`` leaves out of each query's answer); each stage reorders them by its
+    score, the last one's best ``k`` are kept (``rows``: each query's place in the batch the stages were made for;
+    default 0, 1, ...)."""
+    stages = [s for s in (scoring, rerank) if s is not None]
+    skips = skips or [set()] * len(queries)
+    ids, _ = index.search(queries, max(k, *(s.candidates + len(skip) for s in stages for skip in skips)), filter)
     rows = list(range(len(queries))) if rows is None else rows
     out_ids, out_scores = [], np.full((len(queries), k), -np.inf, np.float32)
     for i, row in enumerate(ids):
-        if not row:
-            out_ids.append([])
-            continue
-        vecs = index.vectors[[index.row_of[x] for x in row]]
-        order, best = best_candidates(scoring, np.asarray(queries[i], np.float32), vecs, rows[i], k)
-        out_ids.append([row[j] for j in order])
-        out_scores[i, :len(order)] = best
+        row = [x for x in row if x not in skips[i]]
+        best = np.zeros(0, np.float32)
+        for stage in stages:
+            row = row[:stage.candidates] if stage is rerank else row
+            vecs = index.vectors[[index.row_of[x] for x in row]] if row else np.zeros((0, index.dim), np.float32)
+            order, best = best_candidates(stage, np.asarray(queries[i], np.float32), vecs, rows[i], len(row), row)
+            row = [row[j] for j in order]
+        out_ids.append(row[:k])
+        out_scores[i, :len(out_ids[-1])] = best[:k]
     return out_ids, out_scores
 
 
-def best_candidates(scoring: CombinedScoring | ProductScoring, query: np.ndarray | None, vectors: np.ndarray, row: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of one query's candidate vectors by ``scoring`` (ties kept in the first stage's order): their
-    positions among the candidates, and their scores. ``row``: the query's place in the batch the scoring was made
-    for."""
-    s = scoring.score(query, vectors, row)
+def best_candidates(scoring: Scoring, query: np.ndarray | None, vectors: np.ndarray, row: int, k: int,
+                    keys: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of one query's candidates (their vectors, and their ids or rows: ``keys``) by ``scoring``
+    (ties kept in the first stage's order): their positions among the candidates, and their scores. ``row``: the
+    query's place in the batch the scoring was made for."""
+    if not len(vectors):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    s = scoring.score_keys(keys, row) if isinstance(scoring, ModelScoring) else scoring.score(query, vectors, row)
     order = np.argsort(-s, kind="stable")[:k]
     return order, s[order]

@@ -6,7 +6,8 @@ So "leave the reference out", "only these metadata" and "re-score the candidates
 
 - ``exclude``: per query, ids to leave out (:func:`file_ids` finds the rows of a reference file);
 - ``filters``: per query (or one for all), a metadata filter (:func:`cirlab.index.base.check_filter`);
-- ``scoring``: paper 000's combined score over the backend's candidates (:mod:`cirlab.index.scoring`).
+- ``scoring``: paper 000's combined score over the backend's candidates (:mod:`cirlab.index.scoring`);
+- ``rerank``: a second model's reordering of the top K (:class:`cirlab.index.scoring.ModelScoring`, ``cirlab.rerank``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from cirlab.errors import CirlabError
 from cirlab.index.base import BaseIndex, check_filter
 from cirlab.index.metadata import display_name
-from cirlab.index.scoring import CombinedScoring, ProductScoring, rescore
+from cirlab.index.scoring import CombinedScoring, ModelScoring, ProductScoring, rescore
 
 Ranked = list[tuple[str, float]]
 
@@ -48,9 +49,11 @@ def _per_query(value, n: int, what: str) -> list:
 
 def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclude: Sequence[Collection[str]] | None = None,
            filters: dict | Sequence[dict | None] | None = None,
-           scoring: CombinedScoring | ProductScoring | None = None) -> list[Ranked]:
+           scoring: CombinedScoring | ProductScoring | None = None,
+           rerank: ModelScoring | None = None) -> list[Ranked]:
     """The best ``k`` (id, score) of ``index`` for each query vector (n, d), best first: one search call of the
-    index per distinct filter. ``k``, ``exclude`` and ``filters`` are one for all queries or one per query."""
+    index per distinct filter. ``k``, ``exclude`` and ``filters`` are one for all queries or one per query. With a
+    ``rerank``, the scores are the second model's."""
     queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
     n = len(queries)
     ks = _per_query(k, n, "values of k")
@@ -67,7 +70,8 @@ def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclud
     for rows in groups.values():
         want = max(ks[r] + len(skips[r]) for r in rows)
         where = filters[rows[0]] or None
-        ids, scores = (rescore(index, queries[rows], want, scoring, where, rows) if scoring
+        ids, scores = (rescore(index, queries[rows], want, scoring, where, rows, rerank, [skips[r] for r in rows])
+                       if scoring or rerank
                        else index.search(queries[rows], want, where))
         for r, row_ids, row_scores in zip(rows, ids, scores):
             out[r] = [(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in skips[r] and np.isfinite(s)][:ks[r]]

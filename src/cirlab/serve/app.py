@@ -283,17 +283,18 @@ def create_app(service: SearchService) -> FastAPI:
 
 
 def serve(index: str, pipe, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
-          batch_window_ms: float = 5.0, max_batch: int = 32) -> None:
+          batch_window_ms: float = 5.0, max_batch: int = 32, rerank=None) -> None:
     """Serve ``pipe`` (an ``api.Pipeline``: a checkpoint's, or a zero-shot method's) over the index, loaded once,
-    with uvicorn until interrupted."""
+    with uvicorn until interrupted; ``rerank``: a ``cirlab.rerank.ServedReranker``."""
     import os
 
     import uvicorn
 
     service = SearchService(pipe, index, max_upload_bytes=int(max_upload_mb * 2**20),
                             api_token=os.environ.get("CIRLAB_API_TOKEN"), batch_window_ms=batch_window_ms,
-                            max_batch=max_batch)
+                            max_batch=max_batch, rerank=rerank)
     app = create_app(service)
-    print(f"cirlab serve: {service.info()['model']['method']} over {len(service.index)} images "
+    print(f"cirlab serve: {service.info()['model']['method']}{' re-ranked by ' + rerank.name if rerank else ''} "
+          f"over {len(service.index)} images "
           f"({service.index.spec}) at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -95,6 +95,7 @@ class Info(BaseModel):
     gallery_changes: bool
     batching: dict  # window_ms, max_batch
     latency_ms: dict  # rolling p50 / p90 / p99 of each search stage (decode, queue, encode, fuse, search, total)
+    rerank: dict | None = None  # the second model that reorders the top candidates: method, checkpoint, candidates
 
 
 def errors(*statuses: int) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import re
 import threading
@@ -43,7 +44,7 @@ log = logging.getLogger("cirlab.serve")
 
 MAX_K = 100
 THUMB_SIZES = (64, 128, 256, 512)
-STAGES = ("decode", "queue", "encode", "fuse", "search", "total")
+STAGES = ("decode", "queue", "encode", "fuse", "search", "rerank", "total")  # rerank: only with a re-ranker
 RECENT = 2000  # searches the rolling percentiles of info() cover
 
 
@@ -76,10 +77,11 @@ def unreadable_gallery_image(image_id: str) -> str:
 class SearchService:
     def __init__(self, pipeline: Pipeline, index_dir: str | Path, max_upload_bytes: int = 10 * 2**20,
                  max_text_chars: int = MAX_TEXT_CHARS, max_pixels: int = MAX_PIXELS, api_token: str | None = None,
-                 batch_window_ms: float = 5.0, max_batch: int = 32) -> None:
+                 batch_window_ms: float = 5.0, max_batch: int = 32, rerank=None) -> None:
         if max_text_chars > MAX_TEXT_CHARS:  # Pipeline.compose refuses longer texts whatever the server allows
             raise CirlabError(f"max_text_chars can be at most {MAX_TEXT_CHARS}, got {max_text_chars}")
         self.pipe = pipeline
+        self.rerank = rerank  # a cirlab.rerank.ServedReranker: a second model reorders the top candidates
         self.index_dir = Path(index_dir)
         self.index, self.manifest = load_index(self.index_dir, pipeline.model.embed_dim, pipeline.identity)
         self.max_upload_bytes, self.max_text_chars, self.max_pixels = max_upload_bytes, max_text_chars, max_pixels
@@ -207,24 +209,49 @@ class SearchService:
             self.refresh()
             parts: dict = {}
             flat = [q for i in items for q in i.queries]
-            composed = self.pipe.compose_many(flat, stages, parts)
-            vectors, firsts, at = [], [], 0
-            for i in items:  # each search's vector: its one query's, or its turns' combined (cirlab.session.combine)
-                mine = composed[at:at + len(i.queries)]
-                failed = next((v for v in mine if isinstance(v, Exception)), None)
-                vectors.append(failed if failed is not None else combine(mine))
-                firsts.append(at if len(i.queries) == 1 else None)
-                at += len(i.queries)
+            vectors = self._per_search(items, self.pipe.compose_many(flat, stages, parts))
+            firsts = list(itertools.accumulate([0] + [len(i.queries) for i in items]))[:-1]
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
+            second = self._second_vectors(items, flat, stages)
             start = time.perf_counter()
-            scoring = self.pipe.rescoring([vectors[n] for n in ok], {m: parts[firsts[n]] for m, n in enumerate(ok)
-                                                                     if firsts[n] in parts})
-            ranked = search(self.index, np.stack([vectors[n] for n in ok]), [items[n].k for n in ok],
-                            [items[n].skip for n in ok], [items[n].filter for n in ok], scoring) if ok else []
+            ranked: dict[int, list] = {}
+            # a search the re-ranker could not compose (a text-only query and no text head) keeps the first order
+            for rerank in (False, True):
+                group = [n for n in ok if (second[n] is not None) == rerank]
+                if not group:
+                    continue
+                scoring = self.pipe.rescoring([vectors[n] for n in group],
+                                              {m: parts[firsts[n]] for m, n in enumerate(group)
+                                               if len(items[n].queries) == 1 and firsts[n] in parts})
+                reorder = self.rerank.scoring(np.stack([second[n] for n in group]), self.index) if rerank else None
+                found = search(self.index, np.stack([vectors[n] for n in group]), [items[n].k for n in group],
+                               [items[n].skip for n in group], [items[n].filter for n in group], scoring, reorder)
+                ranked.update(zip(group, found))
             stages["search"] = time.perf_counter() - start
-            answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in zip(ok, ranked)}
+            answers = {n: [self.item(i, score=s) for i, s in rows] for n, rows in ranked.items()}
         return [(answers[n], stages) if n in answers else
                 self._query_error(it, vectors[n]) for n, it in enumerate(items)]
+
+    @staticmethod
+    def _per_search(items: list[_Search], composed: list) -> list:
+        """Each search's query vector from its queries' composed vectors (in order): its one query's, or its turns'
+        combined (``cirlab.session.combine``); the first error of its queries where one failed."""
+        out, at = [], 0
+        for i in items:
+            mine = composed[at:at + len(i.queries)]
+            failed = next((v for v in mine if isinstance(v, Exception)), None)
+            out.append(failed if failed is not None else combine(mine))
+            at += len(i.queries)
+        return out
+
+    def _second_vectors(self, items: list[_Search], flat: list[Query], stages: dict) -> list:
+        """The re-ranker's query vector of each search (None: no re-ranker, or it cannot compose that search)."""
+        if self.rerank is None:
+            return [None] * len(items)
+        start = time.perf_counter()
+        second = self._per_search(items, self.rerank.pipe.compose_many(flat))
+        stages["rerank"] = time.perf_counter() - start
+        return [None if isinstance(v, Exception) else v for v in second]
 
     @staticmethod
     def _query_error(item: _Search, error: Exception) -> ServiceError:
@@ -390,4 +417,6 @@ class SearchService:
             "gallery_changes": self.api_token is not None,
             "batching": {"window_ms": self.batcher.window_s * 1e3, "max_batch": self.batcher.max_batch},
             "latency_ms": self.latency(),
+            "rerank": {"method": self.rerank.name, "checkpoint": self.rerank.pipe.path.name,
+                       "candidates": self.rerank.candidates} if self.rerank else None,
         }
