@@ -44,9 +44,9 @@ def add_parser(sub) -> None:
     b.add_argument("--sessions", type=int, default=200, help="simulated sessions per model and history mode "
                                                               "(default: %(default)s)")
     b.add_argument("--turns", type=int, default=10, help="turns per session at most (default: %(default)s)")
-    b.add_argument("--shown", type=int, default=1,
-                   help="results the simulated user looks at; it refines from the one closest to its target "
-                        "(default: %(default)s, the top-1)")
+    b.add_argument("--shown", default="1", metavar="N[,N]",
+                   help="results the simulated user looks at; it refines from the one closest to its target; a comma "
+                        "list measures each (default: %(default)s, the top-1)")
     b.add_argument("--history", default="last,text,mean", metavar="MODES",
                    help="history modes to measure, a comma list of last, text, mean (default: %(default)s)")
     b.add_argument("--start", default="random", choices=("random", "editable"),
@@ -67,8 +67,9 @@ def run(a: argparse.Namespace) -> int:
         from cirlab.training.stage1 import stage1_encoders
 
         a.image_encoder, a.text_encoder = stage1_encoders(a.aligned)
-    multi_turn = MultiTurn(a.sessions, a.turns, a.shown, tuple(check_mode(m.strip()) for m in a.history.split(",")
-                                                              if m.strip()), a.start) if a.multi_turn else None
+    modes = tuple(check_mode(m.strip()) for m in a.history.split(",") if m.strip())
+    multi_turn = MultiTurn(a.sessions, a.turns, common.int_list(a.shown, "--shown"), modes, a.start) \
+        if a.multi_turn else None
     result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,

@@ -22,6 +22,14 @@ def quiet() -> argparse.ArgumentParser:
     return p
 
 
+def int_list(text: str, flag: str) -> tuple[int, ...]:
+    """A comma list of whole numbers (``1,10``), or a one-line error naming the flag."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CirlabError(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
+
+
 def rerank() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--rerank", default=None, metavar="SPEC",

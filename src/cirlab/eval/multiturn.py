@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,17 +42,25 @@ STARTS = ("random", "editable")
 
 @dataclass(frozen=True)
 class MultiTurn:
-    """How a bench measures multi-turn search: ``sessions`` per model and history mode, at most ``turns`` each, the
-    user looking at the top ``shown``, each session starting as ``start`` says (:func:`run_sessions`)."""
+    """How a bench measures multi-turn search: ``sessions`` per model, history mode and number of results shown, at
+    most ``turns`` each, the user looking at the top ``shown`` (each measured), each session starting as ``start``
+    says (:func:`run_sessions`)."""
+
+    def settings(self) -> list[tuple[str, str, int]]:
+        """(label, history mode, shown) of each measured setting: the label is the mode, with the results shown
+        where several counts are measured."""
+        return [(mode if len(self.shown) == 1 else f"{mode}, top {n}", mode, n) for n in self.shown
+                for mode in self.modes]
 
     sessions: int = 200
     turns: int = 10
-    shown: int = 1
+    shown: tuple[int, ...] = (1,)
     modes: tuple[str, ...] = ("last", "text", "mean")
     start: str = "random"
 
     def __post_init__(self) -> None:
-        check_setting(self.sessions, self.turns, self.shown, self.start)
+        for shown in self.shown or (0,):
+            check_setting(self.sessions, self.turns, shown, self.start)
         if not self.modes:
             raise CirlabError("name at least one history mode")
         for mode in self.modes:
@@ -211,20 +220,42 @@ class Sessions:
 
 def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int = 10, mode: str = "last",
                  shown: int = 1, seed: int = 0, text_head=None, start: str = "random") -> Sessions:
-    """``sessions`` simulated sessions of ``model`` over ``split``'s gallery (a workspace's encoded images), each
-    with its own target and a random start, at most ``turns`` turns each. ``start``: ``random``, another gallery
-    image; ``editable``, another gallery image from which the data set's own edits reach the target (EmojiEdit: one
-    of the same emoji; CSS-like: any). ``text_head``: the model's text-to-image head, for the turns said by words
-    alone (else the method's own text projection)."""
+    """``sessions`` simulated sessions (:func:`simulate`) of ``model`` over ``split``'s gallery, composed from a
+    workspace's encoded tables, the history read as ``mode`` says. ``text_head``: the model's text-to-image head, for
+    the turns said by words alone (else the method's own text projection)."""
     check_mode(mode)
     check_setting(sessions, turns, shown, start)
     if model.reads_raw_queries:
         raise CirlabError(f"{model.name} makes each query's inputs from the raw image and text: the multi-turn "
                           "benchmark composes from the encoded tables; measure another method")
-    user = simulated_user(ws.dataset)
     gallery_ids = ws.gallery_ids(split)
+    gallery = embed_gallery(model, ws.images, gallery_ids)
+    pos = {g: i for i, g in enumerate(gallery_ids)}
+    calls = iter(range(1, 10**9))
+
+    def search(histories: list[list[Turn]], references: list[str], k: int) -> list[list[str]]:
+        vectors, scoring = _session_vectors(ws, model, [plan(h, mode) for h in histories],
+                                            f"{split}~turn{next(calls)}", text_head)
+        top, scores = ranked_topk(vectors, gallery, k, np.array([pos[r] for r in references], np.int64), scoring)
+        return ranked_ids(top, scores, gallery_ids)
+
+    return simulate(simulated_user(ws.dataset), gallery_ids, search, sessions, turns, shown, seed, start)
+
+
+Search = Callable[[list[list[Turn]], list[str], int], list[list[str]]]
+
+
+def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, turns: int = 10, shown: int = 1,
+             seed: int = 0, start: str = "random") -> Sessions:
+    """``sessions`` simulated sessions over ``gallery_ids``, each with its own target and a random start, at most
+    ``turns`` turns each. ``search(histories, references, k)``: the top ``k`` gallery ids of each running session
+    (its turns so far, the last one new; its current reference, left out), whatever answers it: the bench's encoded
+    tables (:func:`run_sessions`) or the HTTP server (``benchmarks/multi_turn_http.py``). ``start``: ``random``,
+    another gallery image; ``editable``, another gallery image from which the data set's own edits reach the target
+    (EmojiEdit: one of the same emoji; CSS-like: any)."""
+    check_setting(sessions, turns, shown, start)
     if len(gallery_ids) < 2:
-        raise CirlabError(f"split {split!r} has {len(gallery_ids)} encoded images: a session needs two")
+        raise CirlabError(f"the gallery has {len(gallery_ids)} encoded images: a session needs two")
     rng = random.Random(seed)
     targets = [gallery_ids[j] for j in rng.sample(range(len(gallery_ids)), min(sessions, len(gallery_ids)))]
     same: dict = {}
@@ -235,22 +266,16 @@ def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int
     for t, found in zip(targets, answers):
         pool = [g for g in gallery_ids if g not in found and (start == "random" or user.editable(g, t))]
         starts.append(rng.choice(pool or [g for g in gallery_ids if g not in found]))
-    gallery = embed_gallery(model, ws.images, gallery_ids)
-    pos = {g: i for i, g in enumerate(gallery_ids)}
     history: list[list[Turn]] = [[] for _ in targets]
     reference, ranks, edits = list(starts), [[] for _ in targets], []
     active = list(range(len(targets)))
-    for turn in range(1, turns + 1):
+    for _ in range(turns):
         said = []
         for n in active:
             text, kind = user.edit(reference[n], targets[n], rng)
             history[n].append(Turn(None if kind in user.text_only else reference[n], text))
             said.append(kind)
-        vectors, scoring = _session_vectors(ws, model, [plan(history[n], mode) for n in active], f"{split}~turn{turn}",
-                                            text_head)
-        exclude = np.array([pos[reference[n]] for n in active], np.int64)
-        top, scores = ranked_topk(vectors, gallery, max(TOP, shown), exclude, scoring)
-        ids = ranked_ids(top, scores, gallery_ids)
+        ids = search([history[n] for n in active], [reference[n] for n in active], max(TOP, shown))
         hit = first_hits(ids, [answers[n] for n in active])
         for n, row, r, kind in zip(active, ids, hit, said):
             ranks[n].append(float(r))

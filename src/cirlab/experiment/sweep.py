@@ -363,15 +363,15 @@ def reranked_recall(first, second) -> dict[str, float]:
 
 def multi_turn_runs(ws: Workspace, model, split: str, setting: MultiTurn, seed: int,
                     needs_text_head: bool) -> tuple[dict, dict]:
-    """Simulated sessions of ``model`` in each history mode of ``setting`` (the seed's own targets and starts): each
-    mode's summary and its edits left outside the top 10. A user who searches by words alone gets the model's
-    text-to-image head, fitted here on the training images' captions."""
+    """Simulated sessions of ``model`` in each setting (history mode, results shown) of ``setting`` (the seed's own
+    targets and starts): each setting's summary and its edits left outside the top 10. A user who searches by words
+    alone gets the model's text-to-image head, fitted here on the training images' captions."""
     fitted = ws.fit_text_head(model) if needs_text_head else None
     summaries, stuck = {}, {}
-    for mode in setting.modes:
-        got = run_sessions(ws, model, split, setting.sessions, setting.turns, mode, setting.shown, seed,
+    for label, mode, shown in setting.settings():
+        got = run_sessions(ws, model, split, setting.sessions, setting.turns, mode, shown, seed,
                            fitted[0] if fitted else None, setting.start)
-        summaries[mode], stuck[mode] = got.summary(), got.stuck_edits()
+        summaries[label], stuck[label] = got.summary(), got.stuck_edits()
     return summaries, stuck
 
 
