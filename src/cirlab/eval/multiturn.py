@@ -192,6 +192,9 @@ class Sessions:
     ranks: list[list[float]]
     turns: int
     edits: list[tuple[str, float]] = field(default_factory=list)
+    # per session, its target and each turn: the reference it refined from (None: words alone), the text, and the top
+    # ids it got
+    dialogs: list[dict] = field(default_factory=list)
 
     def success(self, within: int) -> list[float]:
         """Per turn T = 1..turns, the share (%) of sessions whose target was within the top ``within`` by turn T."""
@@ -233,23 +236,24 @@ def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int
     pos = {g: i for i, g in enumerate(gallery_ids)}
     calls = iter(range(1, 10**9))
 
-    def search(histories: list[list[Turn]], references: list[str], k: int) -> list[list[str]]:
+    def search(histories: list[list[Turn]], k: int) -> list[list[str]]:
         vectors, scoring = _session_vectors(ws, model, [plan(h, mode) for h in histories],
                                             f"{split}~turn{next(calls)}", text_head)
-        top, scores = ranked_topk(vectors, gallery, k, np.array([pos[r] for r in references], np.int64), scoring)
+        exclude = np.array([pos.get(h[-1].reference, -1) for h in histories], np.int64)  # the turn's reference
+        top, scores = ranked_topk(vectors, gallery, k, exclude, scoring)
         return ranked_ids(top, scores, gallery_ids)
 
     return simulate(simulated_user(ws.dataset), gallery_ids, search, sessions, turns, shown, seed, start)
 
 
-Search = Callable[[list[list[Turn]], list[str], int], list[list[str]]]
+Search = Callable[[list[list[Turn]], int], list[list[str]]]
 
 
 def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, turns: int = 10, shown: int = 1,
              seed: int = 0, start: str = "random") -> Sessions:
     """``sessions`` simulated sessions over ``gallery_ids``, each with its own target and a random start, at most
-    ``turns`` turns each. ``search(histories, references, k)``: the top ``k`` gallery ids of each running session
-    (its turns so far, the last one new; its current reference, left out), whatever answers it: the bench's encoded
+    ``turns`` turns each. ``search(histories, k)``: the top ``k`` gallery ids of each running session (its turns so
+    far, the last one new; that turn's reference left out), whatever answers it: the bench's encoded
     tables (:func:`run_sessions`) or the HTTP server (``benchmarks/multi_turn_http.py``). ``start``: ``random``,
     another gallery image; ``editable``, another gallery image from which the data set's own edits reach the target
     (EmojiEdit: one of the same emoji; CSS-like: any)."""
@@ -268,6 +272,7 @@ def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, 
         starts.append(rng.choice(pool or [g for g in gallery_ids if g not in found]))
     history: list[list[Turn]] = [[] for _ in targets]
     reference, ranks, edits = list(starts), [[] for _ in targets], []
+    dialogs = [{"target": t, "start": s, "turns": []} for t, s in zip(targets, starts)]
     active = list(range(len(targets)))
     for _ in range(turns):
         said = []
@@ -275,18 +280,20 @@ def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, 
             text, kind = user.edit(reference[n], targets[n], rng)
             history[n].append(Turn(None if kind in user.text_only else reference[n], text))
             said.append(kind)
-        ids = search([history[n] for n in active], [reference[n] for n in active], max(TOP, shown))
+        ids = search([history[n] for n in active], max(TOP, shown))
         hit = first_hits(ids, [answers[n] for n in active])
         for n, row, r, kind in zip(active, ids, hit, said):
             ranks[n].append(float(r))
             edits.append((kind, float(r)))
+            dialogs[n]["turns"].append({"reference": history[n][-1].reference, "text": history[n][-1].text,
+                                        "edit": kind, "top": row[:max(3, shown)], "rank": float(r)})
             candidates = [x for x in row[:shown] if x not in answers[n]]
             if candidates:
                 reference[n] = min(candidates, key=lambda x: user.distance(x, targets[n]))
         active = [n for n in active if ranks[n][-1] > 0]
         if not active:
             break
-    return Sessions(ranks, turns, edits)
+    return Sessions(ranks, turns, edits, dialogs)
 
 
 def _session_vectors(ws, model, plans: list[list[Turn]], split: str,
