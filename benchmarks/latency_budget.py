@@ -1,7 +1,7 @@
 """The latency budget of one search at 100k images: a single client's p50 / p99 by kind of query.
 
     .venv/bin/python benchmarks/latency_budget.py [--images 100000] [--requests 300]
-        [--backends 'exact;faiss:HNSW32'] [--model CKPT] [--serve-args "..."]
+        [--backends 'exact;faiss:HNSW32'] [--model CKPT] [--serve-args "..."] [--rerank SPEC]
         [--out benchmarks/results/latency_budget.md]
 
 The gallery is serve_load's (Twemoji PNGs, CC-BY 4.0, Twitter/X and contributors) extended with
@@ -17,7 +17,9 @@ second encoding). For each backend a ``cirlab serve`` process is started, and on
 - ``image_id, repeated text``: as ``image_id``, with texts the server has seen (its text cache).
 
 Every text of the first three kinds is new to the server, so each pays a text encoding. Reported:
-client-side p50 / p90 / p99 in ms, and the server's median stage times from ``Server-Timing``.
+client-side p50 / p90 / p99 in ms, and the server's median stage times from ``Server-Timing``. With ``--rerank``,
+each backend is measured again with that second model reordering the top candidates (``cirlab serve --rerank``): its
+``rerank`` stage is its own query composition; reading and scoring its candidates falls in ``search``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from _report import save_report
 from serve_load import TEXTS, build_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("decode", "queue", "encode", "fuse", "search", "total")
+STAGES = ("decode", "queue", "encode", "fuse", "search", "rerank", "total")
 KINDS = ("upload", "image_id", "text", "image_id, repeated text")
 EDITS = ["make it red", "make it blue", "a green one", "turn it yellow", "in orange", "make it purple",
          "give it a dark skin tone", "with a medium skin tone", "a lighter skin tone", "make it a woman",
@@ -129,6 +131,8 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--serve-args", default="", help="extra 'cirlab serve' arguments, e.g. '--runtime torch'")
+    ap.add_argument("--rerank", default=None, metavar="SPEC",
+                    help="also measure each backend with this re-ranker ('cirlab serve --rerank SPEC'), in the same run")
     ap.add_argument("--work", type=Path, default=ROOT / "data" / "latency_budget")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -143,14 +147,16 @@ def main() -> None:
     uploads = [p.read_bytes() for p in sorted(gallery.glob("*.png"))[::max(1, a.images // 50)][:50]]
     texts = fresh_texts(len(KINDS) * a.requests * len(backends), 0)
     rows = []
-    for spec in backends:
+    for spec, rerank in [(s, r) for s in backends for r in [None] + ([a.rerank] if a.rerank else [])]:
         server, base = start_server(["--index", folders[spec]] + (["--model", a.model] if a.model else [])
-                                    + a.serve_args.split())
+                                    + a.serve_args.split() + (["--rerank", rerank] if rerank else []))
         try:
             info = httpx.get(base + "/info").json()
             ids = [x["id"] for x in httpx.get(base + "/gallery", params={"limit": 100, "random": 1, "seed": 0}).json()["items"]]
             for kind in KINDS:
-                row = {"backend": spec, "gallery": info["index"]["size"], "runtime": info["encoders"]["runtime"],
+                row = {"backend": spec + (f", re-ranked by {info['rerank']['method']} (top "
+                                          f"{info['rerank']['candidates']})" if rerank else ""),
+                       "gallery": info["index"]["size"], "runtime": info["encoders"]["runtime"],
                        **measure(base, kind, a.requests, ids, uploads, texts, a.k)}
                 rows.append(row)
                 print(row, flush=True)
@@ -160,11 +166,12 @@ def main() -> None:
               f"One client, searches one after another, k={a.k}; client-side latency over loopback HTTP, and the "
               "server's median stage times (Server-Timing). Texts are new to the server except in the last kind.\n\n"
               "| backend | gallery | query | requests | p50 ms | p90 ms | p99 ms | decode | encode | fuse | search | "
-              "server total |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+              "rerank | server total |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     for r in rows:
         s = r["server_ms"]
         report += (f"| {r['backend']} | {r['gallery']:,} | {r['kind']} | {r['requests']} | {r['p50_ms']} | {r['p90_ms']} | "
-                   f"{r['p99_ms']} | " + " | ".join(str(s.get(x, "")) for x in ("decode", "encode", "fuse", "search", "total"))
+                   f"{r['p99_ms']} | " + " | ".join(str(s.get(x, "")) for x in ("decode", "encode", "fuse", "search", "rerank",
+                                                                  "total"))
                    + " |\n")
     save_report(report, a.out, {"rows": rows, "images": a.images})
 
