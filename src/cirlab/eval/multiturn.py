@@ -46,12 +46,6 @@ class MultiTurn:
     most ``turns`` each, the user looking at the top ``shown`` (each measured), each session starting as ``start``
     says (:func:`run_sessions`)."""
 
-    def settings(self) -> list[tuple[str, str, int]]:
-        """(label, history mode, shown) of each measured setting: the label is the mode, with the results shown
-        where several counts are measured."""
-        return [(mode if len(self.shown) == 1 else f"{mode}, top {n}", mode, n) for n in self.shown
-                for mode in self.modes]
-
     sessions: int = 200
     turns: int = 10
     shown: tuple[int, ...] = (1,)
@@ -65,6 +59,12 @@ class MultiTurn:
             raise CirlabError("name at least one history mode")
         for mode in self.modes:
             check_mode(mode)
+
+    def settings(self) -> list[tuple[str, str, int]]:
+        """(label, history mode, shown) of each measured setting: the label is the mode, with the results shown
+        where several counts are measured."""
+        return [(mode if len(self.shown) == 1 else f"{mode}, top {n}", mode, n) for n in self.shown
+                for mode in self.modes]
 
 
 def check_setting(sessions: int, turns: int, shown: int, start: str) -> None:
