@@ -131,13 +131,18 @@ def _stage1(a: argparse.Namespace, flags_apply: bool):
     return res
 
 
+def model_path(out: Path) -> Path:
+    """Where ``--out`` puts the stage-2 checkpoint: the file itself (``*.pt``), or ``model.pt`` in the folder."""
+    return out if out.suffix == ".pt" else out / "model.pt"
+
+
 def run(a: argparse.Namespace) -> int:
     """One process, the launcher of ``--nproc`` ranks, or one of the ranks (started by torchrun)."""
     from cirlab.training.parallel import join, launched, leave, run_ranks, without_nproc
 
     if a.nproc != 1 and not launched():
         _data_parallel_stage(a)
-        out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
+        out = model_path(a.out)
         return run_ranks(a.nproc, without_nproc(a.argv), out.with_name(out.stem + "-ranks.log"))
     if not launched():
         return _run(a)
@@ -200,7 +205,7 @@ def _run(a: argparse.Namespace) -> int:
     with main_first(ranks()):  # rank 0 encodes into the feature cache, the others then read it
         ws = Workspace.for_configs(a.data, common.feature_cache(a), a.image_encoder, a.text_encoder, [cfg],
                                    progress=not a.quiet, images=a.images, placement=a.placement)
-    out = a.out / "model.pt" if a.out.suffix != ".pt" else a.out
+    out = model_path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = a.log or out.with_name(out.stem + "-metrics.jsonl")
     state = out.with_name(out.stem + "-state.pt")
