@@ -107,7 +107,7 @@ def databases(a) -> list[dict]:
         exact = build_index("exact", source.dim)
         exact.add(ids, vectors, meta)
         truth = {str(w): exact.search(queries, 10, w)[0] for w in (None, {"part": 1})}
-        for name, template in BACKENDS.items():
+        for name, template in [(n, t) for n, t in BACKENDS.items() if not a.only or n in a.only.split(";")]:
             work = Path(tempfile.mkdtemp(prefix="scale_bench-db-"))
             spec = template.format(work=work)
             start = time.perf_counter()
@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=ROOT / "data" / "latency_budget" / "index-exact",
                     help="the index whose vectors part 2 reads (default: the latency budget's 100k gallery)")
     ap.add_argument("--skip", choices=["engines", "databases"], default=None)
+    ap.add_argument("--only", default=None, metavar="NAMES",
+                    help=f"part 2: only these backends, ';'-separated, of: {'; '.join(BACKENDS)}")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

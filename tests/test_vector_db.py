@@ -55,7 +55,7 @@ def reference(ids, vectors, meta, queries, k, where):
 FILTERS = [{"family": "colour"}, {"family": ["person", "thing"], "tags": "red"}, {"size": 3}, {"flag": True},
            {"size": [1, 2], "family": "person", "tags": ["blue", "green"]}, {"family": "nobody"}]
 SPECS = ["exact", "knn", "kdtree", "faiss:Flat", "faiss:HNSW16", "lsh:bits=64,candidates=20", "kmeans_svm:k=4,probe=1",
-         "qdrant", "qdrant:m=0", "qdrant:path={tmp}/db", "qdrant:local=1"]
+         "qdrant", "qdrant:acorn=0", "qdrant:m=0", "qdrant:path={tmp}/db", "qdrant:local=1"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
