@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,10 @@ PARAPHRASE_COLUMNS = ("original", *PARAPHRASE_SHAPES, "mean", "std", "worst", "w
 
 
 def _mean_std(values: list[float]) -> str:
+    """Mean ± sample std of the finite values ("-" where none is: a mean of turns no session had)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "-"
     if len(values) < 2:
         return f"{values[0]:.1f}"
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
