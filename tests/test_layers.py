@@ -14,12 +14,13 @@ SRC = Path(cirlab.__file__).parent
 LAYERS = {
     "errors": 0,
     "cirlab": 1, "registry": 1, "settings": 1, "files": 1, "images": 1, "config": 1,  # "cirlab": the version
-    "optional": 1, "devices": 1,
+    "optional": 1, "devices": 1, "session": 1,  # session: how a multi-turn session's turns become a query
     "encoders": 2, "index": 2,
     "data": 3, "fusion": 3,
     "checkpoint": 4,
     "eval": 5, "api": 5,  # what scores and what answers queries: neither needs training
     "indexing": 6,  # building and changing a saved index: the one write path (local and Ray engines)
+    "rerank": 6,  # a second model over the first stage's candidates, in an evaluation or beside a pipeline
     "serve": 7,
     "training": 8,
     "experiment": 9,  # where training and evaluation meet: the workspace and the multi-seed sweep
