@@ -19,6 +19,9 @@ from cirlab.session import HISTORY_MODES, MAX_TURNS
 _SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
 _VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
 _PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
+_WORDS = r'"[A-Za-z0-9_.,:/-][A-Za-z0-9 _.,:/-]*"'
+_TURN = rf'\{{ ?"(image_id|text)" ?: ?{_WORDS}( ?, ?"(image_id|text)" ?: ?{_WORDS})? ?\}}'
+HISTORY_PATTERN = rf"^\[ ?({_TURN}( ?, ?{_TURN}){{0,17}})? ?\]$"  # ASCII turns; the server takes any such JSON list
 FILTER_PATTERN = rf"^\{{ ?{_PAIR}( ?, ?{_PAIR})* ?\}}$"  # ASCII filters; the server takes any such JSON object
 
 
@@ -137,6 +140,7 @@ def search_form(service, max_k: int) -> type[_Form]:
         method=(Literal[service.pipe.meta["method"]] | None, Field(None, description="the served method (a server "
                                                                                      "serves one)")),
         history=(str | None, Field(None, max_length=(MAX_TURNS - 1) * (service.max_text_chars + 300),
+                                   pattern=HISTORY_PATTERN,
                                    description='a multi-turn session\'s earlier turns, oldest first, a JSON list: '
                                                '[{"image_id": "...", "text": "..."}, ...] (each with an image_id, a '
                                                f'text or both; at most {MAX_TURNS - 1}); read as history_mode says')),
