@@ -456,8 +456,8 @@ def test_a_session_history_over_http_is_read_as_its_mode_says(served):
     scores = {x["id"]: x["score"] for x in body["results"]}
     assert np.allclose([scores[i] for i in ids], [float(index.vectors[index.row_of[i]] @ (mean / np.linalg.norm(mean)))
                                                   for i in ids], atol=1e-4)  # scored by the mean, not the last turn
-    for history, mode, status, says in [("not json", "last", 422, "JSON list"), ('{"a": 1}', "last", 422, "JSON list"),
-                                        ('[{"where": "x"}]', "mean", 422, "turn 1"), ("[{}]", "mean", 422, "neither"),
+    for history, mode, status, says in [("not json", "last", 422, "history"), ('{"a": 1}', "last", 422, "history"),
+                                        ('[{"where": "x"}]', "mean", 422, "history"), ("[{}]", "mean", 422, "history"),
                                         ("[]", "sideways", 422, "history_mode"),
                                         ('[{"image_id": "nope"}]', "mean", 404, "'nope'")]:
         r = search(base, {**now, "history": history, "history_mode": mode})
