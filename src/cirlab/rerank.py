@@ -56,6 +56,14 @@ class RerankSpec:
             raise CirlabError(f"re-rank candidates must be at least 1, got {candidates}")
         return cls(Path(values["model"]), candidates)
 
+    @classmethod
+    def checked(cls, spec: "RerankSpec | str") -> "RerankSpec":
+        """A spec (parsed from text where it is one) whose checkpoint exists, else a one-line error."""
+        spec = cls.parse(spec) if isinstance(spec, str) else spec
+        if not spec.model.is_file():
+            raise CirlabError(f"re-rank model {spec.model} does not exist; give a checkpoint made by 'cirlab train'")
+        return spec
+
 
 @dataclass
 class Reranker:
@@ -70,9 +78,7 @@ class Reranker:
         """The spec's checkpoint, rebuilt for these encoders (refused in one line when it was trained on others)."""
         from cirlab.checkpoint import load_checkpoint
 
-        spec = RerankSpec.parse(spec) if isinstance(spec, str) else spec
-        if not spec.model.is_file():
-            raise CirlabError(f"re-rank model {spec.model} does not exist; give a checkpoint made by 'cirlab train'")
+        spec = RerankSpec.checked(spec)
         model, meta = load_checkpoint(spec.model, image_encoder, text_encoder)
         return cls(model, spec.candidates, meta.get("method", model.name))
 
@@ -92,9 +98,7 @@ class ServedReranker:
         when trained on others), cache and placement, with its own text-to-image head."""
         from cirlab.api import Pipeline
 
-        spec = RerankSpec.parse(spec) if isinstance(spec, str) else spec
-        if not spec.model.is_file():
-            raise CirlabError(f"re-rank model {spec.model} does not exist; give a checkpoint made by 'cirlab train'")
+        spec = RerankSpec.checked(spec)
         return cls(Pipeline.load(spec.model, beside=first), spec.candidates)
 
     @property

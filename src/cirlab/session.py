@@ -66,3 +66,15 @@ def combine(vectors: Sequence[np.ndarray]) -> np.ndarray:
         return np.asarray(vectors[0], np.float32)
     mean = np.mean(np.stack(vectors).astype(np.float32), axis=0)
     return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def combine_each(vectors: Sequence, sizes: Sequence[int]) -> list:
+    """Each plan's vector from the composed vectors of all plans, in order (``sizes``: each plan's query count):
+    :func:`combine` of its slice, or the first error among its queries where one failed (a server's batch)."""
+    out, at = [], 0
+    for size in sizes:
+        mine = list(vectors[at:at + size])
+        failed = next((v for v in mine if isinstance(v, Exception)), None)
+        out.append(failed if failed is not None else combine(mine))
+        at += size
+    return out

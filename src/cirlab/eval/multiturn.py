@@ -18,6 +18,7 @@ by turn T; the mean number of turns to reach rank 1 (of the sessions that did), 
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk
 from cirlab.eval.metrics import first_hits
 from cirlab.index.scoring import ProductScoring
-from cirlab.session import Turn, check_mode, combine, plan
+from cirlab.session import Turn, check_mode, combine_each, plan
 
 TOP = 10  # the "within the top 10" of the success curves
 STARTS = ("random", "editable")
@@ -234,7 +235,7 @@ def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int
     gallery_ids = ws.gallery_ids(split)
     gallery = embed_gallery(model, ws.images, gallery_ids)
     pos = {g: i for i, g in enumerate(gallery_ids)}
-    calls = iter(range(1, 10**9))
+    calls = itertools.count(1)
 
     def search(histories: list[list[Turn]], k: int) -> list[list[str]]:
         vectors, scoring = _session_vectors(ws, model, [plan(h, mode) for h in histories],
@@ -314,11 +315,7 @@ def _session_vectors(ws, model, plans: list[list[Turn]], split: str,
         vectors[alone] = text_vectors(ws, model, [flat[n].text for n in alone], text_head)
     if all(len(p) == 1 for p in plans) and not alone:
         return vectors, query_rescoring(model, queries, triplets)
-    out, at = [], 0
-    for p in plans:
-        out.append(combine(list(vectors[at:at + len(p)])))
-        at += len(p)
-    return np.stack(out), None
+    return np.stack(combine_each(vectors, [len(p) for p in plans])), None
 
 
 @torch.inference_mode()

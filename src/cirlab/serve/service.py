@@ -38,7 +38,7 @@ from cirlab.index.search import search
 from cirlab.index.store import live_version
 from cirlab.indexing import Change, add_images, remove_images
 from cirlab.serve.batching import MicroBatcher
-from cirlab.session import MAX_TURNS, Turn, check_mode, combine, plan
+from cirlab.session import MAX_TURNS, Turn, check_mode, combine_each, plan
 
 log = logging.getLogger("cirlab.serve")
 
@@ -209,7 +209,7 @@ class SearchService:
             self.refresh()
             parts: dict = {}
             flat = [q for i in items for q in i.queries]
-            vectors = self._per_search(items, self.pipe.compose_many(flat, stages, parts))
+            vectors = combine_each(self.pipe.compose_many(flat, stages, parts), [len(i.queries) for i in items])
             firsts = list(itertools.accumulate([0] + [len(i.queries) for i in items]))[:-1]
             ok = [n for n, v in enumerate(vectors) if not isinstance(v, Exception)]
             second = self._second_vectors(items, flat, stages)
@@ -232,24 +232,12 @@ class SearchService:
         return [(answers[n], stages) if n in answers else
                 self._query_error(it, vectors[n]) for n, it in enumerate(items)]
 
-    @staticmethod
-    def _per_search(items: list[_Search], composed: list) -> list:
-        """Each search's query vector from its queries' composed vectors (in order): its one query's, or its turns'
-        combined (``cirlab.session.combine``); the first error of its queries where one failed."""
-        out, at = [], 0
-        for i in items:
-            mine = composed[at:at + len(i.queries)]
-            failed = next((v for v in mine if isinstance(v, Exception)), None)
-            out.append(failed if failed is not None else combine(mine))
-            at += len(i.queries)
-        return out
-
     def _second_vectors(self, items: list[_Search], flat: list[Query], stages: dict) -> list:
         """The re-ranker's query vector of each search (None: no re-ranker, or it cannot compose that search)."""
         if self.rerank is None:
             return [None] * len(items)
         start = time.perf_counter()
-        second = self._per_search(items, self.rerank.pipe.compose_many(flat))
+        second = combine_each(self.rerank.pipe.compose_many(flat), [len(i.queries) for i in items])
         stages["rerank"] = time.perf_counter() - start
         return [None if isinstance(v, Exception) else v for v in second]
 
