@@ -145,9 +145,10 @@ def main() -> None:
     from cirlab.serve.launch import start_server, stop_server
 
     uploads = [p.read_bytes() for p in sorted(gallery.glob("*.png"))[::max(1, a.images // 50)][:50]]
-    texts = fresh_texts(len(KINDS) * a.requests * len(backends), 0)
+    runs = [(s, r) for s in backends for r in [None] + ([a.rerank] if a.rerank else [])]
+    texts = fresh_texts(len(KINDS) * a.requests * len(runs), 0)  # every measured search a new text
     rows = []
-    for spec, rerank in [(s, r) for s in backends for r in [None] + ([a.rerank] if a.rerank else [])]:
+    for spec, rerank in runs:
         server, base = start_server(["--index", folders[spec]] + (["--model", a.model] if a.model else [])
                                     + a.serve_args.split() + (["--rerank", rerank] if rerank else []))
         try:
