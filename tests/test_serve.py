@@ -428,11 +428,11 @@ def test_a_session_history_over_http_is_read_as_its_mode_says(served):
     pipe = Pipeline.load(model, index_dir.parent / "cache")
     index, _ = load_index(index_dir, pipe.model.embed_dim, pipe.identity)
     images = ds / "images"
-    earlier = [{"image_id": "img1", "text": "make it red"}, {"text": "shape 6"}]
+    earlier = [{"image_id": "img1", "text": "make it red"}, {"text": "shape 6, s'il te plaît"}]  # any characters
     now = {"image_id": "img3", "text": "make it look like shape 5", "k": "6"}
 
     def served_ids(mode):
-        r = search(base, {**now, "history": json.dumps(earlier), "history_mode": mode})
+        r = search(base, {**now, "history": json.dumps(earlier, ensure_ascii=False), "history_mode": mode})
         assert r.status_code == 200, r.text
         assert r.json()["query"]["history"] == 2 and r.json()["query"]["history_mode"] == mode
         return r.json(), [x["id"] for x in r.json()["results"]]
@@ -444,12 +444,12 @@ def test_a_session_history_over_http_is_read_as_its_mode_says(served):
     assert ids == [x["id"] for x in search(base, now).json()["results"]] == local_ids(
         pipe.compose(images / "img3.png", now["text"]))
     body, ids = served_ids("text")
-    joined = JOIN.join(["make it red", "shape 6", now["text"]])
+    joined = JOIN.join(["make it red", earlier[1]["text"], now["text"]])
     assert body["query"]["searched"] == [{"image": True, "text": joined}]
     assert ids == local_ids(pipe.compose(images / "img3.png", joined))
     body, ids = served_ids("mean")
     assert [q["image"] for q in body["query"]["searched"]] == [True, False, True]
-    parts = [pipe.compose(images / "img1.png", "make it red"), pipe.compose(None, "shape 6"),
+    parts = [pipe.compose(images / "img1.png", "make it red"), pipe.compose(None, earlier[1]["text"]),
              pipe.compose(images / "img3.png", now["text"])]
     mean = np.mean(parts, axis=0)
     assert ids == local_ids(mean / np.linalg.norm(mean))

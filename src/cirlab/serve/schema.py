@@ -19,9 +19,9 @@ from cirlab.session import HISTORY_MODES, MAX_TURNS
 _SCALAR = r'("[A-Za-z0-9 _.:/-]*"|0|-?[1-9][0-9]{0,8}|true|false)'
 _VALUE = rf"({_SCALAR}|\[ ?{_SCALAR}( ?, ?{_SCALAR})* ?\])"
 _PAIR = rf'"[A-Za-z_][A-Za-z0-9_.-]*" ?: ?{_VALUE}'
-_WORDS = r'"[A-Za-z0-9_.,:/-][A-Za-z0-9 _.,:/-]*"'
+_WORDS = r'"[^"\\\s\x00-\x1f][^"\\\x00-\x1f]*"'  # any JSON string without escapes that says something
 _TURN = rf'\{{ ?"(image_id|text)" ?: ?{_WORDS}( ?, ?"(image_id|text)" ?: ?{_WORDS})? ?\}}'
-HISTORY_PATTERN = rf"^\[ ?({_TURN}( ?, ?{_TURN}){{0,17}})? ?\]$"  # ASCII turns; the server takes any such JSON list
+HISTORY_PATTERN = rf"^\[ ?({_TURN}( ?, ?{_TURN}){{0,17}})? ?\]$"  # the server takes any such JSON list
 FILTER_PATTERN = rf"^\{{ ?{_PAIR}( ?, ?{_PAIR})* ?\}}$"  # ASCII filters; the server takes any such JSON object
 
 
