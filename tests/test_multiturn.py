@@ -45,7 +45,7 @@ def test_the_css_user_says_the_one_edit_between_two_scenes(target, kind, texts):
 
 def test_the_css_user_picks_among_every_difference_and_refuses_none():
     user = CssUser(SCENES)
-    assert user.distance("recoloured", "more") == 2  # colour back + one object added
+    assert user.distance("recoloured", "more") == 2 == user.steps("recoloured", "more")  # colour back + one added
     kinds = {user.edit("recoloured", "more", random.Random(seed))[1] for seed in range(40)}
     assert kinds == {"change-colour", "add"}
     with pytest.raises(CirlabError, match="same scene"):
@@ -65,6 +65,7 @@ def test_the_emoji_user_names_the_factor_or_searches_for_the_emoji():
     said = {user.edit("a", "c", random.Random(seed)) for seed in range(20)}
     assert said == {("person in manual wheelchair", "emoji")} and "emoji" in user.text_only
     assert not user.editable("a", "c") and user.distance("a", "c") > user.distance("a", "b")
+    assert user.steps("a", "b") == 1 and user.steps("a", "c") == 3  # the emoji by words, then gender and tone
     assert user.key("a") == user.key("d")  # the user cannot tell them apart: either is its target
 
 

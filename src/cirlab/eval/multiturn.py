@@ -109,6 +109,12 @@ class EmojiUser:
         x, y = self.attrs[a], self.attrs[b]
         return len(FACTORS) * (x.get("base") != y.get("base")) + sum(x.get(f) != y.get(f) for f in FACTORS)
 
+    def steps(self, a: str, b: str) -> int:
+        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one for another emoji (by
+        words), one per differing factor."""
+        x, y = self.attrs[a], self.attrs[b]
+        return (x.get("base") != y.get("base")) + sum(x.get(f) != y.get(f) for f in FACTORS)
+
     def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
         """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
         by words alone (:attr:`text_only`)."""
@@ -150,6 +156,10 @@ class CssUser:
         return sum(1 if (c in x) != (c in y) else
                    sum(getattr(x[c], k) != getattr(y[c], k) for k in ("colour", "size", "shape"))
                    for c in set(x) | set(y))
+
+    def steps(self, a: str, b: str) -> int:
+        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one an edit."""
+        return self.distance(a, b)
 
     def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
         x, y = self.scenes[current], self.scenes[target]
@@ -259,18 +269,8 @@ def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, 
     another gallery image; ``editable``, another gallery image from which the data set's own edits reach the target
     (EmojiEdit: one of the same emoji; CSS-like: any)."""
     check_setting(sessions, turns, shown, start)
-    if len(gallery_ids) < 2:
-        raise CirlabError(f"the gallery has {len(gallery_ids)} encoded images: a session needs two")
     rng = random.Random(seed)
-    targets = [gallery_ids[j] for j in rng.sample(range(len(gallery_ids)), min(sessions, len(gallery_ids)))]
-    same: dict = {}
-    for g in gallery_ids:
-        same.setdefault(user.key(g), []).append(g)
-    answers = [same[user.key(t)] for t in targets]  # every image the user cannot tell from its target
-    starts = []
-    for t, found in zip(targets, answers):
-        pool = [g for g in gallery_ids if g not in found and (start == "random" or user.editable(g, t))]
-        starts.append(rng.choice(pool or [g for g in gallery_ids if g not in found]))
+    targets, answers, starts = draw_sessions(user, gallery_ids, sessions, rng, start)
     history: list[list[Turn]] = [[] for _ in targets]
     reference, ranks, edits = list(starts), [[] for _ in targets], []
     dialogs = [{"target": t, "start": s, "turns": []} for t, s in zip(targets, starts)]
@@ -295,6 +295,24 @@ def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, 
         if not active:
             break
     return Sessions(ranks, turns, edits, dialogs)
+
+
+def draw_sessions(user, gallery_ids: list[str], sessions: int, rng: random.Random,
+                  start: str = "random") -> tuple[list[str], list[list[str]], list[str]]:
+    """Each session's target, the images the user cannot tell from it (its answers), and its start, drawn from
+    ``rng`` as :func:`simulate` draws them (the same seed gives the same sessions)."""
+    if len(gallery_ids) < 2:
+        raise CirlabError(f"the gallery has {len(gallery_ids)} encoded images: a session needs two")
+    targets = [gallery_ids[j] for j in rng.sample(range(len(gallery_ids)), min(sessions, len(gallery_ids)))]
+    same: dict = {}
+    for g in gallery_ids:
+        same.setdefault(user.key(g), []).append(g)
+    answers = [same[user.key(t)] for t in targets]  # every image the user cannot tell from its target
+    starts = []
+    for t, found in zip(targets, answers):
+        pool = [g for g in gallery_ids if g not in found and (start == "random" or user.editable(g, t))]
+        starts.append(rng.choice(pool or [g for g in gallery_ids if g not in found]))
+    return targets, answers, starts
 
 
 def _session_vectors(ws, model, plans: list[list[Turn]], split: str,
