@@ -105,15 +105,20 @@ class EmojiUser:
         """Whether the data set's own edits lead from ``a`` to ``b``: the same emoji."""
         return self.attrs[a].get("base") == self.attrs[b].get("base")
 
-    def distance(self, a: str, b: str) -> int:
+    def differences(self, a: str, b: str) -> tuple[bool, int]:
+        """Whether ``a`` and ``b`` are other emoji, and how many of their factors differ."""
         x, y = self.attrs[a], self.attrs[b]
-        return len(FACTORS) * (x.get("base") != y.get("base")) + sum(x.get(f) != y.get(f) for f in FACTORS)
+        return x.get("base") != y.get("base"), sum(x.get(f) != y.get(f) for f in FACTORS)
+
+    def distance(self, a: str, b: str) -> int:
+        other, factors = self.differences(a, b)
+        return len(FACTORS) * other + factors
 
     def steps(self, a: str, b: str) -> int:
         """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one for another emoji (by
         words), one per differing factor."""
-        x, y = self.attrs[a], self.attrs[b]
-        return (x.get("base") != y.get("base")) + sum(x.get(f) != y.get(f) for f in FACTORS)
+        other, factors = self.differences(a, b)
+        return other + factors
 
     def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
         """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
