@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from cirlab.cli import common
-from cirlab.files import atomic_write_text
 
 
 def add_parser(sub) -> None:
@@ -80,9 +78,7 @@ def run(a: argparse.Namespace) -> int:
                        placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases,
                        multi_turn=multi_turn, rerank=RerankSpec.parse(a.rerank) if a.rerank else None)
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
-    atomic_write_text(Path(a.out) / f"{name}.runs.json", json.dumps(result.to_dict(), indent=1))  # before any table
-    path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
-    (Path(a.out) / f"{name}.runs.json").unlink()
+    path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))  # runs first
     print(result.table())
     for heading, table in result.sections():
         print(f"\n{heading}:\n{table}")

@@ -402,9 +402,11 @@ def top1_carries(ev, records: dict[str, dict]) -> dict[str, float]:
 
 
 def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str) -> Path:
-    """``<name>.md`` (the command, the setting, the table) and ``<name>.json`` (every run) in ``out_dir``."""
+    """``<name>.json`` (every run, written first: a table that fails loses no run) and ``<name>.md`` (the command,
+    the setting, the tables) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(result.to_dict(), indent=1))
     md = out_dir / f"{name}.md"
     text = (f"# cirlab bench: {result.dataset} ({result.split} split)\n\n"
             f"Command: `{command}`\n\n"
@@ -421,7 +423,6 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
     if plot is not None:
         text += f"\nSuccess against turns: [{plot.name}]({plot.name})\n"
     atomic_write_text(md, text)
-    atomic_write_text(out_dir / f"{name}.json", json.dumps(result.to_dict(), indent=1))
     return md
 
 
