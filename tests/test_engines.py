@@ -67,10 +67,12 @@ def test_a_local_build_resumes_and_a_changed_build_starts_over(gallery, served, 
     assert "resumed: 237 images were already in" in build(gallery, tmp_path / "ix", model)
     after, _ = load_index(tmp_path / "ix")
     assert after.ids == before.ids and np.array_equal(np.asarray(after.vectors), np.asarray(before.vectors))
+    (emb / "img_emb" / "img_emb_notes.npy").write_bytes(b"a user's file among the shards\n")
     r = subprocess.run([sys.executable, "-m", "cirlab.cli", "index", "build", str(gallery), "--out", str(tmp_path / "ix"),
                         "--quiet", "--model", str(model), "--shard-size", "100"], capture_output=True, text=True)
     assert r.returncode == 0 and "resumed" not in r.stdout  # another shard size: a new build
-    assert len(list((emb / "img_emb").glob("*.npy"))) == 4
+    assert len(list((emb / "img_emb").glob("img_emb_0*.npy"))) == 4  # the old shards went, the user's file did not
+    assert (emb / "img_emb" / "img_emb_notes.npy").read_bytes() == b"a user's file among the shards\n"
 
 
 def test_a_missing_ray_is_one_line_naming_the_extra(monkeypatch):

@@ -124,14 +124,77 @@ def test_qdrant_edge_on_disk_persists_reuses_its_shard_and_refills_a_stale_one(r
     again.close()
 
 
-def test_qdrant_edge_refuses_to_replace_a_folder_of_other_files(rows, tmp_path):
+def _edge_names(shard):  # a user's folder whose entries carry Qdrant Edge's file names
+    (shard / "segments").mkdir(parents=True)
+    (shard / "segments" / "mine.txt").write_bytes(b"my notes\x00\xff\n")
+    (shard / "wal").write_bytes(b"my own wal\n")
+
+
+def _lone_config(shard):
+    shard.mkdir(parents=True)
+    (shard / "edge_config.json").write_bytes(b'{"mine": true}\n')
+
+
+def _a_file(shard):
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"a user's file where the shard folder would be\n")
+
+
+def _a_symlink(shard):
+    (shard.parent / "elsewhere").mkdir(parents=True)
+    (shard.parent / "elsewhere" / "keep.txt").write_bytes(b"behind the link\n")
+    shard.symlink_to(shard.parent / "elsewhere")
+
+
+def _path_is_a_file(shard):
+    shard.parent.parent.mkdir(parents=True, exist_ok=True)
+    shard.parent.write_bytes(b"path= names this file\n")
+
+
+def _other_files(shard):
+    shard.mkdir(parents=True)
+    (shard / "photo.jpg").write_bytes(b"not a shard")
+
+
+def _files_of(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("place,says", [(_edge_names, "not a shard cirlab made"),
+                                        (_lone_config, "not a shard cirlab made"),
+                                        (_a_file, "is a file, not a folder"),
+                                        (_a_symlink, "is a symbolic link, not a folder"),
+                                        (_path_is_a_file, "is a file, not a folder"),
+                                        (_other_files, "not a shard cirlab made")])
+def test_qdrant_edge_replaces_only_a_shard_it_made_and_the_users_files_survive_byte_for_byte(place, says, rows,
+                                                                                              tmp_path):
     ids, vectors, meta, _ = rows
-    (tmp_path / "db" / "cirlab").mkdir(parents=True)
-    (tmp_path / "db" / "cirlab" / "photo.jpg").write_bytes(b"not a shard")
+    place(tmp_path / "db" / "cirlab")
+    before = _files_of(tmp_path)
+    assert before
     with pytest.raises(CirlabError) as e:
         build_index(f"qdrant:path={tmp_path}/db", 24).add(ids[:5], vectors[:5], meta[:5])
-    assert "not a Qdrant Edge shard" in str(e.value) and "\n" not in str(e.value)
-    assert (tmp_path / "db" / "cirlab" / "photo.jpg").exists()
+    assert says in str(e.value) and "\n" not in str(e.value)
+    assert _files_of(tmp_path) == before
+
+
+def test_a_shard_cirlab_made_is_marked_replaced_in_place_and_refused_once_it_holds_a_users_file(rows, tmp_path):
+    from cirlab.index.qdrant import MARKER
+
+    ids, vectors, meta, queries = rows
+    index = build_index(f"qdrant:path={tmp_path}/db", 24)
+    index.add(ids[:5], vectors[:5], meta[:5])
+    index.close()
+    shard = tmp_path / "db" / "cirlab"
+    assert (shard / MARKER).is_file() and (shard / "edge_config.json").is_file()
+    again = build_index(f"qdrant:path={tmp_path}/db", 24)  # a rebuild replaces cirlab's own shard
+    again.add(ids[5:9], vectors[5:9], meta[5:9])
+    assert again.engine.count() == 4 and (shard / MARKER).is_file()
+    again.close()
+    (shard / "notes.txt").write_bytes(b"mine\n")
+    with pytest.raises(CirlabError) as e:
+        build_index(f"qdrant:path={tmp_path}/db", 24).add(ids[:5], vectors[:5], meta[:5])
+    assert "notes.txt" in str(e.value) and (shard / "notes.txt").read_bytes() == b"mine\n"
 
 
 @pytest.mark.parametrize("spec,says", [("qdrant:path={tmp}/db", "one process at a time"),

@@ -75,9 +75,10 @@ def _start(folder: Path, pipe, gallery: Gallery, size: int) -> int:
     except (OSError, json.JSONDecodeError):
         same = False
     if not same:
-        for sub in ("img_emb", "metadata", "failed"):
-            for old in (folder / sub).glob("*"):
-                old.unlink()
+        for sub, ext in (("img_emb", "npy"), ("metadata", "parquet"), ("failed", "json")):
+            for old in (folder / sub).glob(f"{sub}_*.{ext}"):
+                if old.stem[len(sub) + 1:].isdigit():  # only a shard's own files, never another file put there
+                    old.unlink()
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return _shard_count(len(gallery), size)
 

@@ -24,6 +24,7 @@ the engine filters during the search.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,13 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cirlab import __version__
 from cirlab.errors import CirlabError
+from cirlab.files import atomic_write_text
 from cirlab.index.base import BaseIndex, index_backends
 from cirlab.optional import need
 
 _NAMESPACE = uuid.UUID("5c1d7a3e-8a4b-4f43-9d7e-6c1a2b3c4d5e")
 _BATCH = 512
 _EDGE_FILES = {"edge_config.json", "segments", "temp_segments", "wal"}  # what an Edge shard's folder holds
+MARKER = "cirlab-shard.json"  # written by cirlab into a shard folder it makes: the only proof a folder is cirlab's
+_MARKER_FORMAT = "cirlab-qdrant-edge-shard"
 
 
 def _flag(value: str) -> bool:
@@ -110,7 +115,41 @@ class _Edge:
             raise CirlabError(f"qdrant: cannot open {self.folder}: {text}") from None
 
     def exists(self) -> bool:
-        return (self.folder / "edge_config.json").exists()
+        """A shard cirlab made is here: the folder is a real folder that holds cirlab's marker (file names prove
+        nothing: a user's folder may hold a ``wal`` or an ``edge_config.json`` of its own)."""
+        return self._marked()
+
+    def _marked(self) -> bool:
+        try:
+            record = json.loads((self.folder / MARKER).read_text())
+        except (OSError, ValueError):
+            return False
+        return not self.folder.is_symlink() and isinstance(record, dict) and record.get("format") == _MARKER_FORMAT
+
+    def _check_place(self) -> None:
+        """Refuse, in one line, a shard folder that cirlab must not replace: a file or a symbolic link where the
+        folder should be, a folder without cirlab's marker that is not empty, or a marked one that holds more than a
+        shard's own files. Nothing is removed before this passes."""
+        folder = self.folder
+        for place in (folder, *folder.parents):
+            linked = place == folder and place.is_symlink()  # a link's target is not ours to replace
+            if linked or place.exists() and not place.is_dir():
+                what = "a symbolic link" if linked else "a file"
+                raise CirlabError(f"qdrant: {place} is {what}, not a folder: cirlab keeps the shard in the folder "
+                                  f"{folder} and will not replace {what}; move it away or give path= another folder")
+        if not folder.exists():
+            return
+        entries = sorted(p.name for p in folder.iterdir())
+        if entries and not self._marked():
+            raise CirlabError(f"qdrant: {folder} is not empty and has no {MARKER}, so it is not a shard cirlab made "
+                              f"({entries[0]}, ...): cirlab replaces only its own shards; give path= a new or empty "
+                              "folder (or collection= another name), or remove the folder yourself if it is yours to "
+                              "remove")
+        stray = sorted(set(entries) - _EDGE_FILES - {MARKER})
+        if stray:
+            raise CirlabError(f"qdrant: {folder} holds files that are not a Qdrant Edge shard's ({stray[0]}, ...): "
+                              "cirlab replaces only a folder of its own shard; move them away or give path= another "
+                              "folder")
 
     def open(self) -> None:
         if self.shard is None:
@@ -118,22 +157,29 @@ class _Edge:
             self.fields = set(self.shard.info().payload_schema)
 
     def create(self) -> None:
-        """An empty shard, replacing one that is there (only a shard's own files: never a folder of other things)."""
+        """An empty shard, replacing one cirlab made here (:meth:`_check_place`: never a folder of anything else)."""
+        self._check_place()
         if self.shard is None and self.exists():
             self.open()  # a shard another process holds is refused here, before anything of it is removed
         self.close()
-        if self.folder.exists():
-            stray = {p.name for p in self.folder.iterdir()} - _EDGE_FILES
-            if stray:
-                raise CirlabError(f"qdrant: {self.folder} holds files that are not a Qdrant Edge shard's "
-                                  f"({sorted(stray)[0]}, ...): give path= an empty folder or one cirlab made")
-            shutil.rmtree(self.folder)
+        for name in sorted(_EDGE_FILES):  # only the shard's own entries; the marker stays
+            entry = self.folder / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
         qe = self.qe
         hnsw = qe.HnswIndexConfig(m=self.m or 16, ef_construct=100, full_scan_threshold=10_000)
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine),
                                hnsw_config=hnsw, optimizers=qe.EdgeOptimizersConfig(
                                    indexing_threshold=1 if self.m else 2 ** 31 - 1))
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.folder / MARKER, json.dumps(
+                {"format": _MARKER_FORMAT, "version": 1, "dim": self.dim, "cirlab_version": __version__}) + "\n")
+        except OSError as e:
+            raise CirlabError(f"qdrant: cannot make the shard folder {self.folder} ({e.strerror or e}): give path= a "
+                              "folder you can write") from None
         self._open(lambda: qe.EdgeShard.create(str(self.folder), config))
         self.fields = set()
 
