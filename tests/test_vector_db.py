@@ -214,6 +214,24 @@ def test_a_second_process_on_the_same_qdrant_folder_gets_one_line(spec, says, ro
     index.close()
 
 
+def test_index_verify_and_info_on_an_index_another_process_holds_say_in_use_and_exit_3(rows, tmp_path):
+    ids, vectors, meta, _ = rows
+    index = build_index(f"qdrant:path={tmp_path}/db", 24)
+    index.add(ids[:20], vectors[:20], meta[:20])
+    save_index(index, tmp_path / "ix")  # this process holds the shard, as a server would
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cirlab.cli", "index", *args, str(tmp_path / "ix")],
+                              capture_output=True, text=True)
+
+    for action in ("verify", "info"):
+        r = cli(action)
+        assert r.returncode == 3, (action, r.stdout, r.stderr[-500:])
+        assert "in use by another process" in r.stdout and "every file matches" in r.stdout and not r.stderr
+    index.close()
+    assert cli("verify").returncode == 0 and cli("info").returncode == 0
+
+
 def test_an_unreachable_qdrant_server_is_one_line(rows, tmp_path):
     from conftest import free_port
 

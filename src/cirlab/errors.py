@@ -1,5 +1,15 @@
-"""The one exception type for user mistakes: the CLI prints its message on one line and exits 2."""
+"""The exception types for user mistakes: the CLI prints the message on one line and exits with the error's
+``exit_code`` (2, or 3 for an index in use by another process)."""
 
 
 class CirlabError(Exception):
     """A user-facing error: the message says what was wrong and what to do about it."""
+
+    exit_code = 2
+
+
+class InUse(CirlabError):
+    """A resource that one process at a time may open (a Qdrant Edge shard, a local-mode folder) is open in another:
+    nothing is wrong with it. Exit code 3, apart from 1 (damaged) and 2 (a mistake)."""
+
+    exit_code = 3

@@ -1,6 +1,9 @@
 """The one command line: ``cirlab COMMAND``. Each command is a module of this package with an
 ``add_parser`` and a ``run``: a thin call into the library, as clip-retrieval's commands are. User
-mistakes print one line (``cirlab: error: ...``) and exit 2."""
+mistakes print one line (``cirlab: error: ...``) and exit 2.
+
+Exit codes: 0 done; 1 ``index verify`` / ``index info`` found the index damaged; 2 a mistake to mend (the line
+says what); 3 the index (its Qdrant shard) is in use by another process, not damaged; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CirlabError as e:
         print(f"cirlab: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("cirlab: interrupted", file=sys.stderr)
         return 130

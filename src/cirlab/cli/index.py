@@ -39,23 +39,23 @@ def add_parser(sub) -> None:
     ii = isub.add_parser("info", help="number of vectors, dimension, backend, model, and an integrity check")
     ii.add_argument("dir", type=Path, help="index folder")
     iv = isub.add_parser("verify", help="check every file of the live version against the manifest's sizes and "
-                                        "checksums; exit 1 if the index is damaged")
+                                        "checksums; exit 1 if the index is damaged, 3 if another process holds it")
     iv.add_argument("dir", type=Path, help="index folder")
     ix.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
-    from cirlab.index import describe_index, verify_index
+    from cirlab.index import check_index, describe_index
     from cirlab.indexing import add_images, build_gallery_index, gallery_ids, remove_images
 
-    if a.action == "verify":
-        problems = verify_index(a.dir)
-        print("\n".join(problems) if problems else f"{a.dir}: sound (every file matches its size and checksum)")
-        return 1 if problems else 0
+    if a.action == "verify":  # exit 0 sound, 1 damaged, 3 in use by another process (cirlab.cli's codes)
+        integrity = check_index(a.dir)
+        print("\n".join(integrity.problems) if integrity.problems else f"{a.dir}: {integrity.line()}")
+        return integrity.exit_code
     if a.action == "info":
-        text, problems = describe_index(a.dir)
+        text, integrity = describe_index(a.dir)
         print(text)
-        return 1 if problems else 0
+        return integrity.exit_code
     if a.action == "remove":
         change = remove_images(a.dir, a.ids)
         print(f"removed {change.removed} of {len(a.ids)} id(s); {change.total} vectors remain")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cirlab import __version__
-from cirlab.errors import CirlabError
+from cirlab.errors import CirlabError, InUse
 from cirlab.files import atomic_write_text
 from cirlab.index.base import BaseIndex, index_backends
 from cirlab.optional import need
@@ -109,7 +109,7 @@ class _Edge:
         except Exception as e:  # the engine raises one Exception type; the lock is the usual cause
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "WouldBlock" in text or "lock" in text.lower():
-                raise CirlabError(f"qdrant: {self.folder} is open in another process (a Qdrant Edge shard opens in "
+                raise InUse(f"qdrant: {self.folder} is in use by another process (a Qdrant Edge shard opens in "
                                   "one process at a time): close it there, or serve the index from a Qdrant server "
                                   "(url=...) to share it") from None
             raise CirlabError(f"qdrant: cannot open {self.folder}: {text}") from None
@@ -143,8 +143,8 @@ class _Edge:
         if entries and not self._marked():
             raise CirlabError(f"qdrant: {folder} is not empty and has no {MARKER}, so it is not a shard cirlab made "
                               f"({entries[0]}, ...): cirlab replaces only its own shards; give path= a new or empty "
-                              "folder (or collection= another name), or remove the folder yourself if it is yours to "
-                              "remove")
+                              "folder (or collection= another name); if it is a shard of an earlier cirlab, remove it "
+                              "yourself and the index refills it")
         stray = sorted(set(entries) - _EDGE_FILES - {MARKER})
         if stray:
             raise CirlabError(f"qdrant: {folder} holds files that are not a Qdrant Edge shard's ({stray[0]}, ...): "
@@ -266,7 +266,8 @@ class _Client:
             else:
                 self.client = QdrantClient(path=self.path) if self.path else QdrantClient(location=":memory:")
         except (RuntimeError, ValueError) as e:  # local mode: the folder is open in another process
-            raise CirlabError(f"qdrant: cannot open {self.where()}: {str(e).splitlines()[0]} (local mode allows one "
+            raise InUse(f"qdrant: cannot open {self.where()}, in use by another process: {str(e).splitlines()[0]} "
+                        "(local mode allows one "
                               "process; use a Qdrant server, url=..., to share an index)") from None
 
     def exists(self) -> bool:

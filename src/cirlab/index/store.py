@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cirlab import __version__
-from cirlab.errors import CirlabError
+from cirlab.errors import CirlabError, InUse
 from cirlab.files import atomic_write_text
 from cirlab.index.base import BaseIndex, build_index
 
@@ -290,14 +291,43 @@ def _read_files(folder: Path, version: Path, manifest: dict) -> BaseIndex:
     return index
 
 
+@dataclass(frozen=True)
+class Integrity:
+    """What checking an index found: its problems (none: sound), or, its files sound, that its engine (a Qdrant Edge
+    shard) is in use by another process, so it could not be opened to check it; exit codes 0, 1, 3."""
+
+    problems: list[str]
+    in_use: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems else 3 if self.in_use else 0
+
+    def line(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems)
+        if self.in_use:
+            return f"every file matches its size and checksum, but {self.in_use}"
+        return "sound (every file matches its size and checksum)"
+
+
 def verify_index(folder: str | Path) -> list[str]:
     """Every problem of the live version (empty: sound): files missing or of the wrong size or
-    checksum, unreadable arrays, counts that disagree with the manifest."""
+    checksum, unreadable arrays, counts that disagree with the manifest. An index in use by another
+    process (:class:`~cirlab.errors.InUse`, raised) is not damaged: see :func:`check_index`."""
+    integrity = check_index(folder)
+    if integrity.in_use:
+        raise InUse(f"{folder}: {integrity.in_use}")
+    return integrity.problems
+
+
+def check_index(folder: str | Path) -> Integrity:
+    """:func:`verify_index`'s checks, telling a damaged index from one whose engine another process holds."""
     folder = Path(folder)
     try:
         manifest, version = read_manifest(folder)
     except DamagedIndex as e:
-        return [str(e)]
+        return Integrity([str(e)])
     problems = []
     files = manifest.get("files")
     if not files:
@@ -315,20 +345,25 @@ def verify_index(folder: str | Path) -> list[str]:
     if not problems:
         try:
             _load_version(folder, version, manifest, None, None)
+        except InUse as e:
+            return Integrity([], f"it is in use by another process, so it was not opened ({e})")
         except CirlabError as e:
             problems.append(str(e))
-    return problems
+    return Integrity(problems)
 
 
-def describe_index(folder: str | Path) -> tuple[str, list[str]]:
-    """``cirlab index info``: the live version's size, backend, model and integrity, as text; and the
-    integrity problems (empty for a sound index)."""
-    problems = verify_index(folder)
-    manifest, version = read_manifest(folder)
+def describe_index(folder: str | Path) -> tuple[str, Integrity]:
+    """``cirlab index info``: the live version's size, backend, model and integrity, as text; and what the
+    integrity check found (:func:`check_index`)."""
+    integrity = check_index(folder)
+    try:
+        manifest, version = read_manifest(folder)
+    except DamagedIndex:
+        return f"integrity  {integrity.line()}", integrity
     model = manifest.get("model", {})
     text = (f"vectors    {manifest['count']}\ndimension  {manifest['dim']}\nbackend    {manifest['backend']}\n"
             f"metric     {manifest.get('metric', '?')}\nmodel      {model.get('fusion', '?')}\n"
             f"encoders   {model.get('image_encoder', '?')} + {model.get('text_encoder', '?')}\n"
             f"gallery    {model.get('gallery', '?')}\nversion    {version.name} (cirlab {manifest.get('cirlab_version')})\n"
-            f"integrity  {'; '.join(problems) if problems else 'sound'}")
-    return text, problems
+            f"integrity  {integrity.line()}")
+    return text, integrity
