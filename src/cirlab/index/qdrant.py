@@ -267,8 +267,7 @@ class _Client:
                 self.client = QdrantClient(path=self.path) if self.path else QdrantClient(location=":memory:")
         except (RuntimeError, ValueError) as e:  # local mode: the folder is open in another process
             raise InUse(f"qdrant: cannot open {self.where()}, in use by another process: {str(e).splitlines()[0]} "
-                        "(local mode allows one "
-                              "process; use a Qdrant server, url=..., to share an index)") from None
+                        "(local mode allows one process; use a Qdrant server, url=..., to share an index)") from None
 
     def exists(self) -> bool:
         self.open()
