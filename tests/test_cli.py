@@ -69,6 +69,34 @@ def test_search_errors_are_one_line(tmp_path, untrained_model):
                               home=tmp_path), "not a readable cirlab checkpoint")
 
 
+@pytest.mark.parametrize("damage,says", [(lambda m: m.pop("image_encoder"), "lacks 'image_encoder'"),
+                                         (lambda m: m.update(text_encoder="minilm"), "holds a str for 'text_encoder'"),
+                                         (lambda m: m["image_encoder"].pop("id"), "lacks its 'id'"),
+                                         (lambda m: m.update(method="bogus"), "method 'bogus' is not one")])
+def test_a_checkpoint_with_missing_or_foreign_metadata_is_refused_alike_by_model_and_rerank(damage, says, tmp_path,
+                                                                                           untrained_model):
+    gallery = tmp_path / "g"
+    imgs = make_images(gallery, n=3)
+    ckpt = torch.load(untrained_model, weights_only=False)
+    damage(ckpt["meta"])
+    torch.save(ckpt, tmp_path / "odd.pt")
+    search = ("search", "--gallery", gallery, "--image", imgs[0], "--text", "red")
+    assert_one_line_error(run(*search, "--model", tmp_path / "odd.pt", home=tmp_path), says)
+    assert_one_line_error(run(*search, "--model", untrained_model, "--rerank", tmp_path / "odd.pt", home=tmp_path),
+                          says)
+
+
+def test_rerank_refuses_an_empty_spec_and_keeps_k_below_its_candidates(tmp_path, untrained_model):
+    gallery = tmp_path / "g"
+    imgs = make_images(gallery, n=4)
+    search = ("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", "--model", untrained_model)
+    assert_one_line_error(run(*search, "--rerank", "", home=tmp_path), "--rerank is empty")
+    res = run(*search, "-k", "3", "--json", "--rerank", f"model={untrained_model},candidates=1", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)["results"]) == 3
+    assert res.stderr.count("candidates=1 is below -k 3, so it is raised to k") == 1
+
+
 def test_search_skips_unreadable_gallery_files(tmp_path, untrained_model):
     gallery = tmp_path / "g"
     imgs = make_images(gallery, n=5)

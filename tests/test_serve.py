@@ -496,6 +496,17 @@ def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, 
     assert reordered  # the second model's order is not the first's
     text_only = dict(text="shape 4", k=5)
     assert service.search(**text_only)["results"] == plain.search(**text_only)["results"]
+    assert [h.id for h in pipe.search(index, None, "shape 4", 5, rerank=rerank)] == \
+        [x["id"] for x in plain.search(**text_only)["results"]]  # the API keeps the first order too
     assert service.info()["rerank"] == {"method": "combiner", "checkpoint": "second.pt", "candidates": 6}
-    service.close()
-    plain.close()
+    # fewer candidates than k: the second model reorders the k asked for, never shortening the answer
+    few = ServedReranker.load(f"model={tmp_path / 'second.pt'},candidates=2", pipe)
+    short = SearchService(pipe, index_dir, batch_window_ms=0, rerank=few)
+    q = dict(text="make it look like shape 3", image_id="img1", k=6)
+    got = [x["id"] for x in short.search(**q)["results"]]
+    assert len(got) == 6 and set(got) == {x["id"] for x in plain.search(**q)["results"]}
+    assert got == [h.id for h in pipe.search(index, ds / "images" / "img1.png", q["text"], 6, exclude_reference=True,
+                                             rerank=few)]
+    assert got == [x["id"] for x in service.search(**q)["results"]]  # candidates 2 raised to k=6: as candidates 6
+    for s in (service, plain, short):
+        s.close()

@@ -346,7 +346,9 @@ class Pipeline:
         parts: dict = {}
         query = self.compose(image, text, parts)
         skip = file_ids(index, image) if exclude_reference else set()
-        second = rerank.scoring(rerank.pipe.compose(image, text)[None], index) if rerank else None
+        # a search the re-ranker cannot compose (text alone, and it has no text head) keeps the first order, as served
+        reorders = rerank is not None and (image is not None or rerank.pipe.text_search)
+        second = rerank.scoring(rerank.pipe.compose(image, text)[None], index) if reorders else None
         (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts), second)
         return hits(index, ranked)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cirlab import __version__
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save, load_weights
-from cirlab.fusion import FeatureDims, Fusion, build_fusion
+from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 
 FORMAT = "cirlab-fusion"
 FORMAT_VERSION = 2
@@ -56,7 +56,31 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{path} was written by cirlab {meta.get('cirlab_version')} (checkpoint format {meta.get('format_version')}); "
             f"this cirlab {__version__} reads format {FORMAT_VERSION}: retrain the model with this version"
         )
+    check_meta(meta, path)
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CirlabError(f"{path} holds no weights (state_dict); it is not a checkpoint written by 'cirlab train': "
+                          "retrain, or use another checkpoint")
     return ckpt
+
+
+def check_meta(meta: dict, path: str | Path = "checkpoint") -> None:
+    """Refuse, in one line, a checkpoint whose metadata lacks what loading reads (its method, its config and its
+    encoders' spec and id) or holds it in another shape: what ``--model``, ``--rerank`` and an aligned model share."""
+
+    wanted = {"method": str, "model_config": dict, "image_encoder": dict, "text_encoder": dict}
+    for key, kind in wanted.items():
+        if not isinstance(meta.get(key), kind):
+            what = "lacks" if key not in meta else f"holds a {type(meta[key]).__name__} for"
+            raise CirlabError(f"{path}: its metadata {what} {key!r} ({kind.__name__} expected), so it cannot be "
+                              "loaded: it was not written by 'cirlab train' or was altered; retrain it")
+        if kind is dict and key.endswith("_encoder"):
+            for field in ("spec", "id"):
+                if not isinstance(meta[key].get(field), str):
+                    raise CirlabError(f"{path}: its metadata's {key} lacks its {field!r}, so the encoder it was "
+                                      "trained on is unknown; retrain it with 'cirlab train'")
+    if meta["method"] not in fusion_methods:
+        raise CirlabError(f"{path}: its method {meta['method']!r} is not one this cirlab knows (cirlab methods lists "
+                          "them); use the cirlab that trained it, or retrain")
 
 
 def check_encoders(meta: dict, image_encoder, text_encoder, path: str | Path = "checkpoint") -> None:

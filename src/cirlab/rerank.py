@@ -2,9 +2,9 @@
 
 The first stage is the index: one vector per image, of the model it was built with, searched as ever. The second
 model composes its own query vector of the same (reference, text) and scores each of the first ``candidates``
-(default 100) against its own vector of that image, made from the feature cache at query time (``tirg_gate-local``
-over its region maps, a supervised model over a zero-shot index). The set of the top K is the first stage's; only
-their order changes.
+(default 100; never fewer than the ``k`` asked for) against its own vector of that image, made from the feature
+cache at query time (``tirg_gate-local`` over its region maps, a supervised model over a zero-shot index). The set
+of the top K is the first stage's; only their order changes.
 
 ``--rerank SPEC`` on ``cirlab search``, ``eval``, ``bench`` and ``serve``: ``PATH`` (a checkpoint) or
 ``model=PATH,candidates=N``. The second model must share the first's encoders (it reads the same cache).
@@ -38,6 +38,9 @@ class RerankSpec:
     @classmethod
     def parse(cls, text: str) -> "RerankSpec":
         """``PATH`` or ``model=PATH,candidates=N``."""
+        if not text.strip():
+            raise CirlabError("--rerank is empty: give a checkpoint PATH or model=PATH,candidates=N, or leave "
+                              "--rerank out")
         values: dict = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, eq, value = part.partition("=")

@@ -76,7 +76,7 @@ def run(a: argparse.Namespace) -> int:
                        retrieval=[x for x in (a.retrieval or "").split(";") if x],
                        extra_splits=[x.strip() for x in (a.extra_splits or "").split(",") if x.strip()],
                        placement=a.placement, aligned=a.aligned, paraphrases=a.paraphrases,
-                       multi_turn=multi_turn, rerank=RerankSpec.parse(a.rerank) if a.rerank else None)
+                       multi_turn=multi_turn, rerank=RerankSpec.parse(a.rerank) if a.rerank is not None else None)
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))  # runs first
     print(result.table())

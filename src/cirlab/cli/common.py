@@ -41,7 +41,7 @@ def rerank() -> argparse.ArgumentParser:
 
 def served_reranker(a: argparse.Namespace, pipe):
     """``--rerank``'s second model beside ``pipe`` (``cirlab.rerank.ServedReranker``), or None."""
-    if not a.rerank:
+    if a.rerank is None:
         return None
     from cirlab.rerank import ServedReranker
 

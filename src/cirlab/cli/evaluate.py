@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     if a.benchmark:
-        if a.rerank:
+        if a.rerank is not None:
             raise CirlabError("--rerank is for a cirlab data set (--data) for now; the benchmark protocols rank "
                               "without it")
         return _benchmark(a)
@@ -61,7 +61,7 @@ def run(a: argparse.Namespace) -> int:
 
     pipe = common.pipeline(a)
     split = a.split or "test"
-    rerank = Reranker.load(a.rerank, pipe.image_encoder, pipe.text_encoder) if a.rerank else None
+    rerank = Reranker.load(a.rerank, pipe.image_encoder, pipe.text_encoder) if a.rerank is not None else None
     ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, split,
                              also=[rerank.model] if rerank else [])
     ds = ws.dataset

@@ -55,6 +55,9 @@ def run(a: argparse.Namespace) -> int:
         raise CirlabError(f"reference image {a.image} does not exist")
     pipe = common.pipeline(a)
     rerank = common.served_reranker(a, pipe)
+    if rerank and rerank.candidates < a.k:
+        log.warning("re-ranking the top %d: candidates=%d is below -k %d, so it is raised to k", a.k,
+                    rerank.candidates, a.k)
     skipped = 0
     if a.index is not None:
         index, _ = load_index(a.index, pipe.model.embed_dim, pipe.identity)

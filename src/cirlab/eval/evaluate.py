@@ -68,7 +68,7 @@ def ranked_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.nd
                 rerank: ModelScoring | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` gallery rows (-1: none) and scores of each query: exact search, or through ``backend``; with a
     ``scoring``, its ``candidates`` best re-scored by it (the method's second stage); with a ``rerank``, the first
-    ``rerank.candidates`` of those reordered by a second model (keys: gallery rows); the best ``k`` kept."""
+    ``rerank.candidates`` (at least ``k``) of those reordered by a second model (keys: gallery rows); the best ``k`` kept."""
     stages = [s for s in (scoring, rerank) if s is not None]
     wide = max(k, *(s.candidates for s in stages)) if stages else k
     top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
@@ -81,7 +81,7 @@ def ranked_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.nd
         cand = np.array([j for j, v in zip(row, srow) if j >= 0 and np.isfinite(v)], np.int64)
         best = np.zeros(0, np.float32)
         for stage in stages:
-            cand = cand[:stage.candidates] if stage is rerank else cand
+            cand = cand[:max(stage.candidates, k)] if stage is rerank else cand  # as served: at least k
             order, best = best_candidates(stage, None, gallery[cand], q, len(cand), cand)
             cand = cand[order]
         n = min(k, len(cand))

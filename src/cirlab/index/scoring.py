@@ -121,7 +121,7 @@ def rescore(index, queries: np.ndarray, k: int, scoring: Scoring | None, filter:
         row = [x for x in row if x not in skips[i]]
         best = np.zeros(0, np.float32)
         for stage in stages:
-            row = row[:stage.candidates] if stage is rerank else row
+            row = row[:max(stage.candidates, k)] if stage is rerank else row  # it reorders at least the k asked for
             vecs = index.vectors[[index.row_of[x] for x in row]] if row else np.zeros((0, index.dim), np.float32)
             order, best = best_candidates(stage, np.asarray(queries[i], np.float32), vecs, rows[i], len(row), row)
             row = [row[j] for j in order]
