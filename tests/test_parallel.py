@@ -105,13 +105,15 @@ def rank_process(rank: int, parent: int) -> int | None:
     return None
 
 
-def test_a_rank_that_dies_ends_the_run_in_one_line(tiny, tmp_path):
+def stop_a_rank(tiny, out, sig, *extra) -> tuple[subprocess.Popen, str, float]:
+    """A long two-rank run whose rank 1 gets ``sig`` once training has begun: the launcher, its stderr, and the
+    seconds from the signal to the launcher's end."""
     ds, cache = tiny
-    out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "train", "--method", "combiner", "--data", ds,
                              "--out", out, "--batch-size", "8", "--epochs", "400", "--quiet", "--cache", cache,
-                             "--nproc", "2"], env={**ENV, "CIRLAB_TEST_PARENT": str(os.getpid())},
+                             "--nproc", "2", *extra], env={**ENV, "CIRLAB_TEST_PARENT": str(os.getpid())},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
     try:
         deadline = time.monotonic() + 120
         while not (out / "model-metrics.jsonl").is_file():  # training has begun on both ranks
@@ -119,16 +121,41 @@ def test_a_rank_that_dies_ends_the_run_in_one_line(tiny, tmp_path):
             time.sleep(0.5)
         victim = rank_process(1, os.getpid())
         assert victim is not None
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, sig)
+        start = time.monotonic()
         _, stderr = proc.communicate(timeout=90)  # not a hang
+        return proc, stderr, time.monotonic() - start
     finally:
         if proc.poll() is None:
             proc.kill()
+        if victim is not None and sig == signal.SIGSTOP:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_run_in_one_line(tiny, tmp_path):
+    proc, stderr, _ = stop_a_rank(tiny, tmp_path / "run", signal.SIGKILL)
     assert proc.returncode == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr[-2000:]
     assert lines[0].startswith("cirlab: error: data-parallel training stopped: rank 1 of 2 ended (exit code -9, "
                                "SIGKILL)") and "model-ranks.log" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_the_run_in_one_line_naming_it(tiny, tmp_path):
+    """SIGSTOP, as a stuck GPU or a swapped-out process looks: the watchdog finds rank 1's heartbeat silent for
+    --dist-timeout seconds and ends every process of the run (the stopped one included)."""
+    proc, stderr, seconds = stop_a_rank(tiny, tmp_path / "run", signal.SIGSTOP, "--dist-timeout", "8")
+    assert proc.returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("cirlab: error: data-parallel training stopped: rank 1 of 2 did not answer for 8 s")
+    assert 8 - 1.5 <= seconds < 40, seconds  # the last beat came up to a second before the signal
+    assert rank_process(0, os.getpid()) is None and rank_process(1, os.getpid()) is None  # nothing left behind
 
 
 def test_what_does_not_run_data_parallel_is_refused_in_one_line(tiny, tmp_path, capsys):

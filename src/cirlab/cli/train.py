@@ -81,6 +81,9 @@ def add_parser(sub) -> None:
                    help="train stage 2 data-parallel in N processes on this machine (torchrun --standalone; gloo on "
                         "the CPU, NCCL on GPUs, one GPU a rank): each takes its share of every batch. Several "
                         "machines: start 'torchrun ... -m cirlab.cli train ...' on each instead (default: 1)")
+    t.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --nproc or torchrun: the seconds a rank may wait for the others in a collective, and "
+                        "that a rank's heartbeat may be silent, before the run ends naming the rank (default 300)")
     t.add_argument("--log", type=Path, default=None,
                    help="the metrics log (.csv for CSV, else JSON lines; default: <name>-metrics.jsonl beside --out)")
     t.set_defaults(func=run)
@@ -138,19 +141,20 @@ def model_path(out: Path) -> Path:
 
 def run(a: argparse.Namespace) -> int:
     """One process, the launcher of ``--nproc`` ranks, or one of the ranks (started by torchrun)."""
-    from cirlab.training.parallel import join, launched, leave, run_ranks, without_nproc
+    from cirlab.training.parallel import DIST_TIMEOUT, join, launched, leave, run_ranks, without_nproc
 
+    timeout = DIST_TIMEOUT if a.dist_timeout is None else a.dist_timeout
     if a.nproc != 1 and not launched():
         _data_parallel_stage(a)
         out = model_path(a.out)
-        return run_ranks(a.nproc, without_nproc(a.argv), out.with_name(out.stem + "-ranks.log"))
+        return run_ranks(a.nproc, without_nproc(a.argv), out.with_name(out.stem + "-ranks.log"), timeout)
     if not launched():
         return _run(a)
     if a.placement.device.type == "cuda":  # one GPU a rank
         from cirlab.devices import Placement
 
         a.placement = Placement.resolve(f"cuda:{os.environ.get('LOCAL_RANK', '0')}", a.runtime, a.precision)
-    r = join(a.placement.device)
+    r = join(a.placement.device, timeout)
     try:
         _data_parallel_stage(a)
         if r.main:
@@ -158,6 +162,11 @@ def run(a: argparse.Namespace) -> int:
         a.quiet = True
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # rank 0 reports
             return _run(a)
+    except RuntimeError as e:  # gloo and NCCL say a collective's timeout in their own words
+        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+            raise
+        raise CirlabError(f"rank {r.rank} of {r.world}: a collective waited over {timeout:g} s for the other ranks "
+                          "(one is stopped, swapped out or hung; --dist-timeout sets the limit)") from None
     finally:
         leave()
 

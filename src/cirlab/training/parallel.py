@@ -13,6 +13,8 @@ recall. Only rank 0 writes checkpoints, logs and training states.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,19 +56,47 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def join(device: torch.device) -> Ranks:
+DIST_TIMEOUT = 300.0  # seconds a rank waits for the others in a collective (--dist-timeout), and the watchdog's limit
+_HEARTBEAT = "CIRLAB_HEARTBEAT_DIR"  # set by run_ranks for its ranks: where each rank's heartbeat file lives
+_BEAT_S = 1.0
+
+
+def join(device: torch.device, timeout: float = DIST_TIMEOUT) -> Ranks:
     """Join the run ``torchrun`` started this process in (its ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...): gloo on
-    the CPU, NCCL on CUDA, each rank on its ``LOCAL_RANK``'s GPU. Outside such a run: rank 0 of 1."""
+    the CPU, NCCL on CUDA, each rank on its ``LOCAL_RANK``'s GPU. Outside such a run: rank 0 of 1. A collective that
+    waits over ``timeout`` seconds for a rank fails, so a stopped rank ends the run instead of hanging it; under
+    :func:`run_ranks` the rank also beats a heartbeat that the launcher's watchdog reads."""
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return ranks()
     if not dist.is_available():
         raise CirlabError("this PyTorch build has no torch.distributed: train in one process (no --nproc)")
+    if not timeout > 0:
+        raise CirlabError(f"--dist-timeout {timeout}: give the seconds a rank may wait for the others, over 0")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    minutes = float(os.environ.get("CIRLAB_DIST_TIMEOUT_MIN", "30"))
-    dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    if os.environ.get(_HEARTBEAT):
+        _beat(Path(os.environ[_HEARTBEAT]) / f"rank-{dist.get_rank()}")
     return ranks()
+
+
+def _beat(path: Path) -> None:
+    """Write this rank's pid to ``path``, then touch it every second from a daemon thread: a rank that is stopped
+    (SIGSTOP), swapped out or hung with the interpreter held stops beating. The launcher kills the pid it reads."""
+    import threading
+
+    path.write_text(str(os.getpid()))
+
+    def beat() -> None:
+        while True:
+            try:
+                path.touch()
+            except OSError:
+                return  # the launcher is gone and its folder with it
+            time.sleep(_BEAT_S)
+
+    threading.Thread(target=beat, name="cirlab-heartbeat", daemon=True).start()
 
 
 def leave() -> None:
@@ -187,35 +217,76 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def run_ranks(nproc: int, argv: list[str], log: Path) -> int:
+def run_ranks(nproc: int, argv: list[str], log: Path, timeout: float = DIST_TIMEOUT) -> int:
     """``cirlab <argv>`` as ``nproc`` ranks on this machine, started by ``torchrun --standalone``: rank 0's output
-    passes through, every rank's stderr goes to ``log``. A rank that fails ends the run (torchrun stops the others);
-    that is then one line: which rank, how it ended, its own error where it printed one, and the log."""
-    import re
+    passes through, every rank's stderr goes to ``log``. A rank that fails ends the run (torchrun stops the others),
+    and so does one whose heartbeat is silent for ``timeout`` seconds (stopped, swapped out, hung: the watchdog
+    kills every process of the run); either is then one line naming the rank, and the log."""
     import subprocess
     import sys
+    import tempfile
 
     if nproc < 1:
         raise CirlabError(f"--nproc {nproc}: give the number of processes (ranks) to train with, 1 or more")
+    if not timeout > 0:
+        raise CirlabError(f"--dist-timeout {timeout}: give the seconds a rank may wait for the others, over 0")
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "cirlab.cli", *argv]
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as err:
-        rc = subprocess.run(cmd, env=env, stderr=err).returncode
-    if rc == 0:
+    with tempfile.TemporaryDirectory(prefix="cirlab-ranks-") as beats, open(log, "w") as err:
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)), _HEARTBEAT: beats}
+        proc = subprocess.Popen(cmd, env=env, stderr=err, start_new_session=True)  # its own group: killed whole
+        try:
+            silent = _watch(proc, Path(beats), nproc, timeout)
+        finally:
+            if proc.poll() is None:  # a stopped rank takes no SIGTERM; SIGKILL ends it all the same
+                _kill_ranks(Path(beats))  # torchrun puts each rank in a process group of its own
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if silent is not None:
+        raise CirlabError(f"data-parallel training stopped: rank {silent} of {nproc} did not answer for "
+                          f"{timeout:g} s (stopped, swapped out or hung; --dist-timeout sets the limit); every rank "
+                          f"was stopped; every rank's output: {log}")
+    if proc.returncode == 0:
         return 0
-    text = log.read_text(errors="replace")
+    raise CirlabError(_failure(log.read_text(errors="replace"), nproc, proc.returncode, log))
+
+
+def _watch(proc, beats: Path, nproc: int, timeout: float) -> int | None:
+    """Wait for the run; the first rank whose heartbeat has been silent for ``timeout`` seconds, if one is."""
+    while proc.poll() is None:
+        now = time.time()
+        for rank in range(nproc):
+            try:
+                if now - (beats / f"rank-{rank}").stat().st_mtime > timeout:
+                    return rank
+            except FileNotFoundError:
+                continue  # not joined yet: a rank that never joins fails torchrun's rendezvous instead
+        time.sleep(min(1.0, timeout / 4))
+    return None
+
+
+def _kill_ranks(beats: Path) -> None:
+    """SIGKILL every rank that wrote its pid into ``beats``."""
+    for path in beats.glob("rank-*"):
+        try:
+            os.kill(int(path.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone already, or its pid not yet written
+
+
+def _failure(text: str, nproc: int, rc: int, log: Path) -> str:
+    """The one line for a run torchrun ended with a failed rank: which rank, how it ended, its own error."""
+    import re
+
     own = [line.split("cirlab: error: ", 1)[1] for line in text.splitlines() if "cirlab: error: " in line]
     failed = re.search(r"rank\s*:\s*(\d+)", text)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
     who = f"rank {failed.group(1)} of {nproc}" if failed else f"one of the {nproc} ranks"
     how = f"exit code {code.group(1)}" if code else f"torchrun exit code {rc}"
     if code and int(code.group(1)) < 0:
-        import signal
-
         how += f", {signal.Signals(-int(code.group(1))).name}"
     why = f": {own[0]}" if own else ""
-    raise CirlabError(f"data-parallel training stopped: {who} ended ({how}){why}; the others were stopped; "
-                      f"every rank's output: {log}")
+    return (f"data-parallel training stopped: {who} ended ({how}){why}; the others were stopped; "
+            f"every rank's output: {log}")
