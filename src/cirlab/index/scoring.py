@@ -110,11 +110,11 @@ def rescore(index, queries: np.ndarray, k: int, scoring: Scoring | None, filter:
             skips: Sequence[set] | None = None) -> tuple[list[list[str]], np.ndarray]:
     """Search ``index`` for the candidates of each stage (``scoring``, then ``rerank``) per query (of those
     ``filter`` keeps, less the ids ``skips`` leaves out of each query's answer); each stage reorders them by its
-    score, the last one's best ``k`` are kept (``rows``: each query's place in the batch the stages were made for;
-    default 0, 1, ...)."""
+    score, the last one's best ``k`` are kept: ``k`` and each stage's ``candidates`` count after the skipped ids are
+    left out (``rows``: each query's place in the batch the stages were made for; default 0, 1, ...)."""
     stages = [s for s in (scoring, rerank) if s is not None]
     skips = skips or [set()] * len(queries)
-    ids, _ = index.search(queries, max(k, *(s.candidates + len(skip) for s in stages for skip in skips)), filter)
+    ids, _ = index.search(queries, max(max(k, *(s.candidates for s in stages)) + len(skip) for skip in skips), filter)
     rows = list(range(len(queries))) if rows is None else rows
     out_ids, out_scores = [], np.full((len(queries), k), -np.inf, np.float32)
     for i, row in enumerate(ids):

@@ -68,11 +68,11 @@ def search(index: BaseIndex, queries: np.ndarray, k: int | Sequence[int], exclud
         check_filter(filters[rows[0]])  # every filter refused before any search
     out: list = [None] * n
     for rows in groups.values():
-        want = max(ks[r] + len(skips[r]) for r in rows)
         where = filters[rows[0]] or None
-        ids, scores = (rescore(index, queries[rows], want, scoring, where, rows, rerank, [skips[r] for r in rows])
+        ids, scores = (rescore(index, queries[rows], max(ks[r] for r in rows), scoring, where, rows, rerank,
+                               [skips[r] for r in rows])
                        if scoring or rerank
-                       else index.search(queries[rows], want, where))
+                       else index.search(queries[rows], max(ks[r] + len(skips[r]) for r in rows), where))
         for r, row_ids, row_scores in zip(rows, ids, scores):
             out[r] = [(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in skips[r] and np.isfinite(s)][:ks[r]]
     return out
