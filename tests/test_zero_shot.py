@@ -176,7 +176,12 @@ def test_a_clip_pair_searches_indexes_and_serves_with_no_checkpoint(tmp_path, ca
                         (["--model", "m.pt", "--method", "zs_sum", "--image-encoder", clip, "--text-encoder", clip],
                          "not both"),
                         (["--image-encoder", clip], "go with --method"),
-                        ([*pair[:6], "--method-options", "beta=1"], "cannot be built"),
+                        ([*pair[:6], "--method-options", "beta=1"], "zs_slerp has no option 'beta'; its options: "
+                                                                    "aligned (str, default None), alpha (float"),
+                        ([*pair[:6], "--method-options", "alpha=abc"], "option alpha='abc': expected a number"),
+                        ([*pair[:6], "--method-options", "alpha=2"], "alpha must be within [0, 1]"),
+                        (["--method", "zs_bogus", "--image-encoder", "clip:/nowhere", "--text-encoder",
+                          "clip:/nowhere"], "unknown fusion method 'zs_bogus'"),
                         ([*pair[:6], "--method-options", "alpha"], "use name=value")]:
         assert main(["search", "--gallery", str(data / "images"), "--text", "red", *args]) == 2
         assert words in capsys.readouterr().err, args

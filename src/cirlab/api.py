@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from cirlab import settings
-from cirlab.checkpoint import encoder_record, is_aligned, load_checkpoint, read_checkpoint, zero_shot_fusion
+from cirlab.checkpoint import (check_zero_shot, encoder_record, is_aligned, load_checkpoint, read_checkpoint,
+                               zero_shot_fusion)
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
 from cirlab.devices import Placement, module_device, placed, to_device
@@ -163,6 +164,7 @@ class Pipeline:
                   placement: Placement | None = None, model: dict | None = None) -> "Pipeline":
         """A zero-shot method (``zs_*``) on an aligned pair, with no checkpoint: a CLIP pair (``clip:X`` for both),
         or ``model={"aligned": DIR}``, an aligned stage-1 model on these encoders (docs/zero-shot.md)."""
+        check_zero_shot(method, model)  # an unknown method or option is named before any encoder opens
         placement = placed(placement)
         image_encoder = build_image_encoder(image_spec, placement)
         text_encoder = build_text_encoder(text_spec, placement)

@@ -112,11 +112,22 @@ def fusion_from_checkpoint(ckpt: dict, dims: FeatureDims, path: str | Path = "ch
     return model.eval()
 
 
+def check_zero_shot(method: str, options: dict | None = None) -> None:
+    """Refuse, in one line and before any encoder or folder is opened, a method that is unknown or learns from
+    triplets, and options the method does not take or of the wrong type (:meth:`Fusion.checked_options`)."""
+    cls = fusion_methods.get(method)
+    if not cls.zero_shot:
+        raise CirlabError(f"{method} learns from triplets: only a zero-shot method (zs_*) runs without a checkpoint; "
+                          "train one with 'cirlab train' and pass --model")
+    cls.checked_options(options or {})
+
+
 def zero_shot_fusion(method: str, image_encoder, text_encoder, model: dict | None = None) -> tuple[Fusion, dict]:
     """A training-free method (``fusion.zero_shot``) on these encoders, which must be an aligned pair: a CLIP pair,
     or the encoders of the aligned stage-1 model ``model["aligned"]`` (a folder or ``stage1.pt``), whose projections
     it copies in. Refused in one line otherwise. Returns the model and its config (with the aligned model's path
     and width)."""
+    check_zero_shot(method, model)
     config = dict(model or {})
     state = None
     if config.get("aligned"):
@@ -134,9 +145,6 @@ def zero_shot_fusion(method: str, image_encoder, text_encoder, model: dict | Non
                           "--text-encoder clip:X) or an aligned stage-1 model (--stage1 or --aligned DIR, made with "
                           "--stage1-config align; docs/zero-shot.md)")
     fusion = build_fusion(method, FeatureDims.of(image_encoder, text_encoder), **config)
-    if not fusion.zero_shot:
-        raise CirlabError(f"{method} learns from triplets: only a zero-shot method (zs_*) runs without a checkpoint; "
-                          "train one with 'cirlab train' and pass --model")
     if state is not None:
         fusion.load_aligned(state)
     return fusion.eval(), config

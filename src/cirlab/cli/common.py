@@ -91,6 +91,10 @@ def pipeline(a: argparse.Namespace):
         return Pipeline.load(a.model, a.cache, a.placement)
     if a.model is not None:
         raise CirlabError("give --model (a trained checkpoint) or --method (a zero-shot method), not both")
+    from cirlab.checkpoint import check_zero_shot
+
+    options = method_options(a.method_options)
+    check_zero_shot(a.method, options)  # before any folder or encoder is opened
     image, text = a.image_encoder, a.text_encoder
     if a.aligned is not None:
         from cirlab.training.stage1 import stage1_encoders
@@ -100,7 +104,6 @@ def pipeline(a: argparse.Namespace):
     if not image or not text:
         raise CirlabError(f"--method {a.method} needs an aligned pair: --image-encoder clip:X --text-encoder clip:X, or "
                           "--aligned DIR (a stage-1 model aligned on captions)")
-    options = method_options(a.method_options)
     if a.aligned is not None:
         options["aligned"] = str(a.aligned)
     return Pipeline.zero_shot(a.method, image, text, a.cache, a.placement, options)

@@ -9,6 +9,8 @@ through the same image projection as the reference. Inputs are L2-normalised fir
 
 from __future__ import annotations
 
+import inspect
+import typing
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Sequence
 
@@ -139,6 +141,38 @@ class Fusion(nn.Module):
 
     def build_layers(self) -> None:
         """The method's own layers; a subclass's keyword arguments are its config's ``model`` parameters."""
+
+    @classmethod
+    def options(cls) -> dict[str, tuple[type | None, object]]:
+        """Every option the method takes, with its type and default: the shared ones of :class:`Fusion` (width,
+        image head...) and its own (:meth:`build_layers`'s keyword arguments)."""
+        out: dict[str, tuple[type | None, object]] = {}
+        for fn in (Fusion.__init__, cls.build_layers):
+            hints = typing.get_type_hints(fn)
+            for p in inspect.signature(fn).parameters.values():
+                if p.name in ("self", "dims") or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    continue
+                kinds = [k for k in typing.get_args(hints.get(p.name)) or [hints.get(p.name)] if k is not type(None)]
+                out[p.name] = (kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None, p.default)
+        return out
+
+    @classmethod
+    def checked_options(cls, given: dict) -> dict:
+        """``given`` with each value of its option's type (``"0.7"`` and ``1`` read as numbers, ``"true"`` as a bool),
+        refused in one line that lists the method's options where a key is unknown or a value is not of its type."""
+        known = cls.options()
+        listing = ", ".join(f"{k} ({t.__name__ if t else 'any'}, default {d!r})" for k, (t, d) in sorted(known.items()))
+        out = {}
+        for key, value in given.items():
+            if key not in known:
+                raise CirlabError(f"{cls.name} has no option {key!r}; its options: {listing}")
+            kind = known[key][0]
+            try:
+                out[key] = value if kind is None or value is None else _as(kind, value)
+            except (TypeError, ValueError):
+                what = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}[kind]
+                raise CirlabError(f"{cls.name} option {key}={value!r}: expected {what}; its options: {listing}") from None
+        return out
 
     def _build_heads(self) -> None:
         """The image heads ``image_head`` names (``"attnpool"``, ``"grid:cells=3+colour"``) on both sides; the views
@@ -276,10 +310,34 @@ def zero_shot_methods() -> list[str]:
     return [n for n in fusion_methods.names() if fusion_methods.get(n).zero_shot]
 
 
+def _as(kind: type, value: object) -> object:
+    """``value`` as ``kind`` (bool, int, float or str), where it reads as one without loss; else ValueError."""
+    if kind is bool:
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.strip().lower() in ("true", "yes", "1", "on")
+        raise ValueError(value)
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)  # a number the command line read as one ("head_map=3") is still a text
+        raise ValueError(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    number = float(value)
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    return number
+
+
 def build_fusion(method: str, dims: FeatureDims, **params: object) -> Fusion:
     """A fusion method by its registered name, with its config's ``model`` parameters (the image side's
-    ``image_head``, ``head_map`` and ``reference_mirror`` among them)."""
+    ``image_head``, ``head_map`` and ``reference_mirror`` among them), checked by the method
+    (:meth:`Fusion.checked_options`)."""
     cls = fusion_methods.get(method)
+    params = cls.checked_options(params)
     try:
         return cls(dims, **params)
     except (TypeError, ValueError) as e:
