@@ -385,8 +385,9 @@ def test_the_search_form_is_one_model_for_the_schema_and_the_validation(served):
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert body["k"]["minimum"] == 1 and body["k"]["maximum"] == 100 and body["method"]["enum"] == ["sum"]
     assert body["text"]["maxLength"] == 1000 and body["image_id"]["minLength"] == 1 and "title" not in body["k"]
-    for data, words in [({"text": "red", "filter": "[1]"}, "filter: String should match pattern"),
-                        ({"text": "  "}, "text: String should match pattern"),
+    for data, words in [({"text": "red", "filter": "[1]"}, "filter must be a JSON object of field: value pairs"),
+                        ({"text": "  "}, "text: is blank: say something, or leave the field out"),
+                        ({"text": "\u0085", "image_id": "img1"}, "text: is blank"),  # blank as str.strip() says
                         ({"text": "", "image_id": "img1"}, "'text' must be non-empty"),
                         ({"text": ["red", "blue"]}, "'text' was sent 2 times")]:
         r = search(base, data)
@@ -395,6 +396,68 @@ def test_the_search_form_is_one_model_for_the_schema_and_the_validation(served):
     assert params["seed"]["type"] == "integer" and "anyOf" not in params["seed"]
     assert httpx.get(base + "/gallery", params={"random": 1, "seed": "null"}).status_code == 422
     assert httpx.get(base + "/gallery", params={"random": 1}).status_code == 200
+
+
+def test_history_and_filter_are_json_checked_by_one_type_the_schema_states(served):
+    """``history`` and ``filter`` are JSON read into the types the schema is made from: 19 earlier turns pass and 20
+    are refused in one line; pretty-printed JSON passes; a form may repeat ``history`` once per turn (as a
+    urlencoded array); each refusal says where (which turn) and what to send, never a pattern; a blank id is blank
+    on both sides (U+0085); an id is quoted back at most 200 characters; the schema states the JSON encoding, the
+    image/image_id exclusion and the 32-file limit of POST /gallery."""
+    import json
+
+    base, *_ = served
+    spec = httpx.get(base + "/openapi.json").json()
+    search_body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
+    for media in search_body.values():
+        props = media["schema"]["properties"]
+        assert props["history"]["type"] == "array" and props["history"]["maxItems"] == 19
+        assert props["filter"]["type"] == "object" and "pattern" not in props["history"]
+        assert media["encoding"] == {"history": {"contentType": "application/json"},
+                                     "filter": {"contentType": "application/json"}}
+    assert search_body["multipart/form-data"]["schema"]["not"] == {"required": ["image", "image_id"]}
+    gallery = spec["paths"]["/gallery"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert gallery["properties"]["image"]["maxItems"] == 32
+
+    now = {"image_id": "img3", "text": "make it look like shape 5", "k": "4"}
+    turns = [{"image_id": f"img{n % 16}", "text": f"shape {n % 7}"} for n in range(20)]
+    ok = search(base, {**now, "history": json.dumps(turns[:19]), "history_mode": "mean"})
+    assert ok.status_code == 200 and ok.json()["query"]["history"] == 19, ok.text
+    over = search(base, {**now, "history": json.dumps(turns), "history_mode": "mean"})
+    assert over.status_code == 422 and over.json() == {"error": "history has 20 earlier turns; a session is limited to "
+                                                                "20 turns, 19 earlier and the current one: start a new "
+                                                                "session"}
+    pretty = search(base, {**now, "history": json.dumps(turns[:2], indent=2), "history_mode": "text"})
+    compact = search(base, {**now, "history": json.dumps(turns[:2]), "history_mode": "text"})
+    assert pretty.status_code == 200 and pretty.json() == compact.json()
+    each = httpx.post(base + "/search", data={**now, "history": [json.dumps(t) for t in turns[:2]],
+                                              "history_mode": "text"}, timeout=60)  # history=...&history=...
+    assert each.status_code == 200 and each.json() == compact.json(), each.text
+    for history, says in [('[{"image_id": "\u0085"}]', "history turn 1 image_id is blank: say something"),
+                          ('[{"text": "red"}, {"text": " "}]', "history turn 2 text is blank"),
+                          ('[{"text": "red"}, {}]', "history turn 2 has neither an image_id nor a text"),
+                          ('[{"text": "red"}, {"where": "x"}]', "history turn 2 has a field 'where': a turn has"),
+                          ('[{"text": "red"}, "blue"]', "history turn 2 must be an object with an image_id"),
+                          ('[{"text": 3}]', "history turn 1 text must be a string"),
+                          ('{"text": "red"', "the field 'history' is not JSON (Expecting ',' delimiter at "),
+                          ('"red"', "history must be a JSON list of turns, e.g. [{"),
+                          ("[" + ", ".join(['{"text": "x"}'] * 25) + "]", "history has 25 earlier turns")]:
+        r = search(base, {**now, "history": history})
+        assert r.status_code == 422 and says in r.json()["error"], (history, r.text)
+        assert "\\u" not in r.json()["error"] and "[^" not in r.json()["error"]  # never the pattern
+    for filter, says in [('{"family": 1.5}', "filter field 'family': give a string, an integer or true/false"),
+                         ('{"family": []}', "filter field 'family'"), ('{"": "x"}', "filter"),
+                         ("{'family': 'x'}", "the field 'filter' is not JSON")]:
+        r = search(base, {**now, "filter": filter})
+        assert r.status_code == 422 and says in r.json()["error"], (filter, r.text)
+    pretty_filter = search(base, {**now, "filter": json.dumps({"name": ["shape 1", "shape 2"]}, indent=2)})
+    assert pretty_filter.status_code == 200 and {x["name"] for x in pretty_filter.json()["results"]} <= {"shape 1",
+                                                                                                       "shape 2"}
+    long_id = "x" * 10_000
+    for r in (search(base, {"text": "red", "image_id": long_id}),
+              search(base, {"text": "red", "history": json.dumps([{"image_id": long_id}])}),
+              httpx.get(base + f"/images/{long_id}")):
+        assert r.status_code == 404 and "x" * 201 not in r.json()["error"] and "10,000 characters" in r.json()["error"]
 
 
 def test_a_form_field_the_schema_does_not_have_is_refused(served):

@@ -42,6 +42,12 @@ MAX_TEXT_CHARS = 1000
 TEXT_CACHE = 4096  # texts whose encoder outputs a pipeline keeps in memory
 
 
+# blank: the characters str.strip() removes (those of str.isspace), spelled out as \uXXXX so that a regex means the
+# same in Python, in Rust (pydantic) and in ECMAScript (JSON Schema), whose \s differ (U+0085, U+FEFF)
+BLANK = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # a class's inside
+SAYS_SOMETHING = f"[^{BLANK}]"  # a pattern: the text holds a character that is not blank
+
+
 def check_text(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
     """A modification text must say something and stay within ``limit`` characters."""
     text = (text or "").strip()

@@ -13,3 +13,12 @@ class InUse(CirlabError):
     nothing is wrong with it. Exit code 3, apart from 1 (damaged) and 2 (a mistake)."""
 
     exit_code = 3
+
+
+SHOWN = 200  # characters of a value a message quotes back
+
+
+def quoted(value: str, limit: int = SHOWN) -> str:
+    """A value as a message quotes it: its first ``limit`` characters, marked when cut ('abc'... (10,000 chars))."""
+    value = str(value)
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} characters)"

@@ -14,7 +14,6 @@ too large (bytes or pixels), 415 not an image, 422 bad fields, 500 never expecte
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from importlib import resources
@@ -31,6 +30,7 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from cirlab import __version__
+from cirlab.errors import quoted
 from cirlab.serve.schema import (Added, GalleryPage, Health, Info, Removed, SearchResponse, errors, form_body, form_fields,
                                  known_fields, openapi_properties, search_form)
 from cirlab.serve.service import MAX_K, STAGES, THUMB_SIZES, SearchService, ServiceError
@@ -78,32 +78,6 @@ async def _send_json(send, status: int, message: str) -> None:
     response = JSONResponse({"error": message}, status_code=status)
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
-
-
-def _filter(value) -> dict | None:
-    """The search form's ``filter`` field: a JSON object, or None where it is absent."""
-    if value in (None, ""):
-        return None
-    try:
-        parsed = json.loads(value) if isinstance(value, str) else None
-    except json.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise ServiceError(422, 'the field \'filter\' must be a JSON object, e.g. {"family": "colour"}')
-    return parsed
-
-
-def _history(value) -> list | None:
-    """The search form's ``history`` field: a JSON list of earlier turns, or None where it is absent."""
-    if value in (None, ""):
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, list):
-        raise ServiceError(422, 'the field \'history\' must be a JSON list, e.g. [{"image_id": "x", "text": "make it red"}]')
-    return parsed
 
 
 def create_app(service: SearchService) -> FastAPI:
@@ -188,7 +162,7 @@ def create_app(service: SearchService) -> FastAPI:
         except ValueError as e:
             raise ServiceError(422, str(e)) from None
         body = await run_in_threadpool(service.search, fields.text, fields.k, image, fields.image_id, fields.method,
-                                       timing, _filter(fields.filter), _history(fields.history), fields.history_mode)
+                                       timing, fields.filter, fields.history, fields.history_mode)
         body["warnings"] = service.upload_warnings([(upload.filename or "image", image)] if image else [])
         response.headers["Server-Timing"] = ", ".join(f"{stage};dur={timing[stage] * 1e3:.2f}"
                                                       for stage in STAGES if stage in timing)
@@ -217,7 +191,7 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.post("/gallery", summary="Add images (bearer token)", status_code=201, response_model=Added,
               responses=errors(401, 403, 413, 415, 422), dependencies=[Security(bearer)],
-              openapi_extra=form_body({}, ["image"], files="image", many=True))
+              openapi_extra=form_body({}, ["image"], files="image", many=GALLERY_FILES))
     async def add(request: Request):
         check_token(request)
         form = await read_form(request, max_files=GALLERY_FILES)
@@ -263,7 +237,7 @@ def create_app(service: SearchService) -> FastAPI:
         types = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                  "favicon-32x32.png": "image/png"}
         if name not in types:  # a fixed list, as for the page's assets
-            raise ServiceError(404, f"no asset {name!r}")
+            raise ServiceError(404, f"no asset {quoted(name)}")
         return Response((swagger_ui_path / name).read_bytes(), media_type=types[name],
                         headers={"Cache-Control": "public, max-age=86400"})
 
@@ -275,7 +249,7 @@ def create_app(service: SearchService) -> FastAPI:
     async def asset(name: str):
         types = {"app.js": "text/javascript", "style.css": "text/css"}
         if name not in types:  # a fixed list: no path from a request reaches the file system
-            raise ServiceError(404, f"no asset {name!r}")
+            raise ServiceError(404, f"no asset {quoted(name)}")
         return Response((static / name).read_text(encoding="utf-8"), media_type=types[name])
 
     app.add_middleware(BodyLimit, limit=limit, gallery_files=GALLERY_FILES)

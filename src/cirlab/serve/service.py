@@ -26,11 +26,12 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
+from pydantic import TypeAdapter, ValidationError
 
 from cirlab.api import MAX_TEXT_CHARS, Pipeline, Query, check_text
 from cirlab.data.triplets import Gallery
 from cirlab.encoders.runtime import runtime_name
-from cirlab.errors import CirlabError
+from cirlab.errors import CirlabError, quoted
 from cirlab.images import MAX_PIXELS, decode_image, load_image
 from cirlab.index import check_filter, load_index
 from cirlab.index.metadata import display_name
@@ -38,7 +39,8 @@ from cirlab.index.search import search
 from cirlab.index.store import live_version
 from cirlab.indexing import Change, add_images, remove_images
 from cirlab.serve.batching import MicroBatcher
-from cirlab.session import MAX_TURNS, Turn, check_mode, combine_each, plan
+from cirlab.serve.schema import describe, history_type
+from cirlab.session import Turn, check_mode, combine_each, plan
 
 log = logging.getLogger("cirlab.serve")
 
@@ -70,7 +72,7 @@ class ServiceError(CirlabError):
 
 def unreadable_gallery_image(image_id: str) -> str:
     """The reply for a gallery file that went bad on disk: the id, never the server's path."""
-    return (f"the file of gallery image {image_id!r} is unreadable on the server; "
+    return (f"the file of gallery image {quoted(image_id)} is unreadable on the server; "
             "pick another reference, or remove the image from the gallery")
 
 
@@ -90,6 +92,8 @@ class SearchService:
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._names = [self._name(i, m) for i, m in zip(self.index.ids, self.index.metadata)]
+        self.history_type = history_type(max_text_chars)  # POST /search's history: the form's type is this one
+        self.history = TypeAdapter(self.history_type)
         self.batcher = MicroBatcher(self._run_batch, batch_window_ms / 1e3, max_batch)
         self._recent: dict[str, deque] = {s: deque(maxlen=RECENT) for s in STAGES + ("batch",)}
 
@@ -115,7 +119,7 @@ class SearchService:
     def check_method(self, method: str | None) -> None:
         """A request may name the method it expects: it must be the one served."""
         if method and method != self.pipe.meta["method"]:
-            raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {method!r}: "
+            raise ServiceError(422, f"this server serves method {self.pipe.meta['method']!r}, not {quoted(method)}: "
                                     f"start one with a {method} model (cirlab serve --model ...)")
 
     def decode_upload(self, data: bytes, name: str) -> Image.Image:
@@ -180,26 +184,18 @@ class SearchService:
                 "results": results}
 
     def session_turns(self, history: list, mode: str) -> list[Turn]:
-        """A session's earlier turns from the request's ``history`` (a list of ``{"image_id", "text"}``), each
-        checked as a search's own reference and text are."""
+        """A session's earlier turns from the request's ``history`` (a list of ``{"image_id", "text"}``, or of the
+        form's validated turns), checked by the form's own type (``schema.history_type``), each reference and text
+        then as a search's own are."""
         try:
             check_mode(mode)
+            history = self.history.validate_python(history)
         except CirlabError as e:
             raise ServiceError(422, str(e)) from None
-        if not isinstance(history, list) or len(history) >= MAX_TURNS:
-            raise ServiceError(422, f"history must be a JSON list of at most {MAX_TURNS - 1} earlier turns")
-        turns = []
-        for n, turn in enumerate(history, 1):
-            if not isinstance(turn, dict) or set(turn) - {"image_id", "text"}:
-                raise ServiceError(422, f'history turn {n} must be an object with "image_id" and/or "text"')
-            image_id, text = turn.get("image_id"), turn.get("text")
-            if not (image_id is None or isinstance(image_id, str)) or not (text is None or isinstance(text, str)):
-                raise ServiceError(422, f"history turn {n}: image_id and text must be strings")
-            text = self.check_text(text)
-            if not image_id and text is None:
-                raise ServiceError(422, f"history turn {n} has neither an image_id nor a text")
-            turns.append(Turn(self.path_of(image_id) if image_id else None, text))
-        return turns
+        except ValidationError as e:
+            raise ServiceError(422, describe(e, "history")) from None
+        return [Turn(self.path_of(t.image_id) if t.image_id is not None else None, self.check_text(t.text))
+                for t in history]
 
     def _run_batch(self, items: list[_Search]) -> list:
         """One batch of searches: one encoder batch, one fusion call a kind, one index search. Each item gets
@@ -289,10 +285,10 @@ class SearchService:
             row = self.index.row_of.get(image_id)
             path = self.index.metadata[row].get("path") if row is not None else None
         if not path:
-            raise ServiceError(404, f"no gallery image with id {image_id!r}")
+            raise ServiceError(404, f"no gallery image with id {quoted(image_id)}")
         path = Path(path)
         if not path.is_file():
-            raise ServiceError(404, f"the file of gallery image {image_id!r} is gone from disk")
+            raise ServiceError(404, f"the file of gallery image {quoted(image_id)} is gone from disk")
         return path
 
     def thumbnail(self, image_id: str, size: int) -> bytes:
@@ -368,7 +364,7 @@ class SearchService:
     def remove_image(self, image_id: str) -> None:
         with self.lock:
             if image_id not in self.index.row_of:
-                raise ServiceError(404, f"no gallery image with id {image_id!r}")
+                raise ServiceError(404, f"no gallery image with id {quoted(image_id)}")
             self._commit(lambda held: remove_images(self.index_dir, [image_id], self.pipe, held))
 
     def _commit(self, change) -> Change:
