@@ -27,14 +27,14 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cirlab.data.triplets import Dataset  # noqa: E402
-from cirlab.encoders.cache import FeatureCache  # noqa: E402
-from cirlab.experiment.sweep import recall_by, recall_by_edit  # noqa: E402
-from cirlab.experiment.workspace import Workspace, train_method  # noqa: E402
-from cirlab.files import atomic_write_text  # noqa: E402
-from cirlab.fusion import zero_shot_methods  # noqa: E402
-from cirlab.training.stage1 import run_stage1  # noqa: E402
-from cirlab.training.stage1_config import read_stage1_config  # noqa: E402
+from cirlab.data.triplets import Dataset
+from cirlab.encoders.cache import FeatureCache
+from cirlab.experiment.sweep import recall_by, recall_by_edit
+from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.files import atomic_write_text
+from cirlab.fusion import zero_shot_methods
+from cirlab.training.stage1 import run_stage1
+from cirlab.training.stage1_config import read_stage1_config
 
 
 def measure(ws: Workspace, name: str, method: str, config: dict, seeds: int, work: Path) -> dict:
