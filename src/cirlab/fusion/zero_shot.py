@@ -1,7 +1,10 @@
-"""Training-free composition in an aligned image-text space: zero-shot composed image retrieval.
+"""Zero-shot composed image retrieval in an aligned image-text space: no method here reads a triplet.
 
-Each method here has no learned parameter. Its query is a fixed function of two unit vectors in one space, the
-reference's ``r`` and the text's ``t``, so it needs no triplet (docs/zero-shot.md). The space is:
+Most have no learned parameter: their query is a fixed function of two unit vectors in one space, the reference's
+``r`` and the text's ``t`` (the ``zs_`` methods below, and ``zs_oti``, which optimises a pseudo-word per query and
+keeps nothing). ``pic2word`` and ``lincir`` learn one thing, a mapping from ``r`` to a pseudo-word, from the
+training images alone or their captions alone (``training.zero_shot``); they carry their papers' names rather than
+the ``zs_`` prefix (docs/zero-shot.md). The space is:
 
 - the encoders' own, where the two embed into one (a CLIP pair, ``clip:X`` for both): the maps are the identity;
 - or the projections of a stage-1 model trained on image-caption retrieval alone (``model.aligned``: its folder or
@@ -9,7 +12,7 @@ reference's ``r`` and the text's ``t``, so it needs no triplet (docs/zero-shot.m
   CLIP), copied in as fixed maps: ``r = L2(A_i L2(x) + a_i)``, ``t = L2(A_t L2(c) + a_t)``.
 
 A gallery image is embedded as the reference is, so every index backend, the server and the page serve these
-methods unchanged. Their names carry the ``zs_`` family prefix:
+methods unchanged. The training-free ones:
 
 | method | query |
 |---|---|
