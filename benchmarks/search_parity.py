@@ -11,8 +11,10 @@ own, through the command line and the HTTP API only (their form is the contract 
   head and the reference mirror) and ``tirg_gate-local`` (grid and colour heads over the method's own map);
 - the query vector of one composed query (``Pipeline.load(...).compose``), for each of the three models;
 - ``cirlab search --gallery`` (a folder search, the reference left out);
-- ``cirlab index build``, then ``cirlab search --index``: plain, with ``--filter``, and with ``--scoring``;
-- ``cirlab serve`` over that index and ``POST /search`` over real HTTP, by gallery id and by upload.
+- ``cirlab index build``, then ``cirlab search --index``: plain, with ``--filter``, with ``--scoring`` and with
+  ``--rerank`` (``tirg_gate-local`` reorders ``combiner``'s top 20);
+- ``cirlab serve`` over that index and ``POST /search`` over real HTTP, by gallery id and by upload, and a server
+  with ``--rerank``.
 
 Equal hashes mean bit-identical weights and vectors, and the same ids with the same scores in the same order.
 """
@@ -92,12 +94,12 @@ def http_search(port: int, fields: dict, upload: Path | None = None) -> list:
         return ranking(json.loads(r.read())["results"])
 
 
-def served(side: Side, index: Path, queries: list[tuple[dict, Path | None]]) -> list:
+def served(side: Side, index: Path, queries: list[tuple[dict, Path | None]], *extra: str) -> list:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "cirlab.cli", "serve", "--index", str(index), "--model",
-                             str(side.out / "m.pt"), "--cache", str(side.cache), "--port", str(port)],
+                             str(side.out / "m.pt"), "--cache", str(side.cache), "--port", str(port), *extra],
                             env=side.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(600):
@@ -137,6 +139,8 @@ def run_side(side: Side) -> dict:
     row["index search, --filter"] = digest(side.search("--index", str(index), *query, "--filter", "split=test"))
     row["index search, --scoring"] = digest(side.search("--index", str(index), *query, "--scoring",
                                                         "cosine=1,euclidean=0.5,hamming=0.2,candidates=50"))
+    rerank = ["--rerank", f"model={out / 'tirg_gate-local.pt'},candidates=20"]  # a second model reorders
+    row["index search, --rerank"] = digest(side.search("--index", str(index), *query, *rerank))
     image_id = ref.stem
     http = served(side, index, [({"image_id": image_id, "text": "make it red", "k": 10}, None),
                                 ({"text": "make it red", "k": 10}, upload),
@@ -147,6 +151,10 @@ def run_side(side: Side) -> dict:
     row["HTTP search, filter"] = digest(http[2])
     ids = [h[0] for h in http[0]]  # the server rounds its scores to 6 digits: compare the ids
     row["HTTP ids = index search ids"] = "yes" if ids == [h[0] for h in side.search("--index", str(index), *query)] else "no"
+    reranked = served(side, index, [({"image_id": image_id, "text": "make it red", "k": 10}, None)], *rerank)
+    row["HTTP search, --rerank"] = digest(reranked[0])
+    row["HTTP ids = index search ids, --rerank"] = \
+        "yes" if [h[0] for h in reranked[0]] == [h[0] for h in side.search("--index", str(index), *query, *rerank)] else "no"
     return row
 
 

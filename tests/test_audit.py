@@ -48,7 +48,10 @@ def test_the_audit_finds_the_query_the_image_alone_solves(audited):
     ev, _ = audited
     assert ev.recall[1] == pytest.approx(100.0)
     ranks = ev.audit.per_query()
-    assert [(r["composed"], r["image"], r["text"]) for r in ranks] == [(1, 1, 2), (1, 7, 1), (1, 2, 2)]
+    # G alone (e2) is at cosine 0 to C and to six other images (B alone is nearer): C's image-only rank is any place
+    # of that tie, 2 to 8, as the search orders equal scores
+    assert 2 <= ranks[1]["image"] <= 8
+    assert [(r["composed"], r["image"], r["text"]) for r in ranks] == [(1, 1, 2), (1, ranks[1]["image"], 1), (1, 2, 2)]
     assert [r["subset"] for r in ranks] == [False, False, True]
     s = ev.audit.summary()
     assert s["image R@1"] == pytest.approx(100 / 3) and s["text R@1"] == pytest.approx(100 / 3)

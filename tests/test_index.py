@@ -280,9 +280,10 @@ def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_en
 
 
 def test_evaluation_through_an_index_backend():
-    """``eval.evaluate.index_topk``: paper 003's KNN gives exact search's rows over unit vectors, the
-    reference row is dropped, and K-means + SVM (one cluster probed) pads short lists with -1 / -inf."""
-    from cirlab.eval.evaluate import index_topk
+    """Evaluation ranks through the one search (``eval.evaluate.ranked`` over ``gallery_index``): exact search gives
+    the brute-force rows with each reference left out; paper 003's KNN gives exact search's rows over unit vectors;
+    K-means + SVM (one cluster probed) pads short lists with -1 / -inf."""
+    from cirlab.eval.evaluate import gallery_index, ranked
     from cirlab.index.exact import exact_topk
 
     rng = np.random.default_rng(0)
@@ -290,12 +291,17 @@ def test_evaluation_through_an_index_backend():
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     q = g[:40] + 0.3 * rng.normal(size=(40, 16)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ids = [f"g{i}" for i in range(300)]
     exclude = np.arange(40)
-    rows, _ = exact_topk(q, g, 10, exclude)
-    knn_rows, knn_scores = index_topk("knn", q, g, 10, exclude)
+    leave_out = [{ids[i]} for i in exclude]
+    rows, scores = exact_topk(q, g, 10, exclude)
+    exact_rows, exact_scores = ranked(gallery_index(g, ids), q, 10, leave_out)
+    np.testing.assert_array_equal(exact_rows, rows)
+    np.testing.assert_allclose(exact_scores, scores, rtol=1e-6)
+    knn_rows, knn_scores = ranked(gallery_index(g, ids, "knn"), q, 10, leave_out)
     np.testing.assert_array_equal(knn_rows, rows)
     assert not (knn_rows == exclude[:, None]).any() and (np.diff(knn_scores, axis=1) <= 1e-6).all()
-    svm_rows, svm_scores = index_topk("kmeans_svm:k=15", q, g, 100, exclude)
+    svm_rows, svm_scores = ranked(gallery_index(g, ids, "kmeans_svm:k=15"), q, 100, leave_out)
     short = svm_rows == -1
     assert short.any() and np.isneginf(svm_scores[short]).all() and not (svm_rows == exclude[:, None]).any()
 
@@ -303,8 +309,8 @@ def test_evaluation_through_an_index_backend():
 def test_re_ranking_keeps_the_first_stages_top_k_and_only_reorders_it(data):
     """A second model (its own query and gallery vectors) reorders the first stage's top K: the set is the first
     stage's, the order is the second model's, in the one search (index.search) and in an evaluation
-    (eval.ranked_topk) alike; fewer results than K keep the second model's best of the K."""
-    from cirlab.eval.evaluate import ranked_topk
+    (eval.evaluate.ranked) alike; fewer results than K keep the second model's best of the K."""
+    from cirlab.eval.evaluate import gallery_index, ranked
     from cirlab.index.scoring import ModelScoring
     from cirlab.index.search import search
     from cirlab.rerank import RerankSpec
@@ -318,8 +324,7 @@ def test_re_ranking_keeps_the_first_stages_top_k_and_only_reorders_it(data):
     first = search(index, queries, 20)
     served = search(index, queries, 20, rerank=by_id)
     short = search(index, queries, 5, rerank=by_id)
-    by_row = ModelScoring(second_queries, lambda rows: second_gallery[np.asarray(rows)], candidates=20)
-    top, scores = ranked_topk(queries, vectors, 20, rerank=by_row)
+    top, scores = ranked(gallery_index(vectors, ids), queries, 20, rerank=by_id)
     changed = 0
     for q, (a, b, c) in enumerate(zip(first, served, short)):
         assert {i for i, _ in a} == {i for i, _ in b}  # the same top K

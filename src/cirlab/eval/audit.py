@@ -24,8 +24,8 @@ import numpy as np
 
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
-from cirlab.eval.evaluate import (Rankings, compose_queries, embed_gallery, evaluate, ranked_ids, ranked_topk,
-                                  written_queries)
+from cirlab.eval.evaluate import (Rankings, compose_queries, embed_gallery, evaluate, gallery_index, ranked, ranked_ids,
+                                  references, written_queries)
 from cirlab.eval.metrics import first_hits
 from cirlab.fusion.base import Fusion
 
@@ -104,15 +104,16 @@ def blank_queries(model: Fusion, side: QuerySide, triplets: list[Triplet], text_
 
 def modality_audit(model: Fusion, triplets: list[Triplet], images: FeatureTable, blank: QuerySide,
                    gallery: np.ndarray, gallery_ids: list[str], composed: list[list[str]],
-                   exclude: np.ndarray | None, keep: int = 50) -> ModalityAudit:
+                   exclude_reference: bool = True, keep: int = 50) -> ModalityAudit:
     """The audit of ``triplets`` whose composed rankings (gallery ids, best first) are ``composed``: their references'
     rows of ``images`` give the image-only queries, ``blank`` (:func:`blank_queries`) the text-only ones; both are
-    ranked by exact search over ``gallery`` (the model's vectors of ``gallery_ids``), ``exclude`` as for the
-    composed ones."""
+    ranked by exact search over ``gallery`` (the model's vectors of ``gallery_ids``), each reference left out as for
+    the composed ones where ``exclude_reference``."""
     targets = [t.targets for t in triplets]
+    index, exclude = gallery_index(gallery, gallery_ids), references(triplets, exclude_reference)
 
     def ranks(vectors: np.ndarray) -> np.ndarray:
-        top, scores = ranked_topk(vectors, gallery, keep, exclude)
+        top, scores = ranked(index, vectors, keep, exclude)
         return first_hits(ranked_ids(top, scores, gallery_ids), targets)
 
     image = embed_gallery(model, images, [t.reference for t in triplets])
@@ -125,13 +126,11 @@ def evaluate_audited(model: Fusion, triplets: list[Triplet], images: FeatureTabl
     """:func:`~cirlab.eval.evaluate.evaluate` (``options``: its ``ks``, ``backend``), the rankings carrying the
     modality audit; ``blank``: the text-only query side (:func:`blank_queries`)."""
     gallery = embed_gallery(model, images, gallery_ids)
-    ranked = evaluate(model, triplets, images, queries, gallery_ids, exclude_reference=exclude_reference, keep=keep,
-                      gallery=gallery, **options)
-    pos = {g: i for i, g in enumerate(gallery_ids)}
-    exclude = np.array([pos.get(t.reference, -1) for t in ranked.triplets], np.int64) if exclude_reference else None
-    ranked.audit = modality_audit(model, ranked.triplets, images, blank, gallery, gallery_ids, ranked.ids, exclude,
-                                  keep)
-    return ranked
+    rankings = evaluate(model, triplets, images, queries, gallery_ids, exclude_reference=exclude_reference, keep=keep,
+                        gallery=gallery, **options)
+    rankings.audit = modality_audit(model, rankings.triplets, images, blank, gallery, gallery_ids, rankings.ids,
+                                    exclude_reference, keep)
+    return rankings
 
 
 def audit_report(audit: ModalityAudit, queries: Sequence) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Collection, Sequence
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -12,8 +14,10 @@ from cirlab.data.triplets import Triplet
 from cirlab.devices import module_device, to_device
 from cirlab.eval.metrics import DEFAULT_KS, map_where_several, recall_at_k
 from cirlab.fusion.base import Fusion
-from cirlab.index.exact import exact_topk
-from cirlab.index.scoring import ModelScoring, ProductScoring, best_candidates
+from cirlab.index import build_index
+from cirlab.index.base import BaseIndex
+from cirlab.index.scoring import ModelScoring, ProductScoring
+from cirlab.index.search import search
 
 
 @dataclass
@@ -63,30 +67,34 @@ def query_rescoring(model: Fusion, queries: QuerySide, triplets: list[Triplet]) 
                           model.candidates)
 
 
-def ranked_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                scoring: ProductScoring | None = None, backend: str | None = None,
-                rerank: ModelScoring | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` gallery rows (-1: none) and scores of each query: exact search, or through ``backend``; with a
-    ``scoring``, its ``candidates`` best re-scored by it (the method's second stage); with a ``rerank``, the first
-    ``rerank.candidates`` (at least ``k``) of those reordered by a second model (keys: gallery rows); the best ``k`` kept."""
-    stages = [s for s in (scoring, rerank) if s is not None]
-    wide = max(k, *(s.candidates for s in stages)) if stages else k
-    top, scores = exact_topk(queries, gallery, wide, exclude) if backend is None else \
-        index_topk(backend, queries, gallery, wide, exclude)
-    if not stages:
-        return top, scores
-    out_top = np.full((len(top), k), -1, np.int64)
-    out_scores = np.full((len(top), k), -np.inf, np.float32)
-    for q, (row, srow) in enumerate(zip(top, scores)):
-        cand = np.array([j for j, v in zip(row, srow) if j >= 0 and np.isfinite(v)], np.int64)
-        best = np.zeros(0, np.float32)
-        for stage in stages:
-            cand = cand[:max(stage.candidates, k)] if stage is rerank else cand  # as served: at least k
-            order, best = best_candidates(stage, None, gallery[cand], q, len(cand), cand)
-            cand = cand[order]
-        n = min(k, len(cand))
-        out_top[q, :n], out_scores[q, :n] = cand[:n], best[:n]
-    return out_top, out_scores
+def gallery_index(gallery: np.ndarray, gallery_ids: Sequence[str], backend: str | None = None) -> BaseIndex:
+    """The evaluated gallery as an in-memory index, row i being ``gallery_ids[i]``: exact cosine search (what a
+    folder search ranks through), or through ``backend`` (``knn``, ``kmeans_svm:k=15``...)."""
+    index = build_index(backend or "exact", gallery.shape[1])
+    if len(gallery_ids):
+        index.add(list(gallery_ids), gallery)
+    return index
+
+
+def ranked(index: BaseIndex, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None,
+           scoring: ProductScoring | None = None, rerank: ModelScoring | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` rows of ``index`` (-1: none) and their scores (-inf there) for each query vector, ranked by the
+    one search (:func:`cirlab.index.search.search`) that answers the CLI, the API and the server: ``exclude``, the
+    ids left out of each query's answer (its reference); ``scoring``, the method's re-scoring of its candidates;
+    ``rerank``, a second model's reordering of them (keys: gallery ids)."""
+    top = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    if len(queries):
+        for q, hits in enumerate(search(index, queries, k, exclude, scoring=scoring, rerank=rerank)):
+            if hits:
+                top[q, :len(hits)] = [index.row_of[i] for i, _ in hits]
+                scores[q, :len(hits)] = [s for _, s in hits]
+    return top, scores
+
+
+def references(triplets: Sequence[Triplet], exclude_reference: bool = True) -> list[set[str]] | None:
+    """What each query leaves out of its answer: its reference image (nothing without ``exclude_reference``)."""
+    return [{t.reference} for t in triplets] if exclude_reference else None
 
 
 @dataclass
@@ -100,11 +108,13 @@ class RerankStage:
     name: str = ""
 
     def scoring(self, triplets: list[Triplet], images: FeatureTable, gallery_ids: list[str]) -> ModelScoring:
-        """Its :class:`ModelScoring` of ``triplets`` over ``gallery_ids`` (keys: gallery rows)."""
+        """Its :class:`ModelScoring` of ``triplets`` over ``gallery_ids`` (keys: gallery ids)."""
         self.model.eval()
         gallery = embed_gallery(self.model, images, gallery_ids)
+        pos = {g: i for i, g in enumerate(gallery_ids)}
         return ModelScoring(compose_queries(self.model, self.queries, triplets),
-                            lambda rows: gallery[np.asarray(rows, np.int64)], self.candidates, self.name)
+                            lambda ids: gallery[np.asarray([pos[i] for i in ids], np.int64)], self.candidates,
+                            self.name)
 
 
 @torch.inference_mode()
@@ -154,12 +164,13 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
 def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,
          exclude_reference: bool = True, keep: int = 50, backend: str | None = None, skipped: int = 0,
          scoring: ProductScoring | None = None, rerank: ModelScoring | None = None) -> Rankings:
-    """Rankings and Recall@K of query vectors (one per triplet) over gallery vectors: the part of
-    :func:`evaluate` after the model, shared with stage 1's validation. A triplet whose targets are
-    all outside the gallery counts as a miss. ``scoring``: the method's re-scoring of its candidates."""
+    """Rankings and Recall@K of query vectors (one per triplet) over gallery vectors, ranked by the one search
+    (:func:`ranked`): the part of :func:`evaluate` after the model, shared with stage 1's validation. A triplet
+    whose targets are all outside the gallery counts as a miss. ``scoring``: the method's re-scoring of its
+    candidates."""
     pos = {g: i for i, g in enumerate(gallery_ids)}
-    exclude = np.array([pos.get(t.reference, -1) for t in triplets], dtype=np.int64) if exclude_reference else None
-    top, scores = ranked_topk(queries, gallery, max(max(ks), keep), exclude, scoring, backend, rerank)
+    top, scores = ranked(gallery_index(gallery, gallery_ids, backend), queries, max(max(ks), keep),
+                         references(triplets, exclude_reference), scoring, rerank)
     targets = [[pos[x] for x in t.targets if x in pos] for t in triplets]
     ids = ranked_ids(top, scores, gallery_ids)
     return Rankings(triplets, ids, scores, recall_at_k(top, targets, ks), skipped, exclude_reference,
@@ -167,25 +178,5 @@ def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], tripl
 
 
 def ranked_ids(top: np.ndarray, scores: np.ndarray, gallery_ids: list[str]) -> list[list[str]]:
-    """Gallery ids of each top-k row, best first; an excluded reference (score -inf, last where the gallery
-    is shorter than the list) is dropped."""
+    """Gallery ids of each top-k row, best first; a place with no result (row -1, score -inf) is dropped."""
     return [[gallery_ids[j] for j, v in zip(row, srow) if np.isfinite(v)] for row, srow in zip(top, scores)]
-
-
-def index_topk(backend: str, queries: np.ndarray, gallery: np.ndarray, k: int,
-               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`exact_topk`, through an index of ``gallery`` built with ``backend``: rows (-1 where
-    the backend found fewer than ``k``) and scores (-inf there); the excluded row of a query is dropped."""
-    from cirlab.index import build_index
-
-    index = build_index(backend, gallery.shape[1])
-    index.add([str(i) for i in range(len(gallery))], gallery)
-    found, found_scores = index.search(queries, min(k + 1, len(gallery)))
-    top = np.full((len(queries), k), -1, np.int64)
-    scores = np.full((len(queries), k), -np.inf, np.float32)
-    for q, (ids, row_scores) in enumerate(zip(found, found_scores)):
-        keep = [(int(i), s) for i, s in zip(ids, row_scores) if exclude is None or int(i) != exclude[q]][:k]
-        if keep:
-            top[q, :len(keep)] = [i for i, _ in keep]
-            scores[q, :len(keep)] = [s for _, s in keep]
-    return top, scores

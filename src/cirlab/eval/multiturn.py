@@ -32,7 +32,7 @@ from cirlab.data.emojiedit import FACTORS, describe as emoji_phrases
 from cirlab.data.triplets import Triplet
 from cirlab.devices import module_device
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk
+from cirlab.eval.evaluate import compose_queries, embed_gallery, gallery_index, query_rescoring, ranked, ranked_ids
 from cirlab.eval.metrics import first_hits
 from cirlab.index.scoring import ProductScoring
 from cirlab.session import Turn, check_mode, combine_each, plan
@@ -248,15 +248,14 @@ def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int
         raise CirlabError(f"{model.name} makes each query's inputs from the raw image and text: the multi-turn "
                           "benchmark composes from the encoded tables; measure another method")
     gallery_ids = ws.gallery_ids(split)
-    gallery = embed_gallery(model, ws.images, gallery_ids)
-    pos = {g: i for i, g in enumerate(gallery_ids)}
+    index = gallery_index(embed_gallery(model, ws.images, gallery_ids), gallery_ids)
     calls = itertools.count(1)
 
     def search(histories: list[list[Turn]], k: int) -> list[list[str]]:
         vectors, scoring = _session_vectors(ws, model, [plan(h, mode) for h in histories],
                                             f"{split}~turn{next(calls)}", text_head)
-        exclude = np.array([pos.get(h[-1].reference, -1) for h in histories], np.int64)  # the turn's reference
-        top, scores = ranked_topk(vectors, gallery, k, exclude, scoring)
+        exclude = [{h[-1].reference} - {None} for h in histories]  # the turn's reference
+        top, scores = ranked(index, vectors, k, exclude, scoring)
         return ranked_ids(top, scores, gallery_ids)
 
     return simulate(simulated_user(ws.dataset), gallery_ids, search, sessions, turns, shown, seed, start)

@@ -25,8 +25,8 @@ from cirlab.data.shoes import load_shoes
 from cirlab.data.triplets import Gallery, Triplet
 from cirlab.errors import CirlabError
 from cirlab.eval.audit import ModalityAudit, audit_report, blank_queries, modality_audit
-from cirlab.eval.evaluate import (compose_queries, embed_gallery, query_rescoring, ranked_ids, ranked_topk,
-                                  written_queries)
+from cirlab.eval.evaluate import (compose_queries, embed_gallery, gallery_index, query_rescoring, ranked, ranked_ids,
+                                  references, written_queries)
 from cirlab.eval.metrics import map_where_several, recall_at_k, recall_curve, recall_subset_at_k
 from cirlab.files import atomic_write_text
 
@@ -76,10 +76,9 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
     query_vectors = compose_queries(model, side, triplets)
     gallery_vectors = embed_gallery(model, images, gallery)
     pos = {g: i for i, g in enumerate(gallery)}
-    exclude = np.array([pos.get(q.reference, -1) for q in usable]) if split.exclude_reference else None
-    top, scores = ranked_topk(query_vectors, gallery_vectors, max(keep, *split.ks), exclude,
-                              query_rescoring(model, side, triplets))
-    ranked = ranked_ids(top, scores, gallery)
+    top, scores = ranked(gallery_index(gallery_vectors, gallery), query_vectors, max(keep, *split.ks),
+                         references(triplets, split.exclude_reference), query_rescoring(model, side, triplets))
+    answers = ranked_ids(top, scores, gallery)
     metrics: dict[str, float] = {}
     scored = [i for i, q in enumerate(usable) if q.targets]
     if scored:
@@ -87,7 +86,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
         rec = recall_at_k(top[scored], [[pos[t] for t in usable[i].targets[:1 if first else None] if t in pos]
                                         for i in scored], split.ks)
         metrics.update({f"R@{k}": v for k, v in rec.items()})
-        scored_ranked = [ranked[i] for i in scored]
+        scored_ranked = [answers[i] for i in scored]
         scored_targets = [usable[i].targets for i in scored]
         curve = recall_curve(scored_ranked, scored_targets, keep)
         # several ground truths: CIRCO-style mAP@K too
@@ -95,7 +94,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
         audited = [triplets[i] for i in scored]  # the modality audit, by the same model
         blank = blank_queries(model, side, audited, pipe.text_encoder, progress=progress)
         audit = modality_audit(model, audited, images, blank, gallery_vectors, gallery, scored_ranked,
-                               None if exclude is None else exclude[scored], keep)
+                               split.exclude_reference, keep)
     else:
         curve, audit, audited = [], None, []
     subset_ranked = []
@@ -110,7 +109,7 @@ def evaluate_benchmark(pipe, split: BenchmarkSplit, keep: int = 50, progress: bo
             metrics.update({f"Rsubset@{k}": v for k, v in sub.items()})
             metrics["(R@5+Rsubset@1)/2"] = (metrics["R@5"] + metrics["Rsubset@1"]) / 2
     return BenchmarkResult(split.name, metrics, len(usable), len(gallery), split.skipped + len(split.queries) - len(usable),
-                           ranked, scores, subset_ranked, usable, curve, audit, [usable[i] for i in scored])
+                           answers, scores, subset_ranked, usable, curve, audit, [usable[i] for i in scored])
 
 
 def cirr_submission(result: BenchmarkResult, out_dir: str | Path, prefix: str = "cirr-test1") -> tuple[Path, Path]:

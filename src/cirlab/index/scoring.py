@@ -114,11 +114,12 @@ def rescore(index, queries: np.ndarray, k: int, scoring: Scoring | None, filter:
     left out (``rows``: each query's place in the batch the stages were made for; default 0, 1, ...)."""
     stages = [s for s in (scoring, rerank) if s is not None]
     skips = skips or [set()] * len(queries)
-    ids, _ = index.search(queries, max(max(k, *(s.candidates for s in stages)) + len(skip) for skip in skips), filter)
+    wide = max(k, *(s.candidates for s in stages))
+    ids, _ = index.search(queries, max(wide + len(skip) for skip in skips), filter)
     rows = list(range(len(queries))) if rows is None else rows
     out_ids, out_scores = [], np.full((len(queries), k), -np.inf, np.float32)
     for i, row in enumerate(ids):
-        row = [x for x in row if x not in skips[i]]
+        row = [x for x in row if x not in skips[i]][:wide]  # the same candidates whether or not a skipped id was among them
         best = np.zeros(0, np.float32)
         for stage in stages:
             row = row[:max(stage.candidates, k)] if stage is rerank else row  # it reorders at least the k asked for

@@ -51,12 +51,11 @@ from cirlab.encoders.base import new_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.encoders.tuned import load_tuned, save_tuned
 from cirlab.errors import CirlabError
-from cirlab.eval.evaluate import rank
+from cirlab.eval.evaluate import gallery_index, rank, ranked
 from cirlab.eval.metrics import DEFAULT_KS, recall_at_k
 from cirlab.files import atomic_write_text
 from cirlab.fusion import FeatureDims, build_fusion
 from cirlab.images import UnreadableImage, decode_images
-from cirlab.index.exact import exact_topk
 from cirlab.training.augment import Augment
 from cirlab.training.stage1_config import Stage1Config, stage1_config
 from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
@@ -447,7 +446,7 @@ def _text_to_image_recall(fusion, images: ImageSide, texts: TextSide, ids: list[
     g = torch.cat([fusion.embed_gallery({"pooled": images.pooled(ids[s:s + 256])}) for s in range(0, len(ids), 256)])
     caps = [captions[i] for i in ids]
     t = torch.cat([fusion.project_text(texts.pooled(caps[s:s + 256])) for s in range(0, len(caps), 256)])
-    top, _ = exact_topk(t.cpu().numpy(), g.cpu().numpy(), max(ks))
+    top, _ = ranked(gallery_index(g.cpu().numpy(), ids), t.cpu().numpy(), max(ks))
     same = {}
     for n, c in enumerate(caps):
         same.setdefault(c, []).append(n)
