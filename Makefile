@@ -40,11 +40,12 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# -n auto: one pytest worker a core (pytest-xdist), each with one torch thread (tests/conftest.py)
 test: setup browser styles lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --durations=15
 
 test-fast: setup browser styles
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/encode_throughput.py

@@ -29,6 +29,7 @@ def build(gallery, out, model, *extra):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_ray_and_local_engines_write_the_same_vectors_and_a_ray_build_resumes(gallery, served, tmp_path):
     model = served[3]
     out = build(gallery, tmp_path / "local", model)

@@ -23,6 +23,7 @@ def torchrun(*args, nproc=2):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,triplets,batch", [("sum", 21, 21), ("combiner", 21, 10)])
 def test_a_step_on_two_ranks_is_the_step_on_the_whole_batch_in_one_process(method, triplets, batch, tmp_path):
     """One step with uneven shares (11 and 10 queries), and two steps; reference and hard negatives and the triplet
@@ -64,6 +65,7 @@ def tiny(tmp_path_factory):
     return make_dataset(root / "tiny", n=16), root / "cache"
 
 
+@pytest.mark.slow
 def test_two_ranks_train_write_once_resume_and_the_checkpoint_serves(tiny, tmp_path):
     from cirlab.api import Pipeline
 

@@ -178,6 +178,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         checkpoint.load_checkpoint(tmp_path / "absent.pt", ie, te)
 
 
+@pytest.mark.slow
 def test_the_text_head_learns_to_find_the_image_of_a_caption():
     """Captions and images related by an unknown linear map: a trained head finds the right image
     of held-out captions far above chance, an untrained one does not."""

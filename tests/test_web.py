@@ -11,7 +11,8 @@ import pytest
 CHROMIUM = os.environ.get("CIRLAB_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chromium at {CHROMIUM} (make setup installs it)")
+pytestmark = [pytest.mark.slow,  # a real browser: in make test, not make test-fast
+              pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chromium at {CHROMIUM} (make setup installs it)")]
 
 
 @pytest.fixture(scope="module")
