@@ -535,7 +535,7 @@ def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, 
     from cirlab.encoders.cache import FeatureCache
     from cirlab.experiment.workspace import Workspace, train_method
     from cirlab.index import load_index
-    from cirlab.rerank import ServedReranker
+    from cirlab.rerank import Reranker
     from cirlab.serve.service import SearchService
 
     _, index_dir, ds, model = served
@@ -543,7 +543,7 @@ def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, 
     train_method(ws, "combiner", {"train": {"epochs": 2, "batch_size": 8}}, out=tmp_path / "second.pt",
                  progress=False, text_head=False)
     pipe = Pipeline.load(model, index_dir.parent / "cache")
-    rerank = ServedReranker.load(f"model={tmp_path / 'second.pt'},candidates=6", pipe)
+    rerank = Reranker.beside(f"model={tmp_path / 'second.pt'},candidates=6", pipe)
     service = SearchService(pipe, index_dir, batch_window_ms=0, rerank=rerank)
     plain = SearchService(pipe, index_dir, batch_window_ms=0)
     index, _ = load_index(index_dir, pipe.model.embed_dim, pipe.identity)
@@ -563,7 +563,7 @@ def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, 
         [x["id"] for x in plain.search(**text_only)["results"]]  # the API keeps the first order too
     assert service.info()["rerank"] == {"method": "combiner", "checkpoint": "second.pt", "candidates": 6}
     # fewer candidates than k: the second model reorders the k asked for, never shortening the answer
-    few = ServedReranker.load(f"model={tmp_path / 'second.pt'},candidates=2", pipe)
+    few = Reranker.beside(f"model={tmp_path / 'second.pt'},candidates=2", pipe)
     short = SearchService(pipe, index_dir, batch_window_ms=0, rerank=few)
     q = dict(text="make it look like shape 3", image_id="img1", k=6)
     got = [x["id"] for x in short.search(**q)["results"]]

@@ -339,7 +339,7 @@ class Pipeline:
         """Top-k of an index (or of a folder's :class:`GalleryVectors`, as an exact index) for the composed query,
         through the one search (:func:`cirlab.index.search.search`): ``exclude_reference`` leaves the reference
         file out, ``scoring`` re-ranks candidates (paper 000's combined score), ``filter`` keeps images whose
-        metadata match (``{field: value or [values]}``), ``rerank`` (a ``cirlab.rerank.ServedReranker``) reorders the
+        metadata match (``{field: value or [values]}``), ``rerank`` (a ``cirlab.rerank.Reranker``) reorders the
         top candidates by a second model."""
         if isinstance(index, GalleryVectors):
             index = index.to_index()
@@ -352,11 +352,13 @@ class Pipeline:
         if scoring is not None and self.model.rescores:
             raise CirlabError(f"{self.model.name} re-scores its candidates itself: leave --scoring out")
         parts: dict = {}
-        query = self.compose(image, text, parts)
+        asked = Query(image, check_text(text))
+        (query,) = self.compose_many([asked], parts=parts)
+        if isinstance(query, Exception):
+            raise query
         skip = file_ids(index, image) if exclude_reference else set()
         # a search the re-ranker cannot compose (text alone, and it has no text head) keeps the first order, as served
-        reorders = rerank is not None and (image is not None or rerank.pipe.text_search)
-        second = rerank.scoring(rerank.pipe.compose(image, text)[None], index) if reorders else None
+        second = rerank.for_query(asked, index) if rerank is not None else None
         (ranked,) = search(index, query[None], k, [skip], filter, scoring or self.rescoring([query], parts), second)
         return hits(index, ranked)
 

@@ -13,16 +13,16 @@ of the top K is the first stage's; only their order changes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
 from cirlab.index.scoring import ModelScoring
+from cirlab.session import combine_each
 
 DEFAULT_CANDIDATES = 100
 GALLERY_CACHE = 100_000  # the second model's gallery vectors kept in memory by the server (2 KB each at 512-d)
@@ -70,11 +70,18 @@ class RerankSpec:
 
 @dataclass
 class Reranker:
-    """A loaded second model and how many candidates it reorders."""
+    """A second model that reorders the first stage's top ``candidates``: one type wherever a search is answered or
+    measured. Given its query vectors and a function from candidate keys to its vectors of those gallery images, it
+    makes the finished :class:`~cirlab.index.scoring.ModelScoring` that the one search (``index.search``) runs:
+    served, the function reads the feature cache by each image's file (:meth:`served_scoring`); evaluated, the
+    workspace's encoded table (:meth:`measured_scoring`). ``pipe``: its pipeline beside the first model's, where it
+    answers queries (:meth:`beside`); None where it is measured only (:meth:`load`)."""
 
     model: Fusion
     candidates: int = DEFAULT_CANDIDATES
     name: str = ""
+    pipe: object | None = None  # a cirlab.api.Pipeline
+    _vectors: OrderedDict = field(default_factory=OrderedDict, repr=False)  # file -> its vector, served
 
     @classmethod
     def load(cls, spec: RerankSpec | str, image_encoder, text_encoder) -> "Reranker":
@@ -85,52 +92,74 @@ class Reranker:
         model, meta = load_checkpoint(spec.model, image_encoder, text_encoder)
         return cls(model, spec.candidates, meta.get("method", model.name))
 
-
-class ServedReranker:
-    """A :class:`Reranker` in the server or ``cirlab search``: its query vectors through a pipeline of the second
-    model, its vectors of a gallery image from the feature cache (by the image's file), kept in a bounded memory."""
-
-    def __init__(self, pipeline, candidates: int = DEFAULT_CANDIDATES) -> None:
-        self.pipe = pipeline
-        self.candidates = candidates
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-
     @classmethod
-    def load(cls, spec: RerankSpec | str, first) -> "ServedReranker":
-        """The spec's checkpoint beside ``first`` (the first stage's pipeline): on its encoders (refused in one line
-        when trained on others), cache and placement, with its own text-to-image head."""
+    def beside(cls, spec: RerankSpec | str, first) -> "Reranker":
+        """The spec's checkpoint beside ``first`` (the first stage's ``Pipeline``), to answer queries: on its
+        encoders (refused in one line when trained on others), cache and placement, with its own text-to-image head."""
         from cirlab.api import Pipeline
 
         spec = RerankSpec.checked(spec)
-        return cls(Pipeline.load(spec.model, beside=first), spec.candidates)
+        pipe = Pipeline.load(spec.model, beside=first)
+        return cls(pipe.model, spec.candidates, pipe.meta["method"], pipe)
 
+    def scoring(self, queries: np.ndarray, gallery: Callable[[Sequence], np.ndarray]) -> ModelScoring:
+        """The re-ranking of a batch whose query vectors (this model's) are ``queries``; ``gallery``: candidate
+        keys -> this model's (C, D) vectors of those images."""
+        return ModelScoring(np.asarray(queries, np.float32), gallery, self.candidates, self.name)
+
+    # -- measured ------------------------------------------------------------------------------
+    def measured_scoring(self, queries, triplets: Sequence, images, gallery_ids: Sequence[str]) -> ModelScoring:
+        """Its scoring of ``triplets`` over ``gallery_ids`` (keys: gallery ids), from a workspace's encoded tables:
+        ``queries``, this model's query side (``Workspace.queries``); ``images``, the image table."""
+        from cirlab.eval.evaluate import compose_queries, embed_gallery
+
+        self.model.eval()
+        vectors = embed_gallery(self.model, images, list(gallery_ids))
+        pos = {g: i for i, g in enumerate(gallery_ids)}
+        return self.scoring(compose_queries(self.model, queries, list(triplets)),
+                            lambda ids: vectors[np.asarray([pos[i] for i in ids], np.int64)])
+
+    # -- served --------------------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self.pipe.meta["method"]
+    def checkpoint(self) -> str:
+        return self.pipe.path.name if self.pipe is not None and self.pipe.path else ""
 
-    @torch.inference_mode()
+    def query_vectors(self, queries: Sequence, sizes: Sequence[int] | None = None) -> list:
+        """Its query vector of each ``cirlab.api.Query`` (the first stage checked their texts), or of each session
+        (``sizes``: its queries' counts, combined as ``cirlab.session.combine``); None where it cannot compose one
+        (a text alone, and it has no text-to-image head): that search keeps the first stage's order."""
+        made = combine_each(self.pipe.compose_many(list(queries)), sizes or [1] * len(queries))
+        return [None if isinstance(v, Exception) else v for v in made]
+
+    def for_query(self, query, index) -> ModelScoring | None:
+        """The re-ranking of one search over a served ``index``, or None where it cannot compose the query."""
+        (vector,) = self.query_vectors([query])
+        return None if vector is None else self.served_scoring(vector[None], index)
+
+    def served_scoring(self, queries: np.ndarray, index) -> ModelScoring:
+        """The re-ranking of a batch over a served ``index`` (keys: ids), its vectors read from the feature cache by
+        each image's file (kept in a bounded memory)."""
+        def vectors(ids: Sequence[str]) -> np.ndarray:
+            return self.gallery([str(index.metadata[index.row_of[i]].get("path", "")) for i in ids])
+        return self.scoring(queries, vectors)
+
     def gallery(self, paths: Sequence[str]) -> np.ndarray:
-        """The second model's vectors of gallery files (each read from the cache once, then kept)."""
-        missing = [p for p in dict.fromkeys(paths) if p not in self._vectors]
+        """Its vectors of gallery files (each read from the cache once, then kept)."""
+        from cirlab.data.triplets import Gallery
+
+        missing = list(dict.fromkeys(p for p in paths if p not in self._vectors))
         if missing:
-            model = self.pipe.model
-            feats = self.pipe.cache.image_features(self.pipe.image_encoder, [Path(p) for p in missing],
-                                                   tuple(model.gallery_views), progress=False)
-            if feats.failed:
-                raise CirlabError(f"the re-ranker cannot read gallery file {Path(feats.failed[0][0]).name}: "
-                                  f"{feats.failed[0][1]}")
-            views = self.pipe._on({v: torch.as_tensor(x) for v, x in feats.views.items()})
-            for p, v in zip(missing, model.embed_gallery(views).float().cpu().numpy()):
-                self._vectors[p] = v
-        out = np.stack([self._vectors[p] for p in paths]) if paths else np.zeros((0, self.pipe.model.embed_dim))
+            made = self.pipe.gallery_vectors(Gallery(missing, [Path(p) for p in missing]), progress=False)
+            if made.failed:
+                raise CirlabError(f"the re-ranker cannot read gallery file {Path(made.failed[0][0]).name}: "
+                                  f"{made.failed[0][1]}")
+            self._vectors.update(zip(made.ids, made.vectors))
+        out = np.stack([self._vectors[p] for p in paths]) if paths else np.zeros((0, self.model.embed_dim))
         for p in paths:
             self._vectors.move_to_end(p)
         while len(self._vectors) > GALLERY_CACHE:
             self._vectors.popitem(last=False)
         return out.astype(np.float32)
 
-    def scoring(self, queries: np.ndarray, index) -> ModelScoring:
-        """The re-ranking of a batch whose second-model query vectors are ``queries`` over ``index`` (keys: ids)."""
-        def vectors(ids: Sequence[str]) -> np.ndarray:
-            return self.gallery([str(index.metadata[index.row_of[i]].get("path", "")) for i in ids])
-        return ModelScoring(np.asarray(queries, np.float32), vectors, self.candidates, self.name)
+    def info(self) -> dict:
+        return {"method": self.name, "checkpoint": self.checkpoint, "candidates": self.candidates}

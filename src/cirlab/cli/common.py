@@ -40,12 +40,12 @@ def rerank() -> argparse.ArgumentParser:
 
 
 def served_reranker(a: argparse.Namespace, pipe):
-    """``--rerank``'s second model beside ``pipe`` (``cirlab.rerank.ServedReranker``), or None."""
+    """``--rerank``'s second model beside ``pipe`` (``cirlab.rerank.Reranker.beside``), or None."""
     if a.rerank is None:
         return None
-    from cirlab.rerank import ServedReranker
+    from cirlab.rerank import Reranker
 
-    return ServedReranker.load(a.rerank, pipe)
+    return Reranker.beside(a.rerank, pipe)
 
 
 def cache() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from cirlab.index import build_index
 from cirlab.index.base import BaseIndex
 from cirlab.index.scoring import ModelScoring, ProductScoring
 from cirlab.index.search import search
+
+if TYPE_CHECKING:
+    from cirlab.rerank import Reranker
 
 
 @dataclass
@@ -97,26 +100,6 @@ def references(triplets: Sequence[Triplet], exclude_reference: bool = True) -> l
     return [{t.reference} for t in triplets] if exclude_reference else None
 
 
-@dataclass
-class RerankStage:
-    """A second model that reorders each query's first ``candidates`` (``cirlab.rerank``), with its own query side
-    (its views of the same references and texts)."""
-
-    model: Fusion
-    queries: QuerySide
-    candidates: int = 100
-    name: str = ""
-
-    def scoring(self, triplets: list[Triplet], images: FeatureTable, gallery_ids: list[str]) -> ModelScoring:
-        """Its :class:`ModelScoring` of ``triplets`` over ``gallery_ids`` (keys: gallery ids)."""
-        self.model.eval()
-        gallery = embed_gallery(self.model, images, gallery_ids)
-        pos = {g: i for i, g in enumerate(gallery_ids)}
-        return ModelScoring(compose_queries(self.model, self.queries, triplets),
-                            lambda ids: gallery[np.asarray([pos[i] for i in ids], np.int64)], self.candidates,
-                            self.name)
-
-
 @torch.inference_mode()
 def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: list[tuple[str, str]],
                     progress: bool = False, batch: int = 128) -> QuerySide:
@@ -140,7 +123,7 @@ def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: li
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
              gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50,
              backend: str | None = None, gallery: np.ndarray | None = None,
-             rerank: RerankStage | None = None) -> Rankings:
+             rerank: "Reranker | None" = None, rerank_queries: QuerySide | None = None) -> Rankings:
     """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
@@ -148,7 +131,8 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     ``backend``: rank through that index backend (``knn``, ``kmeans_svm:k=15``...) instead of exact
     cosine search; a backend that returns fewer than ``keep`` candidates leaves the rest unranked.
     ``gallery``: the model's vectors of ``gallery_ids`` where the caller has them (``eval.audit.evaluate_audited``).
-    ``rerank``: a second model reorders each query's first candidates (``cirlab.rerank``).
+    ``rerank``: a second model (``cirlab.rerank.Reranker``) reorders each query's first candidates, its query side
+    ``rerank_queries``.
     """
     model.eval()
     gallery_set = set(gallery_ids)
@@ -158,7 +142,7 @@ def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queri
     vectors = compose_queries(model, queries, usable)
     return rank(vectors, gallery, gallery_ids, usable, ks, exclude_reference, keep, backend,
                 skipped=len(triplets) - len(usable), scoring=query_rescoring(model, queries, usable),
-                rerank=rerank.scoring(usable, images, gallery_ids) if rerank else None)
+                rerank=rerank.measured_scoring(rerank_queries, usable, images, gallery_ids) if rerank else None)
 
 
 def rank(queries: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], triplets: list[Triplet], ks=DEFAULT_KS,

@@ -19,7 +19,7 @@ from cirlab.encoders import (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_
 from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.eval.audit import blank_queries, evaluate_audited
-from cirlab.eval.evaluate import Rankings, RerankStage, evaluate, written_queries
+from cirlab.eval.evaluate import Rankings, evaluate, written_queries
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
 from cirlab.fusion.text_head import head_state
 from cirlab.rerank import Reranker
@@ -188,15 +188,14 @@ class Workspace:
             exclude_reference = self.dataset.exclude_reference
         gallery = self.gallery_ids(split if gallery_split is True else gallery_split)
         queries = self.queries(model, split)
-        stage = RerankStage(rerank.model, self.queries(rerank.model, split), rerank.candidates, rerank.name) \
-            if rerank else None
+        second = dict(rerank=rerank, rerank_queries=self.queries(rerank.model, split)) if rerank else {}
         if not audit:
             return evaluate(model, self.triplets[split], self.images, queries, gallery,
-                            exclude_reference=exclude_reference, backend=backend, rerank=stage)
+                            exclude_reference=exclude_reference, backend=backend, **second)
         blank = blank_queries(model, queries, self.triplets[split], self.text_encoder,
                               self.texts if model.reads_raw_queries else None, self.progress)
         return evaluate_audited(model, self.triplets[split], self.images, queries, gallery, blank,
-                                exclude_reference=exclude_reference, backend=backend, rerank=stage)
+                                exclude_reference=exclude_reference, backend=backend, **second)
 
 
 def train_method(ws: Workspace, method: str, config: str | Path | dict | None = None, out: str | Path | None = None,

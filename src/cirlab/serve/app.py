@@ -259,7 +259,7 @@ def create_app(service: SearchService) -> FastAPI:
 def serve(index: str, pipe, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
           batch_window_ms: float = 5.0, max_batch: int = 32, rerank=None) -> None:
     """Serve ``pipe`` (an ``api.Pipeline``: a checkpoint's, or a zero-shot method's) over the index, loaded once,
-    with uvicorn until interrupted; ``rerank``: a ``cirlab.rerank.ServedReranker``."""
+    with uvicorn until interrupted; ``rerank``: a ``cirlab.rerank.Reranker`` beside ``pipe``."""
     import os
 
     import uvicorn

@@ -83,7 +83,7 @@ class SearchService:
         if max_text_chars > MAX_TEXT_CHARS:  # Pipeline.compose refuses longer texts whatever the server allows
             raise CirlabError(f"max_text_chars can be at most {MAX_TEXT_CHARS}, got {max_text_chars}")
         self.pipe = pipeline
-        self.rerank = rerank  # a cirlab.rerank.ServedReranker: a second model reorders the top candidates
+        self.rerank = rerank  # a cirlab.rerank.Reranker: a second model reorders the top candidates
         self.index_dir = Path(index_dir)
         self.index, self.manifest = load_index(self.index_dir, pipeline.model.embed_dim, pipeline.identity)
         self.max_upload_bytes, self.max_text_chars, self.max_pixels = max_upload_bytes, max_text_chars, max_pixels
@@ -219,7 +219,7 @@ class SearchService:
                 scoring = self.pipe.rescoring([vectors[n] for n in group],
                                               {m: parts[firsts[n]] for m, n in enumerate(group)
                                                if len(items[n].queries) == 1 and firsts[n] in parts})
-                reorder = self.rerank.scoring(np.stack([second[n] for n in group]), self.index) if rerank else None
+                reorder = self.rerank.served_scoring(np.stack([second[n] for n in group]), self.index) if rerank else None
                 found = search(self.index, np.stack([vectors[n] for n in group]), [items[n].k for n in group],
                                [items[n].skip for n in group], [items[n].filter for n in group], scoring, reorder)
                 ranked.update(zip(group, found))
@@ -233,9 +233,9 @@ class SearchService:
         if self.rerank is None:
             return [None] * len(items)
         start = time.perf_counter()
-        second = combine_each(self.rerank.pipe.compose_many(flat), [len(i.queries) for i in items])
+        second = self.rerank.query_vectors(flat, [len(i.queries) for i in items])
         stages["rerank"] = time.perf_counter() - start
-        return [None if isinstance(v, Exception) else v for v in second]
+        return second
 
     @staticmethod
     def _query_error(item: _Search, error: Exception) -> ServiceError:
@@ -401,6 +401,5 @@ class SearchService:
             "gallery_changes": self.api_token is not None,
             "batching": {"window_ms": self.batcher.window_s * 1e3, "max_batch": self.batcher.max_batch},
             "latency_ms": self.latency(),
-            "rerank": {"method": self.rerank.name, "checkpoint": self.rerank.pipe.path.name,
-                       "candidates": self.rerank.candidates} if self.rerank else None,
+            "rerank": self.rerank.info() if self.rerank else None,
         }
