@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Collection, Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -18,9 +18,6 @@ from cirlab.index import build_index
 from cirlab.index.base import BaseIndex
 from cirlab.index.scoring import ModelScoring, ProductScoring
 from cirlab.index.search import search
-
-if TYPE_CHECKING:
-    from cirlab.rerank import Reranker
 
 
 @dataclass
@@ -123,7 +120,7 @@ def written_queries(model: Fusion, images: FeatureTable, text_encoder, pairs: li
 def evaluate(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
              gallery_ids: list[str], ks=DEFAULT_KS, exclude_reference: bool = True, keep: int = 50,
              backend: str | None = None, gallery: np.ndarray | None = None,
-             rerank: "Reranker | None" = None, rerank_queries: QuerySide | None = None) -> Rankings:
+             rerank=None, rerank_queries: QuerySide | None = None) -> Rankings:
     """Rank ``gallery_ids`` (rows of ``images``) for every triplet whose query and a target are encoded.
 
     Queries whose images are missing (unreadable, or outside the encoded set) are skipped and
