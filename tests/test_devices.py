@@ -247,6 +247,7 @@ def test_caffs_three_domain_tasks_tune_a_whole_clip(tmp_path):
         assert not torch.equal(tuned, new_encoder(side, clip).model.state_dict()[key])
 
 
+@pytest.mark.slow
 def test_the_clip_preset_runs_end_to_end_from_the_cli(tmp_path):
     """Paper 004's recipe on a tiny random CLIP, as a user runs it: stage 1 with the clip_ft preset, stage 2 on the
     tuned towers, an index, a search; every command on an explicit device."""

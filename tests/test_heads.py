@@ -305,6 +305,7 @@ def test_the_reference_mirror_gate_starts_closed_and_opens_to_the_flipped_refere
         build_fusion("sum", DIMS, reference_mirror=True)
 
 
+@pytest.mark.slow
 def test_the_mirror_gate_learns_which_text_asks_for_a_mirror_image():
     """Two edits of random images whose colour layout is not symmetric: "mirror it" (the target is the
     mirror image, whose pooled vector is the reference's) and "make it brighter". Trained on 256 images with

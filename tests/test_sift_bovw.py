@@ -143,6 +143,7 @@ def test_spec_errors_are_one_line(fitted):
         SiftBovwEncoder(k=4000).fit(fitted[1][:2], fitted[2] / "cache")
 
 
+@pytest.mark.slow
 def test_cli_fits_a_vocabulary_and_trains_serves_on_it(tmp_path):
     """``encode --fit-vocabulary`` prints the spec; ``train`` fits its own vocabulary on the training
     images; the checkpoint names it, and an index built with the model answers a query."""
