@@ -237,7 +237,11 @@ class Pipeline:
     def compose(self, image: str | Path | Image.Image | None, text: str, parts: dict | None = None) -> np.ndarray:
         """The query vector of (reference image, modification text); with no image, of the text alone
         (a plain text-to-image search through the model's text head). ``parts``: see :meth:`compose_many`."""
-        (out,) = self.compose_many([Query(image, check_text(text))], parts=parts)
+        return self._composed(Query(image, check_text(text)), parts)
+
+    def _composed(self, query: "Query", parts: dict | None = None) -> np.ndarray:
+        """One checked query's vector (its error raised)."""
+        (out,) = self.compose_many([query], parts=parts)
         if isinstance(out, Exception):
             raise out
         return out
@@ -352,10 +356,8 @@ class Pipeline:
         if scoring is not None and self.model.rescores:
             raise CirlabError(f"{self.model.name} re-scores its candidates itself: leave --scoring out")
         parts: dict = {}
-        asked = Query(image, check_text(text))
-        (query,) = self.compose_many([asked], parts=parts)
-        if isinstance(query, Exception):
-            raise query
+        asked = Query(image, check_text(text))  # checked once, for both models
+        query = self._composed(asked, parts)
         skip = file_ids(index, image) if exclude_reference else set()
         # a search the re-ranker cannot compose (text alone, and it has no text head) keeps the first order, as served
         second = rerank.for_query(asked, index) if rerank is not None else None

@@ -62,7 +62,7 @@ def describe(error: ValidationError, field: str | None = None) -> str:
         where = f"history turn {loc[1] + 1}" if isinstance(loc[1], int) else "history"
         if len(loc) == 2 or kind in ("model_type", "dict_type"):
             what = ("must be an object with an image_id, a text or both" if kind in ("model_type", "dict_type")
-                    else re.sub(r"^Value error, ", "", first.get("msg", "invalid")))
+                    else _said(kind, first))
             return f"{where} {what}"
         name = str(loc[2])
         if kind == "extra_forbidden":
