@@ -39,6 +39,7 @@ from cirlab import settings
 from cirlab.config import DEFAULT_TEXT_ENCODER
 from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment import run_bench
+from cirlab.experiment.measures.splits import Splits
 from cirlab.training.stage1 import run_stage1
 from cirlab.training.stage1_config import stage1_config
 
@@ -98,14 +99,14 @@ def main() -> None:
         spec, s1 = stage1(a, cache, arm)
         bench = run_bench(a.data, a.methods.split(","), a.seeds, cache, spec, a.text_encoder, progress=False,
                           log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
-                          extra_splits=extra)
+                          measures=[Splits(extra)] if extra else ())
         for method in bench.names():
             runs = [r for r in bench.runs if r.name == method]
             rows.append({"arm": arm, "image_spec": spec, "method": method, "stage1": s1,
                          "recall": {k: [r.recall[k] for r in runs] for k in (1, 10)},
-                         "by_edit_r1": {e: statistics.fmean(r.by_edit_r1.get(e, 0.0) for r in runs)
-                                        for e in sorted({e for r in runs for e in r.by_edit_r1})},
-                         "by_split": {k: [r.by_split[k] for r in runs] for k in runs[0].by_split},
+                         "by_edit_r1": {e: statistics.fmean(r.measured["by_edit_r1"].get(e, 0.0) for r in runs)
+                                        for e in sorted({e for r in runs for e in r.measured["by_edit_r1"]})},
+                         "by_split": {k: [r.measured["by_split"][k] for r in runs] for k in runs[0].measured.get("by_split", {})},
                          "stage2_s": statistics.fmean(r.train_seconds for r in runs)})
         print(f"arm {arm['name']}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     name = a.name or f"end-to-end-{a.data.name}"

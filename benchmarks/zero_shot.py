@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cirlab.data.triplets import Dataset
 from cirlab.encoders.cache import FeatureCache
-from cirlab.experiment.sweep import recall_by, recall_by_edit
+from cirlab.experiment.measures.edits import recall_by
 from cirlab.experiment.workspace import Workspace, train_method
 from cirlab.files import atomic_write_text
 from cirlab.fusion import zero_shot_methods
@@ -47,7 +47,7 @@ def measure(ws: Workspace, name: str, method: str, config: dict, seeds: int, wor
                                         out=out, progress=False, text_head=False)
         prepared = time.perf_counter() - start
         ev = ws.evaluate(model, "test")
-        runs.append({"R@1": ev.recall[1], "R@10": ev.recall[10], "by edit": recall_by_edit(ev, 1),
+        runs.append({"R@1": ev.recall[1], "R@10": ev.recall[10], "by edit": recall_by(ev, "edit", 1),
                      "novel": recall_by(ev, "composition", 1).get("novel"), "train s": round(prepared, 1),
                      "eval s": round(time.perf_counter() - start - prepared, 1), "queries": len(ev.triplets)})
         if model.zero_shot and not model.num_parameters():

@@ -94,11 +94,12 @@ def test_the_success_curves_of_hand_set_sessions():
 def test_a_bench_table_with_no_session_at_rank_1_says_so():
     """Where no session of a setting reached rank 1, its mean turns is not a number: the table shows "-", and the
     other cells their mean ± std over seeds."""
+    from cirlab.experiment.measures.multi_turn import success_table
     from cirlab.experiment.sweep import BenchResult, BenchRun
 
     never = Sessions([[50.0, 20.0], [30.0, 5.0]], turns=2).summary()
     assert np.isnan(never["mean turns"]) and never["never"] == 100.0
-    runs = [BenchRun("sum", seed, {1: 0.0}, 1, 0.0, 1, 2, multi_turn={"last": never}) for seed in (0, 1)]
-    table = BenchResult("css", "test", [0, 1], runs).multi_turn_table()
+    runs = [BenchRun("sum", seed, {1: 0.0}, 1, 0.0, 1, 2, measured={"multi_turn": {"last": never}}) for seed in (0, 1)]
+    table = success_table(BenchResult("css", "test", [0, 1], runs))
     row = table.splitlines()[-1]
     assert row.startswith("| sum | last |") and "| - |" in row and "100.0 ± 0.0" in row

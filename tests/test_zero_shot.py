@@ -130,7 +130,7 @@ def test_on_the_stand_in_the_methods_compose_in_the_aligned_stage_1_projections(
 
     bench = run_bench(data, ["zs_text_shift", "zs_sum"], 1, cache, "efficientnet_lite0", "minilm", progress=False,
                       aligned=aligned.out)
-    assert [r.name for r in bench.runs] == ["zs_text_shift", "zs_sum"] and all(r.audit for r in bench.runs)
+    assert [r.name for r in bench.runs] == ["zs_text_shift", "zs_sum"] and all(r.measured["audit"] for r in bench.runs)
     with pytest.raises(CirlabError, match="was not trained on image-caption retrieval"):
         composed = run_stage1(data, tmp_path / "composed", cache, "efficientnet_lite0", "minilm",
                               {"tune": "none", "train": {"epochs": 1, "batch_size": 4}}, progress=False)
