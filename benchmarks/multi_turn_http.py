@@ -28,7 +28,8 @@ import numpy as np
 from _report import save_report
 from cirlab.api import Pipeline
 from cirlab.data.triplets import Dataset
-from cirlab.eval.multiturn import TOP, run_sessions, simulate, simulated_user
+from cirlab.data.user import simulated_user
+from cirlab.eval.multiturn import TOP, run_sessions, simulate
 from cirlab.experiment.workspace import Workspace
 from cirlab.index import save_index
 from cirlab.indexing import index_gallery

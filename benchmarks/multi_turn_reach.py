@@ -23,7 +23,8 @@ import numpy as np
 from _report import save_report
 
 from cirlab.data.triplets import Dataset
-from cirlab.eval.multiturn import STARTS, draw_sessions, simulated_user
+from cirlab.data.user import simulated_user
+from cirlab.eval.multiturn import STARTS, draw_sessions
 
 AT = (1, 2, 3, 5, 10)
 

@@ -10,7 +10,9 @@ from cirlab.data.css import CELLS
 from cirlab.data.emojiedit import describe
 from cirlab.data.paraphrase import _CSS
 from cirlab.errors import CirlabError
-from cirlab.eval.multiturn import CssUser, EmojiUser, MultiTurn, Sessions
+from cirlab.data.css import CssUser
+from cirlab.data.emojiedit import EmojiUser
+from cirlab.eval.multiturn import MultiTurn, Sessions
 from cirlab.session import JOIN, Turn, combine, plan
 
 

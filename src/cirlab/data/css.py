@@ -254,3 +254,58 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
             "held_out_pairs": sorted(" ".join(p[::-1]) for p in gen.held_out), "counts": counts}
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return counts
+
+
+def scene(record: dict) -> tuple[Obj, ...]:
+    """A CSS-like image's scene from its record's ``attributes.objects``."""
+    return tuple(sorted(Obj(**o) for o in (record.get("attributes") or {}).get("objects", [])))
+
+
+class CssUser:
+    """CSS-like's simulated user. Scenes are objects in a 3x3 grid; an edit is TIRG's grammar: ``add <size> <colour>
+    <shape> to <cell>`` for an object the target has in an empty cell, ``remove <object>`` for one it lacks, ``make
+    <object> <value>`` for one attribute (colour, size or shape) of an object in the same cell. The object is named by
+    the fewest attributes that single it out, as the data set's texts do."""
+
+    name = "css"
+    text_only = ()
+
+    def __init__(self, records: dict[str, dict]) -> None:
+        self.scenes = {i: {o.cell: o for o in scene(r)} for i, r in records.items()}
+
+    def key(self, image: str) -> frozenset:
+        return frozenset(self.scenes[image].values())
+
+    def editable(self, a: str, b: str) -> bool:
+        return True
+
+    def distance(self, a: str, b: str) -> int:
+        x, y = self.scenes[a], self.scenes[b]
+        return sum(1 if (c in x) != (c in y) else
+                   sum(getattr(x[c], k) != getattr(y[c], k) for k in ("colour", "size", "shape"))
+                   for c in set(x) | set(y))
+
+    def steps(self, a: str, b: str) -> int:
+        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one an edit."""
+        return self.distance(a, b)
+
+    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
+        x, y = self.scenes[current], self.scenes[target]
+        now = tuple(sorted(x.values()))
+        options: list[tuple[str, str]] = []
+        for c in sorted(set(x) | set(y)):
+            if c not in x:
+                o = y[c]
+                options.append((f"add {describe({'size': o.size, 'colour': o.colour, 'shape': o.shape})} "
+                                f"to {CELLS[c]}", "add"))
+            elif c not in y:
+                options.append((f"remove {describe(unique_description(now, x[c], rng))}", "remove"))
+            else:
+                for k in ("colour", "size", "shape"):
+                    value = getattr(y[c], k)
+                    if getattr(x[c], k) != value:
+                        name = describe(unique_description(now, x[c], rng))
+                        options.append((f"make {name} {'a ' + value if k == 'shape' else value}", f"change-{k}"))
+        if not options:
+            raise CirlabError(f"images {current} and {target} hold the same scene: there is no edit between them")
+        return rng.choice(options)

@@ -422,3 +422,61 @@ def _draw(folder: Path, records: list[dict], plan, single: bool, size: int) -> t
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(lambda job: render(job[0], job[1], size), jobs))
     return images, dict(missing)
+
+
+def emoji_name(attributes: dict) -> str:
+    """An emoji's name in words, without its factors: ``person in manual wheelchair``, ``apple``."""
+    words = str(attributes.get("base", "emoji")).replace("_", " ")
+    if attributes.get("family") == "person" and words.split()[0] not in ("person", "man", "woman"):
+        words = f"person {words}"
+    return words
+
+
+class EmojiUser:
+    """EmojiEdit's simulated user. Images differ in their emoji (``base``) and in the factors an edit changes (skin
+    tone, gender, hair, colour, direction, facing). It names one differing factor's target value in one of the
+    training phrasings. Where the emoji itself differs, which no EmojiEdit edit changes, it searches by words alone
+    for the target's emoji (``person walking``): a turn without a reference, through the model's text-to-image head."""
+
+    name = "emojiedit"
+    text_only = ("emoji",)  # the edits said as a search by words alone
+
+    def __init__(self, records: dict[str, dict]) -> None:
+        self.attrs = {i: r.get("attributes") or {} for i, r in records.items()}
+        self.captions = {i: [r["caption"]] for i, r in records.items() if r.get("caption")}
+
+    def key(self, image: str) -> tuple:
+        """What the user sees of an image: two images with the same key are the same to it."""
+        a = self.attrs[image]
+        return (a.get("base"), *(a.get(f) for f in FACTORS))
+
+    def editable(self, a: str, b: str) -> bool:
+        """Whether the data set's own edits lead from ``a`` to ``b``: the same emoji."""
+        return self.attrs[a].get("base") == self.attrs[b].get("base")
+
+    def differences(self, a: str, b: str) -> tuple[bool, int]:
+        """Whether ``a`` and ``b`` are other emoji, and how many of their factors differ."""
+        x, y = self.attrs[a], self.attrs[b]
+        return x.get("base") != y.get("base"), sum(x.get(f) != y.get(f) for f in FACTORS)
+
+    def distance(self, a: str, b: str) -> int:
+        other, factors = self.differences(a, b)
+        return len(FACTORS) * other + factors
+
+    def steps(self, a: str, b: str) -> int:
+        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one for another emoji (by
+        words), one per differing factor."""
+        other, factors = self.differences(a, b)
+        return other + factors
+
+    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
+        """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
+        by words alone (:attr:`text_only`)."""
+        x, y = self.attrs[current], self.attrs[target]
+        if x.get("base") != y.get("base"):
+            return rng.choice([emoji_name(y), *self.captions.get(target, [])]), "emoji"
+        factors = [f for f in FACTORS if x.get(f) != y.get(f)]
+        if not factors:
+            raise CirlabError(f"images {current} and {target} read the same: there is no edit between them")
+        factor = rng.choice(factors)
+        return rng.choice(describe(factor, y.get(factor))), factor

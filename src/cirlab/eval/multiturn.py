@@ -7,7 +7,8 @@ records). A session starts from a random gallery image. Each turn, the user:
    edits away; the higher ranked on a tie) as the next reference;
 2. compares that image's attributes with the target's;
 3. says one templated edit, in the data set's own grammar, that moves towards the target (after Guo et al.'s dialog
-   simulator, which says a relative caption): :class:`EmojiUser`, :class:`CssUser`.
+   simulator, which says a relative caption). Each data set's user lives with its data set (``data.emojiedit``
+   ``EmojiUser``, ``data.css`` ``CssUser``), found through ``data.user``.
 
 The next search is composed from the session's turns by its history mode (:mod:`cirlab.session`), the reference left
 out of its ranking. A session ends when the target is at rank 1.
@@ -27,9 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cirlab.data.css import CELLS, Obj, describe as css_words, unique_description
-from cirlab.data.emojiedit import FACTORS, describe as emoji_phrases
 from cirlab.data.triplets import Triplet
+from cirlab.data.user import simulated_user
 from cirlab.devices import module_device
 from cirlab.errors import CirlabError
 from cirlab.eval.evaluate import compose_queries, embed_gallery, gallery_index, query_rescoring, ranked, ranked_ids
@@ -73,131 +73,6 @@ def check_setting(sessions: int, turns: int, shown: int, start: str) -> None:
         raise CirlabError(f"unknown session start {start!r}: use one of {', '.join(STARTS)}")
     if min(sessions, turns, shown) < 1:
         raise CirlabError(f"sessions, turns and shown must each be at least 1, got {sessions}, {turns}, {shown}")
-
-
-def emoji_name(attributes: dict) -> str:
-    """An emoji's name in words, without its factors: ``person in manual wheelchair``, ``apple``."""
-    words = str(attributes.get("base", "emoji")).replace("_", " ")
-    if attributes.get("family") == "person" and words.split()[0] not in ("person", "man", "woman"):
-        words = f"person {words}"
-    return words
-
-
-class EmojiUser:
-    """EmojiEdit's simulated user. Images differ in their emoji (``base``) and in the factors an edit changes (skin
-    tone, gender, hair, colour, direction, facing). It names one differing factor's target value in one of the
-    training phrasings. Where the emoji itself differs, which no EmojiEdit edit changes, it searches by words alone
-    for the target's emoji (``person walking``): a turn without a reference, through the model's text-to-image head."""
-
-    name = "emojiedit"
-    text_only = ("emoji",)  # the edits said as a search by words alone
-
-    def __init__(self, records: dict[str, dict]) -> None:
-        self.attrs = {i: r.get("attributes") or {} for i, r in records.items()}
-        self.captions = {i: [r["caption"]] for i, r in records.items() if r.get("caption")}
-
-    def key(self, image: str) -> tuple:
-        """What the user sees of an image: two images with the same key are the same to it."""
-        a = self.attrs[image]
-        return (a.get("base"), *(a.get(f) for f in FACTORS))
-
-    def editable(self, a: str, b: str) -> bool:
-        """Whether the data set's own edits lead from ``a`` to ``b``: the same emoji."""
-        return self.attrs[a].get("base") == self.attrs[b].get("base")
-
-    def differences(self, a: str, b: str) -> tuple[bool, int]:
-        """Whether ``a`` and ``b`` are other emoji, and how many of their factors differ."""
-        x, y = self.attrs[a], self.attrs[b]
-        return x.get("base") != y.get("base"), sum(x.get(f) != y.get(f) for f in FACTORS)
-
-    def distance(self, a: str, b: str) -> int:
-        other, factors = self.differences(a, b)
-        return len(FACTORS) * other + factors
-
-    def steps(self, a: str, b: str) -> int:
-        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one for another emoji (by
-        words), one per differing factor."""
-        other, factors = self.differences(a, b)
-        return other + factors
-
-    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
-        """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
-        by words alone (:attr:`text_only`)."""
-        x, y = self.attrs[current], self.attrs[target]
-        if x.get("base") != y.get("base"):
-            return rng.choice([emoji_name(y), *self.captions.get(target, [])]), "emoji"
-        factors = [f for f in FACTORS if x.get(f) != y.get(f)]
-        if not factors:
-            raise CirlabError(f"images {current} and {target} read the same: there is no edit between them")
-        factor = rng.choice(factors)
-        return rng.choice(emoji_phrases(factor, y.get(factor))), factor
-
-
-def scene(record: dict) -> tuple[Obj, ...]:
-    """A CSS-like image's scene from its record's ``attributes.objects``."""
-    return tuple(sorted(Obj(**o) for o in (record.get("attributes") or {}).get("objects", [])))
-
-
-class CssUser:
-    """CSS-like's simulated user. Scenes are objects in a 3x3 grid; an edit is TIRG's grammar: ``add <size> <colour>
-    <shape> to <cell>`` for an object the target has in an empty cell, ``remove <object>`` for one it lacks, ``make
-    <object> <value>`` for one attribute (colour, size or shape) of an object in the same cell. The object is named by
-    the fewest attributes that single it out, as the data set's texts do."""
-
-    name = "css"
-    text_only = ()
-
-    def __init__(self, records: dict[str, dict]) -> None:
-        self.scenes = {i: {o.cell: o for o in scene(r)} for i, r in records.items()}
-
-    def key(self, image: str) -> frozenset:
-        return frozenset(self.scenes[image].values())
-
-    def editable(self, a: str, b: str) -> bool:
-        return True
-
-    def distance(self, a: str, b: str) -> int:
-        x, y = self.scenes[a], self.scenes[b]
-        return sum(1 if (c in x) != (c in y) else
-                   sum(getattr(x[c], k) != getattr(y[c], k) for k in ("colour", "size", "shape"))
-                   for c in set(x) | set(y))
-
-    def steps(self, a: str, b: str) -> int:
-        """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one an edit."""
-        return self.distance(a, b)
-
-    def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
-        x, y = self.scenes[current], self.scenes[target]
-        now = tuple(sorted(x.values()))
-        options: list[tuple[str, str]] = []
-        for c in sorted(set(x) | set(y)):
-            if c not in x:
-                o = y[c]
-                options.append((f"add {css_words({'size': o.size, 'colour': o.colour, 'shape': o.shape})} "
-                                f"to {CELLS[c]}", "add"))
-            elif c not in y:
-                options.append((f"remove {css_words(unique_description(now, x[c], rng))}", "remove"))
-            else:
-                for k in ("colour", "size", "shape"):
-                    value = getattr(y[c], k)
-                    if getattr(x[c], k) != value:
-                        name = css_words(unique_description(now, x[c], rng))
-                        options.append((f"make {name} {'a ' + value if k == 'shape' else value}", f"change-{k}"))
-        if not options:
-            raise CirlabError(f"images {current} and {target} hold the same scene: there is no edit between them")
-        return rng.choice(options)
-
-
-USERS = {"emojiedit": EmojiUser, "css": CssUser}
-
-
-def simulated_user(dataset) -> EmojiUser | CssUser:
-    """The simulated user of a data set (EmojiEdit, CSS-like), which reads its image records."""
-    family = "css" if dataset.name.startswith("css") else dataset.name.split("-")[0]
-    if family not in USERS:
-        raise CirlabError(f"no simulated user knows the images of data set {dataset.name!r}: multi-turn search runs "
-                          f"on {', '.join(USERS)} data sets, whose image records carry their attributes")
-    return USERS[family](dataset.by_id)
 
 
 @dataclass

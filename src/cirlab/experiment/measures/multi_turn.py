@@ -8,7 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from cirlab.eval.multiturn import TOP, MultiTurn, run_sessions, simulated_user
+from cirlab.data.user import simulated_user
+from cirlab.eval.multiturn import TOP, MultiTurn, run_sessions
 from cirlab.experiment.measure import Measurement, Trial, mean_std, measurements
 
 
