@@ -226,7 +226,8 @@ def test_batched_answers_equal_one_by_one_answers(served):
     """Concurrent searches of every kind, gathered into batches (a 200 ms window), answer exactly what the same
     searches answer one at a time; a bad reference in a batch fails only its own search."""
     from cirlab.api import Pipeline, Query
-    from cirlab.serve.service import SearchService, ServiceError, _Search
+    from cirlab.serve.queries import Search
+    from cirlab.serve.service import SearchService, ServiceError
 
     _, index_dir, ds, model = served
     pipe = Pipeline.load(model, index_dir.parent / "cache")
@@ -240,16 +241,19 @@ def test_batched_answers_equal_one_by_one_answers(served):
     batched = SearchService(pipe, index_dir, batch_window_ms=200, max_batch=32)
     with ThreadPoolExecutor(len(queries)) as pool:
         together = list(pool.map(lambda q: batched.search(k=5, **q), queries))
-    assert batched.latency()["mean_batch"] > 1  # the searches really went through in batches
+    assert batched.queries.latency()["mean_batch"] > 1  # the searches really went through in batches
     for a, b in zip(alone, together):
         assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
         assert np.allclose([x["score"] for x in a["results"]], [x["score"] for x in b["results"]], atol=1e-5)
     # one batch with a reference file gone bad: that search gets its error, the others their answers
-    good = [_Search([Query(batched.path_of("img0"), "make it red")], 5, {"img0"}, "img0"),
-            _Search([Query(None, "shape 4")], 5, set(), None)]
-    bad = _Search([Query(index_dir.parent / "gone.png", "make it red")], 5, {"img1"}, "img1")
-    answers = batched._run_batch([good[0], bad, good[1]])
+    # (which file failed is data: the turn and the gallery id its query came from, not a path searched for in text)
+    gone = index_dir.parent / "gone.png"
+    good = [Search([Query(batched.gallery.path_of("img0"), "make it red")], 5, {"img0"}),
+            Search([Query(None, "shape 4")], 5, set())]
+    bad = Search([Query(gone, "make it red")], 5, {"img1"}, files={str(gone): (1, "img1")})
+    answers = batched.queries._run_batch([good[0], bad, good[1]])
     assert isinstance(answers[1], ServiceError) and "'img1'" in str(answers[1]) and "gone.png" not in str(answers[1])
+    assert answers[1].about == {"turn": 1, "image_id": "img1"}
     assert [x["id"] for x in answers[0][0]] == [x["id"] for x in batched.search("make it red", 5, image_id="img0")["results"]]
     assert [x["id"] for x in answers[2][0]] == [x["id"] for x in alone[9]["results"]]
     batched.close()
@@ -573,3 +577,22 @@ def test_a_served_re_ranker_reorders_the_top_candidates_as_the_api_does(served, 
     assert got == [x["id"] for x in service.search(**q)["results"]]  # candidates 2 raised to k=6: as candidates 6
     for s in (service, plain, short):
         s.close()
+
+
+def test_a_failed_query_is_named_by_its_turn_and_gallery_id_as_data():
+    """Which file of a session failed comes from the search's own record of its files (turn, gallery id), not from
+    searching the error's text for a path; other errors keep their message."""
+    from cirlab.api import Query
+    from cirlab.errors import CirlabError
+    from cirlab.images import UnreadableImage
+    from cirlab.serve.queries import Search, query_error
+
+    item = Search([Query("/g/a.png", "red"), Query("/g/b.png", "blue")], 5, {"b"},
+                  files={"/g/a.png": (1, "a"), "/g/b.png": (2, "b")}, turns=2)
+    earlier = query_error(item, [UnreadableImage("cannot read it"), np.zeros(4)])
+    assert earlier.about == {"turn": 1, "image_id": "a"} and "history turn 1" in str(earlier)
+    assert "/g/" not in str(earlier)
+    current = query_error(item, [np.zeros(4), UnreadableImage("cannot read it")])
+    assert current.about == {"turn": 2, "image_id": "b"} and "pick another reference" in str(current)
+    other = query_error(item, [CirlabError("the text is too long"), np.zeros(4)])
+    assert str(other) == "the text is too long" and other.about == {} and other.status == 422

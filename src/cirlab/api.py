@@ -32,7 +32,7 @@ from cirlab.encoders.cache import FeatureCache
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
 from cirlab.fusion.text_head import head_from_state
-from cirlab.images import load_image
+from cirlab.images import UnreadableImage, load_image
 from cirlab.index import BaseIndex, CombinedScoring, build_index, check_filter
 from cirlab.index.scoring import ProductScoring
 from cirlab.index.metadata import attach
@@ -331,7 +331,7 @@ class Pipeline:
                 path = str(Path(images[n]))
                 if path in failed:
                     why = failed[path]
-                    out[n] = CirlabError(why if path in why else f"reference image {path}: {why}")
+                    out[n] = UnreadableImage(why if path in why else f"reference image {path}: {why}")
                 else:
                     out[n] = {v: got[v][row] for v in views}
                     row += 1

@@ -18,7 +18,7 @@ import logging
 import time
 from importlib import resources
 
-from fastapi import FastAPI, Query, Request, Security
+from fastapi import APIRouter, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -81,27 +81,39 @@ async def _send_json(send, status: int, message: str) -> None:
 
 
 def create_app(service: SearchService) -> FastAPI:
+    """The app: its error handlers, three routers (searches, the gallery, the page and its documents) and the body
+    limit."""
     app = FastAPI(title="cirlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text.")
     # the offline Swagger UI (swagger-ui-bundle 4.x) renders OpenAPI 3.0 documents, not 3.1
     app.openapi_version = "3.0.3"
+    routers = [search_router(service), gallery_router(service), page_router(service)]
+    for router in routers:
+        app.include_router(router)
+    add_error_handlers(app, service.max_upload_bytes, [r for router in routers for r in router.routes])
     # the body limit leaves room for the form's other fields around one maximal image
-    limit = service.max_upload_bytes + 64 * 1024
+    app.add_middleware(BodyLimit, limit=service.max_upload_bytes + 64 * 1024, gallery_files=GALLERY_FILES)
+    return app
+
+
+def add_error_handlers(app: FastAPI, max_upload_bytes: int, routes: list) -> None:
+    """Every error as JSON ``{"error": "...", ...}`` with its status; nothing unexpected takes the server down.
+    ``routes``: the app's routes, whose methods a 405 names."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, e: ServiceError):
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        return JSONResponse({"error": str(e), **e.about}, status_code=e.status)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, e: BodyTooLarge):
-        return JSONResponse({"error": f"the request is over the {service.max_upload_bytes / 2**20:.0f} MB upload limit"},
+        return JSONResponse({"error": f"the request is over the {max_upload_bytes / 2**20:.0f} MB upload limit"},
                             status_code=413)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):  # 404 no route, 405 (with its Allow header)
         headers = dict(getattr(e, "headers", None) or {})
         if e.status_code == 405:  # Starlette names the first matching route's methods only: name every route's
-            allowed = {m for r in app.router.routes if getattr(r, "methods", None)
+            allowed = {m for r in routes if getattr(r, "methods", None)
                        and r.matches(request.scope)[0] != Match.NONE for m in r.methods}
             headers["Allow"] = ", ".join(sorted(allowed))
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=headers or None)
@@ -117,46 +129,49 @@ def create_app(service: SearchService) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error ({type(e).__name__}); the server is still up"}, status_code=500)
 
-    async def read_form(request: Request, max_files: int = 1):
-        if not request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form")):
-            raise ServiceError(415, "send the fields as multipart/form-data (an image file and/or text, k)")
-        try:
-            return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
-        except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the former into a 400
-            message = str(getattr(e, "message", None) or getattr(e, "detail", "")) or "unreadable form"
-            if "maximum size" in message.lower():
-                raise ServiceError(413, f"a form field is over the 64 KB limit ({message})") from None
-            raise ServiceError(422, f"malformed form: {message}") from None
 
-    def check_token(request: Request) -> None:
-        if service.api_token is None:
-            raise ServiceError(403, "gallery changes are off: start the server with CIRLAB_API_TOKEN set to allow them")
-        sent = request.headers.get("authorization", "")
-        scheme, _, token = sent.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), service.api_token.encode()):
-            raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
+async def read_form(request: Request, max_files: int = 1):
+    """The request's form, within the limits (files, fields, 64 KB a field), or a one-line refusal."""
+    if not request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form")):
+        raise ServiceError(415, "send the fields as multipart/form-data (an image file and/or text, k)")
+    try:
+        return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
+    except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the former into a 400
+        message = str(getattr(e, "message", None) or getattr(e, "detail", "")) or "unreadable form"
+        if "maximum size" in message.lower():
+            raise ServiceError(413, f"a form field is over the 64 KB limit ({message})") from None
+        raise ServiceError(422, f"malformed form: {message}") from None
 
-    bearer = HTTPBearer(auto_error=False, description="CIRLAB_API_TOKEN, for gallery changes")
+
+async def read_upload(service: SearchService, upload, timing: dict):
+    """The form's ``image`` decoded (None where none was sent), its decoding time in ``timing``."""
+    if isinstance(upload, UploadFile):
+        data = await upload.read()
+        if not data:
+            return None
+        start = time.perf_counter()
+        image = await run_in_threadpool(service.decode_upload, data, upload.filename or "image")
+        timing["decode"] = time.perf_counter() - start
+        return image
+    if upload not in (None, ""):
+        raise ServiceError(422, "the field 'image' must be a file upload; send a gallery id as 'image_id'")
+    return None
+
+
+def search_router(service: SearchService) -> APIRouter:
+    router = APIRouter()
     SearchForm = search_form(service, MAX_K)
 
-    @app.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
-              response_model=SearchResponse, responses=errors(404, 413, 415, 422),
-              openapi_extra=form_body(openapi_properties(SearchForm), files="image", rules={
-                  "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["image_id"]}],
-                  "not": {"required": ["image", "image_id"]}}))
+    @router.post("/search", summary="Composed search: reference (upload or gallery id) + modification text",
+                 response_model=SearchResponse, responses=errors(404, 413, 415, 422),
+                 openapi_extra=form_body(openapi_properties(SearchForm), files="image", rules={
+                     "anyOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["image_id"]}],
+                     "not": {"required": ["image", "image_id"]}}))
     async def search(request: Request, response: Response):
         form = await read_form(request)
-        upload = form.get("image")
-        image = None
         timing = {"decode": 0.0}
-        if isinstance(upload, UploadFile):
-            data = await upload.read()
-            if data:
-                start = time.perf_counter()
-                image = await run_in_threadpool(service.decode_upload, data, upload.filename or "image")
-                timing["decode"] = time.perf_counter() - start
-        elif upload not in (None, ""):
-            raise ServiceError(422, "the field 'image' must be a file upload; send a gallery id as 'image_id'")
+        upload = form.get("image")
+        image = await read_upload(service, upload, timing)
         try:
             fields = form_fields(SearchForm, form, files=("image",))
         except ValueError as e:
@@ -168,30 +183,44 @@ def create_app(service: SearchService) -> FastAPI:
                                                       for stage in STAGES if stage in timing)
         return body
 
-    @app.get("/images/{image_id:path}", summary="A gallery image, or its JPEG thumbnail with ?size=",
-             response_class=Response, responses={200: {"content": {"image/*": {"schema": {"type": "string",
-                                                                                         "format": "binary"}}},
-                                                       "description": "the image file or thumbnail"},
-                                                 **errors(404, 415, 422)})
+    return router
+
+
+def gallery_router(service: SearchService) -> APIRouter:
+    router, gallery = APIRouter(), service.gallery
+    bearer = HTTPBearer(auto_error=False, description="CIRLAB_API_TOKEN, for gallery changes")
+
+    def check_token(request: Request) -> None:
+        if service.api_token is None:
+            raise ServiceError(403, "gallery changes are off: start the server with CIRLAB_API_TOKEN set to allow them")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), service.api_token.encode()):
+            raise ServiceError(401, "a valid API token is needed: send 'Authorization: Bearer <CIRLAB_API_TOKEN>'")
+
+    @router.get("/images/{image_id:path}", summary="A gallery image, or its JPEG thumbnail with ?size=",
+                response_class=Response, responses={200: {"content": {"image/*": {"schema": {"type": "string",
+                                                                                            "format": "binary"}}},
+                                                          "description": "the image file or thumbnail"},
+                                                    **errors(404, 415, 422)})
     async def image(image_id: str, size: int = Query(None, description=f"one of {list(THUMB_SIZES)}; absent: the file",
                                                      json_schema_extra={"enum": list(THUMB_SIZES)})):
         if size is None:
-            path = await run_in_threadpool(service.path_of, image_id)
+            path = await run_in_threadpool(gallery.path_of, image_id)
             return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
-        data = await run_in_threadpool(service.thumbnail, image_id, size)
+        data = await run_in_threadpool(gallery.thumbnail, image_id, size)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/gallery", summary="Browse the gallery: a name filter and a page, or a random pick",
-             response_model=GalleryPage, responses=errors(422))
-    async def gallery(q: str = Query("", max_length=200), offset: int = Query(0, ge=0, le=2**31),
-                      limit: int = Query(24, ge=1, le=MAX_K), random: bool = False,
-                      seed: int = Query(None, ge=0, le=2**63 - 1, description="random: the pick's seed (absent: "
-                                                                               "a new pick each time)")):
-        return await run_in_threadpool(service.browse, q, offset, limit, random, seed)
+    @router.get("/gallery", summary="Browse the gallery: a name filter and a page, or a random pick",
+                response_model=GalleryPage, responses=errors(422))
+    async def browse(q: str = Query("", max_length=200), offset: int = Query(0, ge=0, le=2**31),
+                     limit: int = Query(24, ge=1, le=MAX_K), random: bool = False,
+                     seed: int = Query(None, ge=0, le=2**63 - 1, description="random: the pick's seed (absent: "
+                                                                              "a new pick each time)")):
+        return await run_in_threadpool(gallery.browse, q, offset, limit, random, seed)
 
-    @app.post("/gallery", summary="Add images (bearer token)", status_code=201, response_model=Added,
-              responses=errors(401, 403, 413, 415, 422), dependencies=[Security(bearer)],
-              openapi_extra=form_body({}, ["image"], files="image", many=GALLERY_FILES))
+    @router.post("/gallery", summary="Add images (bearer token)", status_code=201, response_model=Added,
+                 responses=errors(401, 403, 413, 415, 422), dependencies=[Security(bearer)],
+                 openapi_extra=form_body({}, ["image"], files="image", many=GALLERY_FILES))
     async def add(request: Request):
         check_token(request)
         form = await read_form(request, max_files=GALLERY_FILES)
@@ -199,38 +228,42 @@ def create_app(service: SearchService) -> FastAPI:
             known_fields(form, ["image"])
         except ValueError as e:
             raise ServiceError(422, str(e)) from None
-        files = []
-        for upload in form.getlist("image"):
-            if not isinstance(upload, UploadFile):
-                raise ServiceError(422, "the field 'image' must hold file uploads")
-            files.append((upload.filename or "upload", await upload.read()))
+        if not all(isinstance(upload, UploadFile) for upload in form.getlist("image")):
+            raise ServiceError(422, "the field 'image' must hold file uploads")
+        files = [(upload.filename or "upload", await upload.read()) for upload in form.getlist("image")]
         return await run_in_threadpool(service.add_images, files)
 
-    @app.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)", response_model=Removed,
-                responses=errors(401, 403, 404), dependencies=[Security(bearer)])
+    @router.delete("/gallery/{image_id:path}", summary="Remove an image (bearer token)", response_model=Removed,
+                   responses=errors(401, 403, 404), dependencies=[Security(bearer)])
     async def remove(image_id: str, request: Request):
         check_token(request)
         await run_in_threadpool(service.remove_image, image_id)
         return {"removed": image_id, "size": len(service.index)}
 
-    @app.get("/health", response_model=Health)
+    return router
+
+
+def page_router(service: SearchService) -> APIRouter:
+    """Health, info, the web page and its assets, and the offline API documents."""
+    router = APIRouter()
+    static = resources.files("cirlab.serve") / "static"
+
+    @router.get("/health", response_model=Health)
     async def health():
         return {"status": "ok", "index_size": len(service.index)}
 
-    @app.get("/info", response_model=Info)
+    @router.get("/info", response_model=Info)
     async def info():
         return {"cirlab_version": __version__, **service.info()}
 
-    static = resources.files("cirlab.serve") / "static"
-
-    @app.get("/docs", include_in_schema=False)
+    @router.get("/docs", include_in_schema=False)
     async def docs():  # Swagger UI from the swagger-ui-bundle package: works offline, unlike the CDN default
         return get_swagger_ui_html(openapi_url="/openapi.json", title="cirlab API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
-    @app.get("/docs-assets/{name}", include_in_schema=False)
+    @router.get("/docs-assets/{name}", include_in_schema=False)
     async def docs_asset(name: str):
         from swagger_ui_bundle import swagger_ui_path
 
@@ -241,19 +274,18 @@ def create_app(service: SearchService) -> FastAPI:
         return Response((swagger_ui_path / name).read_bytes(), media_type=types[name],
                         headers={"Cache-Control": "public, max-age=86400"})
 
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     async def page():
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @router.get("/static/{name}", include_in_schema=False)
     async def asset(name: str):
         types = {"app.js": "text/javascript", "style.css": "text/css"}
         if name not in types:  # a fixed list: no path from a request reaches the file system
             raise ServiceError(404, f"no asset {quoted(name)}")
         return Response((static / name).read_text(encoding="utf-8"), media_type=types[name])
 
-    app.add_middleware(BodyLimit, limit=limit, gallery_files=GALLERY_FILES)
-    return app
+    return router
 
 
 def serve(index: str, pipe, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,

@@ -88,6 +88,9 @@ def _said(kind: str, error: dict) -> str:
 
 class Error(BaseModel):
     error: str = Field(description="what was wrong and what to do, in one line")
+    turn: int | None = Field(None, description="the session's turn it is about (1-based; the current one is the last), "
+                                               "where one is")
+    image_id: str | None = Field(None, description="the gallery image it is about, where one is")
 
 
 class Item(BaseModel):
