@@ -5,6 +5,7 @@ captions alone) they compose in its projections."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,44 @@ def test_a_clip_pair_searches_indexes_and_serves_with_no_checkpoint(tmp_path, ca
                         ([*pair[:6], "--method-options", "alpha"], "use name=value")]:
         assert main(["search", "--gallery", str(data / "images"), "--text", "red", *args]) == 2
         assert words in capsys.readouterr().err, args
+
+
+def test_zero_shot_checkpoints_written_before_the_bank_was_extra_state_still_load():
+    """Checkpoints written by the code before zero-shot methods stopped deleting projections and the text-shift
+    caption bank left its byte tensor for the extra state (``tests/data/legacy/make_zero_shot.py``): they load, and
+    give what that code gave; saved again, the bank is a list of strings and no byte tensor is left."""
+    from types import SimpleNamespace
+
+    from cirlab.checkpoint import fusion_from_checkpoint, read_checkpoint
+
+    legacy = Path(__file__).parent / "data" / "legacy"
+    expected = torch.load(legacy / "expected_zero_shot.pt", weights_only=False)
+    x, out = expected["inputs"], expected["outputs"]
+    ckpt = read_checkpoint(legacy / "zs_text_shift.pt")
+    assert "bank_bytes" in ckpt["state_dict"]
+    shift = fusion_from_checkpoint(ckpt, FeatureDims(**ckpt["meta"]["dims"]), legacy / "zs_text_shift.pt")
+    assert shift.bank == out["zs_text_shift"]["bank"] and shift.bank[-1] == "ünïcödé caption ✓"
+    with torch.no_grad():
+        captions, vectors = shift.captions(shift.embed_image(x["image"]))
+        assert captions == out["zs_text_shift"]["captions"]
+        torch.testing.assert_close(vectors, out["zs_text_shift"]["caption_vectors"], rtol=0, atol=0)
+        torch.testing.assert_close(shift(x["image"], x["shift"]), out["zs_text_shift"]["query"], rtol=0, atol=0)
+    state = shift.state_dict()
+    assert "bank_bytes" not in state and state["_extra_state"] == {"captions": out["zs_text_shift"]["bank"]}
+    again = type(shift)(FeatureDims(**ckpt["meta"]["dims"]), scale=0.5)
+    again.load_state_dict(state)
+    assert again.bank == shift.bank and torch.equal(again.bank_vectors, shift.bank_vectors)
+    ckpt = read_checkpoint(legacy / "pic2word.pt")
+    p2w = fusion_from_checkpoint(ckpt, FeatureDims(**ckpt["meta"]["dims"]), legacy / "pic2word.pt")
+    assert not hasattr(p2w, "image_proj") and not hasattr(p2w, "text_proj")
+    with torch.no_grad():
+        torch.testing.assert_close(p2w.embed_gallery(x["image"]), out["pic2word"]["gallery"], rtol=0, atol=0)
+        words = p2w.pseudo_words(x["image"], SimpleNamespace(word_dim=16, spec="legacy"))
+        torch.testing.assert_close(words, out["pic2word"]["words"], rtol=0, atol=0)
+    # today's code draws each seed's initial mapping as that code did (the published pic2word and lincir numbers)
+    torch.manual_seed(0)
+    fresh = build_fusion("pic2word", FeatureDims(**ckpt["meta"]["dims"]), hidden_dim=8)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in p2w.state_dict().items())

@@ -99,7 +99,8 @@ class Fusion(nn.Module):
     image side is shared.
 
     A model is whole when it is constructed: ``Method(dims, embed_dim, image_head=, head_map=,
-    reference_mirror=, **params)`` builds the image projection and the text projection, then the method's own
+    reference_mirror=, **params)`` builds the image projection and the text projection (where the method has them:
+    :attr:`projections`), then the method's own
     layers (``build_layers(**params)``), then the image heads (``fusion.heads``) and the reference mirror
     (:class:`ReferenceMirror`), in that order (the order their weights are drawn in). Nothing is attached later.
 
@@ -116,13 +117,17 @@ class Fusion(nn.Module):
     image_views: tuple[str, ...] = ("pooled",)
     text_views: tuple[str, ...] = ("pooled",)
     gallery_views: tuple[str, ...] = ("pooled",)
+    # whether the method learns the image and text projections into its space (a zero-shot method maps with fixed
+    # ones instead: fusion.zero_shot)
+    projections: ClassVar[bool] = True
 
     def __init__(self, dims: FeatureDims, embed_dim: int = 512, image_head: str = "pooled", head_map: str = "tokens",
                  reference_mirror: bool = False, **params: object) -> None:
         super().__init__()
         self.dims, self.embed_dim = dims, embed_dim
-        self.image_proj = nn.Linear(dims.image, embed_dim)
-        self.text_proj = nn.Linear(dims.text, embed_dim)
+        if self.projections:
+            self.image_proj = nn.Linear(dims.image, embed_dim)
+            self.text_proj = nn.Linear(dims.text, embed_dim)
         self.image_head, self.head_map = str(image_head or "pooled"), str(head_map)
         self.heads = nn.ModuleList()
         self.mirror: ReferenceMirror | None = None

@@ -32,6 +32,7 @@ from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cirlab.encoders.base import PSEUDO_WORD
 from cirlab.errors import CirlabError
@@ -55,11 +56,11 @@ class ZeroShot(Fusion):
     # what its preparation reads, within the zero-shot protocol (training.zero_shot): nothing, the training
     # images ("images") or their captions ("captions")
     reads: ClassVar[str] = ""
+    projections: ClassVar[bool] = False  # the fixed maps below instead
 
     def build_layers(self, aligned: str | None = None) -> None:
         if self.image_head != "pooled":
             raise ValueError(f"{self.name} learns nothing, so it takes no image head (image_head: pooled)")
-        del self.image_proj, self.text_proj
         dims = self.dims
         if aligned is None:  # the encoders' own space: one width for both
             if dims.image != dims.text:
@@ -228,21 +229,27 @@ class ZeroShotTextShift(ZeroShot):
         self._words: dict[str, torch.Tensor] = {}
         self._words_of = None
         self.register_buffer("bank_vectors", torch.zeros(0, self.embed_dim))
-        self.register_buffer("bank_bytes", torch.zeros(0, dtype=torch.uint8))
+        self.bank: list[str] = []  # the captions of bank_vectors' rows, kept in the checkpoint's extra state
 
     def set_bank(self, captions: Sequence[str], pooled: torch.Tensor) -> None:
-        """The caption bank: the captions and their encoder vectors (mapped into the aligned space here)."""
+        """The method's preparation (``training.zero_shot``): fill the caption bank with the training captions and
+        their encoder vectors (mapped into the aligned space here)."""
         self.bank_vectors = self.project_text(pooled).detach()
-        self.bank_bytes = torch.frombuffer(bytearray("\n".join(captions).encode()), dtype=torch.uint8).clone()
+        self.bank = list(captions)
 
-    @property
-    def bank(self) -> list[str]:
-        return bytes(self.bank_bytes.tolist()).decode().split("\n") if len(self.bank_bytes) else []
+    def get_extra_state(self) -> dict:
+        return {"captions": list(self.bank)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.bank = list(state["captions"])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("bank_vectors", "bank_bytes"):  # the bank's size is data, not config
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        if prefix + "bank_vectors" in state_dict:  # the bank's size is data, not config
+            self.bank_vectors = torch.empty_like(state_dict[prefix + "bank_vectors"])
+        old = state_dict.pop(prefix + "bank_bytes", None)  # before the extra state, the captions rode as UTF-8 bytes
+        if old is not None and prefix + "_extra_state" not in state_dict:
+            text = bytes(old.tolist()).decode()
+            state_dict[prefix + "_extra_state"] = {"captions": text.split("\n") if text else []}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def captions(self, r: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -319,6 +326,9 @@ class MappedPseudoWord(PseudoWord):
     embeddings, trained without a triplet (``training.zero_shot``)."""
 
     def build_layers(self, aligned: str | None = None, hidden_dim: int = 512, dropout: float = 0.1) -> None:
+        # The published mappings were drawn after two learned projections that a zero-shot method no longer builds:
+        # drawing two layers of their shapes first (and keeping none) gives each seed its published initial mapping.
+        nn.Linear(self.dims.image, self.embed_dim), nn.Linear(self.dims.text, self.embed_dim)
         super().build_layers(aligned)
         self.mapping = mlp([self.embed_dim, hidden_dim, hidden_dim, self.dims.text_token], dropout=dropout)
 
