@@ -8,7 +8,7 @@ tell two scenes apart from a composition that edits the wrong cell or leaves the
 
     .venv/bin/python benchmarks/css_errors.py --model runs/m/model.pt --data data/css --split val
 
-prints a table and writes ``benchmarks/results/css-errors-<name>.md`` with ``--name``.
+prints a table and writes ``benchmarks/results/css_errors/css-errors-<name>.md`` with ``--name``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "css_errors"
 
 
 def cells(record: dict) -> dict[int, tuple]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--cache", default=None)
-    p.add_argument("--name", default=None, help="write benchmarks/results/css-errors-NAME.md")
+    p.add_argument("--name", default=None, help="write benchmarks/results/css_errors/css-errors-NAME.md")
     a = p.parse_args(argv)
 
     from cirlab.api import Pipeline

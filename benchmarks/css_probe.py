@@ -9,7 +9,7 @@ the share of cells it labels right, of whole scenes it labels right, and of cell
     .venv/bin/python benchmarks/css_probe.py --data data/css
 
 needs ``cirlab encode data/css/images --views pooled tokens local colour``; writes
-``benchmarks/results/css-probe.md``.
+``benchmarks/results/probes/css-probe.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "probes"
 
 
 def labels(data: Path, ids: list[str]):

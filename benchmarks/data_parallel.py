@@ -2,7 +2,7 @@
 ``cirlab train`` in one process and with ``--nproc N``, over seeds; the kept epoch's validation R@1 and the test R@1.
 
     .venv/bin/python benchmarks/data_parallel.py --data data/emojiedit [--method combiner] [--seeds 3] [--nproc 2]
-        [--out benchmarks/results/data-parallel-emojiedit.md]
+        [--out benchmarks/results/data_parallel/data-parallel-emojiedit.md]
 
 Every run reads the same feature cache (the first one fills it, unless ``--cache`` names a warm one).
 On one 2-core machine the ranks share the cores (one thread each): the time says what the gathering and the
@@ -82,7 +82,7 @@ def main() -> None:
             + "".join(f"| {r['seed']} | {r['nproc']} | {r['val R@1']:.1f} | {r['best epoch']} | "
                       f"{r['test R@1'] if r['test R@1'] is not None else ''} | {r['train s']} | {r['wall s']} |\n"
                       for r in rows))
-    out = a.out or Path(__file__).parent / "results" / f"data-parallel-{a.data.name}.md"
+    out = a.out or Path(__file__).parent / "results" / "data_parallel" / f"data-parallel-{a.data.name}.md"
     save_report(text, out, {"command": command, "rows": rows})
 
 

@@ -2,7 +2,7 @@
 encoders and at a CLIP ViT-B/32-sized model (random weights: no CLIP weights exist offline; the speed is the same).
 
     .venv/bin/python benchmarks/device_bench.py [--devices cpu,cuda] [--data data/emojiedit] [--images 256]
-        [--triplets 256] [--queries 50] [--models default,clip-b32] [--out benchmarks/results/device_bench.md]
+        [--triplets 256] [--queries 50] [--models default,clip-b32] [--out benchmarks/results/device/device_bench.md]
 
 Per device and model, everything through cirlab's own code paths, PyTorch runtime, that device's auto precision
 (fp32 on the CPU, bf16 or fp16 autocast on CUDA):
@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--triplets", type=int, default=256)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--work", type=Path, default=Path("data/device_bench"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "device_bench.md")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "device" / "device_bench.md")
     a = ap.parse_args()
     if not (a.data / "dataset.json").is_file():
         sys.exit(f"{a.data} is not a data set: build it with 'cirlab data make emojiedit --out {a.data}'")

@@ -1,7 +1,7 @@
 """Issue 14's promise that ``--device cpu`` (and the default) computes what cirlab computed before devices existed:
 the same training run under an earlier revision and under this tree, compared by the hashes of what they write.
 
-    .venv/bin/python benchmarks/device_parity.py --base 7d39fc5 [--out benchmarks/results/device_parity.md]
+    .venv/bin/python benchmarks/device_parity.py --base 7d39fc5 [--out benchmarks/results/device/device_parity.md]
 
 A worktree of ``--base`` is checked out under ``--work``; a small CSS-like data set is built once. Each side then
 runs in its own process (``PYTHONPATH`` at its ``src``), with an empty home and feature cache of its own:
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="7d39fc5", help="the revision before devices existed")
     ap.add_argument("--work", type=Path, default=Path("data/device_parity"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "device_parity.md")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "device" / "device_parity.md")
     a = ap.parse_args()
     work = a.work.resolve()
     old, data = base_and_data(a.base, work)

@@ -2,7 +2,7 @@
 texts/s, PyTorch against ONNX Runtime and OpenVINO, with ONNX Runtime int8 (dynamic quantisation) as an extra.
 
     .venv/bin/python benchmarks/encode_throughput.py [--images 256] [--batch 32] [--rounds 3]
-        [--runtimes torch,onnx,openvino] [--int8] [--out benchmarks/results/encode_throughput.md]
+        [--runtimes torch,onnx,openvino] [--int8] [--out benchmarks/results/encoders/encode_throughput.md]
 
 Images are EmojiEdit-sized PNGs drawn from Twemoji (decoding and preprocessing included); texts are
 modification texts of EmojiEdit's phrasings. The runtimes run in one process, interleaved round by round,

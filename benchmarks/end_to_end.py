@@ -17,7 +17,7 @@ test split and on ``--extra-splits``. An arm is written ``NAME=SIZE[/BLOCKS[/AUG
 
 Stage 1 runs paper 004's composed objective (``Stage1Config``: sum fusion, logit scale 100,
 best epoch by validation recall) for ``--stage1-epochs``, tuning the image encoder only. Writes
-``benchmarks/results/<name>.md`` and ``.json`` with, per arm and method: test R@1 / R@10 (mean ± std
+``benchmarks/results/end_to_end/<name>.md`` and ``.json`` with, per arm and method: test R@1 / R@10 (mean ± std
 over seeds), R@1 by edit type, R@1 on the extra splits, and the wall time per epoch of stage 1 and
 stage 2 on this machine. Stage-1 folders go under ``--work`` (``--reuse-stage1`` keeps them).
 """
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("data/end_to_end"))
     ap.add_argument("--reuse-stage1", action="store_true")
     ap.add_argument("--name", default=None)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end")
     a = ap.parse_args()
     cache = FeatureCache(settings.cache_dir())
     extra = [s for s in a.extra_splits.split(",") if s]

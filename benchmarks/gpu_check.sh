@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The first minutes of a lent GPU, prepared so that they measure instead of debug (issue 33). One run, under 8 min:
 #
-#   bash benchmarks/gpu_check.sh             # on the GPU machine: writes benchmarks/results/gpu_check/
-#   bash benchmarks/gpu_check.sh --dry-run   # here, on the CPU: writes benchmarks/results/gpu_check-dry-run/
+#   bash benchmarks/gpu_check.sh             # on the GPU machine: writes benchmarks/results/device/gpu_check/
+#   bash benchmarks/gpu_check.sh --dry-run   # here, on the CPU: writes benchmarks/results/device/gpu_check-dry-run/
 #
 # Steps, each timed, each logged to <step>.log beside the results, a failed one not stopping the rest:
 #   1. cuda-tests: tests/test_devices.py (its CUDA tests run where torch sees a GPU, and skip, saying why, elsewhere);
@@ -27,11 +27,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$(pwd)/src${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 if [ $DRY = 1 ]; then  # the same steps at sizes 2 CPU cores finish in minutes: it checks the script, not speed
-    DEV=cpu PREC=fp32 OUT=benchmarks/results/gpu_check-dry-run TRIPLETS=64 SIZES="--images 16 --triplets 64 --queries 3"
+    DEV=cpu PREC=fp32 OUT=benchmarks/results/device/gpu_check-dry-run TRIPLETS=64 SIZES="--images 16 --triplets 64 --queries 3"
     TESTS="-k cuda"
     export CIRLAB_DEVICE=cpu
 else
-    DEV=cuda PREC=bf16 OUT=benchmarks/results/gpu_check TRIPLETS=256 SIZES="--images 64 --triplets 128 --queries 10"
+    DEV=cuda PREC=bf16 OUT=benchmarks/results/device/gpu_check TRIPLETS=256 SIZES="--images 64 --triplets 128 --queries 10"
     TESTS=""
 fi
 WORK=${GPU_CHECK_WORK:-data/gpu_check}

@@ -2,7 +2,7 @@
 operation and checks every reply (no 5xx; a documented status, content type and headers; a body that matches the
 documented schema; schema-valid requests accepted, except where a file's bytes must decode as an image).
 
-    .venv/bin/python benchmarks/http_contract.py [--examples 2400] [--out benchmarks/results/http_contract.md]
+    .venv/bin/python benchmarks/http_contract.py [--examples 2400] [--out benchmarks/results/serving/http_contract.md]
 
 A small CSS-like data set is built, ``sum`` is trained on it for 2 epochs and its images are indexed (all under
 ``--work``, kept between runs); then ``cirlab serve`` runs over a copy of that index with gallery changes on,
@@ -102,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", type=int, default=2400, help="generated cases per operation")
     ap.add_argument("--work", type=Path, default=Path("data/http_contract"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "http_contract.md")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serving" / "http_contract.md")
     a = ap.parse_args()
     from cirlab.files import atomic_write_text
     from cirlab.serve.launch import start_server, stop_server

@@ -1,7 +1,7 @@
 """Index backends at 10k, 100k and 1M vectors: build time, bytes per vector, latency, QPS, Recall@10.
 
     .venv/bin/python benchmarks/index_bench.py [--sizes 10000 100000 1000000] [--dim 512]
-        [--data random embedding] [--queries 200] [--out benchmarks/results/index.md]
+        [--data random embedding] [--queries 200] [--out benchmarks/results/index/index.md]
 
 One run measures, on this machine and in this process:
 - the memory-bandwidth bound: GB/s of a plain numpy pass (a sum) over the n x d float32 matrix;

@@ -1,7 +1,7 @@
 """Does int8 help the text encoder? MiniLM's exported graph, dynamically quantised by ONNX Runtime in four ways,
 against the fp32 graph: speed on 128 short texts and the smallest cosine of the pooled vectors.
 
-    .venv/bin/python benchmarks/int8_text.py [--out benchmarks/results/int8_text.md]
+    .venv/bin/python benchmarks/int8_text.py [--out benchmarks/results/encoders/int8_text.md]
 
 The variants: s8 weights per tensor (ONNX Runtime's default), s8 per channel with reduced range (its advice for
 AVX2 CPUs without VNNI, where u8 x s8 products can saturate), u8 weights per tensor and per channel. Speed is

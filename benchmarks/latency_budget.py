@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latency_budget.py [--images 100000] [--requests 300]
         [--backends 'exact;faiss:HNSW32'] [--model CKPT] [--serve-args "..."] [--rerank SPEC]
-        [--out benchmarks/results/latency_budget.md]
+        [--out benchmarks/results/serving/latency_budget.md]
 
 The gallery is serve_load's (Twemoji PNGs, CC-BY 4.0, Twitter/X and contributors) extended with
 more variants of each emoji (rotations, scales, shifts, backgrounds) to ``--images`` files in

@@ -3,7 +3,7 @@ session's history, against the same sessions run in-process.
 
     .venv/bin/python benchmarks/multi_turn_http.py --data data/emojiedit --model M [--cache C] [--split test]
         [--sessions 50] [--turns 10] [--shown 10] [--history mean] [--start random] [--seed 0]
-        [--out benchmarks/results/multi-turn-http-emojiedit.md]
+        [--out benchmarks/results/multi_turn/multi-turn-http-emojiedit.md]
 
 An exact index of the split's gallery is built with the checkpoint and ``cirlab serve`` started over it. The
 simulated sessions (``eval.multiturn.simulate``) then search through the server: the turn's reference as

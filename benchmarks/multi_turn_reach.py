@@ -3,7 +3,7 @@
 ``user.steps`` of each session ``cirlab bench --multi-turn`` draws (the same seeds, sessions and start).
 
     .venv/bin/python benchmarks/multi_turn_reach.py --data data/css-large --data data/emojiedit [--seeds 3]
-        [--sessions 200] [--start random] [--out benchmarks/results/multi-turn-reach.md]
+        [--sessions 200] [--start random] [--out benchmarks/results/multi_turn/multi-turn-reach.md]
 
 The user says one edit a turn, so a session whose start is N edits from its target needs N turns if every search
 returned exactly the edited image: the share of sessions within T edits is what a perfect one-edit-a-turn search

@@ -14,7 +14,7 @@ spatial 7x7 map it is pooled from:
 
     .venv/bin/python benchmarks/representation_probe.py --data data/emojiedit
 
-Writes ``benchmarks/results/representation-probe.{md,json}``.
+Writes ``benchmarks/results/probes/representation-probe.{md,json}``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cirlab import settings
 from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment.workspace import Workspace
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "probes"
 
 
 def representations(ws: Workspace) -> dict[str, np.ndarray]:

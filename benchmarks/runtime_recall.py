@@ -2,7 +2,7 @@
 check at the level users see (issue 16: unchanged to 0.1 points).
 
     .venv/bin/python benchmarks/runtime_recall.py [--data data/emojiedit] [--model CKPT] [--split test]
-        [--runtimes torch,onnx,openvino] [--out benchmarks/results/runtime_recall.md]
+        [--runtimes torch,onnx,openvino] [--out benchmarks/results/encoders/runtime_recall.md]
 
 Each runtime encodes the whole split afresh into its own empty feature cache (``cirlab eval --runtime R
 --cache TMP``), so no vector is shared between the arms; the model is the one ``make demo`` trains unless

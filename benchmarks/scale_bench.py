@@ -2,7 +2,7 @@
 backend (Qdrant's local mode) against the exact index.
 
     .venv/bin/python benchmarks/scale_bench.py [--images 2048] [--workers 1,2] [--sizes 10000,100000]
-        [--queries 200] [--out benchmarks/results/scale_bench.md]
+        [--queries 200] [--out benchmarks/results/index/scale_bench.md]
 
 Part 1, engines: ``cirlab index build`` over the first ``--images`` Twemoji PNGs of serve_load's
 gallery (CC-BY 4.0, Twitter/X and contributors; built by ``benchmarks/serve_load.py``), with the

@@ -1,7 +1,7 @@
 """That a rebuild of the query path changes no answer: the same runs under an earlier revision and under this
 tree, compared by the hashes of what they produce.
 
-    .venv/bin/python benchmarks/search_parity.py --base b917afb [--out benchmarks/results/search_parity.md]
+    .venv/bin/python benchmarks/search_parity.py --base b917afb [--out benchmarks/results/serving/search_parity.md]
 
 A worktree of ``--base`` is checked out under ``--work``; a small CSS-like data set is built once. Each side
 then runs in its own processes (``PYTHONPATH`` at its ``src``), with an empty home and feature cache of its
@@ -162,7 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="b917afb", help="the revision before the query path was rebuilt")
     ap.add_argument("--work", type=Path, default=Path("data/search_parity"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_parity.md")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serving" / "search_parity.md")
     a = ap.parse_args()
     work = a.work.resolve()
     old, data = base_and_data(a.base, work)

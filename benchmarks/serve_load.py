@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1,8] [--seconds 60] [--images 10000]
         [--model CKPT] [--upload-fraction 0.1] [--label NAME] [--serve-args "..."]
-        [--out benchmarks/results/serve_load.md]
+        [--out benchmarks/results/serving/serve_load.md]
 
 The gallery: the 4,009 Twemoji PNGs (CC-BY 4.0, Twitter/X and contributors), each as drawn, mirrored
 and on a tinted background, until ``--images`` files exist (``data/serve_load/gallery``). It is

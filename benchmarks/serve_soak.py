@@ -12,7 +12,7 @@ a delete of an image it uploaded (10%). 5% of the images sent are hostile: a mal
 truncated PNG, a 20000x300 PNG, a decompression bomb, random bytes. Every 30 s ``cirlab index add``
 adds 10 new images to the same index folder from a separate process.
 
-Reported (``benchmarks/results/serve_soak.{md,json}``): requests by kind and status, 5xx answers
+Reported (``benchmarks/results/serving/serve_soak.{md,json}``): requests by kind and status, 5xx answers
 and transport errors (both expected 0), search latency, the items acknowledged (server 201s not
 deleted since, plus the CLI's additions) against the items on disk at the end (expected equal),
 and the server's resident memory at start, peak and end (read from /proc every 0.5 s).
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--model", default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_soak.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving" / "serve_soak.md")
     a = ap.parse_args()
     from cirlab import settings
     from cirlab.api import Pipeline

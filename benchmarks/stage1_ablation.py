@@ -17,7 +17,7 @@ projections (its model still scores the pseudo triplets). A task the data cannot
 scenes have no category) is reported as skipped. Reports test Recall@K (mean over stage-2 seeds),
 the pseudo triplets made and kept, and the wall time of each stage on this machine: stage 1's
 frozen-trunk pass and training, the re-encoding of the data set under the tuned encoders, and
-stage 2. Writes benchmarks/results/<name>.md and .json. ``--reuse-stage1`` keeps stage-1 folders of
+stage 2. Writes benchmarks/results/stage1/<name>.md and .json. ``--reuse-stage1`` keeps stage-1 folders of
 an earlier run with the same options (under --work) and reports their recorded wall times.
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--name", default=None)
     ap.add_argument("--reuse-stage1", action="store_true",
                     help="reuse a stage-1 folder of an earlier run with the same options (its wall times are reported)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/stage1"))
     a = ap.parse_args()
     a.method = a.method or ("clip_cd" if a.ablate == "tune" else "caff")
     cache = FeatureCache(settings.cache_dir())

@@ -1,7 +1,7 @@
 """A new user's slips, run as they would meet them (the CLI and a real server): what each exits or answers with,
 its first line, whether a traceback shows, and whether the user's own files survive byte for byte.
 
-    .venv/bin/python benchmarks/user_safety.py [--src OTHER/src --label before] [--out benchmarks/results/user_safety.md]
+    .venv/bin/python benchmarks/user_safety.py [--src OTHER/src --label before] [--out benchmarks/results/serving/user_safety.md]
 
 ``--src`` runs another checkout's code (``git worktree add /tmp/before 0cedecb``, then ``--src /tmp/before/src``)
 with this environment, for a before/after table. The cases are those of the sweep that found them: a Qdrant Edge
@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=None, help="another checkout's src folder to run instead")
     ap.add_argument("--label", default="this checkout")
     ap.add_argument("--work", type=Path, default=Path("data/user_safety"))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "user_safety.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving" / "user_safety.md")
     a = ap.parse_args()
     from cirlab.files import atomic_write_text
 

@@ -2,7 +2,7 @@
 next to the supervised ``sum`` on the same encoders and, where given, the best supervised result.
 
     .venv/bin/python benchmarks/zero_shot.py --data data/emojiedit [--seeds 3] [--best RESULTS.json]
-        [--out benchmarks/results/zero-shot-emojiedit.md]
+        [--out benchmarks/results/zero_shot/zero-shot-emojiedit.md]
 
 The aligned space is a stage-1 model trained under the zero-shot protocol (``Dataset.zero_shot()``: the training
 images and their captions, no triplet) with the ``align`` preset: the offline stand-in for CLIP (docs/zero-shot.md).
@@ -81,9 +81,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs of pic2word's and lincir's mapping (default: their configs' 20; fewer on a large set)")
     ap.add_argument("--best", type=Path, default=None, help="a bench JSON holding the best supervised method")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/zero-shot-<data>.md")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/zero_shot/zero-shot-<data>.md")
     a = ap.parse_args()
-    out = a.out or Path(__file__).parent / "results" / f"zero-shot-{a.data.name}.md"
+    out = a.out or Path(__file__).parent / "results" / "zero_shot" / f"zero-shot-{a.data.name}.md"
     work = a.work or Path("data/zero_shot") / a.data.name
     cache = FeatureCache(work / "cache")
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """What a zero-shot query costs in the server, next to the supervised ``sum`` on the same encoders.
 
     .venv/bin/python benchmarks/zero_shot_latency.py [--work data/zero_shot/emojiedit] [--data data/emojiedit]
-        [--requests 200] [--out benchmarks/results/zero-shot-latency.md]
+        [--requests 200] [--out benchmarks/results/zero_shot/zero-shot-latency.md]
 
 It serves the seed-0 checkpoints that ``benchmarks/zero_shot.py`` keeps under ``--work``/models (run that first):
 for each, an exact index over the data set's images (embedded once into the feature cache), a real ``cirlab serve``
@@ -93,7 +93,7 @@ def main() -> None:
     within = [r["method"] for r in timed if r["p50_ms"] - base_p50 <= 2.0]
     over = [r["method"] for r in timed if r["method"] not in within]
     report += f"\nWithin 2 ms of `sum` at p50: {', '.join(within) or 'none'}; over: {', '.join(over) or 'none'}.\n"
-    save_report(report, a.out or ROOT / "benchmarks" / "results" / "zero-shot-latency.md",
+    save_report(report, a.out or ROOT / "benchmarks" / "results" / "zero_shot" / "zero-shot-latency.md",
                 {"rows": rows, "sum_p50_ms": base_p50,
                  "p50_over_sum": {r["method"]: round(r["p50_ms"] - base_p50, 1) for r in rows}})
 

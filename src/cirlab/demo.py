@@ -24,7 +24,7 @@ from cirlab.files import atomic_write_text
 DEMO_METHODS = ("image_only", "text_only", "sum", "combiner")
 DEFAULT_METHOD = "combiner"
 # Images are embedded from the pooled vector plus colour statistics (fusion.heads): the pooled vector
-# alone loses skin tones (benchmarks/results/representation-probe.md); text_only reads none.
+# alone loses skin tones (benchmarks/results/probes/representation-probe.md); text_only reads none.
 # 16 colour detectors instead of the head's 64 keep the demo within 5 minutes on 2 cores (sum, seed 0,
 # validation R@1 98.5 against 99.2, 30 s against 44 s of training).
 DEMO_IMAGE_HEAD = "colour:bins=16"

@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
     b.add_argument("--start", default="random", choices=("random", "editable"),
                    help="each session starts from a random gallery image, or from one the data set's edits reach "
                         "the target from (EmojiEdit: the same emoji) (default: %(default)s)")
-    b.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the table goes (default: %(default)s)")
+    b.add_argument("--out", type=Path, default=Path("benchmarks/results/bench"),
+                   help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")
     b.set_defaults(func=run)
 

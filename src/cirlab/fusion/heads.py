@@ -2,7 +2,7 @@
 
 The reference (query side) and every gallery image (target side) go through the same head, so a
 gallery may be embedded from more than the globally average-pooled vector, which loses where
-things are and which way they face (``benchmarks/results/representation-probe.md``).
+things are and which way they face (``benchmarks/results/probes/representation-probe.md``).
 The index still stores one vector per image: search cost does not change.
 
 A head spec names one or more heads joined by ``+``: ``pooled`` (the linear projection of the

@@ -398,7 +398,7 @@ class OptimisedPseudoWord(PseudoWord):
     """Per-query textual inversion (SEARLE's OTI, Baldrati et al., ICCV 2023): for each reference, the pseudo-word
     is optimised from the mean word embedding, ``steps`` AdamW steps at ``lr``, so that the text encoder's
     "a photo of $" lands on ``r`` (cosine loss); nothing is learned ahead. Query: "a photo of $ that {text}". Its
-    latency is the steps' (benchmarks/results)."""
+    latency is the steps' (benchmarks/results/zero_shot/zero-shot-latency.md)."""
 
     name = "zs_oti"
     paper = "SEARLE's OTI (Baldrati et al., ICCV 2023): zero-shot, per-query textual inversion"
