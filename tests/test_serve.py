@@ -430,7 +430,7 @@ def test_history_and_filter_are_json_checked_by_one_type_the_schema_states(serve
     over = search(base, {**now, "history": json.dumps(turns), "history_mode": "mean"})
     assert over.status_code == 422 and over.json() == {"error": "history has 20 earlier turns; a session is limited to "
                                                                 "20 turns, 19 earlier and the current one: start a new "
-                                                                "session"}
+                                                                "session", "field": "history"}
     pretty = search(base, {**now, "history": json.dumps(turns[:2], indent=2), "history_mode": "text"})
     compact = search(base, {**now, "history": json.dumps(turns[:2]), "history_mode": "text"})
     assert pretty.status_code == 200 and pretty.json() == compact.json()
@@ -449,6 +449,8 @@ def test_history_and_filter_are_json_checked_by_one_type_the_schema_states(serve
         r = search(base, {**now, "history": history})
         assert r.status_code == 422 and says in r.json()["error"], (history, r.text)
         assert "\\u" not in r.json()["error"] and "[^" not in r.json()["error"]  # never the pattern
+        if says.startswith("history turn"):  # which turn, as data too
+            assert r.json()["turn"] == int(says.split()[2]) and r.json()["field"] == "history", r.text
     for filter, says in [('{"family": 1.5}', "filter field 'family': give a string, an integer or true/false"),
                          ('{"family": []}', "filter field 'family'"), ('{"": "x"}', "filter"),
                          ("{'family': 'x'}", "the field 'filter' is not JSON")]:

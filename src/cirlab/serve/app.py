@@ -174,8 +174,8 @@ def search_router(service: SearchService) -> APIRouter:
         image = await read_upload(service, upload, timing)
         try:
             fields = form_fields(SearchForm, form, files=("image",))
-        except ValueError as e:
-            raise ServiceError(422, str(e)) from None
+        except ValueError as e:  # a FormError says which field (and turn) as data
+            raise ServiceError(422, str(e), **getattr(e, "about", {})) from None
         body = await run_in_threadpool(service.search, fields.text, fields.k, image, fields.image_id, fields.method,
                                        timing, fields.filter, fields.history, fields.history_mode)
         body["warnings"] = service.upload_warnings([(upload.filename or "image", image)] if image else [])

@@ -48,6 +48,24 @@ def history_type(max_text_chars: int):
     return Annotated[list[turn], Field(max_length=MAX_TURNS - 1)]
 
 
+class FormError(ValueError):
+    """A refused form field: its one-line message, and what it is about as data (:func:`about`)."""
+
+    def __init__(self, message: str, **about: object) -> None:
+        super().__init__(message)
+        self.about = about
+
+
+def about(error: ValidationError, field: str | None = None) -> dict:
+    """What a validation error is about, as data: the ``field``, and for a session's history the ``turn``
+    (1-based) whose entry was refused."""
+    loc = ((field,) if field else ()) + tuple(error.errors()[0].get("loc", ()))
+    out: dict = {"field": str(loc[0])} if loc else {}
+    if loc[:1] == ("history",) and len(loc) > 1 and isinstance(loc[1], int):
+        out["turn"] = loc[1] + 1
+    return out
+
+
 def describe(error: ValidationError, field: str | None = None) -> str:
     """A validation error of the search form, of its ``history`` or its ``filter`` as one line that says what to
     send (never a pattern): the first error, where it is (``history turn 3 text``) and what is wrong."""
@@ -91,6 +109,7 @@ class Error(BaseModel):
     turn: int | None = Field(None, description="the session's turn it is about (1-based; the current one is the last), "
                                                "where one is")
     image_id: str | None = Field(None, description="the gallery image it is about, where one is")
+    field: str | None = Field(None, description="the form field it is about, where one is")
 
 
 class Item(BaseModel):
@@ -245,7 +264,7 @@ def form_fields(model: type[_Form], form, files: tuple[str, ...] = ()) -> _Form:
     try:
         return model.model_validate(values)
     except ValidationError as e:
-        raise ValueError(describe(e)) from None
+        raise FormError(describe(e), **about(e)) from None
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from cirlab.index import check_filter
 from cirlab.serve.errors import ServiceError, unreadable_gallery_image
 from cirlab.serve.gallery import MAX_K, THUMB_SIZES, GalleryKeeper
 from cirlab.serve.queries import STAGES, QueryExecutor, Search
-from cirlab.serve.schema import describe, history_type
+from cirlab.serve.schema import about, describe, history_type
 from cirlab.session import Turn, check_mode, plan
 
 log = logging.getLogger("cirlab.serve")
@@ -149,7 +149,7 @@ class SearchService:
         except CirlabError as e:
             raise ServiceError(422, str(e)) from None
         except ValidationError as e:
-            raise ServiceError(422, describe(e, "history")) from None
+            raise ServiceError(422, describe(e, "history"), **about(e, "history")) from None
         return [(t.image_id, Turn(self.gallery.path_of(t.image_id) if t.image_id is not None else None,
                                   self.check_text(t.text))) for t in history]
 
