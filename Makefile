@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser styles demo lint test test-fast bench clean
+.PHONY: setup browser wordnet styles demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# text augmentation's synonyms read WordNet's database from Debian's wordnet-base (cirlab/data/wordnet.py)
+wordnet:
+	@test -f /usr/share/wordnet/index.noun || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wordnet-base >/dev/null; }
+
 # EmojiEdit's other art sets from npm into the environment: Fluent Emoji (MIT; SVG, rasterised by rsvg-convert)
 # and Noto Emoji (Apache 2.0; PNG, from emoji-datasource-google)
 FLUENT := $(VENV)/npm/node_modules/fluentui-emoji/icons
@@ -34,17 +38,17 @@ styles: setup
 	@test -d $(FLUENT) -a -d $(NOTO) || npm install --prefix $(VENV)/npm --no-save --no-audit --no-fund --loglevel=error \
 		fluentui-emoji@1.3.0 @iconify-json/fluent-emoji-flat@1.2.6 emoji-datasource-google@16.0.0
 
-demo: setup
+demo: setup wordnet
 	$(VENV)/bin/cirlab demo
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
 # -n auto: one pytest worker a core (pytest-xdist), each with one torch thread (tests/conftest.py)
-test: setup browser styles lint
+test: setup browser wordnet styles lint
 	$(PY) -m pytest -q -n auto --durations=15
 
-test-fast: setup browser styles
+test-fast: setup browser wordnet styles
 	$(PY) -m pytest -q -n auto -m "not slow"
 
 bench: setup

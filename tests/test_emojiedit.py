@@ -155,6 +155,24 @@ def test_the_paraphrase_bank_shares_no_text_with_training(built):
         assert len(set(texts)) == 5 and not set(texts) & training and sets[0][n].targets == t.targets
 
 
+def test_no_augmented_training_text_is_a_text_of_the_paraphrase_bank(built):
+    """Text augmentation (--text-augment, every kind at once) never writes a phrasing the paraphrase bank measures
+    with, for any value of any edit, even before the workspace leaves the bank's texts out."""
+    pytest.importorskip("spellchecker")
+    from cirlab.data.emojiedit import COLOURS, DIRECTIONS, GENDERS, HAIR, TONES, edit_words
+    from cirlab.data.paraphrase import bank
+    from cirlab.data.perturb import TextAugment
+
+    values = {"tone": (*TONES, None), "gender": (*GENDERS, None), "hair": (*HAIR, None), "colour": (*COLOURS, None),
+              "direction": (*DIRECTIONS, None), "facing": ("left", "right", None)}
+    every = {p.replace("{v}", words) for f, vs in values.items() for v in vs
+             for family, words in [edit_words(f, v)] for p in bank()["emojiedit"][family]}
+    texts = sorted({t.text for t in Dataset(built[0] / "a").triplets("train")})
+    augment = TextAugment.parse("typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2,variants=8")
+    made = {v for seed in range(3) for vs in augment.variants_of(texts, seed).values() for v in vs}
+    assert len(made) > 5 * len(texts) and not made & every
+
+
 def test_noto_a_new_artist_keeps_the_bases_texts_and_splits_of_the_twemoji_build(built, tmp_path):
     """Noto Emoji (Google's drawings, emoji-datasource-google's PNGs) held out: its test split has the Twemoji
     build's test queries (the same references, texts and targets, a few emoji Noto lacks aside), drawn by

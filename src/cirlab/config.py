@@ -82,6 +82,10 @@ class TrainConfig:
     accumulate: int = _option(1, "split each batch into this many micro-batches, one backward pass each, and take "
                                  "one optimiser step on their summed gradients: memory of batch-size / accumulate "
                                  "(each micro-batch's queries see only its own targets as negatives)")
+    text_augment: str = _option("", "augment the training modification texts, e.g. "
+                                    "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2 (variants=N "
+                                    "wordings of each text, encoded once; keep=P: the chance a triplet reads its "
+                                    "own text in an epoch; cirlab.data.perturb)")
     monitor: str = _option("R@1+R@10", "the validation score for the best epoch and early stopping, e.g. 'R@10' "
                                        "or 'R@1+R@10'")
 

@@ -22,13 +22,16 @@ def add_parser(sub) -> None:
                         "list of methods and variants (default: %(default)s)")
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default: %(default)s)")
     b.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    b.add_argument("--text-augment", default=None, metavar="SPEC",
+                   help="augment every method's training texts, e.g. typos=0.05,frames=0.3,synonyms=0.3 "
+                        "(cirlab.data.perturb; cirlab train --text-augment)")
     b.add_argument("--image-head", default=None, metavar="SPEC",
                    help="the image head every method uses on both sides, e.g. attnpool, grid:cells=3, attnpool+colour "
                         "(default: each method's config; pooled = the pooled vector alone)")
     b.add_argument("--measure", default="", metavar="NAME[,NAME]",
                    help="measurements beside Recall@K, a comma list: retrieval, splits, paraphrases, rerank, "
-                        "multi-turn (an unknown name lists those registered); edits, composition and audit always run; "
-                        "the flags below give them their options and name them too (docs/evaluation.md)")
+                        "robustness, multi-turn (an unknown name lists those registered); edits, composition and audit "
+                        "always run; the flags below give them their options and name them too (docs/evaluation.md)")
     b.add_argument("--retrieval", default=None, metavar="SPECS",
                    help="also rank each trained model through these index backends, ';'-separated, e.g. "
                         "'exact;knn;kmeans_svm:k=15' (paper 003's KNN and K-means + SVM); measures retrieval "
@@ -102,7 +105,8 @@ def run(a: argparse.Namespace) -> int:
     result = run_bench(a.data, expand_methods(a.methods), a.seeds, common.feature_cache(a), a.image_encoder,
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
-                       placement=a.placement, aligned=a.aligned, measures=measures(a))
+                       placement=a.placement, aligned=a.aligned, measures=measures(a),
+                       train={"text_augment": a.text_augment} if a.text_augment else None)
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))  # runs first
     print(result.table())

@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
                    help="queries drawn (seeded) for the example page; 0: no page (default: %(default)s)")
     v.add_argument("--gallery", choices=["split", "all"], default="split",
                    help="gallery: the split's images (default) or every image of the data set")
+    v.add_argument("--perturb", default=None, metavar="SPEC",
+                   help="also ask the split's queries perturbed as a person might word them, e.g. typos=0.05 or "
+                        "frames=1,synonyms=0.5 (cirlab.data.perturb; seed --perturb-seed): R@K next to the training "
+                        "phrasing's, and how stable each query's top 10 stays (AO@10, Jaccard@10)")
+    v.add_argument("--perturb-seed", type=int, default=0, help="seed of the perturbed wordings (default: %(default)s)")
     v.add_argument("--keep-reference", action="store_true",
                    help="leave the reference image in its own ranking (default: as the data set's protocol says; "
                         "excluded unless it says otherwise)")
@@ -75,13 +80,14 @@ def run(a: argparse.Namespace) -> int:
         print("  ".join(f"mAP@{k} {v:.1f}" for k, v in ev.map.items()) + "  (queries with several targets: CIRCO-style)")
     print(f"{len(ev.triplets)} queries over {len(ws.gallery_ids(gallery_split))} gallery images; "
           f"{ev.skipped} skipped (missing images); reference {'excluded' if ev.exclude_reference else 'kept'}")
+    perturb = _perturbed(a, ws, pipe, split, gallery_split, ev, label) if a.perturb else None
     a.out.mkdir(parents=True, exist_ok=True)
     name = f"{ds.name}-{split}"
     report = {"data": ds.name, "split": split, "model": pipe.identity, "recall": ev.recall, "map": ev.map,
               "queries": len(ev.triplets), "skipped": ev.skipped, "exclude_reference": ev.exclude_reference,
               "protocol": ds.meta.get("protocol", {}), "audit": audit_report(ev.audit, ev.triplets),
               "rerank": {"method": rerank.name, "checkpoint": str(a.rerank), "candidates": rerank.candidates}
-              if rerank else None}
+              if rerank else None, "perturb": perturb}
     atomic_write_text(a.out / f"{name}.json", json.dumps(report, indent=1))
     print(f"wrote {a.out / (name + '.json')}")
     every = ds.gallery()
@@ -90,6 +96,28 @@ def run(a: argparse.Namespace) -> int:
                               [(ev.triplets, ev.ids, ev.scores, dict(zip(every.ids, every.paths)))], a.examples):
         print(f"wrote {path}")
     return 0
+
+
+def _perturbed(a: argparse.Namespace, ws, pipe, split: str, gallery_split, ev, label: str) -> dict:
+    """The split's queries perturbed as ``--perturb`` says, evaluated over the same gallery: printed next to the
+    training phrasing's R@K, with the rank stability of the two top-10 lists; the report's ``perturb`` entry."""
+    from cirlab.data.perturb import TextAugment, perturbed
+    from cirlab.eval.metrics import rank_stability
+    from cirlab.eval.report import recall_table
+
+    augment = TextAugment.parse(a.perturb)
+    if not augment:
+        raise CirlabError(f"--perturb {a.perturb!r} perturbs nothing: give a rate, e.g. typos=0.05 or frames=1")
+    queries = perturbed(ws.triplets[split], augment, a.perturb_seed)
+    other = ws.evaluate(pipe.model, ws.add_split(f"{split}~perturbed", queries),
+                        exclude_reference=False if a.keep_reference else None, gallery_split=gallery_split)
+    stability = rank_stability(ev.ids, other.ids)
+    said, was = next(((q.text, t.text) for q, t in zip(queries, ws.triplets[split]) if q.text != t.text),
+                     (queries[0].text, queries[0].text))
+    print(f"\nperturbed as {augment.spec} (seed {a.perturb_seed}), e.g. {said!r} for {was!r}:")
+    print(recall_table({label: ev.recall, f"{label}, perturbed": other.recall}))
+    print("top-10 stability: " + ", ".join(f"{k} {v:.1f}" for k, v in stability.items()))
+    return {"spec": augment.spec, "seed": a.perturb_seed, "recall": other.recall, "stability": stability}
 
 
 def _benchmark(a: argparse.Namespace) -> int:

@@ -82,3 +82,11 @@ def paraphrased(dataset: str, triplets: list[Triplet]) -> list[list[Triplet]]:
             attrs = t.attributes if isinstance(t.attributes, dict) else {}
             out[j].append(Triplet(t.reference, text, t.targets, {**attrs, "phrasing": f"{edit}#{j}"}))
     return out
+
+
+def bank_texts(dataset: str, triplets: list[Triplet]) -> set[str]:
+    """Every text the bank makes of these queries: what training must never read (empty where the bank has no
+    phrasings for the data set)."""
+    if not phrasings(dataset):
+        return set()
+    return {t.text for phrased in paraphrased(dataset, triplets) for t in phrased}

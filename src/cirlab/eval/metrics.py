@@ -82,3 +82,21 @@ def recall_curve(ranked: Sequence[Sequence], targets: Sequence[Iterable], k_max:
         return [0.0] * k_max
     first = first_hits(ranked, targets, k_max)
     return [float(100.0 * np.mean(first < k)) for k in range(1, k_max + 1)]
+
+
+def rank_stability(first: Sequence[Sequence], second: Sequence[Sequence], k: int = 10) -> dict[str, float]:
+    """How much two rankings of the same queries agree in their top ``k``, without labels (a query worded two ways):
+    ``AO@k``, the average overlap (the mean over depths d = 1..k of the share of the two top-d lists in common,
+    rewarding agreement at the top), and ``Jaccard@k`` of the two top-k sets; each the mean over queries, in %."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} rankings against {len(second)}")
+    ao, jac = [], []
+    for a, b in zip(first, second):
+        a, b = list(a[:k]), list(b[:k])
+        depth = min(k, len(a), len(b))
+        if not depth:
+            continue
+        ao.append(np.mean([len(set(a[:d]) & set(b[:d])) / d for d in range(1, depth + 1)]))
+        jac.append(len(set(a) & set(b)) / len(set(a) | set(b)))
+    return {f"AO@{k}": 100.0 * float(np.mean(ao)) if ao else 0.0,
+            f"Jaccard@{k}": 100.0 * float(np.mean(jac)) if jac else 0.0}

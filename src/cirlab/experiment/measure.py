@@ -105,6 +105,7 @@ class BenchResult:
     exclude_reference: bool = True
     image_head: str | None = None  # the image head every method used, where the bench set one
     measures: list[Measurement] = field(default_factory=list)  # what was measured beside Recall@K, in table order
+    train: dict = field(default_factory=dict)  # training options every method ran with (text_augment...)
 
     def names(self) -> list[str]:
         return list(dict.fromkeys(r.name for r in self.runs))
@@ -135,7 +136,7 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "seeds": self.seeds, "encoders": self.encoders,
-                "image_head": self.image_head, "zero_shot": self.zero_shot,
+                "image_head": self.image_head, "zero_shot": self.zero_shot, "train": self.train,
                 "measures": {m.name: m.setting() for m in self.measures}, "cirlab_version": __version__,
                 "runs": [r.to_dict() for r in self.runs]}
 

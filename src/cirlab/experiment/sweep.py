@@ -45,13 +45,15 @@ def expand_methods(spec: str) -> list[str]:
 def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCache, image_spec: str, text_spec: str,
               split: str = "test", epochs: int | None = None, progress: bool = True, log=print,
               image_head: str | None = None, placement: Placement | None = None,
-              aligned: str | Path | None = None, measures: Sequence[Measurement | str] = ()) -> BenchResult:
+              aligned: str | Path | None = None, measures: Sequence[Measurement | str] = (),
+              train: dict | None = None) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split`` and run each
     measurement on it (``measures``: built ones, or names built with their default options; the default measurements
     are added: :func:`cirlab.experiment.measure.make_measures`). A zero-shot method with nothing to learn (no
     parameter) runs once: its seeds would repeat it. ``image_head``: the image head every method uses
     (``fusion.heads``), instead of its config's. ``placement``: where the encoders run and the methods train (None:
-    the defaults'). ``aligned``: the aligned stage-1 model the zero-shot methods compose in."""
+    the defaults'). ``aligned``: the aligned stage-1 model the zero-shot methods compose in. ``train``: training
+    options every method runs with (``TrainConfig`` fields, e.g. ``text_augment``)."""
     if seeds < 1:
         raise CirlabError(f"seeds must be at least 1, got {seeds}")
     measures = _measures(measures)
@@ -72,11 +74,12 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
         m.prepare(ws, split)
     result = BenchResult(ws.dataset.name, split, list(range(seeds)),
                          encoders={"image": ws.image_encoder.id, "text": ws.text_encoder.id},
-                         exclude_reference=ws.dataset.exclude_reference, image_head=image_head, measures=measures)
+                         exclude_reference=ws.dataset.exclude_reference, image_head=image_head, measures=measures,
+                         train=dict(train or {}))
     audit = any(m.needs_audit for m in measures)
     for name in methods:
         for seed in range(seeds):
-            cfg = method_config(name, {"train": {"seed": seed, **({"epochs": epochs} if epochs else {})},
+            cfg = method_config(name, {"train": {**(train or {}), "seed": seed, **({"epochs": epochs} if epochs else {})},
                                        "model": model_of(name)})
             model, res, _ = train_method(ws, name, cfg, progress=progress, text_head=False)
             trial = Trial(name, seed, model, split, ws.evaluate(model, split, audit=audit))
@@ -114,7 +117,8 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
             f"Command: `{command}`\n\n"
             f"cirlab {__version__}, {dt.date.today().isoformat()}; seeds {result.seeds}; "
             f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen)"
-            f"{'; image head ' + result.image_head if result.image_head else ''}. "
+            f"{'; image head ' + result.image_head if result.image_head else ''}"
+            f"{''.join(f'; {k} {v}' for k, v in result.train.items())}. "
             f"Mean ± sample std over seeds of Recall@K (%), reference "
             f"{'excluded from' if result.exclude_reference else 'kept in'} its ranking; "
             f"{'mAP@10 (%) counts every target of a query (CIRCO-style); ' if 'mAP@10' in result.table() else ''}"

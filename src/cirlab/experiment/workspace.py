@@ -133,13 +133,29 @@ class Workspace:
         naming the split whose images they rank: paraphrases of a split's queries); their new texts are encoded
         into the text table."""
         self.triplets[name] = triplets
-        new = sorted({t.text for t in triplets} - set(self.texts.row))
+        self.add_texts([t.text for t in triplets])
+        self._unified.clear()  # DQU unifies every split's queries: these too
+        return name
+
+    def add_texts(self, texts: Sequence[str]) -> int:
+        """Encode the texts the text table lacks into it (through the feature cache); how many were new."""
+        new = sorted(set(texts) - set(self.texts.row))
         if new:
             extra = text_table(self.cache, self.text_encoder, new, tuple(self.texts.views), self.progress)
             self.texts = FeatureTable(self.texts.keys + extra.keys, {v: np.concatenate([x, extra.views[v]])
                                                                      for v, x in self.texts.views.items()})
-        self._unified.clear()  # DQU unifies every split's queries: these too
-        return name
+        return len(new)
+
+    def text_variants(self, split: str, augment, seed: int) -> dict[str, list[str]]:
+        """Each text of ``split``'s triplets in ``augment``'s variants (``data.perturb``; none a text of the
+        paraphrase bank, which measures what training never saw), encoded into the text table."""
+        from cirlab.data.paraphrase import bank_texts
+
+        held_out = [t for name, ts in self.triplets.items() if name != split and "~" not in name for t in ts]
+        variants = augment.variants_of([t.text for t in self.triplets[split]], seed,
+                                       sorted(bank_texts(self.dataset.name, held_out)))
+        self.add_texts([v for vs in variants.values() for v in vs])
+        return variants
 
     def unlabelled(self, split: str, model: Fusion) -> Unlabelled:
         """What the zero-shot protocol lets ``model``'s preparation read (docs/zero-shot.md), through
@@ -239,6 +255,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     train_cfg = TrainConfig.from_dict(cfg["train"])
     seed_everything(train_cfg.seed)  # the initial weights too: a run must not depend on what ran before it
     model = build_fusion(cfg["method"], ws.dims, **cfg["model"])
+    variants = _text_variants(ws, model, train_split, train_cfg)
     queries = ws.queries(model)  # DQU fits its captioner here, before training
     if val_split and val_split in ws.triplets and ws.triplets[val_split]:
         def validate(m: Fusion) -> dict[int, float]:
@@ -256,7 +273,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
                                           ws.gallery_ids(train_split), pcfg)
         extra = pseudo_set.triplets
     result = train_fusion(model, ws.triplets[train_split], ws.images, queries, train_cfg, progress, validate,
-                          state_path, resume, log_path, extra, pcfg.every if pcfg else 3, ws.placement)
+                          state_path, resume, log_path, extra, pcfg.every if pcfg else 3, ws.placement, variants)
     if not ranks().main:  # a data-parallel run: rank 0 writes (training.parallel)
         return model, result, {"config": cfg, "data": data_id, "train": result.to_dict()}
     if log_path:
@@ -273,3 +290,16 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         save_checkpoint(out, model, cfg["model"], cfg["train"], ws.image_encoder, ws.text_encoder, meta,
                         text_head=head_state(fitted[0]) if fitted else None)
     return model, result, meta
+
+
+def _text_variants(ws: Workspace, model: Fusion, split: str, cfg: TrainConfig) -> dict[str, list[str]] | None:
+    """The training texts' augmented variants, encoded (``cfg.text_augment``), or None without augmentation."""
+    from cirlab.data.perturb import TextAugment
+
+    augment = TextAugment.parse(cfg.text_augment)
+    if not augment:
+        return None
+    if model.writes_query_texts or model.reads_raw_queries:
+        raise CirlabError(f"{model.name} makes its own query texts from each raw text, so --text-augment (which reads "
+                          "the encoded text table) cannot reach it; train it without")
+    return ws.text_variants(split, augment, cfg.seed)

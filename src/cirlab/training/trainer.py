@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cirlab.config import TrainConfig, monitor_ks
+from cirlab.data.perturb import TextAugment
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.devices import Placement, autocast, grad_scaler, placed, precision_name, to_device
@@ -62,11 +63,14 @@ class TripletIndex:
     dropped: int
     ref_gallery: np.ndarray  # the reference's row in the gallery table, -1 where it has none
     other_targets: list[np.ndarray] = field(default_factory=list)  # each triplet's other encoded targets' rows
+    wordings: list[np.ndarray] = field(default_factory=list)  # each triplet's text's augmented variants' rows
 
     @classmethod
-    def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide) -> "TripletIndex":
-        """Rows of each triplet's query (in ``queries``' tables) and first encoded target (in ``images``)."""
-        ref, txt, tgt, ref_gallery, others, dropped = [], [], [], [], [], 0
+    def build(cls, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
+              variants: dict[str, list[str]] | None = None) -> "TripletIndex":
+        """Rows of each triplet's query (in ``queries``' tables) and first encoded target (in ``images``), and of its
+        text's ``variants`` (``data.perturb``) where given."""
+        ref, txt, tgt, ref_gallery, others, wordings, dropped = [], [], [], [], [], [], 0
         as_rows = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
         for t in triplets:
             targets = [images.row[x] for x in t.targets if x in images.row]
@@ -79,7 +83,18 @@ class TripletIndex:
             tgt.append(targets[0])
             others.append(as_rows(targets[1:]))
             ref_gallery.append(images.row.get(t.reference, -1))
-        return cls(as_rows(ref), as_rows(txt), as_rows(tgt), dropped, as_rows(ref_gallery), others)
+            wordings.append(as_rows([queries.texts.row[v] for v in (variants or {}).get(t.text, [])
+                                     if v in queries.texts.row]))
+        return cls(as_rows(ref), as_rows(txt), as_rows(tgt), dropped, as_rows(ref_gallery), others, wordings)
+
+    def reworded(self, own: np.ndarray, keep: float, seed: int, epoch: int) -> np.ndarray:
+        """The text row each triplet reads this epoch: its own (``own``) with probability ``keep`` (or where it has
+        no variant), else one of its variants; a function of the seed and the epoch (a resumed run draws the same)."""
+        rng = np.random.default_rng([seed, epoch])
+        own = rng.random(len(self)) < keep
+        pick = rng.random(len(self))
+        return np.array([t if own[n] or not len(w) else w[int(pick[n] * len(w))]
+                         for n, (t, w) in enumerate(zip(own, self.wordings))], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ref)
@@ -150,7 +165,8 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
                  state_path: str | Path | None = None, resume: bool = False,
                  log_path: str | Path | None = None, pseudo: list[Triplet] | None = None,
-                 pseudo_every: int = 3, placement: Placement | None = None) -> TrainResult:
+                 pseudo_every: int = 3, placement: Placement | None = None,
+                 variants: dict[str, list[str]] | None = None) -> TrainResult:
     """Stage 2: train a fusion method on cached features with the batch InfoNCE loss (plus the
     triplet loss where ``triplet_weight`` > 0), through :func:`fit`.
 
@@ -164,7 +180,8 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
     seed_everything(cfg.seed)
     placement = placed(placement)
     device = placement.device
-    real = TripletIndex.build(triplets, images, queries)
+    real = TripletIndex.build(triplets, images, queries, variants)
+    own_texts, keep = real.text, TextAugment.parse(cfg.text_augment).keep
     if len(real) < 2:
         raise CirlabError(f"only {len(real)} usable training triplet(s): need at least 2 whose images and texts are encoded")
     fake = TripletIndex.build(pseudo, images, queries) if pseudo else None
@@ -175,6 +192,8 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
 
     def on_epoch(epoch: int) -> None:
         current["index"] = fake if plan[epoch] else real
+        if variants:
+            real.text = real.reworded(own_texts, keep, cfg.seed, epoch)
         if cfg.hard_negatives:  # computed once, on rank 0, and sent to the others
             snapshot = gallery_snapshot(model, images, device) if r.main else \
                 torch.empty((len(images), model.embed_dim), device=device)

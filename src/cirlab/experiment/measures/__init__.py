@@ -12,6 +12,7 @@ from cirlab.experiment.measures import splits  # noqa: F401
 from cirlab.experiment.measures import audit  # noqa: F401
 from cirlab.experiment.measures import paraphrases  # noqa: F401
 from cirlab.experiment.measures import rerank  # noqa: F401
+from cirlab.experiment.measures import robustness  # noqa: F401
 from cirlab.experiment.measures import multi_turn  # noqa: F401
 
 __all__ = ["make_measures", "measure_names"]

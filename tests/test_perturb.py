@@ -1,0 +1,144 @@
+"""Text perturbations (cirlab.data.perturb): seeded, rates that hold, synonyms from WordNet, nothing that flips an
+edit's meaning; their use in training (--text-augment), in evaluation (--perturb) and as a measurement."""
+
+import json
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_dataset
+
+from cirlab.data.perturb import (NEGATIONS, TextAugment, drop_words, keyboard_neighbours, perturbed, reorder, slip,
+                                 synonyms_of)
+from cirlab.data.triplets import Triplet
+from cirlab.errors import CirlabError
+from cirlab.eval.metrics import rank_stability
+
+EVERYTHING = "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2"
+
+
+def test_a_spec_parses_like_the_image_augmentation_and_refuses_what_it_cannot_use():
+    aug = TextAugment.parse(EVERYTHING + ",variants=3,keep=0.25")
+    assert aug.typos == 0.05 and aug.variants == 3 and aug.keep == 0.25 and aug
+    assert TextAugment.parse(aug.spec) == aug and not TextAugment.parse("") and not TextAugment.parse(None)
+    for spec, says in [("typo=0.1", "text augmentation typo unknown; use typos=..."),
+                       ("typos=lots", "typos='lots' must be a number"), ("drop=2", "out of range: drop"),
+                       ("variants=0", "out of range: variants")]:
+        with pytest.raises(CirlabError, match=re.escape(says)):
+            TextAugment.parse(spec)
+
+
+def test_a_wording_is_a_function_of_the_spec_the_seed_and_the_text():
+    aug = TextAugment.parse(EVERYTHING)
+    text = "make the small red circle gray"
+    assert aug.perturb(text, 3, 1) == aug.perturb(text, 3, 1)
+    assert len({aug.perturb(text, seed, draw) for seed in range(3) for draw in range(4)}) > 6
+    variants = aug.variants_of([text, "no skin tone", text], seed=0)
+    assert list(variants) == [text, "no skin tone"] and len(set(variants[text])) == 4 and text not in variants[text]
+    avoid = variants[text][:2]
+    assert not set(avoid) & set(aug.variants_of([text], 0, avoid)[text])  # a text to avoid is never made
+    triplets = [Triplet("a", text, ["b"], {"edit": "colour"})]
+    again = perturbed(triplets, aug, seed=0)[0]
+    assert again.reference == "a" and again.targets == ["b"] and again.attributes == {"edit": "colour"}
+    assert again.text == aug.perturb(text, 0)
+
+
+def test_typos_slip_more_letters_at_a_higher_rate_by_keyboard_neighbours_among_others():
+    text = "change the person to a woman and make the skin tone medium dark " * 40
+    words = text.split()
+    letters = sum(map(len, words))
+
+    def slipped(rate: float) -> float:  # the share of words changed (spaces never slip), over 5 seeds
+        return np.mean([np.mean([a != b for a, b in zip(text.split(" "), slip(text, rate, random.Random(s)).split(" "))])
+                        for s in range(5)])
+
+    # a word of n letters keeps every letter with probability (1 - rate)^n
+    expect = {rate: np.mean([1 - (1 - rate) ** len(w) for w in words]) for rate in (0.02, 0.1)}
+    for rate, share in expect.items():
+        assert abs(slipped(rate) - share) < 0.25 * share, (rate, slipped(rate), share)
+    assert slip(text, 0.0, random.Random(0)) == text and letters > 1000
+    near = keyboard_neighbours()
+    assert set("tyfhvb") <= set(near["g"]) and "q" not in near["g"] and "p" not in near["a"]
+    assert all(c in near[d] for c in near for d in near[c])  # a neighbour's neighbour is the letter itself
+
+
+def test_rewordings_keep_negations_and_a_word_and_move_phrases_where_the_grammar_allows():
+    for seed in range(50):
+        kept = drop_words("remove the skin tone, no tone at all, not the hair", 1.0, random.Random(seed)).split()
+        assert {"no", "not"} <= set(w.strip(",") for w in kept) and "the" not in kept
+    assert drop_words("the it", 1.0, random.Random(0)) == "the it"  # never every word
+    assert NEGATIONS.isdisjoint({"the", "a", "it"})
+    assert reorder("add a small red circle to top-left", random.Random(0)) == "to top-left, add a small red circle"
+    assert reorder("medium skin instead", random.Random(0)) == "instead, medium skin"
+    assert reorder("make it red", random.Random(0)) == "make it red"
+
+
+def test_synonyms_come_from_wordnets_most_frequent_sense_and_are_common_words():
+    pytest.importorskip("spellchecker")
+    from cirlab.data.wordnet import wordnet
+
+    try:
+        wordnet().index("noun")
+    except CirlabError as e:
+        pytest.fail(f"WordNet is part of the test environment (make wordnet): {e}")
+    assert "large" in synonyms_of("big") and "little" in synonyms_of("small") and "alter" in synonyms_of("change")
+    assert "heart" not in synonyms_of("center")  # its most frequent sense is the organ
+    assert synonyms_of("white") == () or "caucasian" not in synonyms_of("white")  # no proper noun
+    assert all(s.islower() and s.isalpha() and len(s) >= 3 for w in ("red", "gray", "person", "remove")
+               for s in synonyms_of(w))
+    assert not synonyms_of("no") and not synonyms_of("the")
+
+
+def test_rank_stability_is_one_for_the_same_lists_and_falls_with_disagreement():
+    same = rank_stability([["a", "b", "c"]], [["a", "b", "c"]], k=3)
+    assert same == {"AO@3": 100.0, "Jaccard@3": 100.0}
+    swapped = rank_stability([["a", "b", "c"]], [["b", "a", "c"]], k=3)
+    assert swapped["Jaccard@3"] == 100.0 and swapped["AO@3"] == pytest.approx(100 * (0 + 1 + 1) / 3)
+    disjoint = rank_stability([["a", "b"]], [["c", "d"]], k=2)
+    assert disjoint == {"AO@2": 0.0, "Jaccard@2": 0.0}
+
+
+def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_queries(tmp_path):
+    """--text-augment encodes each training text's variants once and trains on them (other weights than without);
+    --perturb evaluates the split's queries perturbed; the robustness measurement reports each perturbation."""
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.experiment import Workspace, run_bench, train_method
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    cache = FeatureCache(tmp_path / "cache")
+    ws = Workspace.open(ds, cache, progress=False)
+    before = len(ws.texts.keys)
+    plain, _, _ = train_method(ws, "sum", {"train": {"epochs": 2, "batch_size": 4}}, progress=False, text_head=False)
+    spec = "typos=0.1,drop=0.5,variants=3"
+    augmented, _, meta = train_method(ws, "sum", {"train": {"epochs": 2, "batch_size": 4, "text_augment": spec}},
+                                      progress=False, text_head=False)
+    assert meta["config"]["train"]["text_augment"] == spec and len(ws.texts.keys) > before
+    differs = [not np.allclose(a.detach(), b.detach()) for a, b in zip(plain.parameters(), augmented.parameters())]
+    assert any(differs)
+    with pytest.raises(CirlabError, match="makes its own query texts"):
+        train_method(ws, "dqu", {"train": {"epochs": 1, "batch_size": 4, "text_augment": spec}}, progress=False)
+    bench = run_bench(ds, ["sum"], 1, cache, "efficientnet_lite0", "minilm", epochs=1, progress=False,
+                      log=lambda line: None, measures=["robustness"], train={"text_augment": "typos=0.1"})
+    run = bench.runs[0].measured
+    assert set(run["robustness"]) == {"training phrasing", "typos 2%", "typos 5%", "typos 10%", "frames", "synonyms",
+                                      "order", "drop", "case"}
+    assert all(0 <= v <= 100 for v in run["stability"].values()) and bench.to_dict()["train"] == {"text_augment":
+                                                                                                   "typos=0.1"}
+    assert any("Robustness" in heading for heading, _ in bench.sections())
+    model = tmp_path / "sum.pt"
+    train_method(ws, "sum", {"train": {"epochs": 1, "batch_size": 4}}, out=model, progress=False, text_head=False)
+    res = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--data", ds, "--model", model, "--cache",
+                          tmp_path / "cache", "--perturb", "typos=0.2", "--out", tmp_path / "ev", "--examples", "0",
+                          "--quiet"], capture_output=True, text=True, env={**__import__("os").environ,
+                                                                          "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "perturbed as typos=0.2 (seed 0)" in res.stdout and "top-10 stability: AO@10" in res.stdout
+    report = json.loads(next((tmp_path / "ev").glob("*.json")).read_text())
+    assert report["perturb"]["spec"] == "typos=0.2" and set(report["perturb"]["stability"]) == {"AO@10", "Jaccard@10"}
+    res = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--data", ds, "--model", model, "--cache",
+                          tmp_path / "cache", "--perturb", "typos=0", "--out", tmp_path / "ev"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "perturbs nothing" in res.stderr
