@@ -118,13 +118,22 @@ def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_querie
     assert meta["config"]["train"]["text_augment"] == spec and len(ws.texts.keys) > before
     differs = [not np.allclose(a.detach(), b.detach()) for a, b in zip(plain.parameters(), augmented.parameters())]
     assert any(differs)
+    consistent, _, _ = train_method(ws, "sum", {"train": {"epochs": 2, "batch_size": 4, "text_augment": spec,
+                                                          "text_consistency": 1.0}}, progress=False, text_head=False)
+    assert any(not np.allclose(a.detach(), b.detach()) for a, b in zip(augmented.parameters(), consistent.parameters()))
+    with pytest.raises(CirlabError, match="text_consistency must be 0 or more, and needs text_augment"):
+        train_method(ws, "sum", {"train": {"epochs": 1, "text_consistency": 1.0}}, progress=False)
     with pytest.raises(CirlabError, match="makes its own query texts"):
         train_method(ws, "dqu", {"train": {"epochs": 1, "batch_size": 4, "text_augment": spec}}, progress=False)
     bench = run_bench(ds, ["sum"], 1, cache, "efficientnet_lite0", "minilm", epochs=1, progress=False,
                       log=lambda line: None, measures=["robustness"], train={"text_augment": "typos=0.1"})
     run = bench.runs[0].measured
-    assert set(run["robustness"]) == {"training phrasing", "typos 2%", "typos 5%", "typos 10%", "frames", "synonyms",
-                                      "order", "drop", "case"}
+    assert set(run["robustness"]) - {"training phrasing + spelling", "typos 2% + spelling", "typos 5% + spelling",
+                                     "typos 10% + spelling"} == {"training phrasing", "typos 2%", "typos 5%",
+                                                                 "typos 10%", "frames", "synonyms", "order", "drop",
+                                                                 "case"}
+    if "training phrasing + spelling" in run["robustness"]:  # correction never touches the training phrasing
+        assert run["robustness"]["training phrasing + spelling"] == run["robustness"]["training phrasing"]
     assert all(0 <= v <= 100 for v in run["stability"].values()) and bench.to_dict()["train"] == {"text_augment":
                                                                                                    "typos=0.1"}
     assert any("Robustness" in heading for heading, _ in bench.sections())
@@ -138,7 +147,40 @@ def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_querie
     assert "perturbed as typos=0.2 (seed 0)" in res.stdout and "top-10 stability: AO@10" in res.stdout
     report = json.loads(next((tmp_path / "ev").glob("*.json")).read_text())
     assert report["perturb"]["spec"] == "typos=0.2" and set(report["perturb"]["stability"]) == {"AO@10", "Jaccard@10"}
+    pytest.importorskip("spellchecker")
+    from cirlab.api import Pipeline
+
+    pipe = Pipeline.load(model, tmp_path / "cache")  # a checkpoint records its training words: spelling is on
+    assert pipe.meta["vocabulary"] == ["it", "like", "look", "make", "shape"] and pipe.spelling
+    assert pipe.spell("mkae it look like shpae 3") == ("make it look like shape 3", [{"from": "mkae", "to": "make"},
+                                                                                     {"from": "shpae", "to": "shape"}])
+    index = pipe.encode_gallery(ds / "images", progress=False).to_index()
+    image = sorted((ds / "images").iterdir())[0]
+    assert [h.id for h in pipe.search(index, image, "shpae 3", k=4)] == [h.id for h in pipe.search(index, image,
+                                                                                                   "shape 3", k=4)]
+    res = subprocess.run([sys.executable, "-m", "cirlab.cli", "search", "--model", model, "--cache", tmp_path / "cache",
+                          "--gallery", ds / "images", "--image", image, "--text", "shpae 3", "-k", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "searched for: shape 3  (shpae -> shape)" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "-m", "cirlab.cli", "search", "--model", model, "--cache", tmp_path / "cache",
+                          "--gallery", ds / "images", "--image", image, "--text", "shpae 3", "-k", "2", "--json",
+                          "--no-spelling"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and json.loads(res.stdout)["query"]["corrections"] == [], res.stderr
     res = subprocess.run([sys.executable, "-m", "cirlab.cli", "eval", "--data", ds, "--model", model, "--cache",
                           tmp_path / "cache", "--perturb", "typos=0", "--out", tmp_path / "ev"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "perturbs nothing" in res.stderr
+
+
+def test_spelling_corrects_only_words_known_neither_to_the_model_nor_to_english():
+    pytest.importorskip("spellchecker")
+    from cirlab.data.spelling import Speller, vocabulary
+
+    speller = Speller(vocabulary(["make it a woman", "medium-dark skin tone", "make the colour teal"]))
+    assert speller.correct("make it a womna") == ("make it a woman", [{"from": "womna", "to": "woman"}])
+    assert speller.correct("Medium-drak SKNI") == ("Medium-dark SKIN", [{"from": "drak", "to": "dark"},
+                                                                        {"from": "SKNI", "to": "SKIN"}])
+    for known in ("make the colour teal", "no skin tone", "make it a ton"):  # the model's words, English words
+        assert speller.correct(known) == (known, [])
+    assert speller.correct("skni")[0] == "skin"  # the model's own word before English's "ski"

@@ -598,3 +598,21 @@ def test_a_failed_query_is_named_by_its_turn_and_gallery_id_as_data():
     assert current.about == {"turn": 2, "image_id": "b"} and "pick another reference" in str(current)
     other = query_error(item, [CirlabError("the text is too long"), np.zeros(4)])
     assert str(other) == "the text is too long" and other.about == {} and other.status == 422
+
+
+def test_a_misspelled_word_is_corrected_and_the_answer_says_what_was_searched_for(served):
+    """The served model records its training words: a word known neither to it nor to English is corrected before
+    the search, in the current turn and in the session's history, and the reply says so, by turn; a text in the
+    training phrasing is searched as typed."""
+    base, *_ = served
+    import json
+
+    typed = search(base, {"text": "make it look like shpae 5", "image_id": "img3", "k": "4"})
+    right = search(base, {"text": "make it look like shape 5", "image_id": "img3", "k": "4"})
+    assert typed.status_code == 200 and right.status_code == 200, typed.text
+    assert typed.json()["query"]["corrections"] == [{"turn": 1, "from": "shpae", "to": "shape"}]
+    assert typed.json()["query"]["searched"][0]["text"] == "make it look like shape 5"
+    assert right.json()["query"]["corrections"] == [] and typed.json()["results"] == right.json()["results"]
+    session = search(base, {"text": "shape 2", "image_id": "img3", "history_mode": "mean",
+                            "history": json.dumps([{"image_id": "img1", "text": "mkae it look like shape 4"}])})
+    assert session.json()["query"]["corrections"] == [{"turn": 1, "from": "mkae", "to": "make"}], session.text

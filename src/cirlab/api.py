@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from collections import OrderedDict
@@ -115,6 +116,21 @@ class Pipeline:
         self.path = Path(path) if path else None
         self._identity: dict | None = None
         self._texts: OrderedDict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
+        # spelling correction of query texts (data.spelling): on where the checkpoint records its training words
+        self.spelling = bool(meta.get("vocabulary")) and importlib.util.find_spec("spellchecker") is not None
+        self._speller = None
+
+    def spell(self, text: str | None) -> tuple[str | None, list[dict]]:
+        """A query's text with the words known neither to the model nor to English corrected, and what changed
+        (``[{"from", "to"}]``); the text as given where :attr:`spelling` is off. A word the model knows is never
+        touched, so a text in the training phrasing is searched as typed."""
+        if not self.spelling or not text:
+            return text, []
+        if self._speller is None:
+            from cirlab.data.spelling import Speller
+
+            self._speller = Speller(self.meta.get("vocabulary") or ())
+        return self._speller.correct(text)
 
     @property
     def identity(self) -> dict:
@@ -341,7 +357,8 @@ class Pipeline:
                k: int = 10, exclude_reference: bool = False, scoring: CombinedScoring | None = None,
                filter: dict | None = None, rerank=None) -> list[Hit]:
         """Top-k of an index (or of a folder's :class:`GalleryVectors`, as an exact index) for the composed query,
-        through the one search (:func:`cirlab.index.search.search`): ``exclude_reference`` leaves the reference
+        through the one search (:func:`cirlab.index.search.search`), the text's spelling corrected where
+        :attr:`spelling` is on (:meth:`spell`): ``exclude_reference`` leaves the reference
         file out, ``scoring`` re-ranks candidates (paper 000's combined score), ``filter`` keeps images whose
         metadata match (``{field: value or [values]}``), ``rerank`` (a ``cirlab.rerank.Reranker``) reorders the
         top candidates by a second model."""
@@ -356,7 +373,7 @@ class Pipeline:
         if scoring is not None and self.model.rescores:
             raise CirlabError(f"{self.model.name} re-scores its candidates itself: leave --scoring out")
         parts: dict = {}
-        asked = Query(image, check_text(text))  # checked once, for both models
+        asked = Query(image, self.spell(check_text(text))[0])  # checked once, for both models
         query = self._composed(asked, parts)
         skip = file_ids(index, image) if exclude_reference else set()
         # a search the re-ranker cannot compose (text alone, and it has no text head) keeps the first order, as served

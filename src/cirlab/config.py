@@ -86,6 +86,9 @@ class TrainConfig:
                                     "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2 (variants=N "
                                     "wordings of each text, encoded once; keep=P: the chance a triplet reads its "
                                     "own text in an epoch; cirlab.data.perturb)")
+    text_consistency: float = _option(0.0, "with --text-augment: weight of a consistency loss that pulls the composed "
+                                           "query of a reworded text towards the same query in its own text (1 - "
+                                           "cosine, the own query held fixed), beside the retrieval loss (0: off)")
     monitor: str = _option("R@1+R@10", "the validation score for the best epoch and early stopping, e.g. 'R@10' "
                                        "or 'R@1+R@10'")
 
@@ -111,6 +114,9 @@ class TrainConfig:
             raise CirlabError(f"hard_negatives must be 0 (off) or more, not {self.hard_negatives}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise CirlabError(f"need epochs >= 1, batch_size >= 2 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
+        if self.text_consistency < 0 or (self.text_consistency and not self.text_augment):
+            raise CirlabError("text_consistency must be 0 or more, and needs text_augment: it pulls reworded queries "
+                              "towards their own text's")
         if not 0 < self.step_at < 1 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise CirlabError("need 0 < step_at < 1, warmup_epochs >= 0 and grad_clip >= 0")
         if self.accumulate < 1 or self.batch_size < 2 * self.accumulate:

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     b.add_argument("--text-augment", default=None, metavar="SPEC",
                    help="augment every method's training texts, e.g. typos=0.05,frames=0.3,synonyms=0.3 "
                         "(cirlab.data.perturb; cirlab train --text-augment)")
+    b.add_argument("--text-consistency", type=float, default=None, metavar="W",
+                   help="with --text-augment: the consistency loss's weight (cirlab train --text-consistency)")
     b.add_argument("--image-head", default=None, metavar="SPEC",
                    help="the image head every method uses on both sides, e.g. attnpool, grid:cells=3, attnpool+colour "
                         "(default: each method's config; pooled = the pooled vector alone)")
@@ -106,7 +108,8 @@ def run(a: argparse.Namespace) -> int:
                        a.text_encoder, a.split, a.epochs, progress=not a.quiet,
                        log=lambda line: print(line, file=sys.stderr, flush=True), image_head=a.image_head,
                        placement=a.placement, aligned=a.aligned, measures=measures(a),
-                       train={"text_augment": a.text_augment} if a.text_augment else None)
+                       train={k: v for k, v in (("text_augment", a.text_augment),
+                                                ("text_consistency", a.text_consistency)) if v is not None} or None)
     name = a.name or f"{result.dataset}-{a.methods.replace(',', '+') if len(a.methods) < 40 else 'methods'}-{a.seeds}seeds"
     path = save_bench(result, a.out, name, "cirlab " + " ".join(shlex.quote(x) for x in sys.argv[1:]))  # runs first
     print(result.table())

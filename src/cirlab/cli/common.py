@@ -61,6 +61,14 @@ def model() -> argparse.ArgumentParser:
     return p
 
 
+def spelling() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--no-spelling", dest="spelling", action="store_false",
+                   help="search each text as typed (default: a word known neither to the model nor to English is "
+                        "corrected, and the answer says so; docs/serving.md#spelling)")
+    return p
+
+
 def zero_shot() -> argparse.ArgumentParser:
     p = _parent()
     g = p.add_argument_group("a zero-shot method instead of a checkpoint (docs/zero-shot.md)")
@@ -88,7 +96,9 @@ def pipeline(a: argparse.Namespace):
             raise CirlabError("--image-encoder, --text-encoder, --aligned and --method-options go with --method (a "
                               "zero-shot method); "
                               "a checkpoint (--model) names its own encoders")
-        return Pipeline.load(a.model, a.cache, a.placement)
+        pipe = Pipeline.load(a.model, a.cache, a.placement)
+        pipe.spelling = pipe.spelling and getattr(a, "spelling", True)
+        return pipe
     if a.model is not None:
         raise CirlabError("give --model (a trained checkpoint) or --method (a zero-shot method), not both")
     from cirlab.checkpoint import check_zero_shot

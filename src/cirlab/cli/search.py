@@ -15,7 +15,7 @@ log = logging.getLogger("cirlab")
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("search", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime(),
+    s = sub.add_parser("search", parents=[common.model(), common.spelling(), common.zero_shot(), common.cache(), common.runtime(),
                                            common.rerank()],
                        help="composed search over a folder of images or an index")
     where = s.add_mutually_exclusive_group(required=True)
@@ -68,12 +68,16 @@ def run(a: argparse.Namespace) -> int:
         found = gallery_metadata(a.gallery, a.metadata)
         index = gallery.to_index(records=found[1] if found else None, root=a.gallery)
         skipped = len(gallery.failed)
+    searched, corrections = pipe.spell(a.text)
     hits = pipe.search(index, a.image, a.text, a.k, exclude_reference=a.exclude_reference, scoring=scoring,
                        filter=where, rerank=rerank)
     if a.json:
-        print(json.dumps({"query": {"image": str(a.image) if a.image else None, "text": a.text},
+        print(json.dumps({"query": {"image": str(a.image) if a.image else None, "text": a.text,
+                                    "searched_for": searched, "corrections": corrections},
                           "model": pipe.meta["method"], "results": [h.__dict__ for h in hits], "skipped": skipped}))
     else:
+        if corrections:
+            print(f"searched for: {searched}  (" + ", ".join(f"{c['from']} -> {c['to']}" for c in corrections) + ")")
         for h in hits:
             print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.id}" + (f"  ({h.name})" if h.name else ""))
     return 0

@@ -10,7 +10,7 @@ from cirlab.errors import CirlabError
 
 
 def add_parser(sub) -> None:
-    sv = sub.add_parser("serve", parents=[common.model(), common.zero_shot(), common.cache(), common.runtime(),
+    sv = sub.add_parser("serve", parents=[common.model(), common.spelling(), common.zero_shot(), common.cache(), common.runtime(),
                                             common.rerank()],
                         help="the HTTP API and web page over an index (FastAPI + uvicorn)",
                         description="Serve composed search over an index: POST /search, GET /images/{id}, GET /gallery, "

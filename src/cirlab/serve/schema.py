@@ -129,6 +129,12 @@ class Searched(BaseModel):
     text: str | None = Field(description="the text it read")
 
 
+class Correction(BaseModel):
+    turn: int = Field(description="the session's turn whose text it is in (1-based; the current one is the last)")
+    from_: str = Field(alias="from", description="the word as typed")
+    to: str = Field(description="the word searched for")
+
+
 class Query(BaseModel):
     mode: Literal["composed", "text", "image"]
     text: str | None
@@ -139,6 +145,8 @@ class Query(BaseModel):
     history_mode: Literal[HISTORY_MODES] = "last"
     searched: list[Searched] = Field([], description="the queries the search composed from the turns, by the "
                                                      "history mode: one, or one per turn (mean)")
+    corrections: list[Correction] = Field([], description="the words whose spelling was corrected before the search: "
+                                                          "known neither to the model nor to English")
 
 
 class SearchResponse(BaseModel):

@@ -126,7 +126,7 @@ class SearchService:
         if reference is None and text is None:
             raise ServiceError(422, "send a text, a reference (image or image_id), or both")
         said = self.session_turns(history or [], history_mode) + [(image_id, Turn(reference, text))]
-        turns = [t for _, t in said]
+        turns, corrections = self.spelled([t for _, t in said])
         files = {str(t.reference): (n, i) for n, (i, t) in enumerate(said, 1) if i is not None}
         queries = [Query(t.reference, t.text) for t in plan(turns, history_mode)]
         item = Search(queries, k, {image_id} if image_id else set(), filter or None, files, len(turns))
@@ -136,8 +136,18 @@ class SearchService:
         mode = "composed" if reference is not None and text else "text" if text else "image"
         return {"query": {"mode": mode, "text": text, "image_id": image_id, "k": k, "filter": filter or None,
                           "history": len(turns) - 1, "history_mode": history_mode,
-                          "searched": [{"image": q.image is not None, "text": q.text} for q in queries]},
+                          "searched": [{"image": q.image is not None, "text": q.text} for q in queries],
+                          "corrections": corrections},
                 "results": results}
+
+    def spelled(self, turns: list[Turn]) -> tuple[list[Turn], list[dict]]:
+        """Each turn with its text's spelling corrected (``Pipeline.spell``), and what changed, by turn (1-based)."""
+        out, changes = [], []
+        for n, turn in enumerate(turns, 1):
+            text, fixed = self.pipe.spell(turn.text)
+            out.append(Turn(turn.reference, text))
+            changes += [{"turn": n, **c} for c in fixed]
+        return out, changes
 
     def session_turns(self, history: list, mode: str) -> list[tuple[str | None, Turn]]:
         """A session's earlier turns from the request's ``history`` (a list of ``{"image_id", "text"}``, or of the

@@ -202,8 +202,9 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
     def batch_loss(b: np.ndarray) -> torch.Tensor:
         """The loss of global batch ``b``: this rank's queries against every rank's columns (one process: all)."""
         index, mine = current["index"], shard(b, r)
-        query = model(to_device(queries.images.tensors(index.ref[mine], model.image_views), device),
-                      to_device(queries.texts.tensors(index.text[mine], model.text_views), device))
+        reference = to_device(queries.images.tensors(index.ref[mine], model.image_views), device)
+        query = model(reference, to_device(queries.texts.tensors(index.text[mine], model.text_views), device))
+        consistency = text_consistency(model, reference, query, index, mine) if index is real and variants else None
         target = gather(model.embed_gallery(to_device(images.tensors(index.target[mine], model.gallery_views),
                                                       device)), r)
         keys = torch.from_numpy(index.target[b])
@@ -219,8 +220,21 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         loss = batch_infonce(query, columns, cfg.logit_scale, column_keys, start)
         if cfg.triplet_weight:
             loss = loss + cfg.triplet_weight * batch_triplet(query, target, cfg.triplet_margin, keys, start)
+        if consistency is not None:
+            loss = loss + cfg.text_consistency * consistency
         # weighted by this rank's share: the gradients DistributedDataParallel averages are the whole batch's
         return loss * (len(mine) * r.world / len(b)) if r.parallel else loss
+
+    def text_consistency(model, reference, query, index, mine) -> torch.Tensor | None:
+        """1 - cosine between each reworded query and the same query in its own text (held fixed, the teacher), over
+        this batch's reworded triplets; None without ``cfg.text_consistency`` or where none was reworded."""
+        reworded = torch.from_numpy(index.text[mine] != own_texts[mine]).to(query.device)
+        if not cfg.text_consistency or not bool(reworded.any()):
+            return None
+        with torch.no_grad():
+            own = model(reference, to_device(queries.texts.tensors(own_texts[mine], model.text_views), device))
+        cosine = torch.nn.functional.cosine_similarity(query.float(), own.float(), dim=-1)
+        return (1 - cosine)[reworded].mean()
 
     result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
                  state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch,

@@ -4,14 +4,18 @@ characters, and one kind of rewording at a time (request frames, WordNet synonym
 words, case and punctuation). Per perturbation: R@1 against the training phrasing's, and the label-free rank stability
 of the two top-10 lists (AO@10, Jaccard@10). Where the paraphrase bank has the data set, its shapes' R@1 too, each
 against the training phrasing, and the PinPoint-style relative range of R@1 over all the phrasings ((max - min) /
-mean)."""
+mean). With ``spelling`` (and pyspellchecker installed), the training phrasing and each typo level again with the
+query-time spelling correction a served model applies (``data.spelling``, against the training texts' words)."""
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 
 from cirlab.data.paraphrase import PARAPHRASE_SHAPES, paraphrased, phrasings
 from cirlab.data.perturb import TextAugment, perturbed
+from cirlab.data.spelling import Speller, vocabulary
+from cirlab.data.triplets import Triplet
 from cirlab.eval.metrics import rank_stability
 from cirlab.experiment.measure import Measurement, Trial, group_table, measurements
 
@@ -22,20 +26,37 @@ SEED = 0
 
 @measurements.register("robustness")
 class Robustness(Measurement):
-    """Options: ``perturbations``, name -> a ``TextAugment`` spec (default: :data:`PERTURBATIONS`)."""
+    """Options: ``perturbations``, name -> a ``TextAugment`` spec (default: :data:`PERTURBATIONS`); ``spelling``: also
+    measure the typo levels with spelling correction (default: where pyspellchecker is installed)."""
 
     name = "robustness"
 
-    def __init__(self, perturbations: dict[str, str] | None = None) -> None:
+    def __init__(self, perturbations: dict[str, str] | None = None, spelling: bool | None = None) -> None:
         self.perturbations = {k: TextAugment.parse(v) for k, v in (perturbations or PERTURBATIONS).items()}
+        self.spelling = importlib.util.find_spec("spellchecker") is not None if spelling is None else spelling
+        self._speller: Speller | None = None
+
+    def prepare(self, ws, split: str) -> None:
+        if self.spelling and "train" in ws.triplets:
+            self._speller = Speller(vocabulary(t.text for t in ws.triplets["train"]))
+
+    def spelled(self, ws, trial: Trial, label: str, triplets: list[Triplet]) -> float:
+        """R@1 of ``triplets`` with their texts' spelling corrected, as a served model corrects them."""
+        fixed = [Triplet(t.reference, self._speller.correct(t.text)[0], t.targets, t.attributes) for t in triplets]
+        ev = ws.evaluate(trial.model, ws.add_split(f"{trial.split}~{label}+spelling", fixed), gallery_split=trial.split)
+        return ev.recall[1]
 
     def run(self, ws, trial: Trial) -> dict[str, dict]:
         original = trial.first.recall[1]
         r1, relative, stable = {"training phrasing": original}, {}, {}
+        if self._speller is not None:
+            r1["training phrasing + spelling"] = self.spelled(ws, trial, "clean", ws.triplets[trial.split])
         for label, augment in self.perturbations.items():
             queries = perturbed(ws.triplets[trial.split], augment, SEED)
             ev = ws.evaluate(trial.model, ws.add_split(f"{trial.split}~{label}", queries), gallery_split=trial.split)
             r1[label] = ev.recall[1]
+            if self._speller is not None and augment.typos:
+                r1[f"{label} + spelling"] = self.spelled(ws, trial, label, queries)
             relative[label] = _ratio(ev.recall[1], original)
             for key, value in rank_stability(trial.first.ids, ev.ids).items():
                 stable[f"{label} {key}"] = value
@@ -52,9 +73,12 @@ class Robustness(Measurement):
         return {"robustness": r1, "robustness_relative": relative, "stability": stable, "bank_relative": bank}
 
     def sections(self, result) -> list[tuple[str, str]]:
-        order = ("training phrasing", *self.perturbations)
+        spelled = [f"{k} + spelling" for k, a in self.perturbations.items() if a.typos] if self._speller else []
+        order = ("training phrasing", *self.perturbations, *(["training phrasing + spelling"] if spelled else []),
+                 *spelled)
         return [("Robustness (docs/evaluation.md#robustness): R@1 (%) of the same queries in the training phrasing "
-                 "and perturbed (seed 0): typos at a share of the characters, and one kind of rewording at a time",
+                 "and perturbed (seed 0): typos at a share of the characters, and one kind of rewording at a time; "
+                 "`+ spelling`: the same queries with the query-time spelling correction a served model applies",
                  group_table(result, "robustness", order=order)),
                 ("Robustness: each perturbation's R@1 as a percentage of the training phrasing's, and the worst",
                  group_table(result, "robustness_relative", order=(*self.perturbations, "worst"))),
@@ -67,7 +91,7 @@ class Robustness(Measurement):
                                                          for m in ("AO@10", "Jaccard@10")]))]
 
     def setting(self) -> dict:
-        return {name: augment.spec for name, augment in self.perturbations.items()}
+        return {**{name: augment.spec for name, augment in self.perturbations.items()}, "spelling": self.spelling}
 
 
 def _ratio(value: float, original: float) -> float:

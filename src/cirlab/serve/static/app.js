@@ -144,7 +144,9 @@ async function search(event) {
     state.history.push({ reference: ref, text, results: body.results });
     renderHistory();
     const read = body.query.history ? `, reading ${body.query.history} earlier turns (${body.query.history_mode})` : "";
-    setStatus(`${body.results.length} results (${body.query.mode} search${read}). Click one to refine from it.`);
+    const fixed = (body.query.corrections || []).map((c) => `${c.from} → ${c.to}`);
+    const spelled = fixed.length ? ` Searched for: “${body.query.searched.at(-1).text}” (${fixed.join(", ")}).` : "";
+    setStatus(`${body.results.length} results (${body.query.mode} search${read}).${spelled} Click one to refine from it.`);
   } catch (err) {
     setStatus(String(err.message || err), true);
   } finally {

@@ -1,0 +1,60 @@
+"""Spelling correction of a query's text, at query time.
+
+A word is corrected only when it is known neither to the model (the words of its training texts, which a checkpoint
+records) nor to English (the frequency list pyspellchecker ships): a word it knows is never touched, so a text in the
+training phrasing is searched as it was typed. An unknown word becomes the most likely known word within two edits,
+the model's own words first ("womna" -> "woman", "skni" -> "skin" rather than "ski"). What changed is returned, so
+that the reply and the page can say "searched for: ...".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+WORD = re.compile(r"[A-Za-z]+")
+LONG = 12  # longer unknown words are looked up within one edit only (two would be slow and rarely right)
+
+
+def vocabulary(texts: Iterable[str]) -> list[str]:
+    """The words of ``texts``, lower case, sorted: what a checkpoint records of its training texts."""
+    return sorted({w.lower() for t in texts for w in WORD.findall(t)})
+
+
+class Speller:
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        from cirlab.optional import need
+
+        spellchecker = need("spellchecker", "text", "spelling correction")
+        self.known = {w.lower() for w in known}
+        self.checker = spellchecker.SpellChecker(distance=2)
+        top = max(self.checker.word_frequency.dictionary.values(), default=1)
+        # the model's own words outrank every English word at the same distance
+        self.checker.word_frequency.load_json({w: top + 1 for w in self.known})
+        self._short = spellchecker.SpellChecker(distance=1)
+        self._short.word_frequency.load_json({w: top + 1 for w in self.known})
+
+    def knows(self, word: str) -> bool:
+        return word.lower() in self.known or word.lower() in self.checker
+
+    def word(self, word: str) -> str:
+        """``word`` itself if known, else its correction (its case kept: capitalised, or all capitals)."""
+        if self.knows(word):
+            return word
+        checker = self._short if len(word) > LONG else self.checker
+        found = checker.correction(word.lower())
+        if not found or found == word.lower():
+            return word
+        return found.upper() if word.isupper() and len(word) > 1 else found.capitalize() if word[:1].isupper() else found
+
+    def correct(self, text: str) -> tuple[str, list[dict]]:
+        """The text with each unknown word corrected, and what changed: ``[{"from": ..., "to": ...}]``."""
+        changes: list[dict] = []
+
+        def fix(m: re.Match) -> str:
+            new = self.word(m.group(0))
+            if new != m.group(0):
+                changes.append({"from": m.group(0), "to": new})
+            return new
+
+        return WORD.sub(fix, text), changes
