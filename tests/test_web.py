@@ -106,6 +106,10 @@ def test_pick_from_gallery_text_only_and_phone_width(served, browser):
     page.click("#search")
     page.wait_for_selector("#results .card")
     assert "text search" in page.inner_text("#status")
+    page.fill("#text", "shpae number 3")  # a slip: the page says what was searched for
+    page.click("#search")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('Searched for')")
+    assert "Searched for: “shape number 3” (shpae → shape)" in page.inner_text("#status")
     # nothing wider than the phone's screen
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
