@@ -181,6 +181,9 @@ def test_spelling_corrects_only_words_known_neither_to_the_model_nor_to_english(
     assert speller.correct("make it a womna") == ("make it a woman", [{"from": "womna", "to": "woman"}])
     assert speller.correct("Medium-drak SKNI") == ("Medium-dark SKIN", [{"from": "drak", "to": "dark"},
                                                                         {"from": "SKNI", "to": "SKIN"}])
+    # another language, a contraction, a word of two letters: left as typed (an English speller cannot judge them)
+    for foreign in ("rends-le rouge, s'il te plaît", "добавь красный", "make it ti"):
+        assert speller.correct(foreign) == (foreign, [])
     for known in ("make the colour teal", "no skin tone", "make it a ton"):  # the model's words, English words
         assert speller.correct(known) == (known, [])
     assert speller.correct("skni")[0] == "skin"  # the model's own word before English's "ski"

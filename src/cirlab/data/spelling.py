@@ -2,9 +2,10 @@
 
 A word is corrected only when it is known neither to the model (the words of its training texts, which a checkpoint
 records) nor to English (the frequency list pyspellchecker ships): a word it knows is never touched, so a text in the
-training phrasing is searched as it was typed. An unknown word becomes the most likely known word within two edits,
-the model's own words first ("womna" -> "woman", "skni" -> "skin" rather than "ski"). What changed is returned, so
-that the reply and the page can say "searched for: ...".
+training phrasing is searched as it was typed. Words of another script or with accents, contractions and words of
+one or two letters are left as typed too: an English speller cannot judge them ("s'il te plaît" stays). An unknown
+word becomes the most likely known word within two edits, the model's own words first ("womna" -> "woman", "skni"
+-> "skin" rather than "ski"). What changed is returned, so that the reply and the page can say "searched for: ...".
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-WORD = re.compile(r"[A-Za-z]+")
+WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters of any script, with their apostrophes ("s'il")
+SHORT = 3  # shorter words are left as typed: too little to go on ("il", "ok")
 LONG = 12  # longer unknown words are looked up within one edit only (two would be slow and rarely right)
 
 
 def vocabulary(texts: Iterable[str]) -> list[str]:
     """The words of ``texts``, lower case, sorted: what a checkpoint records of its training texts."""
     return sorted({w.lower() for t in texts for w in WORD.findall(t)})
+
+
+def correctable(word: str) -> bool:
+    """Whether the English speller can judge ``word``: plain ASCII letters, no apostrophe, at least :data:`SHORT`
+    long (a word of another language, a contraction or a short word is left as typed)."""
+    return len(word) >= SHORT and word.isascii() and word.isalpha()
 
 
 class Speller:
@@ -39,8 +47,9 @@ class Speller:
         return word.lower() in self.known or word.lower() in self.checker
 
     def word(self, word: str) -> str:
-        """``word`` itself if known, else its correction (its case kept: capitalised, or all capitals)."""
-        if self.knows(word):
+        """``word`` itself if known (or not :func:`correctable`), else its correction (its case kept: capitalised, or
+        all capitals)."""
+        if not correctable(word) or self.knows(word):
             return word
         found = self._seen.get(word.lower())
         if found is None:

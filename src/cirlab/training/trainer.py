@@ -160,6 +160,19 @@ def mined_negatives(model: Fusion, images: FeatureTable, snapshot: torch.Tensor,
     return embedded_rows(model, images, union_rows(rows, r), device, r)
 
 
+def text_consistency(model: Fusion, reference: dict, query: torch.Tensor, texts: FeatureTable, read: np.ndarray,
+                     own: np.ndarray) -> torch.Tensor | None:
+    """1 - cosine between each reworded query (``query``, from the text rows ``read``) and the same query in its own
+    text (rows ``own``; held fixed, the teacher), over the batch's reworded triplets; None where none was reworded."""
+    reworded = torch.from_numpy(read != own).to(query.device)
+    if not bool(reworded.any()):
+        return None
+    with torch.no_grad():
+        teacher = model(reference, to_device(texts.tensors(own, model.text_views), query.device))
+    cosine = torch.nn.functional.cosine_similarity(query.float(), teacher.float(), dim=-1)
+    return (1 - cosine)[reworded].mean()
+
+
 def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, queries: QuerySide,
                  cfg: TrainConfig, progress: bool = True,
                  validate: Callable[[Fusion], dict[int, float]] | None = None,
@@ -204,7 +217,8 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
         index, mine = current["index"], shard(b, r)
         reference = to_device(queries.images.tensors(index.ref[mine], model.image_views), device)
         query = model(reference, to_device(queries.texts.tensors(index.text[mine], model.text_views), device))
-        consistency = text_consistency(model, reference, query, index, mine) if index is real and variants else None
+        consistency = text_consistency(model, reference, query, queries.texts, index.text[mine], own_texts[mine]) \
+            if index is real and variants and cfg.text_consistency else None
         target = gather(model.embed_gallery(to_device(images.tensors(index.target[mine], model.gallery_views),
                                                       device)), r)
         keys = torch.from_numpy(index.target[b])
@@ -224,17 +238,6 @@ def train_fusion(model: Fusion, triplets: list[Triplet], images: FeatureTable, q
             loss = loss + cfg.text_consistency * consistency
         # weighted by this rank's share: the gradients DistributedDataParallel averages are the whole batch's
         return loss * (len(mine) * r.world / len(b)) if r.parallel else loss
-
-    def text_consistency(model, reference, query, index, mine) -> torch.Tensor | None:
-        """1 - cosine between each reworded query and the same query in its own text (held fixed, the teacher), over
-        this batch's reworded triplets; None without ``cfg.text_consistency`` or where none was reworded."""
-        reworded = torch.from_numpy(index.text[mine] != own_texts[mine]).to(query.device)
-        if not cfg.text_consistency or not bool(reworded.any()):
-            return None
-        with torch.no_grad():
-            own = model(reference, to_device(queries.texts.tensors(own_texts[mine], model.text_views), device))
-        cosine = torch.nn.functional.cosine_similarity(query.float(), own.float(), dim=-1)
-        return (1 - cosine)[reworded].mean()
 
     result = fit(model, [len(fake) if p else len(real) for p in plan], batch_loss, cfg, progress, validate,
                  state_path, resume, log_path, desc=f"training {model.name}", on_epoch=on_epoch,
