@@ -62,3 +62,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if positional:
         options["factory"] = ",".join(positional)
     return name, options
+
+
+def dataclass_options(cls, spec: str | None, what: str, hint: str = "") -> dict[str, str]:
+    """The ``key=value`` options of ``spec`` for the fields of the dataclass ``cls`` (``""`` or None: none); a key it
+    lacks is refused in one line naming ``what`` and the keys it takes (then ``hint``)."""
+    from dataclasses import fields
+
+    _, options = parse_spec(f"{what}:{spec or ''}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise CirlabError(f"{what} {', '.join(unknown)} unknown; use {', '.join(f'{k}=...' for k in known)}{hint}")
+    return options

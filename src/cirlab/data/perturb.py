@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
-from cirlab.registry import parse_spec
+from cirlab.registry import dataclass_options
 
 ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 STAGGER = (0.0, 0.25, 0.75)  # how far each row sits right of the one above, in keys
@@ -174,11 +174,7 @@ class TextAugment:
     @classmethod
     def parse(cls, spec: str | None) -> "TextAugment":
         """``"typos=0.05,frames=0.3"`` -> ``TextAugment(typos=0.05, frames=0.3)``; ``""`` or None: no change."""
-        _, options = parse_spec(f"text:{spec or ''}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise CirlabError(f"text augmentation {', '.join(unknown)} unknown; use {', '.join(f'{k}=...' for k in known)}")
+        options = dataclass_options(cls, spec, "text augmentation")
         values: dict = {}
         for key, text in options.items():
             try:

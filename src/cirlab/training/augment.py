@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cirlab.errors import CirlabError
-from cirlab.registry import parse_spec
+from cirlab.registry import dataclass_options
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,8 @@ class Augment:
     @classmethod
     def parse(cls, spec: str | None) -> "Augment":
         """``"scale=0.2,blur=1.5"`` -> ``Augment(scale=0.2, blur=1.5)``; ``""`` or None: no augmentation."""
-        _, options = parse_spec(f"augment:{spec or ''}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise CirlabError(f"augmentation {', '.join(unknown)} unknown; use {', '.join(f'{k}=...' for k in known)} "
-                              "(no colour jitter or flips: tone is colour, facing is a flip)")
+        options = dataclass_options(cls, spec, "augmentation",
+                                    " (no colour jitter or flips: tone is colour, facing is a flip)")
         values = {}
         for key, text in options.items():
             try:
