@@ -235,6 +235,7 @@ def _cli(*args, home):
                           env=env, timeout=600)
 
 
+@pytest.mark.slow  # 40 s of CLI subprocesses: in make test, not make test-fast
 def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_encoder):
     import torch
 

@@ -101,6 +101,7 @@ def test_rank_stability_is_one_for_the_same_lists_and_falls_with_disagreement():
     assert disjoint == {"AO@2": 0.0, "Jaccard@2": 0.0}
 
 
+@pytest.mark.slow  # trains four times and runs three CLI commands: in make test, not make test-fast
 def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_queries(tmp_path):
     """--text-augment encodes each training text's variants once and trains on them (other weights than without);
     --perturb evaluates the split's queries perturbed; the robustness measurement reports each perturbation."""
