@@ -188,3 +188,19 @@ def test_spelling_corrects_only_words_known_neither_to_the_model_nor_to_english(
     for known in ("make the colour teal", "no skin tone", "make it a ton"):  # the model's words, English words
         assert speller.correct(known) == (known, [])
     assert speller.correct("skni")[0] == "skin"  # the model's own word before English's "ski"
+
+
+def test_each_epoch_a_triplet_reads_its_own_text_or_one_of_its_variants():
+    """TripletIndex.reworded: a kept triplet reads its own text row (not the mask's 0 or 1: a regression), a reworded
+    one a row of its own variants; a triplet without variants always its own; the same seed and epoch draw the same."""
+    from cirlab.training.trainer import TripletIndex
+
+    own = np.array([7, 8, 9, 10])
+    wordings = [np.array([20, 21]), np.array([30]), np.array([], dtype=np.int64), np.array([40, 41, 42])]
+    index = TripletIndex(np.zeros(4, np.int64), own, np.zeros(4, np.int64), 0, np.zeros(4, np.int64), wordings=wordings)
+    seen = [index.reworded(own, 0.5, 0, epoch) for epoch in range(40)]
+    for rows in seen:
+        assert all(r == o or r in w for r, o, w in zip(rows, own, wordings)) and rows[2] == 9
+    assert any(rows[0] == 7 for rows in seen) and any(rows[0] in (20, 21) for rows in seen)
+    assert all((index.reworded(own, 1.0, 0, e) == own).all() for e in range(5))
+    assert (index.reworded(own, 0.5, 3, 7) == index.reworded(own, 0.5, 3, 7)).all()

@@ -91,9 +91,9 @@ class TripletIndex:
         """The text row each triplet reads this epoch: its own (``own``) with probability ``keep`` (or where it has
         no variant), else one of its variants; a function of the seed and the epoch (a resumed run draws the same)."""
         rng = np.random.default_rng([seed, epoch])
-        own = rng.random(len(self)) < keep
+        kept = rng.random(len(self)) < keep
         pick = rng.random(len(self))
-        return np.array([t if own[n] or not len(w) else w[int(pick[n] * len(w))]
+        return np.array([t if kept[n] or not len(w) else w[int(pick[n] * len(w))]
                          for n, (t, w) in enumerate(zip(own, self.wordings))], dtype=np.int64)
 
     def __len__(self) -> int:
