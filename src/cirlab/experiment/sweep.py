@@ -49,7 +49,7 @@ def run_bench(data: str | Path, methods: list[str], seeds: int, cache: FeatureCa
               train: dict | None = None) -> BenchResult:
     """Every (method, seed): train on ``train`` (best epoch by ``val``), evaluate on ``split`` and run each
     measurement on it (``measures``: built ones, or names built with their default options; the default measurements
-    are added: :func:`cirlab.experiment.measure.make_measures`). A zero-shot method with nothing to learn (no
+    are added: :func:`cirlab.experiment.measures.make_measures`). A zero-shot method with nothing to learn (no
     parameter) runs once: its seeds would repeat it. ``image_head``: the image head every method uses
     (``fusion.heads``), instead of its config's. ``placement``: where the encoders run and the methods train (None:
     the defaults'). ``aligned``: the aligned stage-1 model the zero-shot methods compose in. ``train``: training

@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib.util
 import statistics
 
-from cirlab.data.paraphrase import PARAPHRASE_SHAPES, paraphrased, phrasings
+from cirlab.data.paraphrase import PARAPHRASE_SHAPES, phrasings
 from cirlab.data.perturb import TextAugment, perturbed
 from cirlab.data.spelling import Speller, vocabulary
 from cirlab.data.triplets import Triplet
 from cirlab.eval.metrics import rank_stability
 from cirlab.experiment.measure import Measurement, Trial, group_table, measurements
+from cirlab.experiment.measures.paraphrases import paraphrase_recall
 
 PERTURBATIONS = {"typos 2%": "typos=0.02", "typos 5%": "typos=0.05", "typos 10%": "typos=0.1", "frames": "frames=1",
                  "synonyms": "synonyms=1", "order": "order=1", "drop": "drop=1", "case": "case=1"}
@@ -62,10 +63,8 @@ class Robustness(Measurement):
                 stable[f"{label} {key}"] = value
         bank = {}
         if phrasings(ws.dataset.name):
-            for j, triplets in enumerate(paraphrased(ws.dataset.name, ws.triplets[trial.split])):
-                ev = ws.evaluate(trial.model, ws.add_split(f"{trial.split}~phrasing{j}", triplets),
-                                 gallery_split=trial.split)
-                bank[PARAPHRASE_SHAPES[j]] = _ratio(ev.recall[1], original)
+            shapes, _ = paraphrase_recall(ws, trial.model, trial.split, original)
+            bank = {shape: _ratio(shapes[shape], original) for shape in PARAPHRASE_SHAPES if shape in shapes}
             every = [original, *(original * v / 100.0 for v in bank.values())]
             bank["worst"] = min(bank.values())
             bank["relative range"] = 100.0 * (max(every) - min(every)) / statistics.fmean(every) if any(every) else 0.0
