@@ -6,8 +6,9 @@ is ever trained on) and seeded perturbations (the ``robustness`` measurement); a
         [--image-head colour:bins=16] [--seeds 3] [--augment SPEC] [--out benchmarks/results/robustness]
 
 Each arm is one ``cirlab bench`` (``--measure paraphrases,robustness``), saved beside the summary as
-``<data>[-consistency]-plain.md`` and ``-augmented.md``. The cost: the variants of every training text, encoded once into
-the feature cache, timed here into an empty cache (MiniLM on this machine), and the training time of each arm.
+``<data>-plain.md``, ``-augmented.md`` and, with ``--consistency W``, ``-consistency.md``. The cost: the variants of
+every training text, encoded once into the feature cache, timed here into an empty cache (MiniLM on this machine),
+and the training time of each arm.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def main() -> None:
     ap.add_argument("--image-head", default="colour:bins=16", help="(default: the demo's, %(default)s)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--augment", default=AUGMENT, help="the --text-augment spec (default: %(default)s)")
-    ap.add_argument("--consistency", type=float, default=0.0, help="the augmented arm's --text-consistency weight")
+    ap.add_argument("--consistency", type=float, default=0.0,
+                    help="also a third arm, augmented with this --text-consistency weight (default: no third arm)")
     ap.add_argument("--text-encoder", default="minilm")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "robustness")
     a = ap.parse_args()
@@ -76,9 +78,11 @@ def main() -> None:
     cache = FeatureCache(settings.cache_dir())
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     arms = {}
-    stem = a.data.name + ("-consistency" if a.consistency else "")
-    augmented = {"text_augment": augment.spec, **({"text_consistency": a.consistency} if a.consistency else {})}
-    for arm, train in (("plain", None), ("augmented", augmented)):
+    stem = a.data.name
+    plans = {"plain": None, "augmented": {"text_augment": augment.spec}}
+    if a.consistency:
+        plans["consistency"] = {"text_augment": augment.spec, "text_consistency": a.consistency}
+    for arm, train in plans.items():
         arms[arm] = run_bench(a.data, a.methods.split(","), a.seeds, cache, "efficientnet_lite0", a.text_encoder,
                               progress=False, log=log, image_head=a.image_head or None, train=train,
                               measures=["paraphrases", "robustness"])
@@ -91,12 +95,13 @@ def main() -> None:
     lines = [f"# Text augmentation against people's wordings: {a.data.name}", "", f"Command: `{command}`", "",
              f"R@1 (%) on the test split, mean ± std over {a.seeds} seeds; image head {a.image_head}. `plain`: the "
              f"data set's own phrasings; `augmented`: `--text-augment {augment.spec}`"
-             f"{f' --text-consistency {a.consistency:g}' if a.consistency else ''}. The bank's shapes (never "
+             f"{f'; `consistency`: the same and `--text-consistency {a.consistency:g}`' if a.consistency else ''}. "
+             "The bank's shapes (never "
              "trained on: no augmented text equals one of its texts) and the perturbations (seed 0, the same for "
              "every model) as `cirlab bench --measure paraphrases,robustness` reports them; bank range: (max - min) / "
              "mean of R@1 over the training phrasing and the bank's shapes; AO@10: the average overlap of each "
-             f"query's top 10 with and without typos. Each arm's full tables: `{stem}-plain.md`, "
-             f"`{stem}-augmented.md`.", "",
+             f"query's top 10 with and without typos. Each arm's full tables: "
+             + ", ".join(f"`{stem}-{arm}.md`" for arm in plans) + ".", "",
              "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for name in a.methods.split(","):
         for arm, bench in arms.items():

@@ -169,6 +169,28 @@ def test_the_paraphrase_bank_shares_no_text_with_training(css):
         assert all(w in texts[0] for w in words.split() if w != "a"), (t.text, texts[0])
 
 
+def test_wider_phrasings_reword_the_same_scenes_and_keep_the_bank_apart(css, tmp_path):
+    """``phrasings=2``: the same scenes, references and targets as version 1, each text drawn from the wider grammar
+    with the generator's own text kept as ``canonical``; no text of any split is a text of the paraphrase bank,
+    whose phrasings of each query are those of version 1."""
+    from cirlab.data.paraphrase import bank_texts, paraphrased
+
+    build_css(tmp_path / "wide", size=300, seed=3, image_size=96, phrasings=2)
+    plain, wide = Dataset(css[0]), Dataset(tmp_path / "wide")
+    assert (tmp_path / "wide" / "images.jsonl").read_text() == (css[0] / "images.jsonl").read_text()
+    texts = set()
+    for split in plain.splits:
+        a, b = plain.triplets(split), wide.triplets(split)
+        assert [(t.reference, t.targets) for t in a] == [(t.reference, t.targets) for t in b]
+        assert [t.text for t in a] == [t.attributes["canonical"] for t in b]
+        assert sum(t.text != t.attributes["canonical"] for t in b) == len(b)
+        texts |= {t.text for t in b}
+    assert len(texts) > len({t.text for s in plain.splits for t in plain.triplets(s)})
+    assert not texts & bank_texts("css", [t for s in wide.splits for t in wide.triplets(s)])
+    assert [[t.text for t in ts] for ts in paraphrased("css", wide.triplets("test"))] == \
+        [[t.text for t in ts] for ts in paraphrased("css", plain.triplets("test"))]
+
+
 def test_simulated_sessions_run_end_to_end_on_a_trained_model(css, tmp_path):
     """``eval.multiturn.run_sessions`` on a small CSS-like set with a trained ``sum``: every turn is the data set's
     grammar, a session stops when its target reaches rank 1, the success curves only rise, and the same seed gives

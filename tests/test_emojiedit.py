@@ -4,6 +4,7 @@ import pytest
 
 from cirlab.data.emojiedit import FACTORS, build_emojiedit, parse_name
 from cirlab.data.triplets import Dataset
+from cirlab.errors import CirlabError
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +135,16 @@ def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_pat
 
 def test_the_paraphrase_bank_shares_no_text_with_training(built):
     """Every EmojiEdit paraphrase, for every value an edit can take, differs from every training phrasing of every
-    edit; each test query gets five distinct phrasings of its own edit."""
+    edit in every version of the phrasing grammar; each test query gets five distinct phrasings of its own edit."""
     from cirlab.data.emojiedit import COLOURS, DIRECTIONS, GENDERS, HAIR, TONES, describe, edit_words
     from cirlab.data.paraphrase import bank, paraphrased
 
     values = {"tone": (*TONES, None), "gender": (*GENDERS, None), "hair": (*HAIR, None), "colour": (*COLOURS, None),
               "direction": (*DIRECTIONS, None), "facing": ("left", "right", None)}  # None: the factor is absent
-    training = {p for f, vs in values.items() for v in vs for p in describe(f, v)}
+    from cirlab.data.phrasing import versions
+
+    training = {p for f, vs in values.items() for v in vs for version in versions() for p in describe(f, v, version)}
+    assert len(training) > 2 * len({p for f, vs in values.items() for v in vs for p in describe(f, v)})
     ds = Dataset(built[0] / "a")
     assert {t.text for s in ("train", "val") for t in ds.triplets(s)} <= training
     every = {p.replace("{v}", words) for f, vs in values.items() for v in vs
@@ -153,6 +157,25 @@ def test_the_paraphrase_bank_shares_no_text_with_training(built):
     for n, t in enumerate(ds.triplets("test")[:200]):
         texts = [s[n].text for s in sets]
         assert len(set(texts)) == 5 and not set(texts) & training and sets[0][n].targets == t.targets
+
+
+def test_wider_phrasings_reword_the_same_edits(built, tmp_path):
+    """``phrasings=2`` draws each text from the wider grammar (the generator's own four and six more shapes an
+    edit): the same references, targets and edits as version 1, every text one of its edit's version-2 phrasings,
+    more ways of speaking than version 1, and the version written in dataset.json."""
+    from cirlab.data.emojiedit import describe
+
+    build_emojiedit(tmp_path / "wide", seed=0, phrasings=2)
+    wide, plain = Dataset(tmp_path / "wide"), Dataset(built[0] / "a")
+    assert json.loads((tmp_path / "wide" / "dataset.json").read_text())["phrasings"] == 2
+    for split in ("train", "val", "test"):
+        a, b = plain.triplets(split), wide.triplets(split)
+        assert [(t.reference, t.targets, t.attributes) for t in a] == [(t.reference, t.targets, t.attributes) for t in b]
+        assert all(t.text in describe(t.attributes["edit"], t.attributes["to"], 2) for t in b)
+        assert len({t.text for t in b}) > 1.5 * len({t.text for t in a})
+    with pytest.raises(CirlabError, match="unknown phrasing version 9; this cirlab has 1, 2"):
+        build_emojiedit(tmp_path / "bad", seed=0, phrasings=9)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_no_augmented_training_text_is_a_text_of_the_paraphrase_bank(built):

@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     m.add_argument("--mirror-pairs", action="store_true",
                    help="emojiedit: add synthetic facing edits to training (each training image and its mirror, "
                         "both ways; bases with real facing variants left out); validation and test unchanged")
+    m.add_argument("--phrasings", type=int, default=1, metavar="N",
+                   help="emojiedit / css: the version of the phrasing grammar the texts are drawn from: 1, the "
+                        "generator's own few (default), or 2, with a terse, declarative, 'should', notation, "
+                        "negation and longer phrasing of every edit (the same scenes and edits)")
     m.add_argument("--annotations", type=Path, default=None, help="benchmarks: the annotation folder, as published")
     m.add_argument("--images", type=Path, default=None, help="benchmarks: the folder holding its images "
                                                              "(they are referenced, not copied)")
@@ -54,6 +58,6 @@ def run(a: argparse.Namespace) -> int:
     if a.name in FROM_FILES and (a.annotations is None or a.images is None):
         raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
     counts = make_dataset(a.name, a.out, a.seed, a.size, a.config, a.image_size, a.annotations, a.images, a.category,
-                          a.spelling, a.captions, a.style, a.test_style, a.mirror_pairs)
+                          a.spelling, a.captions, a.style, a.test_style, a.mirror_pairs, a.phrasings)
     print(json.dumps(counts, indent=2))
     return 0

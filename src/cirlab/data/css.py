@@ -24,10 +24,12 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from cirlab.data.phrasing import check_version, reword_css
 from cirlab.data.triplets import Triplet, write_triplets
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_write_text
@@ -77,6 +79,21 @@ def describe(attrs: dict) -> str:
     words += [attrs[k] for k in ("size", "colour") if k in attrs]
     words.append(attrs.get("shape", "object"))
     return " ".join(words)
+
+
+EDIT_PATTERNS = [("add", re.compile(r"^add (?P<object>.+?)(?: to (?P<cell>\S+))?$")),
+                 ("remove", re.compile(r"^remove (?P<object>.+)$")),
+                 ("change", re.compile(r"^make (?P<object>.+?) (?P<value>a \S+|\S+)$"))]
+
+
+def parse_edit(text: str) -> tuple[str, dict] | None:
+    """A text of the generator's own grammar (``add <object>[ to <cell>]``, ``remove <object>``, ``make <object>
+    <value>``) as its edit and slots (``object``, ``cell``, ``value``); None for any other text."""
+    for edit, pattern in EDIT_PATTERNS:
+        m = pattern.match(text)
+        if m:
+            return edit, {k: v for k, v in m.groupdict().items() if v}
+    return None
 
 
 def caption(scene: Scene) -> str:
@@ -186,10 +203,13 @@ def split_sizes(size: int = 4000, config: str | None = None) -> dict[str, int]:
 
 
 def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int = 224,
-              config: str | None = None) -> dict:
+              config: str | None = None, phrasings: int = 1) -> dict:
     """Write ``size`` triplets (70/10/20 train/val/test), or those of a named ``config``, with their
-    scenes' images; return counts."""
+    scenes' images; return counts. ``phrasings``: the phrasing grammar's version (:mod:`cirlab.data.phrasing`);
+    above 1, each text is drawn from the wider grammar and the generator's own text kept as ``canonical``."""
     sizes = split_sizes(size, config)
+    check_version(phrasings)
+    words = random.Random(f"{seed}-phrasings-{phrasings}")  # apart from the scenes' draw: the same scenes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = Generator(seed)
@@ -228,6 +248,9 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
             else:
                 targets = [scene_id(target)]
             a = {"edit": op.split("-")[0], "operation": op}
+            reworded = reword_css(*parse_edit(text), words, phrasings)
+            if reworded is not None:
+                text, a["canonical"] = reworded, text
             if split == "test":
                 novel = any((o.shape, o.colour) in gen.held_out for o in target)
                 a["composition"] = "novel" if novel else "seen"
@@ -249,7 +272,7 @@ def build_css(out: str | Path, size: int = 4000, seed: int = 0, image_size: int 
                                 "attributes": {"objects": [o.__dict__ for o in sc]}}) + "\n")
     counts["images"] = dict(Counter(split for _, split in scenes.values()))
     meta = {"name": "css", "version": VERSION, "seed": seed, "size": sum(sizes.values()), "config": config,
-            "images": "images",
+            **({"phrasings": phrasings} if phrasings > 1 else {}), "images": "images",
             "images_64px": "images64", "splits": {s: f"{s}.jsonl" for s in SPLIT_FRACTIONS},
             "held_out_pairs": sorted(" ".join(p[::-1]) for p in gen.held_out), "counts": counts}
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from cirlab.data.phrasing import check_version, extra_phrasings
 from cirlab.data.triplets import Triplet, write_triplets
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_write_text
@@ -124,10 +125,12 @@ def edit_words(factor: str, value: str | None) -> tuple[str, str]:
     return factor, _words(value)
 
 
-def describe(factor: str, value: str | None) -> list[str]:
-    """The phrasings of "change ``factor`` to ``value``"."""
+def describe(factor: str, value: str | None, phrasings: int = 1) -> list[str]:
+    """The phrasings of "change ``factor`` to ``value``": the data set's own, and those that version ``phrasings``
+    of the grammar adds (:mod:`cirlab.data.phrasing`)."""
     family, words = edit_words(factor, value)
-    return [p.replace("{v}", words) for p in PHRASES[family]]
+    extra = extra_phrasings("emojiedit", phrasings).get(family, [])
+    return [p.replace("{v}", words) for p in PHRASES[family] + extra]
 
 
 def _words(v: str | None) -> str:
@@ -192,8 +195,9 @@ def _assign_splits(records: list[dict], seed: int) -> dict[str, str]:
     return split_of
 
 
-def make_triplets(records: list[dict], seed: int) -> list[Triplet]:
-    """Every ordered pair of same-base emoji that differ in exactly one factor, one phrasing each.
+def make_triplets(records: list[dict], seed: int, phrasings: int = 1) -> list[Triplet]:
+    """Every ordered pair of same-base emoji that differ in exactly one factor, one phrasing each (of grammar
+    version ``phrasings``).
 
     Targets are every emoji the text describes: where two variants read the same (an unmarked
     "detective" and a "person detective" are both gender-neutral), both are correct.
@@ -217,7 +221,7 @@ def make_triplets(records: list[dict], seed: int) -> list[Triplet]:
                 edits[(diff[0], GENDER_WORDS[value] if diff[0] == "gender" else str(value))].append(b)
             for (factor, _), targets in sorted(edits.items(), key=lambda kv: kv[0]):
                 value = targets[0]["factors"].get(factor)
-                text = rng.choice(describe(factor, value))
+                text = rng.choice(describe(factor, value, phrasings))
                 triplets.append(Triplet(a["id"], text, sorted(t["id"] for t in targets), {
                     "edit": factor, "from": a["factors"].get(factor), "to": value, "base": base,
                 }))
@@ -316,11 +320,13 @@ def _plan(styles: list[str], test_style: str | None) -> list[tuple[str, dict[str
 
 
 def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles: list[str] | None = None,
-                    test_style: str | None = None, mirror_pairs: bool = False) -> dict:
+                    test_style: str | None = None, mirror_pairs: bool = False, phrasings: int = 1) -> dict:
     """Write the data set to ``out`` (images, images.jsonl, split triplets, dataset.json); return counts.
     ``styles``: the art sets drawn (default Twemoji); ``test_style``: a set held out for the test split;
-    ``mirror_pairs``: add synthetic facing edits to the training split (:func:`_mirror_pairs`)."""
+    ``mirror_pairs``: add synthetic facing edits to the training split (:func:`_mirror_pairs`); ``phrasings``: the
+    version of the phrasing grammar the texts are drawn from (:mod:`cirlab.data.phrasing`)."""
     styles = list(styles or ["twemoji"])
+    check_version(phrasings)
     for name in styles + ([test_style] if test_style else []):
         emoji_styles.get(name)
     if test_style in styles:
@@ -332,7 +338,7 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
     split_of = _assign_splits(records, seed)
     for r in records:
         r["split"] = split_of[r["factors"]["base"]]
-    triplets = make_triplets(records, seed)
+    triplets = make_triplets(records, seed, phrasings)
     in_pairs = {i for t in triplets for i in (t.reference, *t.targets)}
     records = [r for r in records if r["id"] in in_pairs]  # a gallery of emoji that take part in an edit
     plan = _plan(styles, test_style)
@@ -351,7 +357,7 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
                 by_split[splits[split_of[t.attributes["base"]]]].append(
                     Triplet(key(t.reference), t.text, targets, {**t.attributes, **({"style": style} if tagged else {})}))
     if mirror_pairs:
-        by_split["train"] += _mirror_pairs(out / "images", images, records, random.Random(seed))
+        by_split["train"] += _mirror_pairs(out / "images", images, records, random.Random(seed), phrasings)
     with open(out / "images.jsonl", "w") as f:
         for rec in images.values():
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -366,12 +372,14 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
     meta = {"name": "emojiedit", "version": VERSION, "seed": seed, "images": "images",
             "splits": {s: f"{s}.jsonl" for s in by_split}, "license": "Images: " + "; ".join(credits),
             **({"styles": styles, "test_style": test_style} if tagged else {}),
-            **({"mirror_pairs": True} if mirror_pairs else {}), "counts": counts}
+            **({"mirror_pairs": True} if mirror_pairs else {}), **({"phrasings": phrasings} if phrasings > 1 else {}),
+            "counts": counts}
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return counts
 
 
-def _mirror_pairs(folder: Path, images: dict[str, dict], records: list[dict], rng: random.Random) -> list[Triplet]:
+def _mirror_pairs(folder: Path, images: dict[str, dict], records: list[dict], rng: random.Random,
+                  phrasings: int = 1) -> list[Triplet]:
     """Synthetic facing edits for training: every training image of a base with no facing variant gets a mirrored
     copy (``<id>-mirror``, split train, attribute ``synthetic: mirror``) and two triplets, the image to its mirror
     ("... face right") and back ("... face left"), phrased as the real facing edits (Unicode's default emoji face
@@ -392,7 +400,7 @@ def _mirror_pairs(folder: Path, images: dict[str, dict], records: list[dict], rn
                              "attributes": {**rec["attributes"], "facing": "right", "synthetic": "mirror"}}
         base = rec["attributes"]["base"]
         for a, b, to in ((image_id, mirror_id, "right"), (mirror_id, image_id, None)):
-            out.append(Triplet(a, rng.choice(describe("facing", to)), [b],
+            out.append(Triplet(a, rng.choice(describe("facing", to, phrasings)), [b],
                                {"edit": "facing", "from": None if to else "right", "to": to, "base": base,
                                 "synthetic": "mirror", **({"style": rec["style"]} if "style" in rec else {})}))
     return out

@@ -19,22 +19,27 @@ def make_dataset(name: str, out: str | Path, seed: int = 0, size: int = 4000, co
                  image_size: int = 224, annotations: str | Path | None = None, images: str | Path | None = None,
                  categories: list[str] | None = None, spelling: str | Path | None = None,
                  captions: str | Path | None = None, styles: list[str] | None = None,
-                 test_style: str | None = None, mirror_pairs: bool = False) -> dict:
+                 test_style: str | None = None, mirror_pairs: bool = False, phrasings: int = 1) -> dict:
     """Build data set ``name`` into ``out`` and return its counts. EmojiEdit and CSS-like are drawn here
     (``size`` / ``config`` / ``image_size``: CSS-like's; ``styles`` / ``test_style``: EmojiEdit's art sets,
-    ``mirror_pairs``: its synthetic facing edits for training);
+    ``mirror_pairs``: its synthetic facing edits for training; ``phrasings``: the version of their phrasing grammar,
+    :mod:`cirlab.data.phrasing`);
     a public benchmark becomes a cirlab data set that points at the user's ``images``, its missing image
     ids listed in ``out/missing.txt``."""
     if (styles or test_style or mirror_pairs) and name != "emojiedit":
         raise CirlabError(f"art styles and mirror pairs are EmojiEdit's; data set {name} is drawn in one way")
+    if phrasings != 1 and name not in ("emojiedit", "css"):
+        raise CirlabError(f"--phrasings is for the data sets cirlab draws (emojiedit, css); {name}'s texts are its "
+                          "annotators'")
     if name == "emojiedit":
         from cirlab.data.emojiedit import build_emojiedit
 
-        return build_emojiedit(out, seed=seed, styles=styles, test_style=test_style, mirror_pairs=mirror_pairs)
+        return build_emojiedit(out, seed=seed, styles=styles, test_style=test_style, mirror_pairs=mirror_pairs,
+                               phrasings=phrasings)
     if name == "css":
         from cirlab.data.css import build_css
 
-        return build_css(out, size=size, seed=seed, image_size=image_size, config=config)
+        return build_css(out, size=size, seed=seed, image_size=image_size, config=config, phrasings=phrasings)
     if name in FROM_FILES:
         if annotations is None or images is None:
             raise CirlabError(f"data set {name} is made from its annotation folder (as published) and its images "

@@ -3,8 +3,8 @@
 The bank (``paraphrases.json``, versioned with the package) holds, per data set and per edit, five phrasings of
 different shapes (word order, synonyms, a longer sentence, a terse one, another wording), none of them a training
 phrasing (a test checks every one against every training text). A query's paraphrases are made from what its edit
-is: EmojiEdit's triplet attributes (the edited factor and its new value), CSS-like's text (its fixed grammar:
-``add <object>[ to <cell>]``, ``remove <object>``, ``make <object> <value>``).
+is: EmojiEdit's triplet attributes (the edited factor and its new value), CSS-like's text in the generator's own
+grammar (``css.parse_edit``; a data set drawn with wider phrasings keeps it as the attribute ``canonical``).
 
 :func:`paraphrased` gives, for each phrasing ``j``, the split's triplets with every query's text replaced by its
 edit's ``j``-th phrasing: evaluating each is the paraphrase study (``cirlab bench --paraphrases``).
@@ -13,18 +13,15 @@ edit's ``j``-th phrasing: evaluating each is the paraphrase study (``cirlab benc
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from pathlib import Path
 
+from cirlab.data.css import parse_edit
 from cirlab.data.emojiedit import edit_words
 from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
 
 BANK = Path(__file__).with_name("paraphrases.json")
-_CSS = [("add", re.compile(r"^add (?P<object>.+?)(?: to (?P<cell>\S+))?$")),
-        ("remove", re.compile(r"^remove (?P<object>.+)$")),
-        ("change", re.compile(r"^make (?P<object>.+?) (?P<value>a \S+|\S+)$"))]
 
 
 @lru_cache(maxsize=1)
@@ -61,13 +58,14 @@ def paraphrases(dataset: str, triplet: Triplet) -> tuple[str, list[str]]:
         edit, words = edit_words(a["edit"], a.get("to"))
         return edit, [p.replace("{v}", words) for p in bank()["emojiedit"][edit]]
     if family == "css":
-        for edit, pattern in _CSS:
-            m = pattern.match(triplet.text)
-            if m:
-                slots = {"object": m["object"], "place": f" at {m['cell']}" if m.groupdict().get("cell") else "",
-                         "value": m.groupdict().get("value") or ""}
-                return edit, [p.format(**slots) for p in bank()["css"][edit]]
-        raise CirlabError(f"not a CSS-like edit text: {triplet.text!r}")
+        a = triplet.attributes if isinstance(triplet.attributes, dict) else {}
+        parsed = parse_edit(a.get("canonical", triplet.text))
+        if parsed is None:
+            raise CirlabError(f"not a CSS-like edit text: {triplet.text!r}")
+        edit, slots = parsed
+        fill = {"object": slots["object"], "place": f" at {slots['cell']}" if slots.get("cell") else "",
+                "value": slots.get("value", "")}
+        return edit, [p.format(**fill) for p in bank()["css"][edit]]
     raise CirlabError(f"the paraphrase bank has no phrasings for data set {dataset!r}; it has "
                       f"{', '.join(k for k in bank() if isinstance(bank()[k], dict))}")
 
