@@ -6,13 +6,12 @@ import random
 import numpy as np
 import pytest
 
-from cirlab.data.css import CELLS
+from cirlab.data.css import CELLS, parse_edit
 from cirlab.data.emojiedit import describe
-from cirlab.data.paraphrase import _CSS
 from cirlab.errors import CirlabError
 from cirlab.data.css import CssUser
 from cirlab.data.emojiedit import EmojiUser
-from cirlab.eval.multiturn import MultiTurn, Sessions
+from cirlab.eval.multiturn import MultiTurn, Sessions, Wording, simulate
 from cirlab.session import JOIN, Turn, combine, plan
 
 
@@ -41,7 +40,7 @@ def test_the_css_user_says_the_one_edit_between_two_scenes(target, kind, texts):
     said = {user.edit("A", target, random.Random(seed)) for seed in range(40)}
     assert {k for _, k in said} == {kind} and {t for t, _ in said} <= texts and said
     for text, _ in said:  # the data set's own grammar, which the paraphrase bank parses
-        assert any(p.match(text) for _, p in _CSS), text
+        assert parse_edit(text) is not None, text
     assert CELLS[8] == "bottom-right"
 
 
@@ -69,6 +68,52 @@ def test_the_emoji_user_names_the_factor_or_searches_for_the_emoji():
     assert not user.editable("a", "c") and user.distance("a", "c") > user.distance("a", "b")
     assert user.steps("a", "b") == 1 and user.steps("a", "c") == 3  # the emoji by words, then gender and tone
     assert user.key("a") == user.key("d")  # the user cannot tell them apart: either is its target
+
+
+def test_the_user_words_its_edits_as_the_bank_or_perturbed_and_keeps_its_sessions():
+    """``Wording``: ``bank`` says each edit in one of the paraphrase bank's shapes for that very edit (a search by words
+    alone keeps its words), a perturbation perturbs the user's own words, seeded; the targets, starts and edits stay
+    those of the user's own words, only the texts change."""
+    from cirlab.data.paraphrase import bank
+
+    records = {f"{base}-{tone}": {"attributes": {"family": "person", "base": base, "tone": tone},
+                                  "caption": f"{base} {tone}"}
+               for base in ("cook", "farmer") for tone in ("light", "medium", "dark")}
+    gallery = sorted(records)
+
+    def run(words):
+        said = []
+
+        def search(histories, k):  # a ranking that ignores the words: the sessions run alike whatever is said
+            said.extend([(h[-1].reference, h[-1].text) for h in histories])
+            return [gallery[::-1][:k] for _ in histories]
+        got = simulate(EmojiUser(records), gallery, search, sessions=6, turns=3, seed=1, words=Wording(words))
+        return got, said
+
+    own, own_said = run("own")
+    banked, bank_said = run("bank")
+    typo, typo_said = run("typos=0.3")
+    assert run("typos=0.3")[1] == typo_said  # seeded
+    for got in (banked, typo):
+        assert [d["target"] for d in got.dialogs] == [d["target"] for d in own.dialogs]
+        assert got.edits == own.edits and [r for r, _ in bank_said] == [r for r, _ in own_said]
+    phrasings = {p.replace("{v}", tone) for tone in ("light", "medium", "dark") for p in bank()["emojiedit"]["tone"]}
+    for (reference, text), (_, mine), (kind, _) in zip(bank_said, own_said, own.edits):
+        if kind == "emoji":
+            assert reference is None and text == mine
+        else:
+            assert text in phrasings and text not in describe("tone", text.split()[-1])
+    assert sum(t != m for (_, t), (_, m) in zip(typo_said, own_said)) > len(own_said) // 2
+    with pytest.raises(CirlabError, match="the simulated user's words 'loud': use own, bank, or a perturbation"):
+        Wording("loud")
+    with pytest.raises(CirlabError, match="words 'typo=0.1'.*typos=0.05 .*use typos="):
+        MultiTurn(words=("own", "typo=0.1"))
+    assert [s[0] for s in MultiTurn(modes=("last",), words=("own", "bank")).settings()] == \
+        ["last, words own", "last, words bank"]
+    css_said = {Wording("bank").speaker(CssUser(SCENES), 0)(*CssUser(SCENES).edit("A", "more", random.Random(0)),
+                                                              "A", "more") for _ in range(3)}
+    assert css_said <= {p.format(object="small yellow triangle", place=" at bottom-right", value="")
+                        for p in bank()["css"]["add"]}
 
 
 def test_each_history_mode_plans_its_queries():

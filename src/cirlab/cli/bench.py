@@ -64,6 +64,10 @@ def add_parser(sub) -> None:
     b.add_argument("--start", default="random", choices=("random", "editable"),
                    help="each session starts from a random gallery image, or from one the data set's edits reach "
                         "the target from (EmojiEdit: the same emoji) (default: %(default)s)")
+    b.add_argument("--words", default="own", metavar="WORDINGS",
+                   help="how the simulated user words its edits, a ';' list, each measured: own (the data set's "
+                        "phrasings), bank (the paraphrase bank's shapes, never trained on), or a perturbation of its "
+                        "own words such as typos=0.05 (default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("benchmarks/results/bench"),
                    help="where the table goes (default: %(default)s)")
     b.add_argument("--name", default=None, help="file name of the table, without suffix")
@@ -84,8 +88,9 @@ def measures(a: argparse.Namespace) -> list:
     options: dict[str, dict] = {}
     if "multi-turn" in names:
         modes = tuple(check_mode(m.strip()) for m in a.history.split(",") if m.strip())
+        words = tuple(w.strip() for w in a.words.split(";") if w.strip())
         options["multi-turn"] = {"setting": MultiTurn(a.sessions, a.turns, common.int_list(a.shown, "--shown"), modes,
-                                                      a.start)}
+                                                      a.start, words)}
     if a.retrieval:
         options["retrieval"] = {"backends": [x for x in a.retrieval.split(";") if x]}
     if a.extra_splits:

@@ -312,6 +312,10 @@ class CssUser:
         """The edits the user says from ``a`` to ``b`` if every search returns what it asked: one an edit."""
         return self.distance(a, b)
 
+    def attributes(self, current: str, target: str, kind: str) -> dict:
+        """The edit ``kind`` as a triplet's attributes (its text says the rest, in the generator's grammar)."""
+        return {"edit": kind.split("-")[0], "operation": kind}
+
     def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
         x, y = self.scenes[current], self.scenes[target]
         now = tuple(sorted(x.values()))

@@ -477,6 +477,10 @@ class EmojiUser:
         other, factors = self.differences(a, b)
         return other + factors
 
+    def attributes(self, current: str, target: str, kind: str) -> dict:
+        """The edit ``kind`` from ``current`` towards ``target`` as a triplet's attributes (the paraphrase bank's)."""
+        return {"edit": kind, "from": self.attrs[current].get(kind), "to": self.attrs[target].get(kind)}
+
     def edit(self, current: str, target: str, rng: random.Random) -> tuple[str, str]:
         """(the text, its edit's name) from ``current`` towards ``target``; the text of an ``emoji`` edit is a search
         by words alone (:attr:`text_only`)."""

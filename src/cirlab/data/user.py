@@ -4,9 +4,10 @@ only runs sessions with them.
 A simulated user holds a hidden target image and reads the data set's image records. It has a ``name``; the edit
 kinds it says as a search by words alone (``text_only``); ``key(image)``, what it sees of an image (two images with
 the same key are the same to it); ``editable(a, b)``, whether the data set's own edits lead from one to the other;
-``distance(a, b)``, how far apart they are; ``steps(a, b)``, the edits it says between them; and ``edit(current,
-target, rng)``, the text of one edit towards the target and its kind. A new data set's user is a class in its data
-set's module and one registration below.
+``distance(a, b)``, how far apart they are; ``steps(a, b)``, the edits it says between them; ``edit(current,
+target, rng)``, the text of one edit towards the target and its kind; and ``attributes(current, target, kind)``, that
+edit as a triplet's attributes (for the paraphrase bank, when it words its edits as people do). A new data set's user
+is a class in its data set's module and one registration below.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ records). A session starts from a random gallery image. Each turn, the user:
 2. compares that image's attributes with the target's;
 3. says one templated edit, in the data set's own grammar, that moves towards the target (after Guo et al.'s dialog
    simulator, which says a relative caption). Each data set's user lives with its data set (``data.emojiedit``
-   ``EmojiUser``, ``data.css`` ``CssUser``), found through ``data.user``.
+   ``EmojiUser``, ``data.css`` ``CssUser``), found through ``data.user``. :class:`Wording` can make it speak like
+   people instead: the same edit in a shape of the paraphrase bank, or its own words perturbed (typos, synonyms...).
 
 The next search is composed from the session's turns by its history mode (:mod:`cirlab.session`), the reference left
 out of its ranking. A session ends when the target is at rank 1.
@@ -28,6 +29,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cirlab.data.paraphrase import paraphrases
+from cirlab.data.perturb import TextAugment
 from cirlab.data.triplets import Triplet
 from cirlab.data.user import simulated_user
 from cirlab.devices import module_device
@@ -42,30 +45,72 @@ STARTS = ("random", "editable")
 
 
 @dataclass(frozen=True)
+class Wording:
+    """How the simulated user words each edit: ``own``, the data set's own phrasings (those it was trained on);
+    ``bank``, a shape of the paraphrase bank for the same edit, drawn each turn (never a training text); or a
+    perturbation spec (``data.perturb.TextAugment``, e.g. ``typos=0.05`` or ``synonyms=0.5,frames=0.5``) applied to
+    its own words. Its draws use their own generator, so the sessions' targets and starts are those of ``own``."""
+
+    spec: str = "own"
+
+    def __post_init__(self) -> None:
+        if self.spec in ("own", "bank"):
+            return
+        try:
+            perturbs = bool(TextAugment.parse(self.spec))
+        except CirlabError as e:
+            perturbs, why = False, f" ({e})"
+        else:
+            why = " (it changes nothing)"
+        if not perturbs:
+            raise CirlabError(f"the simulated user's words {self.spec!r}: use own, bank, or a perturbation such as "
+                              f"typos=0.05{why}")
+
+    def speaker(self, user, seed: int) -> Callable[[str, str, str, str], str]:
+        """``say(text, kind, current, target)``: the user's own text of an edit, worded this way."""
+        if self.spec == "own":
+            return lambda text, kind, current, target: text
+        rng = random.Random(f"{seed}|words|{self.spec}")
+        if self.spec == "bank":
+            def say(text: str, kind: str, current: str, target: str) -> str:
+                if kind in user.text_only:  # a search by words alone has no edit to paraphrase
+                    return text
+                edit = Triplet(current, text, [target], user.attributes(current, target, kind))
+                return rng.choice(paraphrases(user.name, edit)[1])
+            return say
+        augment = TextAugment.parse(self.spec)
+        return lambda text, kind, current, target: augment(text, rng).strip() or text
+
+
+@dataclass(frozen=True)
 class MultiTurn:
-    """How a bench measures multi-turn search: ``sessions`` per model, history mode and number of results shown, at
-    most ``turns`` each, the user looking at the top ``shown`` (each measured), each session starting as ``start``
-    says (:func:`run_sessions`)."""
+    """How a bench measures multi-turn search: ``sessions`` per model, history mode, number of results shown and
+    wording, at most ``turns`` each, the user looking at the top ``shown`` (each measured) and wording its edits as
+    each of ``words`` says (:class:`Wording`), each session starting as ``start`` says (:func:`run_sessions`)."""
 
     sessions: int = 200
     turns: int = 10
     shown: tuple[int, ...] = (1,)
     modes: tuple[str, ...] = ("last", "text", "mean")
     start: str = "random"
+    words: tuple[str, ...] = ("own",)
 
     def __post_init__(self) -> None:
         for shown in self.shown or (0,):
             check_setting(self.sessions, self.turns, shown, self.start)
-        if not self.modes:
-            raise CirlabError("name at least one history mode")
+        if not self.modes or not self.words:
+            raise CirlabError("name at least one history mode and one wording")
         for mode in self.modes:
             check_mode(mode)
+        for words in self.words:
+            Wording(words)
 
-    def settings(self) -> list[tuple[str, str, int]]:
-        """(label, history mode, shown) of each measured setting: the label is the mode, with the results shown
-        where several counts are measured."""
-        return [(mode if len(self.shown) == 1 else f"{mode}, top {n}", mode, n) for n in self.shown
-                for mode in self.modes]
+    def settings(self) -> list[tuple[str, str, int, str]]:
+        """(label, history mode, shown, words) of each measured setting: the label is the mode, with the results
+        shown where several counts are measured, and the wording where it is not only the user's own."""
+        return [(mode + (f", top {n}" if len(self.shown) > 1 else "")
+                 + (f", words {w}" if self.words != ("own",) else ""), mode, n, w)
+                for w in self.words for n in self.shown for mode in self.modes]
 
 
 def check_setting(sessions: int, turns: int, shown: int, start: str) -> None:
@@ -113,10 +158,11 @@ class Sessions:
 
 
 def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int = 10, mode: str = "last",
-                 shown: int = 1, seed: int = 0, text_head=None, start: str = "random") -> Sessions:
+                 shown: int = 1, seed: int = 0, text_head=None, start: str = "random", words: str = "own") -> Sessions:
     """``sessions`` simulated sessions (:func:`simulate`) of ``model`` over ``split``'s gallery, composed from a
-    workspace's encoded tables, the history read as ``mode`` says. ``text_head``: the model's text-to-image head, for
-    the turns said by words alone (else the method's own text projection)."""
+    workspace's encoded tables, the history read as ``mode`` says, the user's edits worded as ``words`` says
+    (:class:`Wording`). ``text_head``: the model's text-to-image head, for the turns said by words alone (else the
+    method's own text projection)."""
     check_mode(mode)
     check_setting(sessions, turns, shown, start)
     if model.reads_raw_queries:
@@ -133,22 +179,23 @@ def run_sessions(ws, model, split: str = "test", sessions: int = 200, turns: int
         top, scores = ranked(index, vectors, k, exclude, scoring)
         return ranked_ids(top, scores, gallery_ids)
 
-    return simulate(simulated_user(ws.dataset), gallery_ids, search, sessions, turns, shown, seed, start)
+    return simulate(simulated_user(ws.dataset), gallery_ids, search, sessions, turns, shown, seed, start,
+                    Wording(words))
 
 
 Search = Callable[[list[list[Turn]], int], list[list[str]]]
 
 
 def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, turns: int = 10, shown: int = 1,
-             seed: int = 0, start: str = "random") -> Sessions:
+             seed: int = 0, start: str = "random", words: Wording = Wording()) -> Sessions:
     """``sessions`` simulated sessions over ``gallery_ids``, each with its own target and a random start, at most
     ``turns`` turns each. ``search(histories, k)``: the top ``k`` gallery ids of each running session (its turns so
     far, the last one new; that turn's reference left out), whatever answers it: the bench's encoded
     tables (:func:`run_sessions`) or the HTTP server (``benchmarks/multi_turn_http.py``). ``start``: ``random``,
     another gallery image; ``editable``, another gallery image from which the data set's own edits reach the target
-    (EmojiEdit: one of the same emoji; CSS-like: any)."""
+    (EmojiEdit: one of the same emoji; CSS-like: any). ``words``: how the user words each edit."""
     check_setting(sessions, turns, shown, start)
-    rng = random.Random(seed)
+    rng, say = random.Random(seed), words.speaker(user, seed)
     targets, answers, starts = draw_sessions(user, gallery_ids, sessions, rng, start)
     history: list[list[Turn]] = [[] for _ in targets]
     reference, ranks, edits = list(starts), [[] for _ in targets], []
@@ -158,6 +205,7 @@ def simulate(user, gallery_ids: list[str], search: Search, sessions: int = 200, 
         said = []
         for n in active:
             text, kind = user.edit(reference[n], targets[n], rng)
+            text = say(text, kind, reference[n], targets[n])
             history[n].append(Turn(None if kind in user.text_only else reference[n], text))
             said.append(kind)
         ids = search([history[n] for n in active], max(TOP, shown))

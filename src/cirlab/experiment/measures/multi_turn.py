@@ -33,16 +33,16 @@ class MultiTurnSessions(Measurement):
         fitted = ws.fit_text_head(trial.model) if self.text_only else None
         summaries, stuck = {}, {}
         s = self.multi_turn
-        for label, mode, shown in s.settings():
+        for label, mode, shown, words in s.settings():
             got = run_sessions(ws, trial.model, trial.split, s.sessions, s.turns, mode, shown, trial.seed,
-                               fitted[0] if fitted else None, s.start)
+                               fitted[0] if fitted else None, s.start, words)
             summaries[label], stuck[label] = got.summary(), got.stuck_edits()
         return {"multi_turn": summaries, "stuck": stuck}
 
     def setting(self) -> dict:
         s = self.multi_turn
         return {"sessions": s.sessions, "turns": s.turns, "shown": list(s.shown), "modes": list(s.modes),
-                "start": s.start}
+                "start": s.start, **({"words": list(s.words)} if s.words != ("own",) else {})}
 
     def sections(self, result) -> list[tuple[str, str]]:
         return [(f"Multi-turn search with a simulated user (docs/evaluation.md#multi-turn-search): the share (%) of "
