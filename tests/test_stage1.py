@@ -126,6 +126,46 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
         run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
 
 
+@pytest.mark.slow
+def test_stage1_tunes_the_text_model_on_augmented_wordings(tmp_path, monkeypatch):
+    """``train.text_augment`` in stage 1: each epoch a triplet reads one of its text's variants (with keep 0, always
+    one where it has any), never a text of another split, the same draws for the same seed; the tuned text encoder
+    records the spec; ``text_consistency`` is refused in one line."""
+    from cirlab.encoders.cache import FeatureCache
+    from cirlab.encoders.hf import HFTextEncoder
+    from cirlab.data.perturb import TextAugment
+    from cirlab.data.triplets import Dataset
+    from cirlab.training.stage1 import run_stage1
+
+    ds = make_dataset(tmp_path / "tiny", n=12)
+    spec = "typos=0.2,frames=1,variants=2,keep=0"
+    read: list[list[str]] = []
+    real = HFTextEncoder.pooled_with_grad
+    monkeypatch.setattr(HFTextEncoder, "pooled_with_grad", lambda self, texts: (read.append(list(texts)),
+                                                                                real(self, texts))[1])
+    config = {"tune": "text", "text_layers": 1,
+              "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "text_augment": spec}}
+    run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,
+               progress=False)
+    first, read[:] = list(read), []
+    run_stage1(ds, tmp_path / "s1b", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,
+               progress=False)
+    assert read == first  # seeded, training and validation alike
+    dataset = Dataset.open(ds)
+    train = {t.text for t in dataset.triplets("train")}
+    variants = TextAugment.parse(spec).variants_of(sorted(train), 0)
+    allowed = {v for vs in variants.values() for v in vs} | {t for t, vs in variants.items() if not vs}
+    others = {t.text for s in dataset.splits if s != "train" for t in dataset.triplets(s)}
+    others |= set(dataset.captions.values())  # validation reads its split's texts, the alignment check captions
+    batch_texts = {t for batch in first for t in batch} - others
+    assert batch_texts and batch_texts <= allowed and not batch_texts & (train - allowed)
+    assert torch.load(tmp_path / "s1" / "text.pt", weights_only=False)["meta"]["stage1"]["text_augment"] == \
+        TextAugment.parse(spec).spec
+    with pytest.raises(CirlabError, match="stage 1 does not apply text_consistency"):
+        run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm",
+                   {"tune": "text", "train": {"text_augment": spec, "text_consistency": 1.0}}, progress=False)
+
+
 @pytest.mark.parametrize("blocks", [2, "all"])
 def test_end_to_end_stage1_from_augmented_images_moves_only_the_tuned_weights(tmp_path, blocks):
     """Reading augmented pixels every batch (64 px input, two micro-batches a step): gradients reach every

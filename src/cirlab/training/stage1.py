@@ -44,6 +44,8 @@ from tqdm import tqdm
 
 from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
+from cirlab.data.paraphrase import bank_texts
+from cirlab.data.perturb import TextAugment
 from cirlab.data.triplets import Dataset
 from cirlab.devices import Placement, loader_workers, placed, tensor_to
 from cirlab.encoders import build_image_encoder, build_text_encoder, fit_image_encoder
@@ -223,6 +225,7 @@ class Stage1Data:
     val_split: str | None
     val_gallery: list[str]
     augment: Augment
+    variants: dict = field(default_factory=dict)  # training text -> its augmented wordings (``train.text_augment``)
 
 
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
@@ -316,10 +319,22 @@ def prepare_data(cfg: Stage1Config, ds: Dataset, tuning: Tuning, cache: FeatureC
         images = ImageSide(image_enc, table.keys, torch.from_numpy(table.views["pooled"]), 0, device=device)
     data = TaskData(ds.name, caption_mode, train_split, {i: c for i, c in ds.captions.items() if i in images.row},
                     set(ds.gallery(train_split).ids) & set(images.row), ds.by_id)
+    variants = _text_variants(cfg, ds, train_split, triplets.get(train_split, []))
     all_texts = [t.text for ts in triplets.values() for t in ts] + list(data.captions.values()) + data.category_names
+    all_texts += [v for vs in variants.values() for v in vs]
     table = None if cfg.tunes_text else text_table(cache, tuning.text, all_texts, ("pooled",), progress)
     return Stage1Data(images, TextSide(tuning.text, table, device), data, triplets, caption_mode, val_split,
-                      val_gallery, augment)
+                      val_gallery, augment, variants)
+
+
+def _text_variants(cfg: Stage1Config, ds: Dataset, train_split: str, train: list) -> dict[str, list[str]]:
+    """The training texts' augmented wordings (``train.text_augment``; none a text of the paraphrase bank), as stage 2
+    draws them: each epoch a triplet reads its own text with probability ``keep``, else one of these."""
+    augment = TextAugment.parse(cfg.train.text_augment)
+    if not augment or not train:
+        return {}
+    others = [t for s in ds.splits if s != train_split for t in ds.triplets(s)]
+    return augment.variants_of([t.text for t in train], cfg.train.seed, sorted(bank_texts(ds.name, others)))
 
 
 def stage1_task_set(cfg: Stage1Config, data: TaskData, name: str) -> tuple[dict, dict]:
@@ -350,6 +365,7 @@ def train_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, sides: Stage1Da
         usable = [(t.reference, t.text, next(x for x in t.targets if x in images.row))
                   for t in sides.triplets[sides.tasks.train_split]
                   if t.reference in images.row and any(x in images.row for x in t.targets)]
+    said = {"texts": None}  # this epoch's wording of each item (text augmentation), else its own
     if len(usable) < 2:
         raise CirlabError(f"only {len(usable)} usable training {'image' if sides.caption_mode else 'triplet'}(s) for "
                           "stage 1")
@@ -366,6 +382,8 @@ def train_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, sides: Stage1Da
             ids, triples = [usable[r] for r in rows], None
         else:
             triples = tuple(zip(*(usable[r] for r in rows)))
+            if said["texts"] is not None:
+                triples = (triples[0], tuple(said["texts"][r] for r in rows), triples[2])
             ids = list(triples[0]) + list(triples[2])  # one pass of the tail for references and targets
         batch = Batch(fusion, ids, images.pooled(ids), images, texts, triples)
         loss = torch.zeros((), device=device)
@@ -392,9 +410,18 @@ def train_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, sides: Stage1Da
     if tuning.image_parts or tuning.text_parts:
         groups.append({"params": list(tuning.image_parts.values()) + list(tuning.text_parts.values()),
                        "lr_scale": 1.0})
+    def on_epoch(epoch: int) -> None:  # a function of the seed and the epoch: a resumed run draws the same
+        if sides.variants and not sides.caption_mode:
+            keep = TextAugment.parse(cfg.train.text_augment).keep
+            rng = np.random.default_rng([cfg.train.seed, epoch])
+            kept, pick = rng.random(len(usable)) < keep, rng.random(len(usable))
+            said["texts"] = [text if kept[n] or not sides.variants.get(text) else
+                             sides.variants[text][int(pick[n] * len(sides.variants[text]))]
+                             for n, (_, text, _) in enumerate(usable)]
+
     result = fit(model, len(usable), batch_loss, cfg.train, progress, validate, out / "stage1-state.pt", resume,
                  out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg.tune})", param_groups=groups,
-                 placement=placement)
+                 placement=placement, on_epoch=on_epoch)
     alignment = {k: {"images": len(v), "before": before[k],
                      "after": _text_to_image_recall(fusion, images, texts, v, captions)} for k, v in aligned.items()}
     from cirlab.eval.report import training_curves_png
@@ -407,10 +434,11 @@ def save_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, fusion, result: 
                 tasks: dict, augment: Augment, out: Path) -> tuple[object, object]:
     """Write the tuned encoders (``image.pt``, ``text.pt``) and the stage-1 model (``stage1.pt``) on them; the
     encoders as read back from those files (a frozen one as it was)."""
+    text_augment = TextAugment.parse(cfg.train.text_augment)
     meta = {"stage1": {"tune": cfg.tune, "image_blocks": tuning.blocks, "text_layers": tuning.layers, "data": ds.name,
-                       "augment": augment.spec, "tasks": {name: cfg.tasks[name] for name in tasks},
-                       "skipped_tasks": skipped, **({"zero_shot": ds.meta["zero_shot"]} if "zero_shot" in ds.meta
-                                                    else {})}}
+                       "augment": augment.spec, **({"text_augment": text_augment.spec} if text_augment else {}),
+                       "tasks": {name: cfg.tasks[name] for name in tasks}, "skipped_tasks": skipped,
+                       **({"zero_shot": ds.meta["zero_shot"]} if "zero_shot" in ds.meta else {})}}
     image_enc, text_enc = tuning.image, tuning.text
     if cfg.tunes_image:
         save_tuned(out / "image.pt", "image", image_enc, tuning.blocks, meta)

@@ -85,6 +85,9 @@ class Stage1Config:
                 raise CirlabError(f"{key} {n!r}: give a number of final layers (1 or more) or \"all\"")
         if Augment.parse(self.augment) and not self.tunes_image:
             raise CirlabError("augmentation changes the images the image encoder reads: it needs tune image or both")
+        if self.train.text_consistency:
+            raise CirlabError("stage 1 does not apply text_consistency (stage 2's --text-consistency); its "
+                              "text_augment rewords the composed task's texts")
         unknown = set(self.tasks) - set(stage1_tasks.names())
         if unknown:
             raise CirlabError(f"unknown stage-1 task(s) {sorted(unknown)}; tasks: {', '.join(stage1_tasks.in_order())}")
