@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: printing a Markdown table and saving it, with its rows as JSON beside it."""
+"""What the benchmark scripts share: printing a Markdown table and saving it, with its rows as JSON beside it, and
+the machine it ran on (``cirlab.hardware``) in the header of both."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from pathlib import Path
 
 
 def save_report(text: str, out: Path | None, payload: dict) -> None:
-    """Print ``text``; with ``out``, write it there and ``payload`` to the same name with ``.json``."""
+    """Print ``text``; with ``out``, write it there and ``payload`` to the same name with ``.json``. The machine's line
+    goes under the title (the first line), its facts into the payload."""
+    from cirlab.hardware import machine
+
+    here = machine()
+    title, _, rest = text.partition("\n")
+    text = f"{title}\n\nMachine: {here.line()}\n{rest}"
+    payload = {"machine": here.to_dict(), **payload}
     print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -358,3 +358,28 @@ def test_the_cli_resolves_one_placement_and_writes_no_environment(monkeypatch):
     args = build_parser().parse_args(["methods"])
     place(args)
     assert args.placement is None
+
+
+def test_the_machine_line_names_what_the_cpu_has_and_lacks(monkeypatch, tmp_path):
+    """``hardware.Machine``: an AVX2-only CPU says it lacks AVX-512, VNNI and AMX; a CPU with AMX has VNNI and bf16
+    through it; this machine's own line lists only known flags and torch's thread count now."""
+    import torch
+
+    from cirlab import hardware
+    from cirlab.hardware import Machine, machine
+
+    old = Machine("AMD EPYC", 2, 2, ("avx2",))
+    assert old.line() == "AMD EPYC, 2 cores (torch: 2 threads); AVX2; no AVX-512, VNNI, AMX; no GPU"
+    assert not old.has("vnni") and not old.has("bf16") and old.has("avx2")
+    new = Machine("Xeon", 2, 1, ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"), "H100")
+    assert new.line() == ("Xeon, 2 cores (torch: 1 threads); AVX2, AVX-512, AVX512-VNNI, AVX512-BF16, AMX-BF16, "
+                          "AMX-INT8; GPU H100")
+    assert new.has("vnni") and new.has("bf16") and new.has("amx") and Machine("x", 1, 1, ("amx_int8",)).has("vnni")
+    here = machine()
+    assert set(here.features) <= {f for f, _ in hardware.FEATURES} and here.threads == torch.get_num_threads()
+    assert here.to_dict()["features"] == list(here.features)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx avx2 avx512f avx512_vnni\n")
+    real = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo" else real(p))
+    assert hardware.cpu_flags() >= {"avx2", "avx512f", "avx512_vnni"} and hardware.cpu_model() == "Test CPU"
