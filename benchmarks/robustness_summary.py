@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main() -> None:
             "typos 2%", "typos 5%", "typos 10%", "typos 5% + spelling", "frames", "synonyms", "order", "drop",
             "worst / training", "typos 5% AO@10"]
     lines = [f"# {a.title}", "", "Command: `python benchmarks/robustness_summary.py "
-             + " ".join(f"--arm {arm}" for arm in a.arm) + "`", "",
+             + " ".join(f"--arm {shlex.quote(arm)}" for arm in a.arm) + "`", "",
              "R@1 (%) on the test split, mean over seeds, from each arm's saved bench (its own file names the command "
              "that made it). bank: the paraphrase bank's shapes (never trained on); typos and rewordings: the "
              "robustness measurement's perturbations (seed 0); `+ spelling`: with the query-time spelling correction; "
