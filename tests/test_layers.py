@@ -15,6 +15,7 @@ LAYERS = {
     "errors": 0,
     "cirlab": 1, "registry": 1, "settings": 1, "files": 1, "images": 1, "config": 1,  # "cirlab": the version
     "optional": 1, "devices": 1, "session": 1,  # session: how a multi-turn session's turns become a query
+    "hardware": 1,  # what the machine computes with (CPU features, threads, GPU)
     "encoders": 2, "index": 2,
     "data": 3, "fusion": 3,
     "checkpoint": 4,

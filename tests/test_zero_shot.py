@@ -199,6 +199,9 @@ def test_zero_shot_checkpoints_written_before_the_bank_was_extra_state_still_loa
     legacy = Path(__file__).parent / "data" / "legacy"
     expected = torch.load(legacy / "expected_zero_shot.pt", weights_only=False)
     x, out = expected["inputs"], expected["outputs"]
+    # computed outputs to float32 rounding: the matrix kernels of an AVX2 and an AVX-512 CPU round differently (the
+    # files were written on the latter); the weights and the state are compared exactly
+    close = {"rtol": 1e-5, "atol": 1e-6}
     ckpt = read_checkpoint(legacy / "zs_text_shift.pt")
     assert "bank_bytes" in ckpt["state_dict"]
     shift = fusion_from_checkpoint(ckpt, FeatureDims(**ckpt["meta"]["dims"]), legacy / "zs_text_shift.pt")
@@ -206,8 +209,8 @@ def test_zero_shot_checkpoints_written_before_the_bank_was_extra_state_still_loa
     with torch.no_grad():
         captions, vectors = shift.captions(shift.embed_image(x["image"]))
         assert captions == out["zs_text_shift"]["captions"]
-        torch.testing.assert_close(vectors, out["zs_text_shift"]["caption_vectors"], rtol=0, atol=0)
-        torch.testing.assert_close(shift(x["image"], x["shift"]), out["zs_text_shift"]["query"], rtol=0, atol=0)
+        torch.testing.assert_close(vectors, out["zs_text_shift"]["caption_vectors"], **close)
+        torch.testing.assert_close(shift(x["image"], x["shift"]), out["zs_text_shift"]["query"], **close)
     state = shift.state_dict()
     assert "bank_bytes" not in state and state["_extra_state"] == {"captions": out["zs_text_shift"]["bank"]}
     again = type(shift)(FeatureDims(**ckpt["meta"]["dims"]), scale=0.5)
@@ -217,9 +220,9 @@ def test_zero_shot_checkpoints_written_before_the_bank_was_extra_state_still_loa
     p2w = fusion_from_checkpoint(ckpt, FeatureDims(**ckpt["meta"]["dims"]), legacy / "pic2word.pt")
     assert not hasattr(p2w, "image_proj") and not hasattr(p2w, "text_proj")
     with torch.no_grad():
-        torch.testing.assert_close(p2w.embed_gallery(x["image"]), out["pic2word"]["gallery"], rtol=0, atol=0)
+        torch.testing.assert_close(p2w.embed_gallery(x["image"]), out["pic2word"]["gallery"], **close)
         words = p2w.pseudo_words(x["image"], SimpleNamespace(word_dim=16, spec="legacy"))
-        torch.testing.assert_close(words, out["pic2word"]["words"], rtol=0, atol=0)
+        torch.testing.assert_close(words, out["pic2word"]["words"], **close)
     # today's code draws each seed's initial mapping as that code did (the published pic2word and lincir numbers)
     torch.manual_seed(0)
     fresh = build_fusion("pic2word", FeatureDims(**ckpt["meta"]["dims"]), hidden_dim=8)
