@@ -88,3 +88,10 @@ def bank_texts(dataset: str, triplets: list[Triplet]) -> set[str]:
     if not phrasings(dataset):
         return set()
     return {t.text for phrased in paraphrased(dataset, triplets) for t in phrased}
+
+
+def training_variants(augment, dataset: str, train: list[Triplet], held_out: list[Triplet],
+                      seed: int) -> dict[str, list[str]]:
+    """Each training text's variants under ``augment`` (a ``data.perturb.TextAugment``), none a text the bank makes of
+    the ``held_out`` queries: what both training stages read, never what the bank measures with."""
+    return augment.variants_of([t.text for t in train], seed, sorted(bank_texts(dataset, held_out)))

@@ -150,11 +150,10 @@ class Workspace:
     def text_variants(self, split: str, augment, seed: int) -> dict[str, list[str]]:
         """Each text of ``split``'s triplets in ``augment``'s variants (``data.perturb``; none a text of the
         paraphrase bank, which measures what training never saw), encoded into the text table."""
-        from cirlab.data.paraphrase import bank_texts
+        from cirlab.data.paraphrase import training_variants
 
         held_out = [t for name, ts in self.triplets.items() if name != split and "~" not in name for t in ts]
-        variants = augment.variants_of([t.text for t in self.triplets[split]], seed,
-                                       sorted(bank_texts(self.dataset.name, held_out)))
+        variants = training_variants(augment, self.dataset.name, self.triplets[split], held_out, seed)
         self.add_texts([v for vs in variants.values() for v in vs])
         return variants
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from cirlab.checkpoint import save_checkpoint
 from cirlab.data.features import image_table, text_table
-from cirlab.data.paraphrase import bank_texts
+from cirlab.data.paraphrase import training_variants
 from cirlab.data.perturb import TextAugment
 from cirlab.data.triplets import Dataset
 from cirlab.devices import Placement, loader_workers, placed, tensor_to
@@ -61,7 +61,7 @@ from cirlab.images import UnreadableImage, decode_images
 from cirlab.training.augment import Augment
 from cirlab.training.stage1_config import Stage1Config, stage1_config
 from cirlab.training.stage1_tasks import Batch, TaskData, stage1_tasks
-from cirlab.training.trainer import TrainResult, fit, seed_everything
+from cirlab.training.trainer import TrainResult, epoch_wordings, fit, seed_everything
 
 def once_each(keys, encode) -> torch.Tensor:
     """``encode`` run on the distinct ``keys`` only (a batch repeats images and texts), rows back in ``keys``' order."""
@@ -334,7 +334,7 @@ def _text_variants(cfg: Stage1Config, ds: Dataset, train_split: str, train: list
     if not augment or not train:
         return {}
     others = [t for s in ds.splits if s != train_split for t in ds.triplets(s)]
-    return augment.variants_of([t.text for t in train], cfg.train.seed, sorted(bank_texts(ds.name, others)))
+    return training_variants(augment, ds.name, train, others, cfg.train.seed)
 
 
 def stage1_task_set(cfg: Stage1Config, data: TaskData, name: str) -> tuple[dict, dict]:
@@ -412,12 +412,9 @@ def train_stage1(cfg: Stage1Config, ds: Dataset, tuning: Tuning, sides: Stage1Da
                        "lr_scale": 1.0})
     def on_epoch(epoch: int) -> None:  # a function of the seed and the epoch: a resumed run draws the same
         if sides.variants and not sides.caption_mode:
-            keep = TextAugment.parse(cfg.train.text_augment).keep
-            rng = np.random.default_rng([cfg.train.seed, epoch])
-            kept, pick = rng.random(len(usable)) < keep, rng.random(len(usable))
-            said["texts"] = [text if kept[n] or not sides.variants.get(text) else
-                             sides.variants[text][int(pick[n] * len(sides.variants[text]))]
-                             for n, (_, text, _) in enumerate(usable)]
+            own = [text for _, text, _ in usable]
+            said["texts"] = epoch_wordings(own, [sides.variants.get(t, []) for t in own],
+                                           TextAugment.parse(cfg.train.text_augment).keep, cfg.train.seed, epoch)
 
     result = fit(model, len(usable), batch_loss, cfg.train, progress, validate, out / "stage1-state.pt", resume,
                  out / "stage1-metrics.jsonl", desc=f"stage 1 ({cfg.tune})", param_groups=groups,

@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -90,14 +90,19 @@ class TripletIndex:
     def reworded(self, own: np.ndarray, keep: float, seed: int, epoch: int) -> np.ndarray:
         """The text row each triplet reads this epoch: its own (``own``) with probability ``keep`` (or where it has
         no variant), else one of its variants; a function of the seed and the epoch (a resumed run draws the same)."""
-        rng = np.random.default_rng([seed, epoch])
-        kept = rng.random(len(self)) < keep
-        pick = rng.random(len(self))
-        return np.array([t if kept[n] or not len(w) else w[int(pick[n] * len(w))]
-                         for n, (t, w) in enumerate(zip(own, self.wordings))], dtype=np.int64)
+        return np.array(epoch_wordings(own, self.wordings, keep, seed, epoch), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ref)
+
+
+def epoch_wordings(own: Sequence, wordings: Sequence[Sequence], keep: float, seed: int, epoch: int) -> list:
+    """What each training item reads this epoch (both stages): its own text (``own[n]``) with probability ``keep`` (or
+    where ``wordings[n]`` is empty), else one of ``wordings[n]``; a function of the seed and the epoch alone."""
+    rng = np.random.default_rng([seed, epoch])
+    kept = rng.random(len(own)) < keep
+    pick = rng.random(len(own))
+    return [t if kept[n] or not len(w) else w[int(pick[n] * len(w))] for n, (t, w) in enumerate(zip(own, wordings))]
 
 
 def write_metrics_log(path: str | Path, history: list[dict]) -> Path:
