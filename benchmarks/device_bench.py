@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from cirlab.devices import Placement, available, precision_name, resolve_device,
 from cirlab.encoders import build_image_encoder
 from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment.workspace import Workspace, train_method
+from cirlab.hardware import cpu_model
 from cirlab.images import load_image
 from cirlab.training.stage1 import run_stage1
 from cirlab.training.stage1_config import read_stage1_config
@@ -149,9 +149,7 @@ def _gallery(paths: list[Path]):
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else ""
-    return f"{cpu or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

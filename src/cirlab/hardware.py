@@ -50,13 +50,22 @@ class Machine:
                 "gpu": self.gpu}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags: Linux's ``/proc/cpuinfo``; elsewhere what torch's CPU capability implies."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The value of the first line of Linux's ``/proc/cpuinfo`` that starts with one of ``keys`` (None: no such line,
+    or no such file)."""
     info = Path("/proc/cpuinfo")
     if info.is_file():
         for line in info.read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags: Linux's ``/proc/cpuinfo``; elsewhere what torch's CPU capability implies."""
+    flags = _cpuinfo(("flags", "Features"))
+    if flags is not None:
+        return set(flags.split())
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability().lower()  # "default", "avx2", "avx512", ...
@@ -64,12 +73,7 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo(("model name",)) or platform.processor() or platform.machine() or "unknown CPU"
 
 
 @lru_cache(maxsize=1)

@@ -112,11 +112,11 @@ def save_bench(result: BenchResult, out_dir: str | Path, name: str, command: str
     the setting, the tables) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / f"{name}.json", json.dumps({**result.to_dict(), "machine": machine().to_dict()},
-                                                           indent=1))
+    here = machine()
+    atomic_write_text(out_dir / f"{name}.json", json.dumps({**result.to_dict(), "machine": here.to_dict()}, indent=1))
     md = out_dir / f"{name}.md"
     text = (f"# cirlab bench: {result.dataset} ({result.split} split)\n\n"
-            f"Machine: {machine().line()}\n\n"
+            f"Machine: {here.line()}\n\n"
             f"Command: `{command}`\n\n"
             f"cirlab {__version__}, {dt.date.today().isoformat()}; seeds {result.seeds}; "
             f"encoders {result.encoders['image']} + {result.encoders['text']} (frozen)"
