@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cirlab import settings
+from cirlab.config import method_config
 from cirlab.data.emojiedit import build_emojiedit
 from cirlab.devices import Placement
 from cirlab.encoders.cache import FeatureCache
@@ -28,12 +29,13 @@ DEFAULT_METHOD = "combiner"
 # 16 colour detectors instead of the head's 64 keep the demo within 5 minutes on 2 cores (sum, seed 0,
 # validation R@1 98.5 against 99.2, 30 s against 44 s of training).
 DEMO_IMAGE_HEAD = "colour:bins=16"
-# The default model also learns the facing edits from a text-gated mirror of the reference (the combiner-mirror
-# variant: facing 54 -> 87 R@1) and reads its training texts in other wordings with the consistency loss, the arm a
-# rule fixed beforehand chose on the validation split (benchmarks/results/robustness/text-augment-select-emojiedit.md).
-DEFAULT_CONFIG = {"model": {"reference_mirror": True},
-                  "train": {"reference_negatives": True, "text_consistency": 1.0,
-                            "text_augment": "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2"}}
+# The default model is the combiner-mirror variant on the demo's head: it learns the facing edits from a text-gated
+# mirror of the reference (facing 54 -> 87 R@1). It also reads its training texts in other wordings with the
+# consistency loss, the arm a rule fixed beforehand chose on the validation split
+# (benchmarks/results/robustness/text-augment-select-emojiedit.md).
+DEFAULT_VARIANT = "combiner-mirror"
+DEFAULT_TEXT_TRAINING = {"text_consistency": 1.0,
+                         "text_augment": "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2"}
 TWEMOJI_CREDIT = ("Emoji images: <a href='https://github.com/jdecked/twemoji'>Twemoji</a> "
                   "by Twitter/X and contributors, licensed CC-BY 4.0.")
 
@@ -70,7 +72,8 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
     for method in DEMO_METHODS:
         head = {"model": {"image_head": DEMO_IMAGE_HEAD}} if method != "text_only" else None
         if method == DEFAULT_METHOD:
-            head = {"model": {**head["model"], **DEFAULT_CONFIG["model"]}, "train": DEFAULT_CONFIG["train"]}
+            variant = method_config(DEFAULT_VARIANT)
+            head = {"model": {**variant["model"], **head["model"]}, "train": {**variant["train"], **DEFAULT_TEXT_TRAINING}}
         model, tr, meta = train_method(ws, method, head, out=models_dir / f"{method}.pt", progress=progress, reuse=True,
                                        text_head=method == DEFAULT_METHOD)  # only the default model's is used
         metas[method] = meta
