@@ -44,6 +44,12 @@ def test_a_wording_is_a_function_of_the_spec_the_seed_and_the_text():
     again = perturbed(triplets, aug, seed=0)[0]
     assert again.reference == "a" and again.targets == ["b"] and again.attributes == {"edit": "colour"}
     assert again.text == aug.perturb(text, 0)
+    # each query draws its own wording: queries sharing a text are worded apart, the first as the text's first draw
+    shared = perturbed([Triplet(str(i), text, ["b"], {}) for i in range(6)] + [Triplet("c", "no skin tone", ["d"], {})],
+                       aug, seed=0)
+    assert shared[0].text == again.text and shared[-1].text == aug.perturb("no skin tone", 0)  # others' count not
+    assert [q.text for q in shared[:6]] == [aug.perturb(text, 0, n) for n in range(6)]
+    assert len({q.text for q in shared[:6]}) > 3
 
 
 def test_typos_slip_more_letters_at_a_higher_rate_by_keyboard_neighbours_among_others():

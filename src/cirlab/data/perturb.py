@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -238,5 +239,13 @@ class TextAugment:
 
 
 def perturbed(triplets: Sequence[Triplet], augment: TextAugment, seed: int = 0) -> list[Triplet]:
-    """The triplets with each text perturbed once (``seed``): the same queries, worded as ``augment`` says."""
-    return [Triplet(t.reference, augment.perturb(t.text, seed), t.targets, t.attributes) for t in triplets]
+    """The triplets with each query's text perturbed once (``seed``): the same queries, worded as ``augment`` says.
+    Each query draws its own wording: the n-th query that reads a text takes that text's n-th draw, so the queries
+    that share a text (a data set's few phrasings) are not all worded alike, and a query's wording does not depend
+    on the queries of other texts."""
+    seen: Counter[str] = Counter()
+    out = []
+    for t in triplets:
+        out.append(Triplet(t.reference, augment.perturb(t.text, seed, seen[t.text]), t.targets, t.attributes))
+        seen[t.text] += 1
+    return out
