@@ -7,6 +7,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# the encoders in fp32 on every CPU: `auto` may pick bf16 where the CPU has it (tests/test_precision.py names
+# precisions itself), and the tests compare vectors across machines
+os.environ.setdefault("CIRLAB_ENCODER_PRECISION", "fp32")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # several workers share the cores: one thread each (and their CLI runs)
     os.environ.setdefault("CIRLAB_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

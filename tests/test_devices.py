@@ -61,7 +61,8 @@ def test_devices_resolve_and_refuse_in_one_line(monkeypatch):
     assert resolve_device(None) == auto and Placement.resolve().device == torch.device("cpu")
     monkeypatch.setenv("CIRLAB_PRECISION", "bf16")
     monkeypatch.setenv("CIRLAB_RUNTIME", "torch")
-    assert Placement.resolve() == Placement(torch.device("cpu"), "torch", "bf16")
+    monkeypatch.setenv("CIRLAB_ENCODER_PRECISION", "bf16")
+    assert Placement.resolve() == Placement(torch.device("cpu"), "torch", "bf16", "bf16")
     assert Placement.resolve(precision="fp32").dtype is None and Placement.resolve().dtype is torch.bfloat16
     with pytest.raises(CirlabError, match="unknown precision"):
         Placement.resolve(precision="fp8")
@@ -344,7 +345,7 @@ def test_cuda_stage1_tunes_clip_on_the_gpu_and_the_files_load_on_the_cpu(tmp_pat
 def test_the_cli_resolves_one_placement_and_writes_no_environment(monkeypatch):
     from cirlab.cli import build_parser, place
 
-    names = ("CIRLAB_DEVICE", "CIRLAB_RUNTIME", "CIRLAB_PRECISION")
+    names = ("CIRLAB_DEVICE", "CIRLAB_RUNTIME", "CIRLAB_PRECISION", "CIRLAB_ENCODER_PRECISION")
     for name in names:
         monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--device", "cpu", "--runtime", "torch",
@@ -355,6 +356,10 @@ def test_the_cli_resolves_one_placement_and_writes_no_environment(monkeypatch):
     args = build_parser().parse_args(["search", "--gallery", "g", "--text", "t"])
     place(args)
     assert args.placement == Placement.resolve() and args.placement.precision == "auto"
+    args = build_parser().parse_args(["search", "--gallery", "g", "--text", "t", "--runtime", "torch",
+                                      "--encoder-precision", "bf16"])
+    place(args)
+    assert args.placement.encoding == "bf16" and args.placement.precision == "auto"
     args = build_parser().parse_args(["methods"])
     place(args)
     assert args.placement is None

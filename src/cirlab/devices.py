@@ -18,7 +18,8 @@ On CUDA, batches go to the device from pinned memory (non-blocking copies) and i
 ``loader_workers`` data-loader processes (``$CIRLAB_WORKERS``; on the CPU none).
 
 A runtime (what runs the encoders' inference networks) is ``auto``, ``torch``, ``onnx`` or ``openvino``; see
-:mod:`cirlab.encoders.runtime`.
+:mod:`cirlab.encoders.runtime`. The encoders' own precision (``--encoder-precision``: ``auto``, ``fp32`` or
+``bf16``) is apart from training's; see :mod:`cirlab.encoders.precision`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger("cirlab")
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENCODER_PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
 _PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -47,23 +49,28 @@ class Placement:
 
     ``device``: a torch device this machine has. ``runtime``: what runs the encoders' inference networks
     (``torch``, ``onnx`` or ``openvino``; training always runs PyTorch). ``precision``: the autocast of
-    training's forward passes (``auto``, ``fp32``, ``bf16`` or ``fp16``; :attr:`dtype`). Encoders run their
-    inference in ``auto`` precision whatever this says, so cached features do not depend on it."""
+    training's forward passes (``auto``, ``fp32``, ``bf16`` or ``fp16``; :attr:`dtype`). ``encoding``: the
+    precision the encoders' inference networks compute in (``auto``, ``fp32`` or ``bf16``; resolved per encoder
+    by :func:`cirlab.encoders.precision.encoder_precision`, and part of their vectors' cache identity)."""
 
     device: torch.device
     runtime: str
     precision: str = "auto"
+    encoding: str = "auto"
 
     @classmethod
     def resolve(cls, device: str | torch.device | None = None, runtime: str | None = None,
-                precision: str | None = None) -> "Placement":
-        """The placement these names mean; a name left None takes ``$CIRLAB_DEVICE``, ``$CIRLAB_RUNTIME`` or
-        ``$CIRLAB_PRECISION``, else ``auto``. A wrong one is refused now, in one line."""
+                precision: str | None = None, encoding: str | None = None) -> "Placement":
+        """The placement these names mean; a name left None takes ``$CIRLAB_DEVICE``, ``$CIRLAB_RUNTIME``,
+        ``$CIRLAB_PRECISION`` or ``$CIRLAB_ENCODER_PRECISION``, else ``auto``. A wrong one is refused now, in one
+        line."""
         where = resolve_device(device or os.environ.get("CIRLAB_DEVICE"))
         how = resolve_runtime(runtime or os.environ.get("CIRLAB_RUNTIME"), where)
         precision = (precision or os.environ.get("CIRLAB_PRECISION") or "auto").strip().lower()
         resolve_precision(precision, where)
-        return cls(where, how, precision)
+        encoding = (encoding or os.environ.get("CIRLAB_ENCODER_PRECISION") or "auto").strip().lower()
+        check_encoding(encoding, how, where)
+        return cls(where, how, precision, encoding)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -71,7 +78,8 @@ class Placement:
         return resolve_precision(self.precision, self.device)
 
     def __str__(self) -> str:
-        return f"{self.device}/{self.runtime}/{self.precision}"
+        return f"{self.device}/{self.runtime}/{self.precision}" + (f"/encoders {self.encoding}"
+                                                                   if self.encoding != "auto" else "")
 
 
 def placed(placement: Placement | None) -> Placement:
@@ -128,6 +136,17 @@ def resolve_precision(precision: str | None, device: torch.device) -> torch.dtyp
     if name != "fp32" and device.type == "mps":
         raise CirlabError(f"precision {name} is not supported on mps here; use --precision fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def check_encoding(name: str, runtime: str, device: torch.device) -> None:
+    """Refuse, in one line, an encoder precision that is unknown or that ``runtime`` on ``device`` cannot run."""
+    if name not in ENCODER_PRECISIONS:
+        raise CirlabError(f"unknown encoder precision {name!r}; use one of {', '.join(ENCODER_PRECISIONS)}")
+    if name == "bf16" and runtime == "onnx":
+        raise CirlabError("ONNX Runtime runs the encoders in fp32 here: for --encoder-precision bf16 use "
+                          "--runtime torch or openvino")
+    if name == "bf16" and device.type == "mps":
+        raise CirlabError("encoder precision bf16 is not supported on mps here; use --encoder-precision fp32")
 
 
 def resolve_runtime(name: str | None, device: torch.device | None = None) -> str:

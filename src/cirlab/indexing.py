@@ -141,11 +141,11 @@ def read_embeddings(folder: str | Path) -> tuple[list[str], list[str], np.ndarra
 class _RayEncoder:
     """One model per actor: decodes a batch of paths and returns its gallery vectors (errors per row)."""
 
-    def __init__(self, model: str, cache: str, placement: tuple[str, str, str]) -> None:
+    def __init__(self, model: str, cache: str, placement: tuple[str, str, str, str]) -> None:
         from cirlab.api import Pipeline
         from cirlab.devices import Placement
 
-        # (device, runtime, precision) as names: "cuda" is the GPU Ray gave this actor
+        # (device, runtime, precision, encoder precision) as names: "cuda" is the GPU Ray gave this actor
         self.pipe = Pipeline.load(model, cache, Placement.resolve(*placement))
 
     def __call__(self, batch: dict) -> dict:
@@ -226,7 +226,7 @@ def _ray_embed(pipe, chunks: dict[int, Gallery], folder: Path, address: str | No
     ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         _RayEncoder, fn_constructor_kwargs={"model": str(pipe.path), "cache": str(pipe.cache.root),
                                             "placement": ("cuda" if gpu else "cpu", pipe.placement.runtime,
-                                                          pipe.placement.precision)},
+                                                          pipe.placement.precision, pipe.placement.encoding)},
         batch_size=32, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1,
         **({"num_gpus": 1} if gpu else {}))
     pending: dict[int, list[dict]] = {}

@@ -29,14 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def place(args: argparse.Namespace) -> None:
-    """Where and how this command's networks run, resolved once (a wrong ``--device``, ``--runtime`` or
-    ``--precision`` is refused before any work) into ``args.placement``, which the command passes to every
-    encoder and model it builds. A command that runs no network gets None."""
+    """Where and how this command's networks run, resolved once (a wrong ``--device``, ``--runtime``,
+    ``--precision`` or ``--encoder-precision`` is refused before any work) into ``args.placement``, which the
+    command passes to every encoder and model it builds. A command that runs no network gets None."""
     from cirlab.devices import Placement
 
     args.placement = None
     if hasattr(args, "device"):
-        args.placement = Placement.resolve(args.device, args.runtime, getattr(args, "precision", None))
+        args.placement = Placement.resolve(args.device, args.runtime, getattr(args, "precision", None),
+                                           getattr(args, "encoder_precision", None))
 
 
 def main(argv: list[str] | None = None) -> int:

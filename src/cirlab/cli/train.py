@@ -153,7 +153,8 @@ def run(a: argparse.Namespace) -> int:
     if a.placement.device.type == "cuda":  # one GPU a rank
         from cirlab.devices import Placement
 
-        a.placement = Placement.resolve(f"cuda:{os.environ.get('LOCAL_RANK', '0')}", a.runtime, a.precision)
+        a.placement = Placement.resolve(f"cuda:{os.environ.get('LOCAL_RANK', '0')}", a.runtime, a.precision,
+                                        a.encoder_precision)
     r = join(a.placement.device, timeout)
     try:
         _data_parallel_stage(a)

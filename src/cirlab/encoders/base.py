@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from cirlab.config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
-from cirlab.devices import Placement, placed, resolve_precision
+from cirlab.devices import Placement, placed
 from cirlab.encoders.runtime import Network, Wrapped, run_network
 from cirlab.errors import CirlabError
 from cirlab.registry import Registry
@@ -94,32 +94,36 @@ def build_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, placement: Placement 
     for inference, its network run by ``placement.runtime`` on ``placement.device`` (None: the defaults'
     placement, :meth:`cirlab.devices.Placement.resolve`)."""
     placement = placed(placement)
-    return _built("image", spec, placement.runtime, placement.device)
+    return _built("image", spec, placement.runtime, placement.device, placement.encoding)
 
 
 def build_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, placement: Placement | None = None) -> TextEncoder:
     """As :func:`build_image_encoder`, for texts."""
     placement = placed(placement)
-    return _built("text", spec, placement.runtime, placement.device)
+    return _built("text", spec, placement.runtime, placement.device, placement.encoding)
 
 
 @lru_cache(maxsize=16)
-def _built(side: str, spec: str, runtime: str, device: torch.device):
-    """One instance per spec, runtime and device (inference precision follows the device, see :func:`place`)."""
+def _built(side: str, spec: str, runtime: str, device: torch.device, encoding: str = "auto"):
+    """One instance per spec, runtime, device and encoder precision (see :func:`place`)."""
     encoder = new_encoder(side, spec)
     if hasattr(encoder, "network"):  # a neural network: the runtime runs it (sift_bovw has none)
         encoder.runtime = runtime
-        place(encoder, device)
+        place(encoder, device, encoding)
     return encoder
 
 
-def place(encoder, device: torch.device) -> None:
-    """Move a neural encoder's network to ``device``; on CUDA its inference runs under autocast (bf16 where the
-    GPU has it, else fp16). Outputs always come back as float32 CPU arrays."""
+def place(encoder, device: torch.device, encoding: str = "auto") -> None:
+    """Move a neural encoder's network to ``device`` and set the precision its inference runs in
+    (:func:`cirlab.encoders.precision.encoder_precision`: by default bf16 or fp16 autocast on CUDA, fp32 on the
+    CPU unless it has bf16 instructions that pay). Outputs always come back as float32 CPU arrays."""
+    from cirlab.encoders.precision import encoder_precision
+
     if device.type != "cpu":
         encoder.network_module.to(device)
     encoder.device = device
-    encoder.precision = resolve_precision("auto", device)
+    encoder.precision = None
+    encoder.precision = encoder_precision(encoder, encoding, device)
 
 
 def fit_image_encoder(encoder: ImageEncoder, paths: Callable[[], Sequence[Path]], cache_root: Path,

@@ -7,7 +7,9 @@ Layout, one folder per encoder id::
     <root>/<encoder id>/shard-00000.tokens.npy    float16 (n, N, Dt)
 
 Each entry records the runtime that made it (``torch``, ``onnx``, ``openvino``; ``native`` for an
-encoder without a network). Runtimes hold parity, so they share the encoder id. Image keys are absolute
+encoder without a network). Runtimes hold parity, so they share the encoder id. A precision other than fp32
+(bf16, a GPU's fp16) does not: its vectors go to ``<encoder id>~bf16`` (``encoders.precision.cache_id``), and a
+folder refuses vectors of another precision. Image keys are absolute
 paths; an entry is a hit when size and mtime match, or, when they do not, when the content hash still
 matches (a fresh clone or a ``touch`` re-encodes nothing). Text keys are the texts themselves. Shards
 are ``.npy`` and the entries table is parquet, so other tools read them directly. Writes go to a temporary name and are renamed.
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cirlab.devices import loader_workers
+from cirlab.encoders.precision import cache_id, check_entry
 from cirlab.encoders.runtime import runtime_name
 from cirlab.files import atomic_write
 from cirlab.images import UnreadableImage, decode_images
@@ -39,7 +42,7 @@ def _sha1(path: Path) -> str:
 
 
 def _safe_name(encoder_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", encoder_id)[:120]
+    return re.sub(r"[^A-Za-z0-9_.@~-]+", "_", encoder_id)[:120]
 
 
 @dataclass
@@ -55,8 +58,8 @@ class ImageFeatures:
 class _Store:
     """Entries and shards of one encoder id."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = folder, key
         folder.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, dict] = {}
         table_path = folder / "entries.parquet"
@@ -72,6 +75,7 @@ class _Store:
         atomic_write(self.folder / "entries.parquet", lambda tmp: pq.write_table(table, tmp))
 
     def write_shard(self, keys: list[dict], arrays: dict[str, np.ndarray], runtime: str) -> None:
+        check_entry(self.key, runtime)
         shard = self._next_shard
         self._next_shard += 1
         for view, arr in arrays.items():
@@ -108,7 +112,7 @@ class FeatureCache:
 
     def store(self, encoder_id: str) -> _Store:
         if encoder_id not in self._stores:
-            self._stores[encoder_id] = _Store(self.root / _safe_name(encoder_id))
+            self._stores[encoder_id] = _Store(self.root / _safe_name(encoder_id), encoder_id)
         return self._stores[encoder_id]
 
     def image_features(
@@ -116,7 +120,7 @@ class FeatureCache:
         batch_size: int = 32, progress: bool = True,
     ) -> ImageFeatures:
         """Views for every readable path: cache hits are read, misses encoded and stored."""
-        store = self.store(encoder.id)
+        store = self.store(cache_id(encoder))
         views = tuple(sorted(set(views)))
         keys, ok_paths, failed, todo = [], [], [], []
         refreshed = False
@@ -201,7 +205,7 @@ class FeatureCache:
         batch_size: int = 128, progress: bool = True,
     ) -> dict[str, np.ndarray]:
         """Views for every text (duplicates encoded once)."""
-        return self.keyed_features(encoder.id, list(texts), views, encoder.encode_texts,
+        return self.keyed_features(cache_id(encoder), list(texts), views, encoder.encode_texts,
                                    batch_size, progress, f"encoding texts ({encoder.spec})", runtime_name(encoder))
 
     def keyed_features(

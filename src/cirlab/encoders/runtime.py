@@ -86,15 +86,16 @@ class Wrapped(torch.nn.Module):
 
 
 def runtime_name(encoder) -> str:
-    """The runtime an encoder's outputs come from: ``torch``, ``onnx`` or ``openvino`` for a neural network
-    (``torch:cuda:0/bf16`` where torch runs it elsewhere than on the CPU), ``native`` for an encoder without
-    one (``sift_bovw``)."""
+    """The runtime an encoder's outputs come from: ``torch``, ``onnx`` or ``openvino`` for a neural network in
+    fp32 on the CPU; with the device and precision otherwise (``torch:cuda:0/bf16``, ``openvino:cpu/bf16``);
+    ``native`` for an encoder without one (``sift_bovw``)."""
     if not hasattr(encoder, "network"):
         return "native"
     runtime, device = getattr(encoder, "runtime", "torch"), getattr(encoder, "device", None)
-    if device is None or device.type == "cpu":
+    precision = precision_name(getattr(encoder, "precision", None))
+    if (device is None or device.type == "cpu") and precision == "fp32":
         return runtime
-    return f"{runtime}:{device}/{precision_name(encoder.precision)}"
+    return f"{runtime}:{device or 'cpu'}/{precision}"
 
 
 def run_network(encoder, feeds: dict[str, torch.Tensor], graph: str = "network") -> list[torch.Tensor]:
@@ -104,12 +105,13 @@ def run_network(encoder, feeds: dict[str, torch.Tensor], graph: str = "network")
     networks (``network``, or ``word_network`` for a pseudo-word): its module is ``encoder.<graph>_module`` and
     its :class:`Network` ``encoder.<graph>()``."""
     runtime = getattr(encoder, "runtime", "torch")
+    dtype = getattr(encoder, "precision", None)
     if runtime == "torch":
         module, device = getattr(encoder, f"{graph}_module"), getattr(encoder, "device", None)
         if device is None or device.type == "cpu":
-            with torch.inference_mode():
-                return list(module(*feeds.values()))
-        with torch.inference_mode(), autocast(device, encoder.precision):
+            with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+                return [o.float() for o in module(*feeds.values())]
+        with torch.inference_mode(), autocast(device, dtype):
             outputs = module(*to_device(feeds, device).values())
         return [o.float().cpu() for o in outputs]
     session = _session(encoder, runtime, graph)
@@ -165,15 +167,17 @@ _lock = threading.Lock()
 
 
 def _session(encoder, runtime: str, graph: str = "network"):
-    """The encoder's session for ``runtime`` and ``graph``, built once per encoder id (thread-safe)."""
+    """The encoder's session for ``runtime``, ``graph`` and its precision, built once per encoder id
+    (thread-safe)."""
     with _lock:
         sessions = encoder.__dict__.setdefault("_runtime_sessions", {})
-        key = (encoder.id, runtime, graph)
+        precision = precision_name(getattr(encoder, "precision", None))
+        key = (encoder.id, runtime, graph) if precision == "fp32" else (encoder.id, f"{runtime}/{precision}", graph)
         if key not in sessions:
             for old in [k for k in sessions if k[1:] == key[1:]]:  # the weights changed (a tuned file loaded)
                 del sessions[old]
             path = export_onnx(encoder, graph)
-            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path)
+            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path, precision)
         return sessions[key]
 
 
@@ -210,14 +214,15 @@ class OrtSession:
 
 
 class OpenVinoSession:
-    """An OpenVINO CPU model compiled in fp32 (its default on some CPUs is bf16, which would break parity);
-    each call takes its own infer request, so threads do not share one."""
+    """An OpenVINO CPU model compiled in fp32 (its default on some CPUs is bf16, which would break parity; bf16
+    only where asked, ``precision``); each call takes its own infer request, so threads do not share one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, precision: str = "fp32") -> None:
         import openvino as ov
 
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
         self.model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": _threads(),
-                                                                 "INFERENCE_PRECISION_HINT": "f32"})
+                                                                 "INFERENCE_PRECISION_HINT": hint})
         self.inputs = {i.get_any_name() for i in self.model.inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ import torch
 from cirlab.data.features import FeatureTable, QuerySide
 from cirlab.data.triplets import Triplet
 from cirlab.encoders.cache import FeatureCache
+from cirlab.encoders.precision import cache_id
 from cirlab.encoders.runtime import runtime_name
 from cirlab.errors import CirlabError
 from cirlab.fusion.dqu import DQU, DRAW_VERSION, draw_keywords, keywords, unified_text
@@ -79,7 +80,7 @@ def unify_queries(model: DQU, cache: FeatureCache, image_encoder, text_encoder, 
             return image_encoder.encode_images(drawn, views)
 
         keys = sorted(draw_of)
-        views = cache.keyed_features(f"{image_encoder.id}+drawn{DRAW_VERSION}", keys, model.image_views, encode,
+        views = cache.keyed_features(f"{cache_id(image_encoder)}+drawn{DRAW_VERSION}", keys, model.image_views, encode,
                                      batch_size=32, progress=progress, desc="drawing keywords",
                                      runtime=runtime_name(image_encoder))
         drawn_table = FeatureTable(keys, views)

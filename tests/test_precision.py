@@ -1,0 +1,106 @@
+"""The encoders' precision: ``auto`` on the CPU probes only where the CPU has bf16 instructions (a mocked machine
+here), bf16 vectors keep parity and their own feature-cache entry, and the cache refuses another precision's
+vectors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cirlab import settings
+from cirlab.devices import Placement
+from cirlab.encoders import precision
+from cirlab.encoders.base import new_encoder, place
+from cirlab.encoders.cache import FeatureCache
+from cirlab.encoders.precision import cache_id, check_entry
+from cirlab.encoders.runtime import runtime_name
+from cirlab.errors import CirlabError
+from cirlab.hardware import Machine
+
+AVX2 = Machine("Test CPU", 2, 2, ("avx2",))
+AMX = Machine("Test CPU", 2, 2, ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"))
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return new_encoder("image", "efficientnet_lite0")
+
+
+def test_auto_is_fp32_without_bf16_instructions_and_probes_once_where_there_are(lite0, monkeypatch):
+    def never(encoder):
+        raise AssertionError("probed where it must not")
+
+    monkeypatch.setattr(precision, "probe", never)
+    monkeypatch.setattr("cirlab.hardware.machine", lambda: AVX2)
+    for runtime in ("torch", "openvino", "onnx"):
+        lite0.runtime = runtime
+        place(lite0, CPU, "auto")
+        assert lite0.precision is None and cache_id(lite0) == lite0.id and runtime_name(lite0) == runtime
+
+    monkeypatch.setattr("cirlab.hardware.machine", lambda: AMX)
+    lite0.runtime = "onnx"  # ONNX Runtime has no bf16 kernels: no probe, fp32
+    place(lite0, CPU, "auto")
+    assert lite0.precision is None
+
+    calls = []
+    monkeypatch.setattr(precision, "probe", lambda encoder: calls.append(encoder.runtime) or (2.0, 0.9995))
+    lite0.runtime = "torch"
+    place(lite0, CPU, "auto")
+    assert lite0.precision == torch.bfloat16 and cache_id(lite0) == f"{lite0.id}~bf16"
+    assert runtime_name(lite0) == "torch:cpu/bf16"
+    place(lite0, CPU, "auto")  # the verdict is kept: no second probe
+    assert calls == ["torch"]
+    verdicts = json.loads((settings.home() / "precision.json").read_text())
+    assert [v["chosen"] for v in verdicts.values()] == ["bf16"] and "amx_bf16" in next(iter(verdicts))
+
+    monkeypatch.setattr(precision, "probe", lambda encoder: (2.0, 0.99))  # fast, but the vectors move: fp32
+    lite0.runtime = "openvino"
+    place(lite0, CPU, "auto")
+    assert lite0.precision is None
+    monkeypatch.setattr(precision, "probe", lambda encoder: (1.02, 0.99995))  # parity, but no gain: fp32
+    monkeypatch.setattr("cirlab.hardware.machine", lambda: Machine("Other CPU", 2, 2, AMX.features))
+    place(lite0, CPU, "auto")
+    assert lite0.precision is None
+    lite0.runtime = "torch"
+    place(lite0, CPU, "fp32")  # a named precision is taken as named
+    assert lite0.precision is None
+    monkeypatch.setattr("cirlab.hardware.machine", lambda: AVX2)
+    place(lite0, CPU, "bf16")  # emulated (said in a warning), but bf16
+    assert lite0.precision == torch.bfloat16
+    lite0.runtime = "openvino"  # OpenVINO compiles fp32 on such a CPU whatever the hint: its vectors are fp32's
+    place(lite0, CPU, "bf16")
+    assert lite0.precision is None and cache_id(lite0) == lite0.id
+
+
+def test_bf16_vectors_keep_parity_and_go_to_their_own_cache_entry(lite0, tmp_path):
+    from conftest import make_images
+
+    paths = make_images(tmp_path / "g", n=6, size=64)
+    lite0.runtime = "torch"
+    place(lite0, CPU, "fp32")
+    cache = FeatureCache(tmp_path / "cache")
+    fp32 = cache.image_features(lite0, paths, progress=False).views["pooled"]
+    place(lite0, CPU, "bf16")
+    bf16 = cache.image_features(lite0, paths, progress=False).views["pooled"]
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() >= 0.995 and not np.array_equal(fp32, bf16)  # bf16 rounding, not another network
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([lite0.id.replace(":", "_"),
+                                                                             f"{lite0.id}~bf16".replace(":", "_")])
+    assert {e["runtime"] for e in cache.store(f"{lite0.id}~bf16").entries.values()} == {"torch:cpu/bf16"}
+    row = [{"key": "x", "size": 0, "mtime_ns": 0, "sha1": ""}]
+    with pytest.raises(CirlabError, match="vectors made in bf16 cannot go into the fp32 feature-cache entry"):
+        cache.store(lite0.id).write_shard(row, {"pooled": bf16[:1]}, "torch:cpu/bf16")
+    with pytest.raises(CirlabError, match="vectors made in fp32 cannot go into the bf16"):
+        cache.store(f"{lite0.id}~bf16").write_shard(row, {"pooled": fp32[:1]}, "onnx")
+    check_entry(lite0.id, "openvino")  # the fp32 runtimes share the entry
+    check_entry(f"{lite0.id}~bf16+drawn1", "torch:cuda:0/bf16")
+
+
+def test_an_encoder_precision_a_runtime_cannot_run_is_one_line():
+    with pytest.raises(CirlabError, match="ONNX Runtime runs the encoders in fp32 here"):
+        Placement.resolve("cpu", "onnx", None, "bf16")
+    with pytest.raises(CirlabError, match="unknown encoder precision 'int4'"):
+        Placement.resolve("cpu", "torch", None, "int4")
+    assert Placement.resolve("cpu", "torch", None, "bf16").encoding == "bf16"
