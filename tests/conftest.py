@@ -19,6 +19,12 @@ import pytest
 from PIL import Image
 
 
+def pytest_collection_modifyitems(config, items):
+    """The heavy tests (marked ``slow``) first, each group in its own order: pytest-xdist hands tests out in this
+    order, so the longest start at once instead of leaving one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CIRLAB_HOME", str(tmp_path_factory.getbasetemp() / "cirlab_home"))

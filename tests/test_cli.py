@@ -17,6 +17,23 @@ def run(*args, home, timeout=600):
                           env=env, timeout=timeout)
 
 
+@pytest.fixture
+def here(monkeypatch, capsys):
+    """``run`` in this process (``cirlab.cli.main``): the same parser, checks and messages without a new
+    interpreter's imports; for the many one-line refusals. The end-to-end tests keep real subprocesses."""
+    from cirlab.cli import main
+
+    def call(*args, home):
+        monkeypatch.setenv("CIRLAB_HOME", str(home))
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return call
+
+
 def assert_one_line_error(res, pattern):
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
@@ -38,34 +55,38 @@ def untrained_model(tmp_path_factory, image_encoder, text_encoder):
                            image_encoder, text_encoder)
 
 
-def test_help_lists_every_subcommand(tmp_path):
+def test_help_lists_every_subcommand(tmp_path, capsys):
+    from cirlab.cli import main
+
     res = run("--help", home=tmp_path)
     assert res.returncode == 0
-    for cmd in ("demo", "data", "encode", "train", "eval", "search", "methods", "bench"):
+    for cmd in ("demo", "data", "encode", "train", "eval", "search", "index", "methods", "bench", "serve"):
         assert cmd in res.stdout
-        assert run(cmd, "--help", home=tmp_path).returncode == 0
+        with pytest.raises(SystemExit) as done:  # each command's own help, in this process (the parser is the same)
+            main([cmd, "--help"])
+        assert done.value.code == 0 and f"usage: cirlab {cmd}" in capsys.readouterr().out
 
 
-def test_search_errors_are_one_line(tmp_path, untrained_model):
+def test_search_errors_are_one_line(tmp_path, untrained_model, here):
     gallery = tmp_path / "g"
     imgs = make_images(gallery, n=3)
     assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "  ", home=tmp_path),
                           "modification text is empty")
-    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "x" * 5000, home=tmp_path),
+    assert_one_line_error(here("search", "--gallery", gallery, "--image", imgs[0], "--text", "x" * 5000, home=tmp_path),
                           "limit is 1000")
-    assert_one_line_error(run("search", "--gallery", gallery, "--image", tmp_path / "nope.png", "--text", "red", home=tmp_path),
+    assert_one_line_error(here("search", "--gallery", gallery, "--image", tmp_path / "nope.png", "--text", "red", home=tmp_path),
                           "does not exist")
-    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", home=tmp_path / "empty"),
+    assert_one_line_error(here("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", home=tmp_path / "empty"),
                           "no default model yet")
-    assert_one_line_error(run("search", "--gallery", tmp_path / "missing", "--image", imgs[0], "--text", "red",
+    assert_one_line_error(here("search", "--gallery", tmp_path / "missing", "--image", imgs[0], "--text", "red",
                               "--model", untrained_model, home=tmp_path), "gallery folder")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    assert_one_line_error(run("search", "--gallery", gallery, "--image", bad, "--text", "red", "--model", untrained_model,
+    assert_one_line_error(here("search", "--gallery", gallery, "--image", bad, "--text", "red", "--model", untrained_model,
                               home=tmp_path), "not a readable image")
     junk = tmp_path / "old.pt"
     junk.write_bytes(b"\x80\x02 old pickle")
-    assert_one_line_error(run("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", "--model", junk,
+    assert_one_line_error(here("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", "--model", junk,
                               home=tmp_path), "not a readable cirlab checkpoint")
 
 
@@ -74,23 +95,23 @@ def test_search_errors_are_one_line(tmp_path, untrained_model):
                                          (lambda m: m["image_encoder"].pop("id"), "lacks its 'id'"),
                                          (lambda m: m.update(method="bogus"), "method 'bogus' is not one")])
 def test_a_checkpoint_with_missing_or_foreign_metadata_is_refused_alike_by_model_and_rerank(damage, says, tmp_path,
-                                                                                           untrained_model):
+                                                                                           untrained_model, here):
     gallery = tmp_path / "g"
     imgs = make_images(gallery, n=3)
     ckpt = torch.load(untrained_model, weights_only=False)
     damage(ckpt["meta"])
     torch.save(ckpt, tmp_path / "odd.pt")
     search = ("search", "--gallery", gallery, "--image", imgs[0], "--text", "red")
-    assert_one_line_error(run(*search, "--model", tmp_path / "odd.pt", home=tmp_path), says)
-    assert_one_line_error(run(*search, "--model", untrained_model, "--rerank", tmp_path / "odd.pt", home=tmp_path),
+    assert_one_line_error(here(*search, "--model", tmp_path / "odd.pt", home=tmp_path), says)
+    assert_one_line_error(here(*search, "--model", untrained_model, "--rerank", tmp_path / "odd.pt", home=tmp_path),
                           says)
 
 
-def test_rerank_refuses_an_empty_spec_and_keeps_k_below_its_candidates(tmp_path, untrained_model):
+def test_rerank_refuses_an_empty_spec_and_keeps_k_below_its_candidates(tmp_path, untrained_model, here):
     gallery = tmp_path / "g"
     imgs = make_images(gallery, n=4)
     search = ("search", "--gallery", gallery, "--image", imgs[0], "--text", "red", "--model", untrained_model)
-    assert_one_line_error(run(*search, "--rerank", "", home=tmp_path), "--rerank is empty")
+    assert_one_line_error(here(*search, "--rerank", "", home=tmp_path), "--rerank is empty")
     res = run(*search, "-k", "3", "--json", "--rerank", f"model={untrained_model},candidates=1", home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len(json.loads(res.stdout)["results"]) == 3
