@@ -1,9 +1,10 @@
 """What the benchmark scripts share: printing a Markdown table and saving it, with its rows as JSON beside it, and
-the machine it ran on (``cirlab.hardware``) in the header of both."""
+the machine it ran on (``cirlab.hardware``) in the header of both; the best wall time of a few calls."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 
@@ -21,3 +22,13 @@ def save_report(text: str, out: Path | None, payload: dict) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def best_of(rounds: int, fn) -> float:
+    """The best wall time of ``rounds`` calls of ``fn`` (seconds): the figure least hit by a shared machine's noise."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

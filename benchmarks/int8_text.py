@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,21 +23,14 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
 
+from _report import best_of
+
 VARIANTS = {
     "s8, per tensor": dict(weight_type=QuantType.QInt8),
     "s8, per channel, reduced range": dict(weight_type=QuantType.QInt8, per_channel=True, reduce_range=True),
     "u8, per tensor": dict(weight_type=QuantType.QUInt8),
     "u8, per channel": dict(weight_type=QuantType.QUInt8, per_channel=True),
 }
-
-
-def best(fn, n: int = 5) -> float:
-    out = float("inf")
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - start)
-    return out
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
     probe = texts[:8] + ["make it red", "a woman instead", "change the skin tone to dark and make it face left",
                          "same but blue and smaller", "the man version"]
     ref = fp32.encode_texts(probe)["pooled"]
-    base = best(lambda: fp32.encode_texts(texts))
+    base = best_of(5, lambda: fp32.encode_texts(texts))
     rows = [("fp32", 1.0, 1.0)]
     for name, options in VARIANTS.items():
         dst = src.with_name("model.int8-" + name.replace(", ", "-").replace(" ", "_") + ".onnx")
@@ -64,7 +56,7 @@ def main() -> None:
         use_session(q, OrtSession(dst))  # the runtime's own session, on the int8 graph
         got = q.encode_texts(probe)["pooled"]
         cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
-        rows.append((name, base / best(lambda: q.encode_texts(texts)), float(cos.min())))
+        rows.append((name, base / best_of(5, lambda: q.encode_texts(texts)), float(cos.min())))
     lines = [f"Command: `python benchmarks/int8_text.py {' '.join(sys.argv[1:])}`", "",
              f"MiniLM, {len(texts)} texts a call, ONNX Runtime, fp32: {len(texts) / base:.0f} texts/s.", "",
              "| graph | speed x fp32 | min cosine to fp32 |", "|---|---:|---:|"]

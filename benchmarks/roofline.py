@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,17 +34,7 @@ from cirlab.encoders.runtime import run_network
 from cirlab.hardware import _cpuinfo, machine
 from cirlab.images import load_image
 
-from _report import save_report
-
-
-def best_of(rounds: int, fn) -> float:
-    """The best wall time of ``rounds`` calls of ``fn`` (seconds)."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from _report import best_of, save_report
 
 
 def gemm_gflops(n: int = 2048, rounds: int = 5) -> float:
