@@ -69,10 +69,10 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
           + ", ".join(f"{s} {sum(c.values())} triplets" for s, c in counts["triplets"].items()))
     models_dir = settings.home() / "models" / "emojiedit"
     results, extra, evals, metas = {}, {}, {}, {}
+    variant = method_config(DEFAULT_VARIANT)
     for method in DEMO_METHODS:
         head = {"model": {"image_head": DEMO_IMAGE_HEAD}} if method != "text_only" else None
         if method == DEFAULT_METHOD:
-            variant = method_config(DEFAULT_VARIANT)
             head = {"model": variant["model"], "train": {**variant["train"], **DEFAULT_TEXT_TRAINING}}
         model, tr, meta = train_method(ws, method, head, out=models_dir / f"{method}.pt", progress=progress, reuse=True,
                                        text_head=method == DEFAULT_METHOD)  # only the default model's is used
@@ -88,7 +88,7 @@ def run_demo(data: str | Path = "data/emojiedit", out: str | Path = "demo_out", 
     table = recall_table(results, extra=extra)
     print("\nRecall@K on the EmojiEdit test split (held-out base emoji, reference excluded; images embedded from "
           f"the pooled vector plus the '{DEMO_IMAGE_HEAD}' head, {DEFAULT_METHOD} plus the "
-          f"'{method_config(DEFAULT_VARIANT)['model']['image_head']}' head of {DEFAULT_VARIANT}):\n")
+          f"'{variant['model']['image_head']}' head of {DEFAULT_VARIANT}):\n")
     print(table)
     head = metas[DEFAULT_METHOD].get("text_head")
     if head and head.get("recall"):

@@ -122,7 +122,6 @@ def place(encoder, device: torch.device, encoding: str = "auto") -> None:
     if device.type != "cpu":
         encoder.network_module.to(device)
     encoder.device = device
-    encoder.precision = None
     encoder.precision = encoder_precision(encoder, encoding, device)
 
 

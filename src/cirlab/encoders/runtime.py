@@ -171,21 +171,25 @@ def _session(encoder, runtime: str, graph: str = "network"):
     (thread-safe)."""
     with _lock:
         sessions = encoder.__dict__.setdefault("_runtime_sessions", {})
-        precision = precision_name(getattr(encoder, "precision", None))
-        key = (encoder.id, runtime, graph) if precision == "fp32" else (encoder.id, f"{runtime}/{precision}", graph)
+        key = _session_key(encoder, runtime, graph)
         if key not in sessions:
             for old in [k for k in sessions if k[1:] == key[1:]]:  # the weights changed (a tuned file loaded)
                 del sessions[old]
             path = export_onnx(encoder, graph)
-            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path, precision)
+            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path, key[-1])
         return sessions[key]
+
+
+def _session_key(encoder, runtime: str, graph: str) -> tuple[str, str, str, str]:
+    """A session's key: the encoder's id (its weights), the runtime, the graph and the precision it runs in."""
+    return encoder.id, runtime, graph, precision_name(getattr(encoder, "precision", None))
 
 
 def use_session(encoder, session, runtime: str = "onnx", graph: str = "network") -> None:
     """Have the encoder run ``graph`` under ``runtime`` by ``session`` (one built on another graph file, e.g. an
     int8 one) rather than on its own export."""
     with _lock:
-        encoder.__dict__.setdefault("_runtime_sessions", {})[(encoder.id, runtime, graph)] = session
+        encoder.__dict__.setdefault("_runtime_sessions", {})[_session_key(encoder, runtime, graph)] = session
 
 
 def _threads() -> int:
