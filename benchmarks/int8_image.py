@@ -1,0 +1,198 @@
+"""Static int8 for the image encoder (issue 45, item 2): EfficientNet-Lite0's ONNX graph quantised by ONNX Runtime's
+static post-training quantisation, several ways, against the fp32 graph on the same pixels.
+
+    .venv/bin/python benchmarks/int8_image.py [--calibration 256] [--images 256] [--rounds 3]
+        [--out benchmarks/results/encoders/int8_image.md]
+
+Every arm is QDQ (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels), weights per
+output channel, u8 activations calibrated on ``--calibration`` Twemoji images that the parity images do not include.
+The arms differ in what the issue names and what parity turned out to need: s8 (symmetric) or u8 (asymmetric)
+weights, where x86 without VNNI multiplies u8 x s8 pairs into int16 with VPMADDUBSW, which can saturate (a 7-bit
+weight range avoids it); the calibration method (min/max, a percentile, entropy); the first (stem) and last (head)
+convolutions left in fp32. Parity: the cosine of each image's pooled vector to fp32's (min and mean over the parity
+images). Speed: the network alone on ready pixels, every arm interleaved round by round in one process, best round,
+as images/s and as a ratio to fp32 ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from cirlab.data.emojiedit import collect_emoji
+from cirlab.encoders.base import new_encoder
+from cirlab.encoders.runtime import OrtSession, export_onnx
+from cirlab.images import load_image
+
+from _report import save_report
+
+ARMS = {  # id: (what it is, weight type, calibration method, its options, reduce_range, keep stem and head in fp32)
+    "s8": ("s8 weights, min/max (ONNX Runtime's default)", "QInt8", "MinMax", {}, False, False),
+    "s8-ends": ("s8 weights, min/max, stem and head fp32", "QInt8", "MinMax", {}, False, True),
+    "s8-7bit-ends": ("s8 weights in 7 bits, min/max, stem and head fp32", "QInt8", "MinMax", {}, True, True),
+    "u8": ("u8 weights, min/max", "QUInt8", "MinMax", {}, False, False),
+    "u8-ends": ("u8 weights, min/max, stem and head fp32", "QUInt8", "MinMax", {}, False, True),
+    "u8-pct-ends": ("u8 weights, percentile 99.999, stem and head fp32", "QUInt8", "Percentile",
+                    {"CalibPercentile": 99.999}, False, True),
+    "u8-entropy-ends": ("u8 weights, entropy, stem and head fp32", "QUInt8", "Entropy", {}, False, True),
+}
+NNCF_ARMS = {  # id: (what it is, NNCF's overflow fix); OpenVINO runs them (pip install nncf)
+    "nncf": ("OpenVINO, NNCF post-training quantisation (performance preset, fast bias correction)", "FIRST_LAYER"),
+    "nncf-overflow-fix": ("OpenVINO, NNCF as above, 7-bit weights in every layer (its overflow fix)", "ENABLE"),
+}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def stem_and_head(path: Path) -> list[str]:
+    """The names of the graph's first and last Conv nodes (the stem and the 1x1 head convolution)."""
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    return [convs[0], convs[-1]]
+
+
+class Reader:
+    """Feeds the calibration pixels to ONNX Runtime's calibrator, a batch at a time."""
+
+    def __init__(self, pixels: np.ndarray, batch: int = 16) -> None:
+        self.batches = iter([{"pixels": pixels[s:s + batch]} for s in range(0, len(pixels), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantise(src: Path, dst: Path, pixels: np.ndarray, weights: str, method: str, options: dict, reduce_range: bool,
+             keep_ends: bool) -> None:
+    """Write ONNX Runtime's statically quantised QDQ graph."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name("pre.onnx")
+    if not pre.is_file():
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(dst), Reader(pixels), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weights), reduce_range=reduce_range,
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    nodes_to_exclude=stem_and_head(pre) if keep_ends else [], extra_options=options)
+
+
+def emulated(path: Path):
+    """The QDQ graph with ONNX Runtime's graph optimisations off: each QuantizeLinear/DequantizeLinear pair runs as
+    such and the convolutions in fp32, so the int8 rounding is there without the int8 kernels' int16 saturation
+    (what a CPU that accumulates in int32, with VNNI or AMX, would give)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"pixels": x})[0]
+
+
+def nncf_model(src: Path, pixels: np.ndarray, overflow_fix: str):
+    """OpenVINO's int8 model of the graph by NNCF's post-training quantisation, calibrated on ``pixels``; compiled."""
+    try:
+        import nncf
+    except ImportError:
+        raise SystemExit("the nncf arms need NNCF, which cirlab does not install: pip install nncf") from None
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    core = ov.Core()
+    model = nncf.quantize(core.read_model(str(src)), nncf.Dataset([pixels[i:i + 1] for i in range(len(pixels))]),
+                          preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(pixels),
+                          advanced_parameters=AdvancedQuantizationParameters(
+                              overflow_fix=getattr(OverflowFix, overflow_fix)))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    return lambda x: compiled({"pixels": x})[compiled.outputs[0]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibration", type=int, default=256, help="calibration images (default: %(default)s)")
+    ap.add_argument("--images", type=int, default=256, help="parity and speed images (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names, of " + ", ".join([*ARMS, *NNCF_ARMS])
+                    + " (default: the ONNX Runtime ones)")
+    ap.add_argument("--work", type=Path, default=Path("runs/int8_image"), help="where the quantised graphs go")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    enc = new_encoder("image", "efficientnet_lite0")
+    src = export_onnx(enc)
+    records = collect_emoji()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(records))  # parity images first, calibration images after: disjoint
+    parity_paths = [records[i]["src"] for i in order[:a.images]]
+    calib_paths = [records[i]["src"] for i in order[a.images:a.images + a.calibration]]
+
+    def pixels_of(paths) -> np.ndarray:
+        return np.concatenate([enc.pixels([load_image(p) for p in paths[s:s + 64]]).numpy()
+                               for s in range(0, len(paths), 64)])
+
+    parity, calib = pixels_of(parity_paths), pixels_of(calib_paths)
+    fp32 = OrtSession(src)
+    sessions = {"fp32": lambda x: fp32.run({"pixels": x})[0]}  # name: pixels -> final map
+    unfused = {}  # name: the same graph with its QDQ pairs run in fp32
+    for name in a.arms.split(","):
+        if name in NNCF_ARMS:
+            sessions[name] = nncf_model(src, calib, NNCF_ARMS[name][1])
+            continue
+        _, weights, method, options, reduce_range, keep_ends = ARMS[name]
+        dst = a.work / f"{name}-{len(calib)}.onnx"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.is_file():
+            quantise(src, dst, calib, weights, method, options, reduce_range, keep_ends)
+        sessions[name] = lambda x, s=OrtSession(dst): s.run({"pixels": x})[0]
+        unfused[name] = emulated(dst)
+
+    def pooled(run) -> np.ndarray:
+        return np.concatenate([run(parity[s:s + a.batch]).mean(axis=(2, 3)) for s in range(0, len(parity), a.batch)])
+
+    vectors = {name: pooled(s) for name, s in sessions.items()}  # warm-up
+    best = {name: float("inf") for name in sessions}
+    for _ in range(a.rounds):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            pooled(s)
+            best[name] = min(best[name], time.perf_counter() - start)
+    rows = []
+    for name in sessions:
+        c = cosines(vectors["fp32"], vectors[name])
+        what = {**ARMS, **NNCF_ARMS}.get(name, ("ONNX Runtime, fp32 graph",))[0]
+        e = cosines(vectors["fp32"], pooled(unfused[name])) if name in unfused else None
+        rows.append({"arm": name, "what": what, "images_per_s": round(len(parity) / best[name], 1),
+                     "speedup": round(best["fp32"] / best[name], 2), "min_cosine": round(float(c.min()), 4),
+                     "mean_cosine": round(float(c.mean()), 4),
+                     "emulated_min_cosine": None if e is None else round(float(e.min()), 4),
+                     "emulated_mean_cosine": None if e is None else round(float(e.mean()), 4)})
+    command = "python benchmarks/int8_image.py " + " ".join(sys.argv[1:])
+    lines = ["# Static int8 for EfficientNet-Lite0", "",
+             f"Command: `{command}`", "",
+             f"Weights int8 per channel, u8 activations calibrated on {len(calib)} Twemoji images; "
+             f"parity and speed on {len(parity)} other Twemoji images (the network alone on ready 224 px pixels, batch "
+             f"{a.batch}, {torch.get_num_threads()} threads, best of {a.rounds} interleaved rounds). Cosine: each "
+             "image's pooled vector to fp32's; the issue's bar is a minimum of 0.995. Emulated: the same QDQ graph "
+             "with ONNX Runtime's graph optimisations off, so the int8 rounding is there and the int8 kernels' int16 "
+             "saturation is not (what a CPU with VNNI or AMX would approach).", "",
+             "| arm | what | images/s | x fp32 | min cosine | mean cosine | emulated min | emulated mean |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['arm']} | {r['what']} | {r['images_per_s']} | {r['speedup']} | {r['min_cosine']} | {r['mean_cosine']} "
+              f"| {r['emulated_min_cosine'] or ''} | {r['emulated_mean_cosine'] or ''} |" for r in rows]
+    save_report("\n".join(lines) + "\n", a.out, {"command": command, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
