@@ -133,6 +133,30 @@ def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_pat
         np.testing.assert_array_equal(pixels[0][:, ::-1], pixels[1])
 
 
+def test_mirror_pairs_in_val_leave_train_and_test_as_they_were(built, tmp_path):
+    """``mirror_pairs=["train", "val"]``: the train split is that of the train-only build and test that of the plain
+    build, byte for byte; val keeps its real triplets first and gains facing edits between its own images and their
+    mirrors; the test split is refused."""
+    root, counts = built
+    only = build_emojiedit(tmp_path / "t", seed=0, mirror_pairs=True)
+    both = build_emojiedit(tmp_path / "v", seed=0, mirror_pairs=["val", "train"])
+    assert (tmp_path / "t" / "train.jsonl").read_text() == (tmp_path / "v" / "train.jsonl").read_text()
+    assert (root / "a" / "test.jsonl").read_text() == (tmp_path / "v" / "test.jsonl").read_text()
+    before = (root / "a" / "val.jsonl").read_text().splitlines()
+    after = (tmp_path / "v" / "val.jsonl").read_text().splitlines()
+    assert after[:len(before)] == before and counts["triplets"]["val"].get("facing", 0) == 0
+    assert len(after) - len(before) == both["triplets"]["val"]["facing"] > 100
+    assert only["triplets"]["val"] == counts["triplets"]["val"]
+    ds = Dataset(tmp_path / "v")
+    for t in map(json.loads, after[len(before):]):
+        a, b = ds.by_id[t["reference"]], ds.by_id[t["targets"][0]]
+        assert t["attributes"]["edit"] == "facing" and a["split"] == b["split"] == "val"
+        assert {a["id"], b["id"]} == {a["id"].removesuffix("-mirror"), a["id"].removesuffix("-mirror") + "-mirror"}
+    assert ds.meta["mirror_pairs"] == ["train", "val"]
+    with pytest.raises(CirlabError, match="test split keeps the real facing edits"):
+        build_emojiedit(tmp_path / "x", seed=0, mirror_pairs=["test"])
+
+
 def test_the_paraphrase_bank_shares_no_text_with_training(built):
     """Every EmojiEdit paraphrase, for every value an edit can take, differs from every training phrasing of every
     edit in every version of the phrasing grammar; each test query gets five distinct phrasings of its own edit."""

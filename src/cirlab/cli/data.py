@@ -31,9 +31,11 @@ def add_parser(sub) -> None:
     m.add_argument("--test-style", default=None, metavar="STYLE",
                    help="emojiedit: an art set held out of training: the test split is drawn in it alone, and "
                         "the same queries in each --style set form the split test-<style>")
-    m.add_argument("--mirror-pairs", action="store_true",
-                   help="emojiedit: add synthetic facing edits to training (each training image and its mirror, "
-                        "both ways; bases with real facing variants left out); validation and test unchanged")
+    m.add_argument("--mirror-pairs", nargs="?", const="train", default=None, metavar="SPLITS",
+                   help="emojiedit: add synthetic facing edits (each image and its mirror, both ways; bases with "
+                        "real facing variants left out) to these splits: 'train' (the default when the flag is "
+                        "given alone) or 'train,val', so that choosing the best epoch sees facing edits too; the "
+                        "test split is never mirrored")
     m.add_argument("--phrasings", type=int, default=1, metavar="N",
                    help="emojiedit / css: the version of the phrasing grammar the texts are drawn from: 1, the "
                         "generator's own few (default), or 2, with a terse, declarative, 'should', notation, "
@@ -58,6 +60,7 @@ def run(a: argparse.Namespace) -> int:
     if a.name in FROM_FILES and (a.annotations is None or a.images is None):
         raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
     counts = make_dataset(a.name, a.out, a.seed, a.size, a.config, a.image_size, a.annotations, a.images, a.category,
-                          a.spelling, a.captions, a.style, a.test_style, a.mirror_pairs, a.phrasings)
+                          a.spelling, a.captions, a.style, a.test_style,
+                          a.mirror_pairs.split(",") if a.mirror_pairs else False, a.phrasings)
     print(json.dumps(counts, indent=2))
     return 0

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -320,13 +321,16 @@ def _plan(styles: list[str], test_style: str | None) -> list[tuple[str, dict[str
 
 
 def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles: list[str] | None = None,
-                    test_style: str | None = None, mirror_pairs: bool = False, phrasings: int = 1) -> dict:
+                    test_style: str | None = None, mirror_pairs: bool | Sequence[str] = False,
+                    phrasings: int = 1) -> dict:
     """Write the data set to ``out`` (images, images.jsonl, split triplets, dataset.json); return counts.
     ``styles``: the art sets drawn (default Twemoji); ``test_style``: a set held out for the test split;
-    ``mirror_pairs``: add synthetic facing edits to the training split (:func:`_mirror_pairs`); ``phrasings``: the
-    version of the phrasing grammar the texts are drawn from (:mod:`cirlab.data.phrasing`)."""
+    ``mirror_pairs``: add synthetic facing edits (:func:`_mirror_pairs`) to these splits, "train" and/or "val" (True:
+    train only); ``phrasings``: the version of the phrasing grammar the texts are drawn from
+    (:mod:`cirlab.data.phrasing`)."""
     styles = list(styles or ["twemoji"])
     check_version(phrasings)
+    mirrored = mirror_splits(mirror_pairs)
     for name in styles + ([test_style] if test_style else []):
         emoji_styles.get(name)
     if test_style in styles:
@@ -356,8 +360,9 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
             if key(t.reference) in images and targets:
                 by_split[splits[split_of[t.attributes["base"]]]].append(
                     Triplet(key(t.reference), t.text, targets, {**t.attributes, **({"style": style} if tagged else {})}))
-    if mirror_pairs:
-        by_split["train"] += _mirror_pairs(out / "images", images, records, random.Random(seed), phrasings)
+    rng = random.Random(seed)  # train's draws first, so the train split does not depend on whether val is mirrored
+    for split in mirrored:
+        by_split[split] += _mirror_pairs(out / "images", images, records, rng, phrasings, split)
     with open(out / "images.jsonl", "w") as f:
         for rec in images.values():
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -372,24 +377,38 @@ def build_emojiedit(out: str | Path, seed: int = 0, image_size: int = 72, styles
     meta = {"name": "emojiedit", "version": VERSION, "seed": seed, "images": "images",
             "splits": {s: f"{s}.jsonl" for s in by_split}, "license": "Images: " + "; ".join(credits),
             **({"styles": styles, "test_style": test_style} if tagged else {}),
-            **({"mirror_pairs": True} if mirror_pairs else {}), **({"phrasings": phrasings} if phrasings > 1 else {}),
+            **({"mirror_pairs": True if mirrored == ["train"] else mirrored} if mirrored else {}),
+            **({"phrasings": phrasings} if phrasings > 1 else {}),
             "counts": counts}
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return counts
 
 
+def mirror_splits(mirror_pairs: bool | Sequence[str]) -> list[str]:
+    """The splits that ``build_emojiedit(mirror_pairs=)`` mirrors, in order (train first): True means train only.
+    The test split is never mirrored: it holds the real facing edits."""
+    if mirror_pairs is True:
+        return ["train"]
+    splits = list(mirror_pairs or [])
+    if bad := [s for s in splits if s not in ("train", "val")]:
+        raise CirlabError(f"mirror pairs go to train and/or val, not {', '.join(bad)}: the test split keeps the real "
+                          "facing edits alone")
+    return [s for s in ("train", "val") if s in splits]
+
+
 def _mirror_pairs(folder: Path, images: dict[str, dict], records: list[dict], rng: random.Random,
-                  phrasings: int = 1) -> list[Triplet]:
-    """Synthetic facing edits for training: every training image of a base with no facing variant gets a mirrored
-    copy (``<id>-mirror``, split train, attribute ``synthetic: mirror``) and two triplets, the image to its mirror
+                  phrasings: int = 1, split: str = "train") -> list[Triplet]:
+    """Synthetic facing edits: every ``split`` image of a base with no facing variant gets a mirrored copy
+    (``<id>-mirror``, the same split, attribute ``synthetic: mirror``) and two triplets, the image to its mirror
     ("... face right") and back ("... face left"), phrased as the real facing edits (Unicode's default emoji face
-    left; their facing-right variants are redrawn near-mirrors). Validation and test are untouched."""
+    left; their facing-right variants are redrawn near-mirrors). In val they let the choice of the best epoch see
+    facing edits, which the real val split lacks. The test split is never mirrored."""
     from PIL import Image, ImageOps
 
     facing_bases = {r["factors"]["base"] for r in records if r["factors"].get("facing")}
     out: list[Triplet] = []
     for image_id, rec in list(images.items()):
-        if rec["split"] != "train" or rec["attributes"]["base"] in facing_bases:
+        if rec["split"] != split or rec["attributes"]["base"] in facing_bases or rec["attributes"].get("synthetic"):
             continue
         mirror_id = f"{image_id}-mirror"
         dst = folder / f"{mirror_id}.png"

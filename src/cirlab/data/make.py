@@ -19,11 +19,11 @@ def make_dataset(name: str, out: str | Path, seed: int = 0, size: int = 4000, co
                  image_size: int = 224, annotations: str | Path | None = None, images: str | Path | None = None,
                  categories: list[str] | None = None, spelling: str | Path | None = None,
                  captions: str | Path | None = None, styles: list[str] | None = None,
-                 test_style: str | None = None, mirror_pairs: bool = False, phrasings: int = 1) -> dict:
+                 test_style: str | None = None, mirror_pairs: bool | list[str] = False, phrasings: int = 1) -> dict:
     """Build data set ``name`` into ``out`` and return its counts. EmojiEdit and CSS-like are drawn here
     (``size`` / ``config`` / ``image_size``: CSS-like's; ``styles`` / ``test_style``: EmojiEdit's art sets,
-    ``mirror_pairs``: its synthetic facing edits for training; ``phrasings``: the version of their phrasing grammar,
-    :mod:`cirlab.data.phrasing`);
+    ``mirror_pairs``: its synthetic facing edits, for training (True) or for the splits named; ``phrasings``: the
+    version of their phrasing grammar, :mod:`cirlab.data.phrasing`);
     a public benchmark becomes a cirlab data set that points at the user's ``images``, its missing image
     ids listed in ``out/missing.txt``."""
     if (styles or test_style or mirror_pairs) and name != "emojiedit":
