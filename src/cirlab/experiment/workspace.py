@@ -174,8 +174,10 @@ class Workspace:
 
     def fit_text_head(self, model: Fusion, train_split: str = "train", test_split: str | None = "test"):
         """A text-to-image head for ``model`` on the captions of the training images (``training.align``);
-        None where fewer than 8 of them have a caption. Its Recall@K is measured on ``test_split``'s images."""
-        captions = self.dataset.captions
+        None where fewer than 8 of them have a caption. Its Recall@K is measured on ``test_split``'s images.
+        Synthetic images (EmojiEdit's mirror pairs) are left out: their captions are made up, not names."""
+        captions = {i: c for i, c in self.dataset.captions.items()
+                    if not self.dataset.by_id[i].get("attributes", {}).get("synthetic")}
         splits = {x for r in self.dataset.images for x in record_splits(r)}
         train_ids, train_caps = caption_pairs(captions, self.gallery_ids(train_split if train_split in splits else None))
         if len(train_ids) < 8:
