@@ -61,6 +61,6 @@ def run(a: argparse.Namespace) -> int:
         raise CirlabError(f"'data make {a.name}' needs --annotations DIR (as published) and --images DIR")
     counts = make_dataset(a.name, a.out, a.seed, a.size, a.config, a.image_size, a.annotations, a.images, a.category,
                           a.spelling, a.captions, a.style, a.test_style,
-                          a.mirror_pairs.split(",") if a.mirror_pairs else False, a.phrasings)
+                          [s.strip() for s in a.mirror_pairs.split(",")] if a.mirror_pairs else False, a.phrasings)
     print(json.dumps(counts, indent=2))
     return 0
