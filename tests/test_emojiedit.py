@@ -105,22 +105,29 @@ def test_a_held_out_art_style_keeps_the_bases_texts_and_splits(built, tmp_path, 
     ee.fluent_names.cache_clear()
 
 
-def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_path):
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """The build with mirror pairs in train (``--mirror-pairs``): its folder and counts."""
+    root = tmp_path_factory.mktemp("mirrored") / "m"
+    return root, build_emojiedit(root, seed=0, mirror_pairs=True)
+
+
+def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, mirrored):
     """Each added training image is its source mirrored, with a facing edit each way; validation and test (and
     every original training triplet) are as before, byte for byte."""
     import numpy as np
     from PIL import Image
 
     root, counts = built
-    extra = build_emojiedit(tmp_path / "m", seed=0, mirror_pairs=True)
+    m, extra = mirrored
     for split in ("val", "test"):
-        assert (root / "a" / f"{split}.jsonl").read_text() == (tmp_path / "m" / f"{split}.jsonl").read_text()
+        assert (root / "a" / f"{split}.jsonl").read_text() == (m / f"{split}.jsonl").read_text()
     before = (root / "a" / "train.jsonl").read_text().splitlines()
-    after = (tmp_path / "m" / "train.jsonl").read_text().splitlines()
+    after = (m / "train.jsonl").read_text().splitlines()
     assert after[:len(before)] == before
     added = [json.loads(line) for line in after[len(before):]]
     assert len(added) == extra["triplets"]["train"]["facing"] - counts["triplets"]["train"]["facing"] > 1000
-    ds = Dataset(tmp_path / "m")
+    ds = Dataset(m)
     facing_bases = {r["attributes"]["base"] for r in ds.images if r["attributes"].get("facing") and
                     not r["attributes"].get("synthetic")}
     for t in added[:50]:
@@ -133,14 +140,14 @@ def test_mirror_pairs_add_synthetic_facing_edits_to_training_only(built, tmp_pat
         np.testing.assert_array_equal(pixels[0][:, ::-1], pixels[1])
 
 
-def test_mirror_pairs_in_val_leave_train_and_test_as_they_were(built, tmp_path):
+def test_mirror_pairs_in_val_leave_train_and_test_as_they_were(built, mirrored, tmp_path):
     """``mirror_pairs=["train", "val"]``: the train split is that of the train-only build and test that of the plain
     build, byte for byte; val keeps its real triplets first and gains facing edits between its own images and their
     mirrors; the test split is refused."""
     root, counts = built
-    only = build_emojiedit(tmp_path / "t", seed=0, mirror_pairs=True)
+    m, only = mirrored
     both = build_emojiedit(tmp_path / "v", seed=0, mirror_pairs=["val", "train"])
-    assert (tmp_path / "t" / "train.jsonl").read_text() == (tmp_path / "v" / "train.jsonl").read_text()
+    assert (m / "train.jsonl").read_text() == (tmp_path / "v" / "train.jsonl").read_text()
     assert (root / "a" / "test.jsonl").read_text() == (tmp_path / "v" / "test.jsonl").read_text()
     before = (root / "a" / "val.jsonl").read_text().splitlines()
     after = (tmp_path / "v" / "val.jsonl").read_text().splitlines()
