@@ -1,8 +1,12 @@
-"""Throughput of the default encoders on this machine under each inference runtime (no cache): images/s and
-texts/s, PyTorch against ONNX Runtime and OpenVINO, with ONNX Runtime int8 (dynamic quantisation) as an extra.
+"""Throughput of the default encoders on this machine under each inference runtime and precision (no cache):
+images/s and texts/s, PyTorch against ONNX Runtime and OpenVINO, with ONNX Runtime int8 (dynamic quantisation) as
+an extra.
 
     .venv/bin/python benchmarks/encode_throughput.py [--images 256] [--batch 32] [--rounds 3]
-        [--runtimes torch,onnx,openvino] [--int8] [--out benchmarks/results/encoders/encode_throughput.md]
+        [--runtimes torch,onnx,openvino,openvino/bf16] [--int8] [--out benchmarks/results/encoders/encode_throughput.md]
+
+A runtime may name a precision after a slash (``openvino/bf16``, ``torch/bf16``: ``--encoder-precision``); the
+ratios are to the first runtime listed, the cosines to the first runtime's vectors.
 
 Images are EmojiEdit-sized PNGs drawn from Twemoji (decoding and preprocessing included); texts are
 modification texts of EmojiEdit's phrasings. The runtimes run in one process, interleaved round by round,
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from cirlab.data.emojiedit import collect_emoji
-from cirlab.encoders.base import new_encoder
+from cirlab.encoders.base import new_encoder, place
 from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
 from cirlab.images import load_image
 
@@ -60,15 +63,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text-batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runtimes", default="torch,onnx,openvino")
+    ap.add_argument("--runtimes", default="torch,onnx,openvino", help="runtime[/precision], comma-separated; the "
+                    "first is the baseline (default: %(default)s)")
     ap.add_argument("--int8", action="store_true", help="also ONNX Runtime on int8 dynamically quantised graphs")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     arms = {}
-    for runtime in a.runtimes.split(","):
+    for arm in a.runtimes.split(","):
+        runtime, _, encoding = arm.partition("/")
         image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
-        image.runtime = text.runtime = runtime
-        arms[runtime] = (image, text)
+        for enc in (image, text):
+            enc.runtime = runtime
+            place(enc, torch.device("cpu"), encoding or "fp32")
+        arms[arm] = (image, text)
     if a.int8:
         image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
         image.runtime = text.runtime = "onnx"
@@ -93,22 +100,22 @@ def main() -> None:
                 start = time.perf_counter()
                 fn(enc)
                 best[name][side] = min(best[name][side], time.perf_counter() - start)
-    base = best.get("torch")
+    first = next(iter(arms))
+    base = best[first]
     rows = []
     for name in arms:
         ti, tt = best[name]
-        ref = vectors.get("torch", vectors[name])
+        ref = vectors[first]
         rows.append({"runtime": name, "images_per_s": round(len(paths) / ti, 1), "texts_per_s": round(len(texts) / tt, 1),
-                     "image_speedup": round(base[0] / ti, 2) if base else None,
-                     "text_speedup": round(base[1] / tt, 2) if base else None,
+                     "image_speedup": round(base[0] / ti, 2), "text_speedup": round(base[1] / tt, 2),
                      "image_min_cosine": round(min_cosine(ref[0], vectors[name][0]), 6),
                      "text_min_cosine": round(min_cosine(ref[1], vectors[name][1]), 6)})
     command = "python benchmarks/encode_throughput.py " + " ".join(sys.argv[1:])
-    lines = [f"Command: `{command}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; {len(paths)} Twemoji images (decode + preprocess + network, batch "
-             f"{a.batch}) and {len(texts)} texts (batch {a.text_batch}); best of {a.rounds} interleaved rounds.", "",
-             "| runtime | images/s | x torch | min cosine | texts/s | x torch | min cosine |",
+    lines = ["# Encoder throughput by runtime and precision", "", f"Command: `{command}`", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(paths)} Twemoji images (decode + "
+             f"preprocess + network, batch {a.batch}) and {len(texts)} texts (batch {a.text_batch}); best of "
+             f"{a.rounds} interleaved rounds.", "",
+             f"| runtime | images/s | x {first} | min cosine | texts/s | x {first} | min cosine |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['runtime']} | {r['images_per_s']} | {r['image_speedup']} | {r['image_min_cosine']} | "

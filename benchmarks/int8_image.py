@@ -34,16 +34,21 @@ from cirlab.images import load_image
 
 from _report import save_report
 
-ARMS = {  # id: (what it is, weight type, calibration method, its options, reduce_range, keep stem and head in fp32)
-    "s8": ("s8 weights, min/max (ONNX Runtime's default)", "QInt8", "MinMax", {}, False, False),
-    "s8-ends": ("s8 weights, min/max, stem and head fp32", "QInt8", "MinMax", {}, False, True),
-    "s8-7bit-ends": ("s8 weights in 7 bits, min/max, stem and head fp32", "QInt8", "MinMax", {}, True, True),
-    "u8": ("u8 weights, min/max", "QUInt8", "MinMax", {}, False, False),
-    "u8-ends": ("u8 weights, min/max, stem and head fp32", "QUInt8", "MinMax", {}, False, True),
+ARMS = {  # id: (what it is, weight type, calibration method, its options, reduce_range, what stays fp32)
+    "s8": ("s8 weights, min/max (ONNX Runtime's default)", "QInt8", "MinMax", {}, False, ""),
+    "s8-ends": ("s8 weights, min/max, stem and head fp32", "QInt8", "MinMax", {}, False, "ends"),
+    "s8-7bit-ends": ("s8 weights in 7 bits, min/max, stem and head fp32", "QInt8", "MinMax", {}, True, "ends"),
+    "s8-early-ends": ("s8 weights, min/max, stem, first two blocks and head fp32", "QInt8", "MinMax", {}, False,
+                      "ends,early"),
+    "s8-pointwise-ends": ("s8 weights, min/max, only the 1x1 convolutions int8 (depthwise, stem and head fp32)",
+                          "QInt8", "MinMax", {}, False, "ends,depthwise"),
+    "u8": ("u8 weights, min/max", "QUInt8", "MinMax", {}, False, ""),
+    "u8-ends": ("u8 weights, min/max, stem and head fp32", "QUInt8", "MinMax", {}, False, "ends"),
     "u8-pct-ends": ("u8 weights, percentile 99.999, stem and head fp32", "QUInt8", "Percentile",
-                    {"CalibPercentile": 99.999}, False, True),
-    "u8-entropy-ends": ("u8 weights, entropy, stem and head fp32", "QUInt8", "Entropy", {}, False, True),
+                    {"CalibPercentile": 99.999}, False, "ends"),
+    "u8-entropy-ends": ("u8 weights, entropy, stem and head fp32", "QUInt8", "Entropy", {}, False, "ends"),
 }
+EARLY = 6  # the stem and the first two blocks: 1 + 2 + 3 convolutions (where bf16 loses most, roofline notes)
 NNCF_ARMS = {  # id: (what it is, NNCF's overflow fix); OpenVINO runs them (pip install nncf)
     "nncf": ("OpenVINO, NNCF post-training quantisation (performance preset, fast bias correction)", "FIRST_LAYER"),
     "nncf-overflow-fix": ("OpenVINO, NNCF as above, 7-bit weights in every layer (its overflow fix)", "ENABLE"),
@@ -55,12 +60,18 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def stem_and_head(path: Path) -> list[str]:
-    """The names of the graph's first and last Conv nodes (the stem and the 1x1 head convolution)."""
+def kept_fp32(path: Path, what: str) -> list[str]:
+    """The names of the graph's Conv nodes that stay fp32: ``ends`` (the stem and the 1x1 head convolution),
+    ``early`` (the stem and the first two blocks), ``depthwise`` (every grouped convolution)."""
     import onnx
 
-    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
-    return [convs[0], convs[-1]]
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    kept = set()
+    for part in filter(None, what.split(",")):
+        kept |= {"ends": {convs[0].name, convs[-1].name}, "early": {n.name for n in convs[:EARLY]},
+                 "depthwise": {n.name for n in convs
+                               if any(x.name == "group" and x.i > 1 for x in n.attribute)}}[part]
+    return sorted(kept)
 
 
 class Reader:
@@ -74,7 +85,7 @@ class Reader:
 
 
 def quantise(src: Path, dst: Path, pixels: np.ndarray, weights: str, method: str, options: dict, reduce_range: bool,
-             keep_ends: bool) -> None:
+             keep: str) -> None:
     """Write ONNX Runtime's statically quantised QDQ graph."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,7 +96,7 @@ def quantise(src: Path, dst: Path, pixels: np.ndarray, weights: str, method: str
     quantize_static(str(pre), str(dst), Reader(pixels), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weights), reduce_range=reduce_range,
                     calibrate_method=getattr(CalibrationMethod, method),
-                    nodes_to_exclude=stem_and_head(pre) if keep_ends else [], extra_options=options)
+                    nodes_to_exclude=kept_fp32(pre, keep), extra_options=options)
 
 
 def emulated(path: Path):
@@ -150,11 +161,11 @@ def main() -> None:
         if name in NNCF_ARMS:
             sessions[name] = nncf_model(src, calib, NNCF_ARMS[name][1])
             continue
-        _, weights, method, options, reduce_range, keep_ends = ARMS[name]
+        _, weights, method, options, reduce_range, keep = ARMS[name]
         dst = a.work / f"{name}-{len(calib)}.onnx"
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.is_file():
-            quantise(src, dst, calib, weights, method, options, reduce_range, keep_ends)
+            quantise(src, dst, calib, weights, method, options, reduce_range, keep)
         sessions[name] = lambda x, s=OrtSession(dst): s.run({"pixels": x})[0]
         unfused[name] = emulated(dst)
 

@@ -3,7 +3,7 @@ runtime that can run bf16 (``cirlab.encoders.precision.probe``), whether or not 
 
     .venv/bin/python benchmarks/precision_probe.py [--rounds 3] [--out benchmarks/results/encoders/precision_probe.md]
 
-The probe encodes 16 Twemoji images (or 16 modification texts) in fp32 and in bf16, best of ``rounds`` each, and
+The probe encodes 64 Twemoji images (or 16 modification texts) in fp32 and in bf16, best of ``rounds`` each, and
 reports the speed-up and the smallest cosine of the pooled vectors; ``auto`` chooses bf16 only where the CPU has
 bf16 instructions, the cosine is at least ``PARITY`` and the speed-up at least ``GAIN``.
 """
@@ -45,8 +45,8 @@ def main() -> None:
     command = " ".join(["python benchmarks/precision_probe.py", *sys.argv[1:]])
     has = "this one has them" if here.has("bf16") else "this one has none: PyTorch emulates bf16 and OpenVINO runs fp32"
     lines = ["# The bf16 probe of the default encoders", "", f"Command: `{command}`", "",
-             f"bf16 against fp32 on 16 Twemoji images or 16 texts, best of {a.rounds} rounds each; auto's bar: cosine "
-             f">= {precision.PARITY} and speed-up >= {precision.GAIN}, on a CPU with bf16 instructions "
+             f"bf16 against fp32 on {precision.PROBE_IMAGES} Twemoji images or 16 texts, best of {a.rounds} rounds "
+             f"each; auto's bar: cosine >= {precision.PARITY} and speed-up >= {precision.GAIN}, on a CPU with bf16 instructions "
              f"({has}).",
              "", "| encoder | runtime | bf16 speed-up | min cosine to fp32 | auto here |", "|---|---|---:|---:|---|"]
     lines += [f"| {r['encoder']} | {r['runtime']} | {r['bf16_speedup']:.2f}x | {r['min_cosine']:.6f} | {r['auto']} |"
