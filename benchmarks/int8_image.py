@@ -49,6 +49,8 @@ ARMS = {  # id: (what it is, weight type, calibration method, its options, reduc
     "u8-entropy-ends": ("u8 weights, entropy, stem and head fp32", "QUInt8", "Entropy", {}, False, "ends"),
 }
 EARLY = 6  # the stem and the first two blocks: 1 + 2 + 3 convolutions (where bf16 loses most, roofline notes)
+SHIPPED = {"cirlab": ("what --encoder-precision int8 runs (cirlab.encoders.quantize): s8, min/max on fixed Twemoji, "
+                      "stem, first three blocks and head fp32",)}
 NNCF_ARMS = {  # id: (what it is, NNCF's overflow fix); OpenVINO runs them (pip install nncf)
     "nncf": ("OpenVINO, NNCF post-training quantisation (performance preset, fast bias correction)", "FIRST_LAYER"),
     "nncf-overflow-fix": ("OpenVINO, NNCF as above, 7-bit weights in every layer (its overflow fix)", "ENABLE"),
@@ -136,8 +138,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="parity and speed images (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names, of " + ", ".join([*ARMS, *NNCF_ARMS])
-                    + " (default: the ONNX Runtime ones)")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names, of "
+                    + ", ".join([*ARMS, *SHIPPED, *NNCF_ARMS]) + " (default: the ONNX Runtime ones)")
     ap.add_argument("--work", type=Path, default=Path("runs/int8_image"), help="where the quantised graphs go")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -161,6 +163,13 @@ def main() -> None:
         if name in NNCF_ARMS:
             sessions[name] = nncf_model(src, calib, NNCF_ARMS[name][1])
             continue
+        if name in SHIPPED:  # its own calibration images (fixed Twemoji across the whole set), its own file
+            from cirlab.encoders.quantize import int8_graph
+
+            path = int8_graph(enc, src)
+            sessions[name] = lambda x, s=OrtSession(path): s.run({"pixels": x})[0]
+            unfused[name] = emulated(path)
+            continue
         _, weights, method, options, reduce_range, keep = ARMS[name]
         dst = a.work / f"{name}-{len(calib)}.onnx"
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +191,7 @@ def main() -> None:
     rows = []
     for name in sessions:
         c = cosines(vectors["fp32"], vectors[name])
-        what = {**ARMS, **NNCF_ARMS}.get(name, ("ONNX Runtime, fp32 graph",))[0]
+        what = {**ARMS, **SHIPPED, **NNCF_ARMS}.get(name, ("ONNX Runtime, fp32 graph",))[0]
         e = cosines(vectors["fp32"], pooled(unfused[name])) if name in unfused else None
         rows.append({"arm": name, "what": what, "images_per_s": round(len(parity) / best[name], 1),
                      "speedup": round(best["fp32"] / best[name], 2), "min_cosine": round(float(c.min()), 4),

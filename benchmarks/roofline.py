@@ -13,9 +13,9 @@ tokenising and the network. FLOPs are counted, not assumed: torch's ``FlopCounte
 (2 FLOPs a multiply-add; convolutions and matrix products only, which is nearly all of it). The machine's limit is
 measured too: the best fp32 matrix product torch, numpy or ONNX Runtime reaches on this machine's threads (a
 2048 x 2048 GEMM), next to the peak the CPU's vector units allow in theory (cores x GHz x FLOPs a cycle from the
-vector width and two FMA units per core; the clock is ``/proc/cpuinfo``'s, which is not the turbo clock). Each runtime's achieved GFLOP/s is the
-network's FLOPs over its time alone; its share of the measured GEMM rate is how far from the limit it runs.
-Runtimes run interleaved, round by round; each time is the best round.
+vector width and two FMA units per core; the clock is ``/proc/cpuinfo``'s, which is not the turbo clock). Each
+runtime's achieved GFLOP/s is the network's FLOPs over its time alone; its share of the measured GEMM rate is how far
+from the limit it runs. Runtimes run interleaved, round by round; each time is the best round.
 """
 
 from __future__ import annotations

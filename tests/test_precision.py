@@ -98,9 +98,55 @@ def test_bf16_vectors_keep_parity_and_go_to_their_own_cache_entry(lite0, tmp_pat
     check_entry(f"{lite0.id}~bf16+drawn1", "torch:cuda:0/bf16")
 
 
+@pytest.mark.slow
+def test_int8_image_vectors_hold_parity_go_to_their_own_entry_and_text_stays_fp32(lite0, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """The static int8 graph is checked before it is kept (refused below the bar, nothing written), written once
+    beside the fp32 export, and its vectors go to ``<id>~int8``; the text encoder has no int8 graph and says so."""
+    from conftest import make_images
+
+    from cirlab.encoders import quantize
+    from cirlab.encoders.runtime import export_onnx
+
+    paths = make_images(tmp_path / "g", n=6, size=64)
+    lite0.runtime = "onnx"
+    place(lite0, CPU, "fp32")
+    cache = FeatureCache(tmp_path / "cache")
+    fp32 = cache.image_features(lite0, paths, progress=False).views["pooled"]
+    graph = quantize.int8_path(export_onnx(lite0))
+    place(lite0, CPU, "int8")
+    bar = quantize.PARITY
+    monkeypatch.setattr(quantize, "PARITY", 1.01)  # a bar no int8 graph meets: refused, nothing left behind
+    with pytest.raises(CirlabError, match="the int8 graph of efficientnet_lite0 keeps a cosine of only 0.99"):
+        cache.image_features(lite0, paths, progress=False)
+    assert not graph.exists() and not [p for p in graph.parent.iterdir() if p.name.startswith(".int8-")]
+    monkeypatch.setattr(quantize, "PARITY", bar)
+    int8 = cache.image_features(lite0, paths, progress=False).views["pooled"]
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    # int8 rounding, not another network; these drawn shapes are far from the Twemoji it was checked on (0.983 here)
+    assert cosine.min() >= 0.97 and cosine.mean() >= 0.99 and not np.array_equal(fp32, int8)
+    assert graph.is_file() and json.loads(graph.with_suffix(".json").read_text())["min_cosine"] >= quantize.PARITY
+    assert f"{lite0.id}~int8".replace(":", "_") in {p.name for p in (tmp_path / "cache").iterdir()}
+    assert {e["runtime"] for e in cache.store(f"{lite0.id}~int8").entries.values()} == {"onnx:cpu/int8"}
+    row = [{"key": "x", "size": 0, "mtime_ns": 0, "sha1": ""}]
+    with pytest.raises(CirlabError, match="vectors made in int8 cannot go into the fp32 feature-cache entry"):
+        cache.store(lite0.id).write_shard(row, {"pooled": int8[:1]}, "onnx:cpu/int8")
+
+    text = new_encoder("text", "minilm")
+    text.runtime = "onnx"
+    monkeypatch.setattr(precision, "_said", set())  # said once a process: this test must see it said
+    with caplog.at_level("WARNING", logger="cirlab"):
+        place(text, CPU, "int8")
+    assert cache_id(text) == text.id and runtime_name(text) == "onnx"
+    assert "minilm has no int8 graph that holds parity: it runs in fp32" in caplog.text
+
+
 def test_an_encoder_precision_a_runtime_cannot_run_is_one_line():
     with pytest.raises(CirlabError, match="ONNX Runtime runs the encoders in fp32 here"):
         Placement.resolve("cpu", "onnx", None, "bf16")
+    with pytest.raises(CirlabError, match="int8 encoders run under ONNX Runtime on the CPU"):
+        Placement.resolve("cpu", "torch", None, "int8")
+    assert Placement.resolve("cpu", "onnx", None, "int8").encoding == "int8"
     with pytest.raises(CirlabError, match="unknown encoder precision 'int4'"):
         Placement.resolve("cpu", "torch", None, "int4")
     assert Placement.resolve("cpu", "torch", None, "bf16").encoding == "bf16"

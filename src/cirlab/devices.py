@@ -38,7 +38,7 @@ log = logging.getLogger("cirlab")
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ENCODER_PRECISIONS = ("auto", "fp32", "bf16")
+ENCODER_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
 _PACKAGE = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -50,8 +50,8 @@ class Placement:
     ``device``: a torch device this machine has. ``runtime``: what runs the encoders' inference networks
     (``torch``, ``onnx`` or ``openvino``; training always runs PyTorch). ``precision``: the autocast of
     training's forward passes (``auto``, ``fp32``, ``bf16`` or ``fp16``; :attr:`dtype`). ``encoding``: the
-    precision the encoders' inference networks compute in (``auto``, ``fp32`` or ``bf16``; resolved per encoder
-    by :func:`cirlab.encoders.precision.encoder_precision`, and part of their vectors' cache identity)."""
+    precision the encoders' inference networks compute in (``auto``, ``fp32``, ``bf16`` or ``int8``; resolved per
+    encoder by :func:`cirlab.encoders.precision.encoder_precision`, and part of their vectors' cache identity)."""
 
     device: torch.device
     runtime: str
@@ -147,6 +147,9 @@ def check_encoding(name: str, runtime: str, device: torch.device) -> None:
                           "--runtime torch or openvino")
     if name == "bf16" and device.type == "mps":
         raise CirlabError("encoder precision bf16 is not supported on mps here; use --encoder-precision fp32")
+    if name == "int8" and (runtime != "onnx" or device.type != "cpu"):
+        raise CirlabError("int8 encoders run under ONNX Runtime on the CPU: for --encoder-precision int8 use "
+                          "--runtime onnx (or auto) and --device cpu")
 
 
 def resolve_runtime(name: str | None, device: torch.device | None = None) -> str:
@@ -193,7 +196,7 @@ def _installed(module: str) -> bool:
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -161,11 +161,12 @@ def runtime() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="where the networks run: auto (default, or $CIRLAB_DEVICE: CUDA where there is a GPU, else "
                         "the CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--encoder-precision", default=None, choices=("auto", "fp32", "bf16"),
+    p.add_argument("--encoder-precision", default=None, choices=("auto", "fp32", "bf16", "int8"),
                    help="what the encoders' networks compute in: auto (default, or $CIRLAB_ENCODER_PRECISION: bf16 or "
                         "fp16 autocast on a GPU; on the CPU fp32 unless it has bf16 instructions and a probe finds "
-                        "bf16 faster at parity), fp32 or bf16 (PyTorch or OpenVINO); bf16 vectors get their own "
-                        "feature-cache entry (docs/encoders.md#precision)")
+                        "bf16 faster at parity), fp32, bf16 (PyTorch or OpenVINO) or int8 (the image encoder under "
+                        "ONNX Runtime; text stays fp32); bf16 and int8 vectors get their own feature-cache entry "
+                        "(docs/encoders.md#precision)")
     return p
 
 

@@ -113,6 +113,10 @@ class EfficientNetLiteEncoder:
         prefixes = tuple(f"_blocks.{i}." for i in range(blocks - n, blocks)) + ("_conv_head.", "_bn1.")
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
 
+    # ``--encoder-precision int8`` (cirlab.encoders.quantize): the Conv nodes that stay fp32, where int8 rounding
+    # costs the most: the stem, the first three blocks and the 1x1 head (with two blocks, 0.993 on some images)
+    int8_fp32 = ("/_conv_stem/", "/_blocks.0/", "/_blocks.1/", "/_blocks.2/", "/_conv_head/")
+
     checkpointing = False  # stage 1 sets it: the tuned blocks recompute activations in the backward pass
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The precision an encoder's network computes in, and what that means for its vectors.
 
-``--encoder-precision`` (:attr:`cirlab.devices.Placement.encoding`) is ``auto``, ``fp32`` or ``bf16``:
+``--encoder-precision`` (:attr:`cirlab.devices.Placement.encoding`) is ``auto``, ``fp32``, ``bf16`` or ``int8``:
 
 - ``fp32``: plain float32 (the CPU's default; the exported runtimes' only precision but OpenVINO's).
 - ``bf16``: torch autocast in bfloat16 (PyTorch runtime, on the CPU or a GPU), or OpenVINO's ``bf16`` inference
   precision hint. ONNX Runtime has no bf16 CPU kernels: the pair is refused in one line.
+- ``int8``: the image encoder's static int8 graph under ONNX Runtime (:mod:`cirlab.encoders.quantize`; written
+  once, kept only where it holds a cosine of 0.995 to fp32). An encoder without an int8 graph (the text encoders:
+  none holds parity) runs fp32, said once. ``auto`` never picks int8: it is asked for.
 - ``auto``: on a GPU, bf16 autocast where it has it, else fp16 (as before). On the CPU, the fastest precision whose
   parity holds *on this machine*: fp32, unless the CPU has bf16 instructions (AVX512-BF16 or AMX,
   :func:`cirlab.hardware.machine`) and the runtime can use them; then a probe encodes a fixed set of images (or
@@ -43,7 +46,7 @@ PARITY = 0.999  # auto's bar: the smallest cosine of a probe vector to fp32's
 GAIN = 1.1  # and the speed-up it must bring
 PROBE_VERSION = 2  # 2: 64 probe images, not 16 (16 read 0.9985 where 128 read 0.989)
 PROBE_IMAGES = 64
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.qint8}
 
 
 def cache_id(encoder) -> str:
@@ -55,7 +58,7 @@ def cache_id(encoder) -> str:
 
 def entry_precision(key: str) -> str:
     """The precision a feature-cache entry's key names (:func:`cache_id`; fp32 where it names none)."""
-    found = re.search(r"~(bf16|fp16)(?=\+|$)", key)
+    found = re.search(r"~(bf16|fp16|int8)(?=\+|$)", key)
     return found.group(1) if found else "fp32"
 
 
@@ -75,6 +78,12 @@ def encoder_precision(encoder, requested: str, device: torch.device) -> torch.dt
     or ``bf16``) on ``device``; ``auto`` on the CPU probes (:func:`cpu_auto`)."""
     if requested == "bf16" and device.type == "cpu":
         return _cpu_bf16(encoder)
+    if requested == "int8" and (getattr(encoder, "runtime", "torch") != "onnx" or device.type != "cpu"):
+        raise CirlabError("int8 encoders run under ONNX Runtime on the CPU: for --encoder-precision int8 use "
+                          "--runtime onnx (or auto) and --device cpu")
+    if requested == "int8" and getattr(encoder, "int8_fp32", None) is None:
+        _say_once(f"{encoder.spec} has no int8 graph that holds parity: it runs in fp32")
+        return None
     if requested != "auto":
         return _DTYPES[requested]
     if device.type != "cpu":

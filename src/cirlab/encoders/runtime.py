@@ -176,6 +176,10 @@ def _session(encoder, runtime: str, graph: str = "network"):
             for old in [k for k in sessions if k[1:] == key[1:]]:  # the weights changed (a tuned file loaded)
                 del sessions[old]
             path = export_onnx(encoder, graph)
+            if key[-1] == "int8":
+                from cirlab.encoders.quantize import int8_graph
+
+                path = int8_graph(encoder, path)
             sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path, key[-1])
         return sessions[key]
 

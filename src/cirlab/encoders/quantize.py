@@ -1,0 +1,110 @@
+"""Static int8 graphs of the image encoders for ONNX Runtime (``--encoder-precision int8``).
+
+An encoder that can run in int8 names the parts of its exported graph that stay in fp32 (``int8_fp32``: substrings
+of Conv node names). For EfficientNet-Lite these are the stem, the first three blocks and the 1x1 head
+convolution: int8 rounding there costs the most (``benchmarks/int8_image.py``: with only the stem and head kept in
+fp32 the pooled vectors fall to a cosine of 0.966; with the first two blocks kept too, to 0.993 on some images).
+
+The graph is written once beside the fp32 export (``model.int8-v<N>-vnni.onnx``, :func:`int8_path`): ONNX Runtime's static QDQ
+quantisation, s8 weights per output channel, u8 activations calibrated by min/max on :data:`CALIBRATION` fixed
+Twemoji images (the same on every machine, so one encoder id gives one int8 graph whatever the gallery). Before it
+is kept, its pooled vectors are compared with fp32's on :data:`CHECK` other Twemoji images; below a cosine of
+:data:`PARITY` it is refused in one line and not written. The file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cirlab.errors import CirlabError
+
+RECIPE = 1  # bump when the calibration or what stays fp32 changes: the file name carries it
+CALIBRATION = 256
+CHECK = 64
+PARITY = 0.995  # issue 45's bar for int8: the smallest cosine of a pooled vector to fp32's
+
+
+def int8_path(fp32: Path) -> Path:
+    """Where the int8 graph of the ``fp32`` export lives. Its parity is checked on the CPU that writes it, and CPUs
+    without VNNI multiply int8 in saturating int16 pairs, so the two kinds of CPU keep separate files."""
+    from cirlab.hardware import machine
+
+    return fp32.with_name(f"model.int8-v{RECIPE}-{'vnni' if machine().has('vnni') else 'novnni'}.onnx")
+
+
+def int8_graph(encoder, fp32: Path) -> Path:
+    """The int8 graph of ``encoder``'s exported ``fp32`` graph, quantised, checked and written once."""
+    path = int8_path(fp32)
+    if path.is_file():
+        return path
+    keep = getattr(encoder, "int8_fp32", None)
+    if keep is None:
+        raise CirlabError(f"{encoder.spec} has no int8 graph; use --encoder-precision fp32")
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise CirlabError("int8 encoding needs ONNX Runtime's quantisation tools: pip install 'cirlab[runtime]'") \
+            from None
+    import onnx
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = next(iter(encoder.network().inputs))
+    images = calibration_pixels(encoder, CALIBRATION + CHECK)
+    calib, check = images[:CALIBRATION], images[CALIBRATION:]
+    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".int8-") as tmp:
+        out, pre = Path(tmp) / path.name, Path(tmp) / "pre.onnx"
+        logging.disable(logging.WARNING)  # ONNX Runtime warns once per bias it cannot fit in int32 (kept in fp32)
+        try:
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # shapes and fusions, as ORT advises
+            convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+            quantize_static(str(pre), str(out), _Reader(calib, name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=[c for c in convs if any(k in c for k in keep)])
+        finally:
+            logging.disable(logging.NOTSET)
+        cosine = parity(fp32, out, {name: check})
+        if cosine < PARITY:
+            raise CirlabError(f"the int8 graph of {encoder.spec} keeps a cosine of only {cosine:.4f} to fp32's "
+                              f"(needs {PARITY}): use --encoder-precision fp32")
+        (Path(tmp) / (path.stem + ".json")).write_text(json.dumps(
+            {"encoder_id": encoder.id, "recipe": RECIPE, "calibration_images": CALIBRATION, "check_images": CHECK,
+             "min_cosine": round(cosine, 6), "fp32_nodes": keep}, indent=1))
+        os.replace(Path(tmp) / (path.stem + ".json"), path.with_suffix(".json"))
+        os.replace(out, path)
+    logging.getLogger("cirlab").info("wrote the int8 graph of %s (min cosine %.4f to fp32 on %d images)",
+                                     encoder.spec, cosine, CHECK)
+    return path
+
+
+def calibration_pixels(encoder, n: int) -> np.ndarray:
+    """``n`` fixed Twemoji images as the encoder's network input."""
+    from cirlab.encoders.precision import probe_images
+
+    images = probe_images(n)
+    return np.concatenate([encoder.pixels(images[s:s + 32]).numpy() for s in range(0, n, 32)])
+
+
+class _Reader:
+    """ONNX Runtime's calibration data: the pixels, 16 at a time, under the graph's input name."""
+
+    def __init__(self, pixels: np.ndarray, name: str) -> None:
+        self.batches = iter([{name: pixels[s:s + 16]} for s in range(0, len(pixels), 16)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
+    """The smallest cosine between the two graphs' pooled vectors (the first output, averaged over space)."""
+    from cirlab.encoders.runtime import OrtSession
+
+    a, b = (np.asarray(OrtSession(p).run(feeds)[0], np.float64).mean(axis=(2, 3)) for p in (fp32, int8))
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
