@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import make_tiny_clip, tiny_tokenizer
@@ -145,3 +146,20 @@ def test_the_users_thread_setting_is_respected(env, threads):
     assert out.split()[0] == threads, out
     if threads == "error":
         assert "CIRLAB_THREADS='lots' must be a whole number of threads" in out
+
+
+@pytest.mark.parametrize("mean, std, scale", [((127.0, 127.0, 127.0), (128.0, 128.0, 128.0), 255.0),
+                                              ((0.481, 0.458, 0.408), (0.269, 0.261, 0.276), 1.0)])
+def test_pixels_are_the_padded_resized_image_normalised_channels_first(mean, std, scale):
+    """The uint8 fast path of ``to_pixels`` gives what the formula says: pad to square, bicubic resize, then
+    (value / (255 / scale) - mean) / std per channel, as a contiguous (B, 3, S, S) float32 tensor."""
+    from cirlab.encoders.base import pad_to_square, to_pixels
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)), Image.new("RGBA", (40, 20), (9, 200, 30, 128))]
+    out = to_pixels(images, 32, mean, std, scale)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32 and out.is_contiguous()
+    for n, im in enumerate(images):
+        resized = np.asarray(pad_to_square(im.convert("RGB")).resize((32, 32), Image.BICUBIC), np.float64)
+        want = ((resized / (255.0 / scale) - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+        assert np.allclose(out[n].numpy(), want, atol=1e-5)
