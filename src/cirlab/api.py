@@ -30,6 +30,7 @@ from cirlab.devices import Placement, module_device, placed, to_device
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
+from cirlab.encoders.runtime import check_int8_gallery
 from cirlab.errors import CirlabError
 from cirlab.fusion import Fusion
 from cirlab.fusion.text_head import head_from_state
@@ -207,6 +208,7 @@ class Pipeline:
         """The gallery vectors of every readable image (through the feature cache); an error if none is readable."""
         if not isinstance(gallery, Gallery):
             gallery = Gallery.from_folder(gallery)
+        check_int8_gallery(self.image_encoder, gallery.paths)  # int8 only: parity on this gallery's own images
         vectors = self.gallery_vectors(gallery, progress)
         if not len(vectors.ids):
             raise CirlabError(f"none of the {len(gallery)} gallery images could be read (e.g. {vectors.failed[0][1]})")

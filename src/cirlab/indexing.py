@@ -100,6 +100,9 @@ def build_embeddings(pipe, gallery: Gallery, folder: str | Path, engine: str = "
         raise CirlabError(f"--shard-size must be at least 1, got {shard_size}")
     if engine == "local" and (address or workers):
         raise CirlabError("--address and --workers are for --engine ray")
+    from cirlab.encoders.runtime import check_int8_gallery
+
+    check_int8_gallery(pipe.image_encoder, gallery.paths)  # int8 only: parity on this gallery's own images, first
     folder = Path(folder)
     count = _start(folder, pipe, gallery, shard_size)
     chunks = {n: Gallery(gallery.ids[n * shard_size:(n + 1) * shard_size], gallery.paths[n * shard_size:(n + 1) * shard_size])

@@ -10,6 +10,10 @@ quantisation, s8 weights per output channel, u8 activations calibrated by min/ma
 Twemoji images (the same on every machine, so one encoder id gives one int8 graph whatever the gallery). Before it
 is kept, its pooled vectors are compared with fp32's on :data:`CHECK` other Twemoji images; below a cosine of
 :data:`PARITY` it is refused in one line and not written. The file is written to a temporary name and renamed.
+
+A user's gallery is not Twemoji: :func:`check_gallery` runs the same comparison on the first :data:`CHECK` images of
+the gallery being encoded (``cirlab index build`` on either engine, ``Pipeline.encode_gallery``, images added to an
+index) and refuses int8 there in one line, before anything is written, where they fall under the bar.
 """
 
 from __future__ import annotations
@@ -112,3 +116,21 @@ def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
 
     a, b = pooled(fp32), pooled(int8)
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def check_gallery(encoder, fp32: Path, paths) -> float | None:
+    """The smallest cosine between int8 and fp32 pooled vectors (``fp32``: the encoder's export) over the first
+    :data:`CHECK` readable images of ``paths``; refused in one line under :data:`PARITY`. None where no image reads."""
+    from cirlab.images import UnreadableImage, decode_images
+
+    images = [im for batch in decode_images(list(paths)[:2 * CHECK], CHECK) for im in batch
+              if not isinstance(im, UnreadableImage)][:CHECK]
+    if not images:
+        return None
+    name = next(iter(encoder.network().inputs))
+    pixels = np.concatenate([encoder.pixels(images[s:s + 32]).numpy() for s in range(0, len(images), 32)])
+    cosine = parity(fp32, int8_graph(encoder, fp32), {name: pixels})
+    if cosine < PARITY:
+        raise CirlabError(f"in int8, this gallery's first {len(images)} images keep a cosine of only {cosine:.4f} to "
+                          f"their fp32 vectors (needs {PARITY}): use --encoder-precision fp32 for it")
+    return cosine

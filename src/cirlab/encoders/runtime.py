@@ -184,6 +184,16 @@ def _session(encoder, runtime: str, graph: str = "network"):
         return sessions[key]
 
 
+def check_int8_gallery(encoder, paths) -> float | None:
+    """Where the encoder runs int8: its parity with fp32 on the first images of ``paths`` (a gallery), refused in one
+    line under the bar (:func:`cirlab.encoders.quantize.check_gallery`); None otherwise."""
+    if precision_name(getattr(encoder, "precision", None)) != "int8":
+        return None
+    from cirlab.encoders.quantize import check_gallery
+
+    return check_gallery(encoder, export_onnx(encoder), paths)
+
+
 def _session_key(encoder, runtime: str, graph: str) -> tuple[str, str, str, str]:
     """A session's key: the encoder's id (its weights), the runtime, the graph and the precision it runs in."""
     return encoder.id, runtime, graph, precision_name(getattr(encoder, "precision", None))
