@@ -51,13 +51,12 @@ def int8_graph(encoder, fp32: Path) -> Path:
     if keep is None:
         raise CirlabError(f"{encoder.spec} has no int8 graph; use --encoder-precision fp32")
     try:
+        import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise CirlabError("int8 encoding needs ONNX Runtime's quantisation tools: pip install 'cirlab[runtime]'") \
             from None
-    import onnx
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = next(iter(encoder.network().inputs))
     images = calibration_pixels(encoder, CALIBRATION + CHECK)
