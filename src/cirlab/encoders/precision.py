@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cirlab import settings
-from cirlab.devices import precision_name, resolve_precision
+from cirlab.devices import check_encoding, precision_name, resolve_precision
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_write_text
 
@@ -78,9 +78,8 @@ def encoder_precision(encoder, requested: str, device: torch.device) -> torch.dt
     or ``bf16``) on ``device``; ``auto`` on the CPU probes (:func:`cpu_auto`)."""
     if requested == "bf16" and device.type == "cpu":
         return _cpu_bf16(encoder)
-    if requested == "int8" and (getattr(encoder, "runtime", "torch") != "onnx" or device.type != "cpu"):
-        raise CirlabError("int8 encoders run under ONNX Runtime on the CPU: for --encoder-precision int8 use "
-                          "--runtime onnx (or auto) and --device cpu")
+    if requested == "int8":
+        check_encoding(requested, getattr(encoder, "runtime", "torch"), device)  # ONNX Runtime on the CPU only
     if requested == "int8" and getattr(encoder, "int8_fp32", None) is None:
         _say_once(f"{encoder.spec} has no int8 graph that holds parity: it runs in fp32")
         return None
@@ -170,9 +169,14 @@ def probe(encoder, rounds: int = 3) -> tuple[float, float]:
             timings[name] = best
     finally:
         encoder.precision = before
-    a, b = vectors["fp32"], vectors["bf16"]
-    cosine = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    cosine = min_cosine(vectors["fp32"], vectors["bf16"])
     return timings["fp32"] / timings["bf16"], cosine
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest cosine between matching rows of ``a`` and ``b``: the parity of two precisions' vectors."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 PROBE_TEXTS = [f"{verb} {what}" for verb in ("make it", "change it to", "i want", "show me")

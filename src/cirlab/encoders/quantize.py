@@ -91,8 +91,12 @@ def calibration_pixels(encoder, n: int) -> np.ndarray:
     """``n`` fixed Twemoji images as the encoder's network input."""
     from cirlab.encoders.precision import probe_images
 
-    images = probe_images(n)
-    return np.concatenate([encoder.pixels(images[s:s + 32]).numpy() for s in range(0, n, 32)])
+    return _pixels(encoder, probe_images(n))
+
+
+def _pixels(encoder, images) -> np.ndarray:
+    """Decoded images as the encoder's network input, 32 at a time."""
+    return np.concatenate([encoder.pixels(images[s:s + 32]).numpy() for s in range(0, len(images), 32)])
 
 
 class _Reader:
@@ -109,12 +113,13 @@ def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
     """The smallest cosine between the two graphs' pooled vectors (the first output, averaged over space)."""
     import onnxruntime as ort
 
+    from cirlab.encoders.precision import min_cosine
+
     def pooled(path: Path) -> np.ndarray:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return np.asarray(session.run(None, feeds)[0], np.float64).mean(axis=(2, 3))
 
-    a, b = pooled(fp32), pooled(int8)
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    return min_cosine(pooled(fp32), pooled(int8))
 
 
 def check_gallery(encoder, fp32: Path, paths) -> float | None:
@@ -127,8 +132,7 @@ def check_gallery(encoder, fp32: Path, paths) -> float | None:
     if not images:
         return None
     name = next(iter(encoder.network().inputs))
-    pixels = np.concatenate([encoder.pixels(images[s:s + 32]).numpy() for s in range(0, len(images), 32)])
-    cosine = parity(fp32, int8_graph(encoder, fp32), {name: pixels})
+    cosine = parity(fp32, int8_graph(encoder, fp32), {name: _pixels(encoder, images)})
     if cosine < PARITY:
         raise CirlabError(f"in int8, this gallery's first {len(images)} images keep a cosine of only {cosine:.4f} to "
                           f"their fp32 vectors (needs {PARITY}): use --encoder-precision fp32 for it")
