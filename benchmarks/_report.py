@@ -32,3 +32,18 @@ def best_of(rounds: int, fn) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def arm_encoders(arm: str):
+    """The default image and text encoders for a ``runtime[/precision]`` arm (``onnx``, ``openvino/bf16``), placed on
+    the CPU in that precision (fp32 where it names none)."""
+    import torch
+
+    from cirlab.encoders.base import new_encoder, place
+
+    runtime, _, precision = arm.partition("/")
+    encoders = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
+    for enc in encoders:
+        enc.runtime = runtime
+        place(enc, torch.device("cpu"), precision or "fp32")
+    return encoders

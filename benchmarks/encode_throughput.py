@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from cirlab.data.emojiedit import collect_emoji
-from cirlab.encoders.base import new_encoder, place
+from cirlab.encoders.base import new_encoder
 from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
 from cirlab.images import load_image
 
-from _report import save_report
+from _report import arm_encoders, save_report
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,12 +70,7 @@ def main() -> None:
     a = ap.parse_args()
     arms = {}
     for arm in a.runtimes.split(","):
-        runtime, _, encoding = arm.partition("/")
-        image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
-        for enc in (image, text):
-            enc.runtime = runtime
-            place(enc, torch.device("cpu"), encoding or "fp32")
-        arms[arm] = (image, text)
+        arms[arm] = arm_encoders(arm)
     if a.int8:
         image, text = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
         image.runtime = text.runtime = "onnx"

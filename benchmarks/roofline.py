@@ -31,13 +31,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cirlab.data.emojiedit import collect_emoji
-from cirlab.encoders.base import new_encoder, place, to_pixels
+from cirlab.encoders.base import to_pixels
 from cirlab.encoders.efficientnet import LITE_MEAN, LITE_STD
 from cirlab.encoders.runtime import run_network
 from cirlab.hardware import _cpuinfo, machine
 from cirlab.images import load_image
 
-from _report import best_of, save_report
+from _report import arm_encoders, best_of, save_report
 
 
 def gemm_gflops(n: int = 2048, rounds: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -105,10 +105,7 @@ def main() -> None:
     runtimes = a.runtimes.split(",")
     images, texts = {}, {}
     for runtime in runtimes:
-        images[runtime], texts[runtime] = new_encoder("image", "efficientnet_lite0"), new_encoder("text", "minilm")
-        for enc in (images[runtime], texts[runtime]):
-            enc.runtime = runtime.partition("/")[0]
-            place(enc, torch.device("cpu"), runtime.partition("/")[2] or "fp32")
+        images[runtime], texts[runtime] = arm_encoders(runtime)
     image0, text0 = images[runtimes[0]], texts[runtimes[0]]
     paths = [r["src"] for r in collect_emoji()[: a.images]]
     words = [f"change it to {c} and make it {s}" for c in ("red", "blue", "dark skin", "a woman") for s in ("smaller", "larger")]
