@@ -126,23 +126,48 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
         run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
 
 
+def test_stage1_runs_the_frozen_text_layers_once_a_text_and_gets_the_same_vectors_and_gradients(monkeypatch):
+    """The tuned layers read the frozen layers' kept outputs: vectors and gradients equal the whole model's run,
+    whatever batch (and padding) computed the kept states, and a text past the bound is still read right."""
+    from cirlab.encoders.base import new_encoder
+    from cirlab.training import stage1
+    from cirlab.training.stage1 import TextSide
+
+    enc = new_encoder("text", "minilm")
+    parts = enc.tunable(1)
+    for p in parts.values():
+        p.requires_grad_(True)
+    texts = ["make it red", "could you give it a dark skin tone, please?", "a woman", "x",
+             "turn the arrow so that it points to the upper left corner of the picture"]
+    whole = enc.pooled_with_grad(texts)
+    monkeypatch.setattr(stage1, "FROZEN_STATES_MAX", 30 * enc.dim)  # room for the first texts' states only
+    side = TextSide(enc, layers=1)
+    side.pooled(texts[:1])
+    side.pooled(texts[3:])  # kept from batches of other lengths
+    part = side.pooled(texts)
+    assert 0 < len(side.frozen) < len(texts) and side.kept <= 30 * enc.dim
+    assert torch.allclose(part, whole, atol=1e-5)
+    grads = [torch.autograd.grad(v.pow(2).sum() + v[:, 0].sum(), list(parts.values())) for v in (whole, part)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+    after, fresh = enc.model.state_dict(), new_encoder("text", "minilm").model.state_dict()
+    assert after.keys() == fresh.keys() and all(torch.equal(after[k], fresh[k]) for k in fresh)  # the model restored
+
+
 @pytest.mark.slow
 def test_stage1_tunes_the_text_model_on_augmented_wordings(tmp_path, monkeypatch):
     """``train.text_augment`` in stage 1: each epoch a triplet reads one of its text's variants (with keep 0, always
     one where it has any), never a text of another split, the same draws for the same seed; the tuned text encoder
     records the spec; ``text_consistency`` is refused in one line."""
     from cirlab.encoders.cache import FeatureCache
-    from cirlab.encoders.hf import HFTextEncoder
     from cirlab.data.perturb import TextAugment
     from cirlab.data.triplets import Dataset
-    from cirlab.training.stage1 import run_stage1
+    from cirlab.training.stage1 import TextSide, run_stage1
 
     ds = make_dataset(tmp_path / "tiny", n=12)
     spec = "typos=0.2,frames=1,variants=2,keep=0"
     read: list[list[str]] = []
-    real = HFTextEncoder.pooled_with_grad
-    monkeypatch.setattr(HFTextEncoder, "pooled_with_grad", lambda self, texts: (read.append(list(texts)),
-                                                                                real(self, texts))[1])
+    real = TextSide.pooled
+    monkeypatch.setattr(TextSide, "pooled", lambda self, texts: (read.append(list(texts)), real(self, texts))[1])
     config = {"tune": "text", "text_layers": 1,
               "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "text_augment": spec}}
     run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +44,24 @@ def _load(loader, folder: Path, what: str):
         return loader.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CirlabError(f"could not load the {what} in {folder}: {str(e).splitlines()[0]}") from None
+
+
+class _Given(torch.nn.Module):
+    """Stands in for a model's embedding layer: its input is already the states the next layer reads."""
+
+    def forward(self, inputs_embeds: torch.Tensor, **_) -> torch.Tensor:
+        return inputs_embeds
+
+
+@contextmanager
+def _swapped(owner: torch.nn.Module, name: str, module: torch.nn.Module):
+    """``owner.name`` is ``module`` for the block (the model's own forward then runs a part of the network)."""
+    kept = getattr(owner, name)
+    setattr(owner, name, module)
+    try:
+        yield
+    finally:
+        setattr(owner, name, kept)
 
 
 class HFTextEncoder(PseudoWordInput):
@@ -89,8 +108,8 @@ class HFTextEncoder(PseudoWordInput):
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    # Stage 1 fine-tuning: the last ``n`` transformer layers train. The whole model runs forward on
-    # each batch (cheap for short texts); gradients stop at the first trainable layer.
+    # Stage 1 fine-tuning: the last ``n`` transformer layers train. Stage 1 runs the layers before them once a text
+    # (frozen_states) and only the last ``n`` on each batch (pooled_from_frozen); pooled_with_grad runs them all.
     def _layers(self):
         layers = getattr(getattr(self.model, "encoder", None), "layer", None)
         if layers is None:
@@ -107,6 +126,27 @@ class HFTextEncoder(PseudoWordInput):
                               f"not {n!r}")
         prefixes = tuple(f"encoder.layer.{i}." for i in range(count - n, count))
         return {k: v for k, v in self.model.named_parameters() if k.startswith(prefixes)}
+
+    def frozen_states(self, texts: Sequence[str], n: int) -> list[torch.Tensor]:
+        """Each text's token states (padding dropped) after the layers before the last ``n``: what stays fixed while
+        those ``n`` tune, so stage 1 computes it once a text (:meth:`pooled_from_frozen`)."""
+        layers = self._layers()
+        batch = to_device(dict(self.tokenize(texts, pad_to_max=False)), module_device(self.model))
+        with torch.no_grad(), _swapped(self.model.encoder, "layer", torch.nn.ModuleList(layers[:len(layers) - n])):
+            states = self.model(**batch).last_hidden_state
+        return [s[m.bool()] for s, m in zip(states, batch["attention_mask"])]
+
+    def pooled_from_frozen(self, states: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+        """The pooled view, gradients flowing, of texts given by :meth:`frozen_states`: only the last ``n`` layers run.
+        It equals :meth:`pooled_with_grad` while the model's other weights stay as they are and dropout is off."""
+        lengths = torch.as_tensor([len(s) for s in states], device=states[0].device)
+        padded = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+        mask = (torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]).long()
+        layers = self._layers()
+        with _swapped(self.model, "embeddings", _Given()), \
+                _swapped(self.model.encoder, "layer", torch.nn.ModuleList(layers[len(layers) - n:])):
+            out = self.model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
+        return self._pool(out, mask)
 
     def pooled_with_grad(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled view as a tensor that gradients flow through (dropout as the model's mode says). ``tokens``

@@ -101,14 +101,35 @@ class ImageSide:
         return once_each([self.row[i] for i in ids], encode)
 
 
+# the frozen layers' outputs kept for reuse, at most this many values (4 bytes each): EmojiEdit's texts and their
+# augmented wordings take about 60M; a text past the bound runs through the frozen layers each time it is read
+FROZEN_STATES_MAX = 256 * 2**20
+
+
 class TextSide:
-    def __init__(self, encoder, table=None, device: torch.device = torch.device("cpu")) -> None:
-        self.encoder, self.table, self.device = encoder, table, device
+    """Text vectors for stage 1: cached pooled vectors (a frozen text model), or a tuning model's, where the layers
+    before the tuned ones run once a text (``frozen_states``; kept up to :data:`FROZEN_STATES_MAX` values) and only
+    the tuned ones run on every batch."""
+
+    def __init__(self, encoder, table=None, device: torch.device = torch.device("cpu"), layers: int | str = 0) -> None:
+        self.encoder, self.table, self.device, self.layers = encoder, table, device, layers
+        self.frozen: dict[str, torch.Tensor] = {}
+        self.kept = 0
 
     def pooled(self, texts) -> torch.Tensor:
         if self.table is None:  # a text repeated in the batch runs through the model once
-            return once_each(list(texts), self.encoder.pooled_with_grad)
+            partial = isinstance(self.layers, int) and self.layers > 0 and hasattr(self.encoder, "frozen_states")
+            return once_each(list(texts), self._tail if partial else self.encoder.pooled_with_grad)
         return tensor_to(torch.from_numpy(self.table.views["pooled"][self.table.rows(list(texts))]), self.device).float()
+
+    def _tail(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in texts if t not in self.frozen]
+        states = dict(zip(missing, self.encoder.frozen_states(missing, self.layers))) if missing else {}
+        for text, value in states.items():
+            if self.kept + value.numel() <= FROZEN_STATES_MAX:
+                self.frozen[text] = value
+                self.kept += value.numel()
+        return self.encoder.pooled_from_frozen([self.frozen.get(t, states.get(t)) for t in texts], self.layers)
 
 
 class Stage1Model(nn.Module):
@@ -323,7 +344,7 @@ def prepare_data(cfg: Stage1Config, ds: Dataset, tuning: Tuning, cache: FeatureC
     all_texts = [t.text for ts in triplets.values() for t in ts] + list(data.captions.values()) + data.category_names
     all_texts += [v for vs in variants.values() for v in vs]
     table = None if cfg.tunes_text else text_table(cache, tuning.text, all_texts, ("pooled",), progress)
-    return Stage1Data(images, TextSide(tuning.text, table, device), data, triplets, caption_mode, val_split,
+    return Stage1Data(images, TextSide(tuning.text, table, device, tuning.layers), data, triplets, caption_mode, val_split,
                       val_gallery, augment, variants)
 
 
