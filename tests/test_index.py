@@ -12,6 +12,7 @@ import pytest
 
 from cirlab.errors import CirlabError
 from cirlab.index import CombinedScoring, build_index, index_backends, load_index, read_manifest, rescore, save_index
+from test_cli import assert_one_line_error
 
 
 def unit(x):
@@ -271,6 +272,17 @@ def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_en
                "-k", "10", "--json", home=tmp_path)
     found = [r["id"] for r in json.loads(res.stdout)["results"]]
     assert len(found) == 5 and "img1" not in found and "img2" not in found
+    # one index holds one kind of vectors: adding bf16 ones to this fp32 index is refused in one line, before any
+    # image is encoded; searching it in bf16 works and says what it costs
+    bf16 = ("--runtime", "torch", "--encoder-precision", "bf16")
+    res = _cli("index", "add", tmp_path / "ix", tmp_path / "more", "--model", ckpt, *bf16, "--quiet", home=tmp_path)
+    assert_one_line_error(res, "holds fp32 image vectors but this run encodes images in bf16")
+    res = _cli("search", "--index", tmp_path / "ix", "--model", ckpt, *bf16, "--image", imgs[1], "--text", "same",
+               "-k", "3", "--json", home=tmp_path)
+    assert res.returncode == 0 and len(json.loads(res.stdout)["results"]) == 3, res.stderr
+    assert "holds fp32 image vectors and this model encodes images in bf16" in res.stderr
+    assert json.loads((tmp_path / "ix" / (tmp_path / "ix" / "CURRENT").read_text().strip() / "manifest.json")
+                      .read_text())["model"]["image_vectors"] == "fp32"
     # another model is refused, in one line
     other = build_fusion("sum", FeatureDims.of(image_encoder, text_encoder), **cfg["model"]).eval()
     ckpt2 = save_checkpoint(tmp_path / "m2.pt", other, cfg["model"], cfg["train"], image_encoder, text_encoder)

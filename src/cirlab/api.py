@@ -26,7 +26,7 @@ from cirlab.checkpoint import (check_zero_shot, encoder_record, is_aligned, load
                                zero_shot_fusion)
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
-from cirlab.devices import Placement, module_device, placed, to_device
+from cirlab.devices import Placement, module_device, placed, precision_name, to_device
 from cirlab.encoders import build_image_encoder, build_text_encoder
 from cirlab.encoders.base import as_tensors
 from cirlab.encoders.cache import FeatureCache
@@ -135,7 +135,8 @@ class Pipeline:
 
     @property
     def identity(self) -> dict:
-        """What an index built by this pipeline records: the fusion (method + checkpoint hash), the encoders."""
+        """What an index built by this pipeline records: the fusion (method + checkpoint hash), the encoders, and the
+        precision its image vectors are made in (``fp32``, ``int8``, ``bf16``; an index holds one kind)."""
         if self._identity is None:
             if self.path:
                 digest = hashlib.sha1(self.path.read_bytes()).hexdigest()[:12]
@@ -145,7 +146,8 @@ class Pipeline:
             else:
                 digest = "unsaved"
             self._identity = {"fusion": f"{self.meta['method']}:{digest}", "image_encoder": self.image_encoder.id,
-                              "text_encoder": self.text_encoder.id}
+                              "text_encoder": self.text_encoder.id,
+                              "image_vectors": precision_name(getattr(self.image_encoder, "precision", None))}
         return self._identity
 
     @classmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -43,6 +44,8 @@ from cirlab import __version__
 from cirlab.errors import CirlabError, InUse
 from cirlab.files import atomic_write_text
 from cirlab.index.base import BaseIndex, build_index
+
+log = logging.getLogger("cirlab")
 
 FORMAT = "cirlab-index"
 FORMAT_VERSION = 1
@@ -236,6 +239,28 @@ def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict
             if built.get(key) and model.get(key) and built[key] != model[key]:
                 raise CirlabError(f"{folder} was built with {key} {built[key]}, not {model[key]}: "
                                   "pass the model it was built with (--model) or rebuild the index")
+        held, made = vectors_precision(manifest), model.get("image_vectors", "fp32")
+        if held != made and (str(folder), made) not in _said:
+            _said.add((str(folder), made))
+            log.warning(f"{folder} holds {held} image vectors and this model encodes images in {made}: it searches, "
+                        f"but a query by a gallery image's id is encoded again in {made}, and adding images is "
+                        "refused; build the index in the precision you serve")
+
+
+_said: set[tuple[str, str]] = set()
+
+
+def vectors_precision(manifest: dict) -> str:
+    """The precision of an index's image vectors (``fp32`` for an index written before it was recorded)."""
+    return (manifest.get("model") or {}).get("image_vectors", "fp32")
+
+
+def check_same_vectors(folder: str | Path, manifest: dict, model: dict) -> None:
+    """Refuse, in one line, adding vectors of another precision than the index holds: one index, one kind."""
+    held, made = vectors_precision(manifest), model.get("image_vectors", "fp32")
+    if held != made:
+        raise CirlabError(f"{folder} holds {held} image vectors but this run encodes images in {made}: add with "
+                          f"--encoder-precision {held} (one index holds one kind), or rebuild the index in {made}")
 
 
 def _damaged(folder: Path, version: Path, name: str, what: str) -> DamagedIndex:
