@@ -158,9 +158,14 @@ def test_demo_end_to_end_then_search(tmp_path):
     page = (tmp_path / "out" / "index.html").read_text()
     assert page.count("class='q'") == 3 and "Twemoji" in page and "CC-BY 4.0" in page
 
+    models = home / "models" / "emojiedit"
+    assert "the last layer tuned by stage 1" in res.stdout
+    made = {f: f.stat().st_mtime_ns for f in [*models.glob("*.pt"), *(models / "stage1-text").glob("*.pt")]}
+    assert len(made) == 7  # four methods; stage 1: text.pt, stage1.pt and its state file
     again = run("demo", "--data", tmp_path / "ee", "--out", tmp_path / "out", "--quiet", home=home)
     assert again.returncode == 0 and "encoding" not in again.stderr and "training" not in again.stderr
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert made == {f: f.stat().st_mtime_ns for f in made}  # every model reused, stage 1's too
 
     gallery = tmp_path / "ee" / "images"
     ref = next(gallery.glob("1f385*.png"))  # Santa Claus

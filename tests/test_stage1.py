@@ -97,7 +97,9 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
     from cirlab.encoders.cache import FeatureCache
     from cirlab.encoders.base import new_encoder
     from cirlab.encoders.tuned import load_tuned
-    from cirlab.training.stage1 import run_stage1
+    from cirlab.data.triplets import Dataset
+    from cirlab.training.stage1 import finished_stage1, run_stage1
+    from cirlab.training.stage1_config import stage1_config
 
     ds = make_dataset(tmp_path / "tiny", n=12)
     res = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm",
@@ -105,6 +107,19 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
                       "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}}, progress=False)
     assert res.image_spec == f"tuned:{tmp_path / 's1' / 'image.pt'}" and res.text_spec.endswith("text.pt")
     assert len(res.train.history) == 2 and "val_R@10" in res.train.history[0]
+    # reuse: the finished run is read back (nothing rewritten); another config, data set or encoder is not reused
+    config = {"tune": "both", "image_blocks": 1, "text_layers": 1, "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}}
+    written = {f: (tmp_path / "s1" / f).stat().st_mtime_ns for f in ("image.pt", "text.pt", "stage1.pt")}
+    again = run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,
+                       progress=False, reuse=True)
+    assert (again.image_spec, again.text_spec, again.val_recall) == (res.image_spec, res.text_spec, res.val_recall)
+    assert written == {f: (tmp_path / "s1" / f).stat().st_mtime_ns for f in written}
+    other = Dataset.open(make_dataset(tmp_path / "other", n=12, seed=1))
+    assert not finished_stage1(tmp_path / "s1", stage1_config(config), other, "efficientnet_lite0", "minilm")
+    assert finished_stage1(tmp_path / "s1", stage1_config(config), Dataset.open(ds), "efficientnet_lite0", "minilm")
+    assert not finished_stage1(tmp_path / "s1", stage1_config({**config, "text_layers": 2}), Dataset.open(ds),
+                               "efficientnet_lite0", "minilm")
+    assert not finished_stage1(tmp_path / "s1", stage1_config(config), Dataset.open(ds), "efficientnet_lite2", "minilm")
     for side, spec in (("image", "efficientnet_lite0"), ("text", "minilm")):
         base, tuned = new_encoder(side, spec), load_tuned(tmp_path / "s1" / f"{side}.pt", side)
         trainable = set(tuned.tunable(1))

@@ -221,6 +221,13 @@ class Dataset:
         return list(self.meta["splits"])
 
     @property
+    def identity(self) -> dict:
+        """What a model trained on this data set records of it (a reused model must match): the name, the
+        generator's version and seed, and the options that change its triplets (phrasings, mirror pairs)."""
+        return {"name": self.name, "version": self.meta.get("version"), "seed": self.meta.get("seed"),
+                **{k: self.meta[k] for k in ("phrasings", "mirror_pairs") if self.meta.get(k)}}
+
+    @property
     def captions(self) -> dict[str, str]:
         """Image id -> caption, for the images that have one."""
         return {r["id"]: r["caption"] for r in self.images if r.get("caption")}

@@ -228,8 +228,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
     ``pseudo``: a stage-1 model (``stage1.pt`` or its folder) that makes pseudo triplets for paper 004's
     augmentation (``training.pseudo``; options in ``pseudo_config``); it must share this run's encoders."""
     cfg = method_config(method, config)
-    data_id = {"name": ws.dataset.name, "version": ws.dataset.meta.get("version"), "seed": ws.dataset.meta.get("seed"),
-               **({"phrasings": ws.dataset.meta["phrasings"]} if ws.dataset.meta.get("phrasings") else {})}
+    data_id = ws.dataset.identity
     if fusion_methods.get(cfg["method"]).zero_shot:  # no triplet read: assembled, and prepared from
         # the training images or captions where the method reads them
         train_cfg = TrainConfig.from_dict(cfg["train"])

@@ -252,17 +252,19 @@ class Stage1Data:
 def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache, image_spec: str, text_spec: str,
                config: Stage1Config | dict | None = None, progress: bool = True, train_split: str = "train",
                val_split: str | None = "val", resume: bool = False, images: str | Path | None = None,
-               placement: Placement | None = None) -> Stage1Result:
+               placement: Placement | None = None, reuse: bool = False) -> Stage1Result:
     """Fine-tune per ``config`` (a :class:`Stage1Config`, or a dict of overrides of its defaults) on a data set's
     training triplets (or, for image-caption data, its captioned training images); keep the epoch of best
     validation recall; write the tuned encoders and the stage-1 model to ``out``. ``images``: the image folder of a
     JSONL ``data``. ``placement``: where and how the steps run (:func:`cirlab.training.trainer.fit`; None: the
     defaults'); the tuned encoders train there, the frozen ones infer there, and every file written holds CPU
-    tensors."""
+    tensors. ``reuse``: a finished run in ``out`` of the same config on the same data is read back, not rerun."""
     cfg = stage1_config(config)
     placement = placed(placement)
     ds = data if isinstance(data, Dataset) else Dataset.open(data, images)
     out = Path(out)
+    if reuse and not resume and (done := finished_stage1(out, cfg, ds, image_spec, text_spec)):
+        return done
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seed_everything(cfg.train.seed)
@@ -280,8 +282,27 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     val_recall = {int(k[6:]): v for k, v in kept.items() if k.startswith("val_R@")}
     res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall,
                        {name: cfg.tasks[name] for name in tasks}, skipped, alignment)
-    atomic_write_text(out / "stage1.json", json.dumps({"config": cfg.to_dict(), **res.to_dict()}, indent=1))
+    atomic_write_text(out / "stage1.json", json.dumps({"config": cfg.to_dict(), "data": ds.identity,
+                                                       "base_specs": [image_spec, text_spec], **res.to_dict()}, indent=1))
     return res
+
+
+def finished_stage1(out: Path, cfg: Stage1Config, ds: Dataset, image_spec: str, text_spec: str) -> Stage1Result | None:
+    """The run recorded in ``out/stage1.json`` if it used ``cfg`` on ``ds`` from these encoders and its files are
+    all there; else None."""
+    try:
+        done = json.loads((out / "stage1.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = ["stage1.pt"] + ["image.pt"] * cfg.tunes_image + ["text.pt"] * cfg.tunes_text
+    same = json.loads(json.dumps({"config": cfg.to_dict(), "data": ds.identity}))  # as read back from JSON
+    if (not isinstance(done, dict) or done.get("config") != same["config"] or done.get("data") != same["data"]
+            or done.get("base_specs") != [image_spec, text_spec] or not all((out / f).is_file() for f in files)):
+        return None
+    train = TrainResult(**{k: v for k, v in done["train"].items() if k in TrainResult.__dataclass_fields__})
+    return Stage1Result(out, done["image_spec"], done["text_spec"], train, done["seconds"],
+                        {int(k): v for k, v in done["val_recall"].items()}, done["tasks"], done["skipped_tasks"],
+                        done["alignment"])
 
 
 def prepare_encoders(cfg: Stage1Config, image_spec: str, text_spec: str, ds: Dataset, cache: FeatureCache,
