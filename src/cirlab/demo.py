@@ -1,9 +1,9 @@
 """``cirlab demo``: the whole system on EmojiEdit, end to end, in a few minutes on 2 CPU cores.
 
 Builds the data set, encodes it once into the feature cache, tunes MiniLM's last layer (stage 1), trains every
-baseline and the default method (``combiner``, on the tuned text layer), prints Recall@K on the test split (held-out base emoji), runs
-three example composed queries and writes ``demo_out/index.html``. A second run reuses the
-data, the cache and the models and takes seconds.
+baseline and the default method (``combiner``, on the tuned text layer), prints Recall@K on the test split
+(held-out base emoji), runs three example composed queries and writes ``demo_out/index.html``. A second run
+reuses the data, the cache and the models and takes seconds.
 """
 
 from __future__ import annotations
