@@ -29,6 +29,7 @@ import torch
 
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
+from cirlab.encoders.quantize import quantize_qdq
 from cirlab.encoders.runtime import OrtSession, export_onnx
 from cirlab.images import load_image
 
@@ -62,43 +63,25 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def kept_fp32(path: Path, what: str) -> list[str]:
-    """The names of the graph's Conv nodes that stay fp32: ``ends`` (the stem and the 1x1 head convolution),
-    ``early`` (the stem and the first two blocks), ``depthwise`` (every grouped convolution)."""
-    import onnx
+def kept_fp32(what: str):
+    """Which Conv nodes stay fp32 (given the graph's Conv nodes in order, their names): ``ends`` (the stem and the
+    1x1 head convolution), ``early`` (the stem and the first two blocks), ``depthwise`` (every grouped convolution)."""
+    def pick(convs) -> list[str]:
+        kept = set()
+        for part in filter(None, what.split(",")):
+            kept |= {"ends": {convs[0].name, convs[-1].name}, "early": {n.name for n in convs[:EARLY]},
+                     "depthwise": {n.name for n in convs
+                                   if any(x.name == "group" and x.i > 1 for x in n.attribute)}}[part]
+        return sorted(kept)
 
-    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
-    kept = set()
-    for part in filter(None, what.split(",")):
-        kept |= {"ends": {convs[0].name, convs[-1].name}, "early": {n.name for n in convs[:EARLY]},
-                 "depthwise": {n.name for n in convs
-                               if any(x.name == "group" and x.i > 1 for x in n.attribute)}}[part]
-    return sorted(kept)
-
-
-class Reader:
-    """Feeds the calibration pixels to ONNX Runtime's calibrator, a batch at a time."""
-
-    def __init__(self, pixels: np.ndarray, batch: int = 16) -> None:
-        self.batches = iter([{"pixels": pixels[s:s + batch]} for s in range(0, len(pixels), batch)])
-
-    def get_next(self):
-        return next(self.batches, None)
+    return pick
 
 
 def quantise(src: Path, dst: Path, pixels: np.ndarray, weights: str, method: str, options: dict, reduce_range: bool,
              keep: str) -> None:
-    """Write ONNX Runtime's statically quantised QDQ graph."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = dst.with_name("pre.onnx")
-    if not pre.is_file():
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(dst), Reader(pixels), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weights), reduce_range=reduce_range,
-                    calibrate_method=getattr(CalibrationMethod, method),
-                    nodes_to_exclude=kept_fp32(pre, keep), extra_options=options)
+    """Write ONNX Runtime's statically quantised QDQ graph (cirlab's own recipe, with this arm's options)."""
+    quantize_qdq(src, dst, pixels, "pixels", kept_fp32(keep), weights, method, reduce_range, options,
+                 pre=dst.with_name("pre.onnx"))
 
 
 def emulated(path: Path):

