@@ -239,7 +239,7 @@ def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict
             if built.get(key) and model.get(key) and built[key] != model[key]:
                 raise CirlabError(f"{folder} was built with {key} {built[key]}, not {model[key]}: "
                                   "pass the model it was built with (--model) or rebuild the index")
-        held, made = vectors_precision(manifest), model.get("image_vectors", "fp32")
+        held, made = vector_kinds(manifest, model)
         if held != made and (str(folder), made) not in _said:
             _said.add((str(folder), made))
             log.warning(f"{folder} holds {held} image vectors and this model encodes images in {made}: it searches, "
@@ -250,14 +250,15 @@ def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict
 _said: set[tuple[str, str]] = set()
 
 
-def vectors_precision(manifest: dict) -> str:
-    """The precision of an index's image vectors (``fp32`` for an index written before it was recorded)."""
-    return (manifest.get("model") or {}).get("image_vectors", "fp32")
+def vector_kinds(manifest: dict, model: dict) -> tuple[str, str]:
+    """The precision of an index's image vectors and of the vectors ``model`` (a pipeline's identity) makes; ``fp32``
+    where either does not say (an index written before it was recorded)."""
+    return (manifest.get("model") or {}).get("image_vectors", "fp32"), model.get("image_vectors", "fp32")
 
 
 def check_same_vectors(folder: str | Path, manifest: dict, model: dict) -> None:
     """Refuse, in one line, adding vectors of another precision than the index holds: one index, one kind."""
-    held, made = vectors_precision(manifest), model.get("image_vectors", "fp32")
+    held, made = vector_kinds(manifest, model)
     if held != made:
         raise CirlabError(f"{folder} holds {held} image vectors but this run encodes images in {made}: add with "
                           f"--encoder-precision {held} (one index holds one kind), or rebuild the index in {made}")
