@@ -92,7 +92,7 @@ def test_stage2_trains_on_pseudo_epochs_in_the_schedule():
 
 
 @pytest.mark.slow
-def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_path):
+def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_path, monkeypatch):
     from cirlab.api import Pipeline
     from cirlab.encoders.cache import FeatureCache
     from cirlab.encoders.base import new_encoder
@@ -135,8 +135,25 @@ def test_stage1_tunes_only_the_last_layers_and_the_tuned_encoders_reload(tmp_pat
     gallery = pipe.encode_gallery(ds / "images", progress=False)
     hits = pipe.search(gallery, ds / "images" / "img0.png", "make it look like shape 1", 3)
     assert len(hits) == 3
+    # the checkpoint carries its tuned files: moved away from them, or with another file where one was, it loads the
+    # same encoders from copies written once under CIRLAB_HOME, and leaves the file it found in place as it was
+    import os
+    import shutil
+
+    monkeypatch.setenv("CIRLAB_HOME", str(tmp_path / "home"))
+    shutil.copyfile(tmp_path / "s1" / "stage1.pt", tmp_path / "moved.pt")
+    os.rename(tmp_path / "s1", tmp_path / "s1-moved")
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s1" / "text.pt").write_bytes(b"another file")
+    moved = Pipeline.load(tmp_path / "moved.pt", tmp_path / "cache")
+    assert (moved.image_encoder.id, moved.text_encoder.id) == (pipe.image_encoder.id, pipe.text_encoder.id)
+    copies = sorted(p.stem for p in (tmp_path / "home" / "models" / "tuned").glob("*.pt"))
+    assert copies == sorted(e.id.rpartition(":")[2] for e in (pipe.image_encoder, pipe.text_encoder))
+    assert (tmp_path / "s1" / "text.pt").read_bytes() == b"another file"
+    assert [h.id for h in moved.search(gallery, ds / "images" / "img0.png", "make it look like shape 1", 3)] == \
+        [h.id for h in hits]
     with pytest.raises(CirlabError, match="holds a fine-tuned image encoder"):
-        load_tuned(tmp_path / "s1" / "image.pt", "text")
+        load_tuned(tmp_path / "s1-moved" / "image.pt", "text")
     with pytest.raises(CirlabError, match="unknown stage-1 option"):
         run_stage1(ds, tmp_path / "s2", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", {"blocks": 1})
 

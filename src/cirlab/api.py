@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from cirlab import settings
-from cirlab.checkpoint import (check_zero_shot, encoder_record, is_aligned, load_checkpoint, read_checkpoint,
+from cirlab.checkpoint import (check_zero_shot, encoder_record, encoder_spec, is_aligned, load_checkpoint, read_checkpoint,
                                zero_shot_fusion)
 from cirlab.data.features import image_table
 from cirlab.data.triplets import Gallery
@@ -166,8 +166,8 @@ class Pipeline:
         if beside:
             image_encoder, text_encoder = beside.image_encoder, beside.text_encoder
         else:
-            image_encoder = build_image_encoder(meta["image_encoder"]["spec"], placement)
-            text_encoder = build_text_encoder(meta["text_encoder"]["spec"], placement)
+            image_encoder = build_image_encoder(encoder_spec(ckpt, "image"), placement)
+            text_encoder = build_text_encoder(encoder_spec(ckpt, "text"), placement)
         model, meta = load_checkpoint(path, image_encoder, text_encoder, ckpt)
         head = None
         if ckpt.get("text_head"):

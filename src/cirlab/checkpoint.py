@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from cirlab import __version__
+from cirlab.encoders.tuned import tuned_file, tuned_spec
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save, load_weights
 from cirlab.fusion import FeatureDims, Fusion, build_fusion, fusion_methods
@@ -28,6 +29,10 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
         **(extra or {}),
     }
     ckpt = {"meta": meta, "state_dict": model.state_dict()}
+    carried = {side: data for side, enc in (("image", image_encoder), ("text", text_encoder))
+               if (data := tuned_file(enc)) is not None}
+    if carried:  # a tuned encoder's file travels with the model (encoders.tuned.tuned_spec)
+        ckpt["tuned_files"] = carried
     if text_head is not None:
         ckpt["text_head"] = text_head
     return atomic_torch_save(ckpt, path)
@@ -36,6 +41,14 @@ def save_checkpoint(path: str | Path, model: Fusion, model_config: dict, train_c
 def encoder_record(encoder) -> dict:
     """What a checkpoint records of an encoder: its spec, its id (architecture and weights) and its width."""
     return {"spec": encoder.spec, "id": encoder.id, "dim": encoder.dim}
+
+
+def encoder_spec(ckpt: dict, side: str) -> str:
+    """The spec that loads the ``side`` encoder a checkpoint was trained on: the one it records, or for a tuned
+    encoder whose file has moved or changed, the copy the checkpoint carries."""
+    record = ckpt["meta"][f"{side}_encoder"]
+    carried = ckpt.get("tuned_files")
+    return tuned_spec(record["spec"], record["id"], carried.get(side) if isinstance(carried, dict) else None)
 
 
 def read_checkpoint(path: str | Path) -> dict:

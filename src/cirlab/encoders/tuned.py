@@ -4,19 +4,21 @@ the base encoder afresh and loads them.
 
 A tuned encoder's id is the base id plus the file's content hash, so the feature cache keeps its
 features apart from the base encoder's and re-encodes under the new id; a checkpoint trained on
-them records the spec and reloads the same weights.
+them records the spec and carries the file's bytes (:func:`tuned_file`), so it loads where the file has
+moved, changed or gone (:func:`tuned_spec`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
-from cirlab import __version__
+from cirlab import __version__, settings
 from cirlab.encoders.base import fingerprint_file, image_encoders, new_encoder, text_encoders
 from cirlab.errors import CirlabError
-from cirlab.files import atomic_torch_save, load_weights
+from cirlab.files import atomic_torch_save, atomic_write, load_weights
 
 KIND = "cirlab-tuned-encoder"
 FORMAT_VERSION = 1
@@ -60,6 +62,29 @@ def load_tuned(path: str | Path, side: str):
     encoder.id = f"{saved['base_id']}+ft{saved['layers']}:{fingerprint_file(path)}"
     encoder.tuned_from = saved["base_spec"]
     return encoder
+
+
+def tuned_file(encoder) -> bytes | None:
+    """The bytes of a tuned encoder's file, which a checkpoint trained on it carries; None for another encoder."""
+    spec = getattr(encoder, "spec", "")
+    return Path(spec.removeprefix("tuned:")).read_bytes() if spec.startswith("tuned:") else None
+
+
+def tuned_spec(spec: str, encoder_id: str, carried: bytes | None) -> str:
+    """The spec that loads the tuned encoder a checkpoint was trained on (``spec``, id ``encoder_id``): its own file
+    while that still holds the same weights, else the copy the checkpoint carries, written once to
+    ``$CIRLAB_HOME/models/tuned/<hash>.pt`` (a moved ``CIRLAB_HOME``, a copied checkpoint, a stage 1 run again into
+    the same folder). Any other spec, or no copy: ``spec`` as it is."""
+    digest = encoder_id.rpartition(":")[2]
+    if not spec.startswith("tuned:") or carried is None or hashlib.sha1(carried).hexdigest()[:12] != digest:
+        return spec
+    path = Path(spec.removeprefix("tuned:"))
+    if path.is_file() and fingerprint_file(path) == digest:
+        return spec
+    copy = settings.home() / "models" / "tuned" / f"{digest}.pt"
+    if not (copy.is_file() and fingerprint_file(copy) == digest):
+        atomic_write(copy, lambda tmp: tmp.write_bytes(carried))
+    return f"tuned:{copy}"
 
 
 @image_encoders.register("tuned")
