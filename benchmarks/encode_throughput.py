@@ -29,7 +29,8 @@ import torch
 
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
-from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
+from cirlab.encoders.runtime import export_onnx, use_session
+from cirlab.encoders.sessions import OrtSession
 from cirlab.images import load_image
 
 from _report import arm_encoders, save_report

@@ -30,7 +30,8 @@ import torch
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.quantize import quantize_qdq
-from cirlab.encoders.runtime import OrtSession, export_onnx
+from cirlab.encoders.runtime import export_onnx
+from cirlab.encoders.sessions import OrtSession
 from cirlab.images import load_image
 
 from _report import save_report

@@ -21,7 +21,8 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from cirlab.encoders.base import new_encoder
-from cirlab.encoders.runtime import OrtSession, export_onnx, use_session
+from cirlab.encoders.runtime import export_onnx, use_session
+from cirlab.encoders.sessions import OrtSession
 
 from _report import best_of
 

@@ -124,11 +124,12 @@ class _Reader:
 
 @functools.lru_cache(maxsize=4)
 def _check_session(path: str, written_ns: int):
-    """A plain ONNX Runtime session on a graph file, kept while the file is unchanged: a server checks every
-    upload to its gallery against the same two graphs (``written_ns`` keys a rewritten file apart)."""
-    import onnxruntime as ort
+    """The runtime's ONNX Runtime session on a graph file (its threads, no spinning), kept while the file is
+    unchanged: a server checks every upload to its gallery against the same two graphs (``written_ns`` keys a
+    rewritten file apart)."""
+    from cirlab.encoders.sessions import OrtSession
 
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return OrtSession(Path(path))
 
 
 def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
@@ -137,7 +138,7 @@ def parity(fp32: Path, int8: Path, feeds: dict[str, np.ndarray]) -> float:
 
     def pooled(path: Path) -> np.ndarray:
         session = _check_session(str(path), path.stat().st_mtime_ns)
-        return np.asarray(session.run(None, feeds)[0], np.float64).mean(axis=(2, 3))
+        return np.asarray(session.run(feeds)[0], np.float64).mean(axis=(2, 3))
 
     return min_cosine(pooled(fp32), pooled(int8))
 

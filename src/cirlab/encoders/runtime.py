@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from cirlab import settings
 from cirlab.devices import autocast, precision_name, to_device
+from cirlab.encoders.sessions import OpenVinoSession, OrtSession
 from cirlab.errors import CirlabError
 
 log = logging.getLogger("cirlab")
@@ -204,46 +204,3 @@ def use_session(encoder, session, runtime: str = "onnx", graph: str = "network")
     int8 one) rather than on its own export."""
     with _lock:
         encoder.__dict__.setdefault("_runtime_sessions", {})[_session_key(encoder, runtime, graph)] = session
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())  # follows CIRLAB_THREADS / OMP_NUM_THREADS, as torch does
-
-
-class OrtSession:
-    """An ONNX Runtime CPU session; ``run`` is safe from several threads."""
-
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # idle pool threads sleep rather than spin: on a shared machine (a server between queries, two jobs on
-        # two cores) spinning threads take the cores the other work needs
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
-
-
-class OpenVinoSession:
-    """An OpenVINO CPU model compiled in fp32 (its default on some CPUs is bf16, which would break parity; bf16
-    only where asked, ``precision``); each call takes its own infer request, so threads do not share one."""
-
-    def __init__(self, path: Path, precision: str = "fp32") -> None:
-        import openvino as ov
-
-        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-        self.model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": _threads(),
-                                                                 "INFERENCE_PRECISION_HINT": hint})
-        self.inputs = {i.get_any_name() for i in self.model.inputs}
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = self.model.create_infer_request()
-        result = request.infer({k: v for k, v in feeds.items() if k in self.inputs})
-        return [np.array(result[o]) for o in self.model.outputs]
