@@ -182,7 +182,7 @@ def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_querie
 
 def test_spelling_corrects_only_words_known_neither_to_the_model_nor_to_english():
     pytest.importorskip("spellchecker")
-    from cirlab.data.spelling import Speller, vocabulary
+    from cirlab.data.spelling import Speller, vocabulary, word_pairs
 
     speller = Speller(vocabulary(["make it a woman", "medium-dark skin tone", "make the colour teal"]))
     assert speller.correct("make it a womna") == ("make it a woman", [{"from": "womna", "to": "woman"}])
@@ -194,6 +194,15 @@ def test_spelling_corrects_only_words_known_neither_to_the_model_nor_to_english(
     for known in ("make the colour teal", "no skin tone", "make it a ton"):  # the model's words, English words
         assert speller.correct(known) == (known, [])
     assert speller.correct("skni")[0] == "skin"  # the model's own word before English's "ski"
+    # two of the model's words one edit away: the one that keeps the typed first letter, not the more frequent
+    gender = Speller(vocabulary(["make it a man", "make it a woman"]))
+    assert [gender.word(w) for w in ("wman", "mna", "womn", "amn")] == ["woman", "man", "woman", "man"]
+    # between two of the model's words, the one its training texts put between the words around it
+    texts = ["medium-light skin tone", "light skin tone", "face right", "face left"]
+    assert Speller(vocabulary(texts)).correct("medium ight skin")[0] == "medium right skin"  # no context: the alphabet
+    context = Speller(vocabulary(texts), word_pairs(texts))
+    assert word_pairs(texts)["skin tone"] == 2 and context.correct("medium ight skin")[0] == "medium light skin"
+    assert context.correct("face ight")[0] == "face right" and context.correct("light skin tone")[1] == []
 
 
 def test_each_epoch_a_triplet_reads_its_own_text_or_one_of_its_variants():

@@ -130,7 +130,7 @@ class Pipeline:
         if self._speller is None:
             from cirlab.data.spelling import Speller
 
-            self._speller = Speller(self.meta.get("vocabulary") or ())
+            self._speller = Speller(self.meta.get("vocabulary") or (), self.meta.get("word_pairs"))
         return self._speller.correct(text)
 
     @property

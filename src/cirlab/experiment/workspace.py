@@ -11,7 +11,7 @@ import torch
 
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path, zero_shot_fusion
 from cirlab.config import TrainConfig, method_config
-from cirlab.data.spelling import vocabulary
+from cirlab.data.spelling import vocabulary, word_pairs
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
 from cirlab.devices import Placement, module_device, placed, to_device
@@ -282,8 +282,9 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         from cirlab.eval.report import training_curves_png
 
         training_curves_png(Path(log_path).with_suffix(".png"), result.history, f"{cfg['method']} on {ws.dataset.name}")
-    meta = {"config": cfg, "data": data_id, "train": result.to_dict(),
-            "vocabulary": vocabulary(t.text for t in ws.triplets[train_split])}  # for spelling correction
+    texts = [t.text for t in ws.triplets[train_split]]  # for spelling correction: the words and which follow which
+    meta = {"config": cfg, "data": data_id, "train": result.to_dict(), "vocabulary": vocabulary(texts),
+            "word_pairs": word_pairs(texts)}
     if pseudo_set is not None:
         meta["pseudo"] = {"stage1": str(Path(pseudo).resolve()), **pcfg.__dict__, **pseudo_set.stats()}
     fitted = ws.fit_text_head(model, train_split) if text_head else None

@@ -14,7 +14,7 @@ import statistics
 
 from cirlab.data.paraphrase import PARAPHRASE_SHAPES, phrasings
 from cirlab.data.perturb import TextAugment, perturbed
-from cirlab.data.spelling import Speller, vocabulary
+from cirlab.data.spelling import Speller, vocabulary, word_pairs
 from cirlab.data.triplets import Triplet
 from cirlab.eval.metrics import rank_stability
 from cirlab.experiment.measure import Measurement, Trial, group_table, measurements
@@ -39,7 +39,8 @@ class Robustness(Measurement):
 
     def prepare(self, ws, split: str) -> None:
         if self.spelling and "train" in ws.triplets:
-            self._speller = Speller(vocabulary(t.text for t in ws.triplets["train"]))
+            texts = [t.text for t in ws.triplets["train"]]
+            self._speller = Speller(vocabulary(texts), word_pairs(texts))
 
     def spelled(self, ws, trial: Trial, label: str, triplets: list[Triplet]) -> float:
         """R@1 of ``triplets`` with their texts' spelling corrected, as a served model corrects them."""
