@@ -277,6 +277,7 @@ def test_index_cli_build_info_search_add_remove(tmp_path, image_encoder, text_en
     bf16 = ("--runtime", "torch", "--encoder-precision", "bf16")
     res = _cli("index", "add", tmp_path / "ix", tmp_path / "more", "--model", ckpt, *bf16, "--quiet", home=tmp_path)
     assert_one_line_error(res, "holds fp32 image vectors but this run encodes images in bf16")
+    assert "it searches" not in res.stderr  # the refusal alone, not the warning a search gives before it
     res = _cli("search", "--index", tmp_path / "ix", "--model", ckpt, *bf16, "--image", imgs[1], "--text", "same",
                "-k", "3", "--json", home=tmp_path)
     assert res.returncode == 0 and len(json.loads(res.stdout)["results"]) == 3, res.stderr

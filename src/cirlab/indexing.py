@@ -334,8 +334,9 @@ def add_images(pipe, index_dir: str | Path, gallery: Gallery, metadata: list[dic
     index this process has in memory (:func:`cirlab.index.store.update_index`)."""
     from cirlab.index.store import check_same_vectors, read_manifest
 
-    manifest, _ = read_manifest(index_dir, pipe.model.embed_dim, pipe.identity)  # refused before encoding
-    check_same_vectors(index_dir, manifest, pipe.identity)
+    # refused before encoding: vectors of another precision first (the model check would warn about them first)
+    check_same_vectors(index_dir, read_manifest(index_dir)[0], pipe.identity)
+    manifest, _ = read_manifest(index_dir, pipe.model.embed_dim, pipe.identity)
     first = {}
     for n, i in enumerate(gallery.ids):
         first.setdefault(i, n)
