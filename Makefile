@@ -44,14 +44,17 @@ demo: setup wordnet
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-# -n auto: one pytest worker a core (pytest-xdist), each with one torch thread (tests/conftest.py).
-# --dist worksteal: a worker that runs out of tests takes queued ones from the other; with the default (load) the
-# tests queued behind the longest one (the demo) waited for it while the other worker sat idle.
+# One pytest worker more than the cores (pytest-xdist), each with one torch thread (tests/conftest.py): about a
+# quarter of the suite's time waits on servers, ranks and a browser, which the extra worker fills (CONTRIBUTING.md
+# has the timings). --dist worksteal: a worker that runs out of tests takes queued ones from
+# another; with the default (load), the tests queued behind the longest one (the demo) waited for it.
+WORKERS = $$(( $$(nproc) + 1 ))
+
 test: setup browser wordnet styles lint
-	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15
 
 test-fast: setup browser wordnet styles
-	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/encode_throughput.py
