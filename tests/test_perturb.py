@@ -159,6 +159,8 @@ def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_querie
 
     pipe = Pipeline.load(model, tmp_path / "cache")  # a checkpoint records its training words: spelling is on
     assert pipe.meta["vocabulary"] == ["it", "like", "look", "make", "shape"] and pipe.spelling
+    pairs = pipe.meta["word_pairs"]  # and which word follows which, to read a word in context
+    assert set(pairs) == {"make it", "it look", "look like", "like shape"} and len(set(pairs.values())) == 1
     assert pipe.spell("mkae it look like shpae 3") == ("make it look like shape 3", [{"from": "mkae", "to": "make"},
                                                                                      {"from": "shpae", "to": "shape"}])
     index = pipe.encode_gallery(ds / "images", progress=False).to_index()
