@@ -24,6 +24,12 @@ def save_report(text: str, out: Path | None, payload: dict) -> None:
         out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
 
 
+def command(script: str, *options: str) -> str:
+    """The report's line saying how to make it again: ``script`` run with ``options`` (those that are empty left
+    out), paths written as given (relative to the repository; a placeholder where a path is the machine's own)."""
+    return f"Command: `.venv/bin/python benchmarks/{script} {' '.join(o for o in options if o)}`"
+
+
 def best_of(rounds: int, fn) -> float:
     """The best wall time of ``rounds`` calls of ``fn`` (seconds): the figure least hit by a shared machine's noise."""
     best = float("inf")

@@ -14,7 +14,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from _report import save_report
+from _report import command, save_report
 
 from cirlab.data.perturb import TextAugment
 from cirlab.data.spelling import WORD, Speller, vocabulary, word_pairs
@@ -65,8 +65,7 @@ def main() -> None:
     text = "\n".join([
         f"# Query-time spelling correction on {ds.name}'s test texts",
         "",
-        f"Command: `.venv/bin/python benchmarks/spelling_accuracy.py --data {a.data} --rates {a.rates}"
-        + (f" --out {a.out}`" if a.out else "`"),
+        command("spelling_accuracy.py", f"--data {a.data}", f"--rates {a.rates}", f"--out {a.out}" if a.out else ""),
         "",
         f"{len(test)} test texts, each with seeded typos (seed {a.seed}) at the rate given; the speller knows the "
         "training texts' words (and, in one arm, their word pairs) and English. Shares of the slipped words (%):",

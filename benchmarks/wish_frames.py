@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _report import save_report
+from _report import command, save_report
 
 from cirlab import settings
 from cirlab.api import Pipeline
@@ -49,8 +49,7 @@ def main() -> None:
     text = "\n".join([
         f"# Wishes: R@1 on {ws.dataset.name}'s test split with each text wrapped in a wish frame",
         "",
-        f"Command: `.venv/bin/python benchmarks/wish_frames.py --model MODEL --data {a.data}"
-        + (f" --out {a.out}`" if a.out else "`"),
+        command("wish_frames.py", "--model MODEL", f"--data {a.data}", f"--out {a.out}" if a.out else ""),
         "",
         *([f"The model: {a.about}", ""] if a.about else []),
         f"Model: {pipe.meta['method']} on {pipe.meta['image_encoder']['id']} + {pipe.meta['text_encoder']['id']}, "
