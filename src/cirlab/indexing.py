@@ -332,11 +332,10 @@ def add_images(pipe, index_dir: str | Path, gallery: Gallery, metadata: list[dic
     are encoded before the writer lock is taken, so other writers go on meanwhile; the rows are added to the
     version live inside the lock. ``metadata``: a record per image (its ``path`` is set here); ``held``: an
     index this process has in memory (:func:`cirlab.index.store.update_index`)."""
-    from cirlab.index.store import check_same_vectors, read_manifest
+    from cirlab.index.store import read_manifest
 
-    # refused before encoding: vectors of another precision first (the model check would warn about them first)
-    check_same_vectors(index_dir, read_manifest(index_dir)[0], pipe.identity)
-    manifest, _ = read_manifest(index_dir, pipe.model.embed_dim, pipe.identity)
+    # refused before encoding: another model, or image vectors of another precision
+    manifest, _ = read_manifest(index_dir, pipe.model.embed_dim, pipe.identity, adding=True)
     first = {}
     for n, i in enumerate(gallery.ids):
         first.setdefault(i, n)

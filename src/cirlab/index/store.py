@@ -177,9 +177,11 @@ def _parse_manifest(folder: Path, version: Path, text: str) -> dict:
     return manifest
 
 
-def read_manifest(folder: str | Path, dim: int | None = None, model: dict | None = None) -> tuple[dict, Path]:
+def read_manifest(folder: str | Path, dim: int | None = None, model: dict | None = None,
+                  adding: bool = False) -> tuple[dict, Path]:
     """The live version's manifest and folder (a one-line error for a folder that is not an index);
-    with ``dim`` / ``model``, refuse an index built for others."""
+    with ``dim`` / ``model``, refuse an index built for others. ``adding``: vectors of ``model`` are to be added, so
+    image vectors of another precision are refused (:func:`check_same_vectors`) where a search is only warned."""
     folder = Path(folder)
     name = live_version(folder)
     if name is None:
@@ -194,7 +196,7 @@ def read_manifest(folder: str | Path, dim: int | None = None, model: dict | None
     except (OSError, UnicodeDecodeError) as e:
         raise DamagedIndex(f"{folder}: {name}/manifest.json is unreadable ({type(e).__name__}); rebuild the index") from None
     manifest = _parse_manifest(folder, version, text)
-    _check_compatible(folder, manifest, dim, model)
+    _check_compatible(folder, manifest, dim, model, adding)
     return manifest, version
 
 
@@ -229,7 +231,7 @@ def _load_version(folder: Path, version: Path, manifest: dict, dim: int | None, 
     return index, manifest
 
 
-def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict | None) -> None:
+def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict | None, adding: bool = False) -> None:
     if dim is not None and manifest["dim"] != dim:
         raise CirlabError(f"{folder} holds {manifest['dim']}-d vectors but the model makes {dim}-d ones: "
                           "search it with the model it was built with, or rebuild it")
@@ -239,6 +241,8 @@ def _check_compatible(folder: Path, manifest: dict, dim: int | None, model: dict
             if built.get(key) and model.get(key) and built[key] != model[key]:
                 raise CirlabError(f"{folder} was built with {key} {built[key]}, not {model[key]}: "
                                   "pass the model it was built with (--model) or rebuild the index")
+        if adding:  # one index holds one kind of vectors: refused here, before the warning a search gets
+            check_same_vectors(folder, manifest, model)
         held, made = vector_kinds(manifest, model)
         if held != made and (str(folder), made) not in _said:
             _said.add((str(folder), made))
