@@ -14,11 +14,9 @@ from pathlib import Path
 
 from _report import command, save_report
 
-from cirlab import settings
 from cirlab.api import Pipeline
 from cirlab.data.perturb import FILLERS, OTHER_FRAMES, VERB_FRAMES
 from cirlab.data.triplets import Triplet
-from cirlab.encoders.cache import FeatureCache
 from cirlab.experiment.workspace import Workspace
 
 WISHES = {"i wish you could": "i wish you could {}", "it would be nice": "it would be nice if you could {}",
@@ -36,10 +34,8 @@ def main() -> None:
     trained = {f.split("{}")[0].strip(" ,") for f in (*VERB_FRAMES, *OTHER_FRAMES, *FILLERS)}
     assert not {w.split("{}")[0].strip(" ,") for w in WISHES.values()} & trained, "a wish frame is a training frame"
     pipe = Pipeline.load(a.model)
-    m = pipe.model
-    ws = Workspace.open(a.data, FeatureCache(settings.cache_dir()), pipe.meta["image_encoder"]["spec"],
-                        pipe.meta["text_encoder"]["spec"], tuple(sorted({"pooled", *m.image_views, *m.gallery_views})),
-                        tuple(sorted({"pooled", *m.text_views})), progress=False)
+    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, "test",
+                             progress=False)
     rows, results = [], {}
     for name, frame in {"training phrasing": "{}", **WISHES}.items():
         asked = [Triplet(t.reference, frame.format(t.text), t.targets, t.attributes) for t in ws.triplets["test"]]
