@@ -156,6 +156,11 @@ def fingerprint_file(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def fingerprint_bytes(data: bytes) -> str:
+    """:func:`fingerprint_file` of a file holding ``data``."""
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
 def fingerprint_folder(folder: Path) -> str:
     """Hash of a Hugging Face folder: config texts and the weights files' bytes."""
     h = hashlib.sha1()

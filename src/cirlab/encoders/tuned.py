@@ -10,13 +10,12 @@ moved, changed or gone (:func:`tuned_spec`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from cirlab import __version__, settings
-from cirlab.encoders.base import fingerprint_file, image_encoders, new_encoder, text_encoders
+from cirlab.encoders.base import fingerprint_bytes, fingerprint_file, image_encoders, new_encoder, text_encoders
 from cirlab.errors import CirlabError
 from cirlab.files import atomic_torch_save, atomic_write, load_weights
 
@@ -76,7 +75,7 @@ def tuned_spec(spec: str, encoder_id: str, carried: bytes | None) -> str:
     ``$CIRLAB_HOME/models/tuned/<hash>.pt`` (a moved ``CIRLAB_HOME``, a copied checkpoint, a stage 1 run again into
     the same folder). Any other spec, or no copy: ``spec`` as it is."""
     digest = encoder_id.rpartition(":")[2]
-    if not spec.startswith("tuned:") or carried is None or hashlib.sha1(carried).hexdigest()[:12] != digest:
+    if not spec.startswith("tuned:") or carried is None or fingerprint_bytes(carried) != digest:
         return spec
     path = Path(spec.removeprefix("tuned:"))
     if path.is_file() and fingerprint_file(path) == digest:
