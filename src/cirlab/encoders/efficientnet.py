@@ -116,6 +116,9 @@ class EfficientNetLiteEncoder:
     # ``--encoder-precision int8`` (cirlab.encoders.quantize): the Conv nodes that stay fp32, where int8 rounding
     # costs the most: the stem, the first three blocks and the 1x1 head (with two blocks, 0.993 on some images)
     int8_fp32 = ("/_conv_stem/", "/_blocks.0/", "/_blocks.1/", "/_blocks.2/", "/_conv_head/")
+    # in bf16 (OpenVINO), the stem and the first three blocks run in fp32: bf16 rounding there costs the pooled
+    # vectors their parity (docs/encoders.md#precision)
+    bf16_fp32_until = "/_blocks.2/"
 
     checkpointing = False  # stage 1 sets it: the tuned blocks recompute activations in the backward pass
 

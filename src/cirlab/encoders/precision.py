@@ -4,7 +4,9 @@
 
 - ``fp32``: plain float32 (the CPU's default; the exported runtimes' only precision but OpenVINO's).
 - ``bf16``: torch autocast in bfloat16 (PyTorch runtime, on the CPU or a GPU), or OpenVINO's ``bf16`` inference
-  precision hint. ONNX Runtime has no bf16 CPU kernels: the pair is refused in one line.
+  precision hint (an image encoder's early layers, up to its ``bf16_fp32_until``, compiled apart in fp32, where bf16
+  would cost its parity: ``encoders.sessions.OpenVinoSplitSession``). ONNX Runtime has no bf16 CPU kernels: the
+  pair is refused in one line.
 - ``int8``: the image encoder's static int8 graph under ONNX Runtime (:mod:`cirlab.encoders.quantize`; written
   once, kept only where it holds a cosine of 0.995 to fp32). An encoder without an int8 graph (the text encoders:
   none holds parity) runs fp32, said once. ``auto`` never picks int8: it is asked for.
@@ -44,7 +46,9 @@ log = logging.getLogger("cirlab")
 SHARED = frozenset({"fp32"})  # precisions whose vectors share the fp32 feature-cache entry
 PARITY = 0.999  # auto's bar: the smallest cosine of a probe vector to fp32's
 GAIN = 1.1  # and the speed-up it must bring
-PROBE_VERSION = 2  # 2: 64 probe images, not 16 (16 read 0.9985 where 128 read 0.989)
+# 2: 64 probe images, not 16 (16 read 0.9985 where 128 read 0.989); 3: OpenVINO's bf16 images keep their first
+# blocks in fp32
+PROBE_VERSION = 3
 PROBE_IMAGES = 64
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.qint8}
 

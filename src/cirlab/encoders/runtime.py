@@ -40,7 +40,7 @@ import torch
 
 from cirlab import settings
 from cirlab.devices import autocast, precision_name, to_device
-from cirlab.encoders.sessions import OpenVinoSession, OrtSession
+from cirlab.encoders.sessions import OpenVinoSession, OpenVinoSplitSession, OrtSession
 from cirlab.errors import CirlabError
 
 log = logging.getLogger("cirlab")
@@ -180,7 +180,9 @@ def _session(encoder, runtime: str, graph: str = "network"):
                 from cirlab.encoders.quantize import int8_graph
 
                 path = int8_graph(encoder, path)
-            sessions[key] = OrtSession(path) if runtime == "onnx" else OpenVinoSession(path, key[-1])
+            until = getattr(encoder, "bf16_fp32_until", None) if key[-1] == "bf16" else None
+            sessions[key] = OrtSession(path) if runtime == "onnx" else \
+                OpenVinoSplitSession(path, until) if until else OpenVinoSession(path, key[-1])
         return sessions[key]
 
 

@@ -52,3 +52,34 @@ class OpenVinoSession:
         request = self.model.create_infer_request()
         result = request.infer({k: v for k, v in feeds.items() if k in self.inputs})
         return [np.array(result[o]) for o in self.model.outputs]
+
+
+class OpenVinoSplitSession:
+    """An OpenVINO CPU model in two parts: the graph up to the output of the last node whose name holds ``until``
+    (the early layers, where bf16 rounding costs the most) compiled in fp32, the rest in ``precision``. Cut with
+    ONNX's own extractor; the first part's one output is the second's one input."""
+
+    def __init__(self, path: Path, until: str, precision: str = "bf16") -> None:
+        import tempfile
+
+        import onnx
+        from onnx.utils import Extractor
+
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # the extractor reads the cut's shape
+        inside = [n for n in model.graph.node if until in n.name]
+        if not inside:
+            raise ValueError(f"no node of {path} is named with {until!r}")
+        cut = inside[-1].output[0]
+        inputs = [i.name for i in model.graph.input]
+        outputs = [o.name for o in model.graph.output]
+        extractor = Extractor(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(extractor.extract_model(inputs, [cut]), f"{tmp}/early.onnx")
+            onnx.save(extractor.extract_model([cut], outputs), f"{tmp}/rest.onnx")
+            self.early = OpenVinoSession(Path(tmp) / "early.onnx", "fp32")
+            self.rest = OpenVinoSession(Path(tmp) / "rest.onnx", precision)
+        self.inputs = self.early.inputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (middle,) = self.early.run(feeds)
+        return self.rest.run({next(iter(self.rest.inputs)): middle})
