@@ -98,6 +98,30 @@ def test_synonyms_come_from_wordnets_most_frequent_sense_and_are_common_words():
     assert not synonyms_of("no") and not synonyms_of("the")
 
 
+def test_relatives_take_the_sense_the_texts_own_words_pick_and_never_another_value_or_an_offensive_word():
+    """``relatives=P``: "light" among "dark" and "white" is the colour ("pale"), not the radiation ("beam") or the
+    weight ("airy"); "man" and "woman" get "male" and "female" but not "adult", which is both; no relative is a word of
+    the texts or on the offensive list; the variants are seeded."""
+    pytest.importorskip("spellchecker")
+    pytest.importorskip("better_profanity")
+    from cirlab.data.perturb import offensive_words, relatives_in, vocabulary
+
+    texts = ["make the skin light", "make the skin dark", "make it a man", "make it a woman", "give it white hair",
+             "a black one"]
+    found = relatives_in(texts)
+    assert "pale" in found["light"] and not {"beam", "airy", "sunlight"} & set(found["light"])
+    assert "male" in found["man"] and "female" in found["woman"]
+    assert "adult" not in found["man"] + found["woman"]
+    every = {r for rs in found.values() for r in rs}
+    assert not every & set(vocabulary(texts)) and not every & offensive_words()
+    assert all(r.isalpha() and r.islower() and len(r) >= 3 for r in every)
+    augment = TextAugment.parse("relatives=1")
+    variants = augment.variants_of(texts, seed=0)
+    assert variants == augment.variants_of(texts, seed=0)
+    assert "make the skin pale" in variants["make the skin light"]
+    assert all(v.replace(r, "") != v for v in variants["make it a woman"] for r in found["woman"])  # one of its own
+
+
 def test_rank_stability_is_one_for_the_same_lists_and_falls_with_disagreement():
     same = rank_stability([["a", "b", "c"]], [["a", "b", "c"]], k=3)
     assert same == {"AO@3": 100.0, "Jaccard@3": 100.0}

@@ -11,6 +11,9 @@ One spec (``TextAugment``) serves both sides: training reads each text in severa
 - ``synonyms=P``: each word WordNet gives a synonym of its most frequent sense (``data.wordnet``: Debian's
   ``wordnet-base``) is replaced with probability P, by a common word (the English frequency list pyspellchecker
   ships) that is not a form of it;
+- ``relatives=P``: each word of the texts (a data set's own words) that WordNet relates to words people use for
+  it, in the sense its neighbours among the texts' words pick out ("pale" for "light", whose antonym "dark" is a
+  word of the texts too; "male" for "man"), is replaced with probability P by one of them (:func:`relatives_in`);
 - ``order=P``: with probability P a trailing phrase moves to the front where the grammar allows ("to top-left, add
   a red circle", "instead, dark skin");
 - ``drop=P``: each function word (an article, a pronoun, a helper verb; never a negation) is dropped with
@@ -94,6 +97,40 @@ def word_frequency():
     return need("spellchecker", "text", "synonym and spelling work").SpellChecker().word_frequency
 
 
+@lru_cache(maxsize=1)
+def offensive_words() -> frozenset[str]:
+    """The offensive words of the list better-profanity ships: never generated, whatever a lexicon relates."""
+    from importlib.resources import files
+
+    from cirlab.optional import need
+
+    need("better_profanity", "text", "relatives for --text-augment")
+    lines = (files("better_profanity") / "profanity_wordlist.txt").read_text().splitlines()
+    return frozenset(line.strip().lower() for line in lines if line.strip() and " " not in line.strip())
+
+
+def vocabulary(texts: Iterable[str]) -> list[str]:
+    """The content words of the texts, lower-cased and sorted: those relatives are found for, and never become."""
+    words = {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
+    return sorted(w for w in words if len(w) >= 3 and w not in DROPPABLE and w not in NEGATIONS)
+
+
+def relatives_in(texts: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Each word of the texts -> WordNet's relatives of it in the senses the texts' other words pick out
+    (``WordNet.relatives_among``), kept where they are common words, not words of the texts (no value of a data set
+    turns into another), not a form of the word, not offensive, and related to that one word of the texts alone
+    ("adult" is both a man and a woman: dropped)."""
+    from cirlab.data.wordnet import wordnet
+
+    vocab = vocabulary(texts)
+    known, freq, offensive = set(vocab), word_frequency(), offensive_words()
+    found = {w: [r for r in wordnet().relatives_among(w, known) if r not in known and freq[r] >= MIN_FREQUENCY
+                 and len(r) >= 3 and r not in DROPPABLE and r not in offensive
+                 and not (r.startswith(w[:4]) or w.startswith(r[:4]))] for w in vocab}
+    owners = Counter(r for rs in found.values() for r in rs)
+    return {w: tuple(r for r in rs if owners[r] == 1) for w, rs in found.items() if any(owners[r] == 1 for r in rs)}
+
+
 @lru_cache(maxsize=4096)
 def synonyms_of(word: str) -> tuple[str, ...]:
     """WordNet's synonyms of ``word`` (``data.wordnet``) that are common words and not a form of it."""
@@ -148,11 +185,14 @@ def recase(text: str, rng: random.Random) -> str:
     return text.rstrip(".!?") + ("." if kind == "stop" else "!")
 
 
-def substitute(text: str, p: float, rng: random.Random) -> str:
-    """Each word with a synonym replaced by one with probability ``p`` (case and punctuation around it kept)."""
+def substitute(text: str, p: float, rng: random.Random, options_of=None) -> str:
+    """Each word with a synonym (or what ``options_of`` gives for it) replaced by one with probability ``p`` (case and
+    punctuation around it kept)."""
+    options_of = options_of or synonyms_of
+
     def swap(m: re.Match) -> str:
         word = m.group(0)
-        options = synonyms_of(word.lower())
+        options = options_of(word.lower())
         if not options or rng.random() >= p:
             return word
         new = rng.choice(options)
@@ -166,6 +206,7 @@ class TextAugment:
     typos: float = 0.0
     frames: float = 0.0
     synonyms: float = 0.0
+    relatives: float = 0.0
     order: float = 0.0
     drop: float = 0.0
     case: float = 0.0
@@ -197,11 +238,14 @@ class TextAugment:
                         if getattr(self, f.name) != getattr(default, f.name))
 
     def __bool__(self) -> bool:
-        return any((self.typos, self.frames, self.synonyms, self.order, self.drop, self.case))
+        return any((self.typos, self.frames, self.synonyms, self.relatives, self.order, self.drop, self.case))
 
-    def __call__(self, text: str, rng: random.Random) -> str:
-        """One perturbed wording of ``text``: synonyms, dropped words, order, frame, case, then typos."""
+    def __call__(self, text: str, rng: random.Random, related: dict | None = None) -> str:
+        """One perturbed wording of ``text``: relatives (``related``: :func:`relatives_in` of the texts it is one
+        of), synonyms, dropped words, order, frame, case, then typos."""
         out = text
+        if self.relatives and related:
+            out = substitute(out, self.relatives, rng, lambda w: related.get(w, ()))
         if self.synonyms:
             out = substitute(out, self.synonyms, rng)
         if self.drop:
@@ -216,20 +260,21 @@ class TextAugment:
             out = slip(out, self.typos, rng)
         return out
 
-    def perturb(self, text: str, seed: int = 0, draw: int = 0) -> str:
+    def perturb(self, text: str, seed: int = 0, draw: int = 0, related: dict | None = None) -> str:
         """The ``draw``-th perturbed wording of ``text`` under ``seed``: a function of the spec, the seed and the text
-        alone."""
-        return self(text, random.Random(f"{self.spec}|{seed}|{draw}|{text}"))
+        alone (and, for ``relatives``, of the texts it is one of: ``related``)."""
+        return self(text, random.Random(f"{self.spec}|{seed}|{draw}|{text}"), related)
 
     def variants_of(self, texts: Iterable[str], seed: int = 0, avoid: Sequence[str] = ()) -> dict[str, list[str]]:
         """Up to :attr:`variants` distinct wordings of each text other than itself (and other than any text in
         ``avoid``: an evaluation bank's), for training."""
-        avoid_set = set(avoid)
+        avoid_set, texts = set(avoid), list(dict.fromkeys(texts))
+        related = relatives_in(texts) if self.relatives else None
         out = {}
-        for text in dict.fromkeys(texts):
+        for text in texts:
             found: list[str] = []
             for draw in range(4 * self.variants):
-                v = self.perturb(text, seed, draw)
+                v = self.perturb(text, seed, draw, related)
                 if v != text and v.strip() and v not in avoid_set and v not in found:
                     found.append(v)
                 if len(found) == self.variants:
@@ -244,8 +289,10 @@ def perturbed(triplets: Sequence[Triplet], augment: TextAugment, seed: int = 0) 
     that share a text (a data set's few phrasings) are not all worded alike, and a query's wording does not depend
     on the queries of other texts."""
     seen: Counter[str] = Counter()
+    related = relatives_in(t.text for t in triplets) if augment.relatives else None
     out = []
     for t in triplets:
-        out.append(Triplet(t.reference, augment.perturb(t.text, seed, seen[t.text]), t.targets, t.attributes))
+        out.append(Triplet(t.reference, augment.perturb(t.text, seed, seen[t.text], related), t.targets,
+                           t.attributes))
         seen[t.text] += 1
     return out

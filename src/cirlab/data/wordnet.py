@@ -56,6 +56,33 @@ class WordNet:
         count = int(f[3], 16)
         return [f[4 + 2 * n].split("(")[0] for n in range(count)]  # adjectives may carry "(a)" markers
 
+    def pointers(self, pos: str, offset: int) -> list[tuple[str, str, int]]:
+        """The synset's pointers to other synsets as (symbol, part of speech, offset): ``@`` hypernym, ``&`` similar
+        to, ``!`` antonym, ``^`` also see, and the rest wndb(5WN) lists."""
+        self.words(pos, offset)  # reads data.<pos>
+        data = self._data[pos]
+        f = data[offset:data.index(b"\n", offset)].decode("latin-1").split(" | ")[0].split()
+        at = 4 + 2 * int(f[3], 16)
+        kinds = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}
+        return [(f[at + 1 + 4 * k], kinds[f[at + 3 + 4 * k]], int(f[at + 2 + 4 * k])) for k in range(int(f[at]))]
+
+    def relatives_among(self, word: str, vocabulary: set[str]) -> list[str]:
+        """Words for ``word`` in the senses its neighbours in ``vocabulary`` pick out. A noun or adjective sense of
+        ``word`` counts where its synset, or a synset it points to (an antonym, a similar adjective, a hypernym, ...),
+        holds another word of ``vocabulary``: among "light", "dark" and "white", "light" is the colour ("pale",
+        "pastel"; its antonym is "dark"), not the radiation ("beam") or the weight ("airy"). Of each such sense, the
+        synset's own words, its similar adjectives and its hypernyms' words; single lower-case words only."""
+        out: list[str] = []
+        for pos in ("noun", "adj"):
+            for offset in self.index(pos).get(word, (0, []))[1]:
+                pointed = self.pointers(pos, offset)
+                near = {w.lower() for sym, p, o in pointed if sym in ("!", "&") for w in self.words(p, o)}
+                if not (near - {word}) & vocabulary:
+                    continue
+                kept = [(pos, offset)] + [(p, o) for sym, p, o in pointed if sym in ("&", "@")]
+                out += [w for p, o in kept for w in self.words(p, o) if w != word and w.isalpha() and w.islower()]
+        return list(dict.fromkeys(out))
+
     def dominant(self, word: str) -> str | None:
         """The part of speech with the most tagged senses of ``word`` (its first listed, on a tie); None if WordNet
         lacks it."""
