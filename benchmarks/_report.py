@@ -53,3 +53,31 @@ def arm_encoders(arm: str):
         enc.runtime = runtime
         place(enc, torch.device("cpu"), precision or "fp32")
     return encoders
+
+
+def model_on_test(doc: str):
+    """A check of one trained model on a data set's test split: its arguments (``--model``, ``--data``, ``--out``,
+    ``--about``) parsed, the model loaded, and the workspace its test split is read through with the model's own
+    encoders and cache. Returns (arguments, pipeline, workspace)."""
+    import argparse
+
+    from cirlab.api import Pipeline
+    from cirlab.experiment.workspace import Workspace
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--about", default="", help="what the model is and how it was made, for the report")
+    a = p.parse_args()
+    pipe = Pipeline.load(a.model)
+    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, "test",
+                             progress=False)
+    return a, pipe, ws
+
+
+def model_header(script: str, a, pipe) -> list[str]:
+    """The lines under a model check's title (:func:`model_on_test`): how to make it again, what the model is."""
+    return [command(script, "--model MODEL", f"--data {a.data}", f"--out {a.out}" if a.out else ""), "",
+            *([f"The model: {a.about}", ""] if a.about else []),
+            f"Model: {pipe.meta['method']} on {pipe.meta['image_encoder']['id']} + {pipe.meta['text_encoder']['id']}."]

@@ -13,15 +13,11 @@ relative "darker". Texts as asked, no spelling correction.
 
 from __future__ import annotations
 
-import argparse
 import re
-from pathlib import Path
 
-from _report import command, save_report
+from _report import model_header, model_on_test, save_report
 
-from cirlab.api import Pipeline
 from cirlab.data.triplets import Triplet
-from cirlab.experiment.workspace import Workspace
 
 EVERYDAY = {"emojiedit": {
     "woman": ["lady", "female"], "man": ["guy", "male", "gentleman"],
@@ -32,15 +28,7 @@ EVERYDAY = {"emojiedit": {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--about", default="", help="what the model is and how it was made, for the report")
-    a = p.parse_args()
-    pipe = Pipeline.load(a.model)
-    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, "test",
-                             progress=False)
+    a, pipe, ws = model_on_test(__doc__)
     words = EVERYDAY[ws.dataset.name.split("-")[0].lower()]
     rows, results = [], []
     for word, everyday in words.items():
@@ -61,11 +49,8 @@ def main() -> None:
     text = "\n".join([
         f"# Everyday words for {ws.dataset.name}'s values: R@1 with each value's word replaced",
         "",
-        command("everyday_words.py", "--model MODEL", f"--data {a.data}", f"--out {a.out}" if a.out else ""),
-        "",
-        *([f"The model: {a.about}", ""] if a.about else []),
-        f"Model: {pipe.meta['method']} on {pipe.meta['image_encoder']['id']} + {pipe.meta['text_encoder']['id']}; "
-        "each row: the test queries whose text names the value, reference excluded, searched in the test gallery.",
+        *model_header("everyday_words.py", a, pipe),
+        "Each row: the test queries whose text names the value, reference excluded, searched in the test gallery.",
         "",
         "| value word | everyday word | queries | R@1 as trained | R@1 | ratio | e.g. |",
         "|---|---|---:|---:|---:|---:|---|",

@@ -9,15 +9,10 @@ written for this check: none of them is one of the request frames text augmentat
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from _report import model_header, model_on_test, save_report
 
-from _report import command, save_report
-
-from cirlab.api import Pipeline
 from cirlab.data.perturb import FILLERS, OTHER_FRAMES, VERB_FRAMES
 from cirlab.data.triplets import Triplet
-from cirlab.experiment.workspace import Workspace
 
 WISHES = {"i wish you could": "i wish you could {}", "it would be nice": "it would be nice if you could {}",
           "i'd love it if": "i'd love it if you could {}", "if only": "if only you could {}",
@@ -25,17 +20,9 @@ WISHES = {"i wish you could": "i wish you could {}", "it would be nice": "it wou
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--about", default="", help="what the model is and how it was made, for the report")
-    a = p.parse_args()
     trained = {f.split("{}")[0].strip(" ,") for f in (*VERB_FRAMES, *OTHER_FRAMES, *FILLERS)}
     assert not {w.split("{}")[0].strip(" ,") for w in WISHES.values()} & trained, "a wish frame is a training frame"
-    pipe = Pipeline.load(a.model)
-    ws = Workspace.for_model(a.data, pipe.model, pipe.image_encoder, pipe.text_encoder, pipe.cache, "test",
-                             progress=False)
+    a, pipe, ws = model_on_test(__doc__)
     rows, results = [], {}
     for name, frame in {"training phrasing": "{}", **WISHES}.items():
         asked = [Triplet(t.reference, frame.format(t.text), t.targets, t.attributes) for t in ws.triplets["test"]]
@@ -45,10 +32,7 @@ def main() -> None:
     text = "\n".join([
         f"# Wishes: R@1 on {ws.dataset.name}'s test split with each text wrapped in a wish frame",
         "",
-        command("wish_frames.py", "--model MODEL", f"--data {a.data}", f"--out {a.out}" if a.out else ""),
-        "",
-        *([f"The model: {a.about}", ""] if a.about else []),
-        f"Model: {pipe.meta['method']} on {pipe.meta['image_encoder']['id']} + {pipe.meta['text_encoder']['id']}, "
+        *model_header("wish_frames.py", a, pipe),
         f"{len(ws.triplets['test'])} test queries, reference excluded. The frames were written for this check; none is "
         "a frame text augmentation trains on. Texts as asked, no spelling correction.",
         "",
