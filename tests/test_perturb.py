@@ -100,16 +100,17 @@ def test_synonyms_come_from_wordnets_most_frequent_sense_and_are_common_words():
 
 def test_relatives_take_the_sense_the_texts_own_words_pick_and_never_another_value_or_an_offensive_word():
     """``relatives=P``: "light" among "dark" and "white" is the colour ("pale"), not the radiation ("beam") or the
-    weight ("airy"); "man" and "woman" get "male" and "female" but not "adult", which is both; no relative is a word of
-    the texts or on the offensive list; the variants are seeded."""
+    weight ("airy"), and "left" the hand's, not the politics'; "man" and "woman" get "male" and "female" but not
+    "adult", which is both; no relative is a word of the texts or on the offensive list; the variants are seeded."""
     pytest.importorskip("spellchecker")
     pytest.importorskip("better_profanity")
     from cirlab.data.perturb import offensive_words, relatives_in, vocabulary
 
     texts = ["make the skin light", "make the skin dark", "make it a man", "make it a woman", "give it white hair",
-             "a black one"]
+             "a black one", "turn it left", "turn it right"]
     found = relatives_in(texts)
     assert "pale" in found["light"] and not {"beam", "airy", "sunlight"} & set(found["light"])
+    assert "liberal" not in found.get("left", ()) and "lover" not in found["man"]  # the most frequent sense only
     assert "male" in found["man"] and "female" in found["woman"]
     assert "adult" not in found["man"] + found["woman"]
     every = {r for rs in found.values() for r in rs}

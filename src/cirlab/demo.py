@@ -39,7 +39,7 @@ DEFAULT_VARIANT = "combiner-mirror"
 # every base, and the choice of the best epoch sees them too (the real val split has none). The test split is the
 # plain build's (docs/datasets.md#mirror-pairs-synthetic-facing-edits).
 DEMO_MIRROR_PAIRS = ["train", "val"]
-TEXT_AUGMENT = "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2"
+TEXT_AUGMENT = "typos=0.05,frames=0.3,synonyms=0.3,relatives=0.3,order=0.3,drop=0.1,case=0.2"
 DEFAULT_TEXT_TRAINING = {"text_consistency": 1.0, "text_augment": TEXT_AUGMENT}
 # The default model reads texts through MiniLM with its last layer tuned by stage 1 on the same reworded texts
 # (--tune text): frozen MiniLM does not read "complexion" as "skin tone" (docs/training.md, docs/demo.md).

@@ -67,20 +67,20 @@ class WordNet:
         return [(f[at + 1 + 4 * k], kinds[f[at + 3 + 4 * k]], int(f[at + 2 + 4 * k])) for k in range(int(f[at]))]
 
     def relatives_among(self, word: str, vocabulary: set[str]) -> list[str]:
-        """Words for ``word`` in the senses its neighbours in ``vocabulary`` pick out. A noun or adjective sense of
-        ``word`` counts where its synset, or a synset it points to (an antonym, a similar adjective, a hypernym, ...),
-        holds another word of ``vocabulary``: among "light", "dark" and "white", "light" is the colour ("pale",
-        "pastel"; its antonym is "dark"), not the radiation ("beam") or the weight ("airy"). Of each such sense, the
-        synset's own words, its similar adjectives and its hypernyms' words; single lower-case words only."""
+        """Words for ``word`` in the sense its neighbours in ``vocabulary`` pick out: of each part of speech (noun,
+        adjective), its most frequent sense whose antonym or similar adjective is another word of ``vocabulary``.
+        Among "light", "dark" and "white", "light" is the colour ("pale"; its antonym is "dark"), not the radiation
+        ("beam") or the weight ("airy"); "left" is the hand's ("near"), not the politics' ("liberal"). Of that
+        sense, the synset's own words, its similar adjectives and its hypernyms' words; single lower-case words."""
         out: list[str] = []
         for pos in ("noun", "adj"):
-            for offset in self.index(pos).get(word, (0, []))[1]:
+            for offset in self.index(pos).get(word, (0, []))[1]:  # most frequent sense first
                 pointed = self.pointers(pos, offset)
                 near = {w.lower() for sym, p, o in pointed if sym in ("!", "&") for w in self.words(p, o)}
-                if not (near - {word}) & vocabulary:
-                    continue
-                kept = [(pos, offset)] + [(p, o) for sym, p, o in pointed if sym in ("&", "@")]
-                out += [w for p, o in kept for w in self.words(p, o) if w != word and w.isalpha() and w.islower()]
+                if (near - {word}) & vocabulary:
+                    kept = [(pos, offset)] + [(p, o) for sym, p, o in pointed if sym in ("&", "@")]
+                    out += [w for p, o in kept for w in self.words(p, o) if w != word and w.isalpha() and w.islower()]
+                    break  # the most frequent such sense only: "left" of the hand, not of politics
         return list(dict.fromkeys(out))
 
     def dominant(self, word: str) -> str | None:
