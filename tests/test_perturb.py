@@ -17,7 +17,7 @@ from cirlab.data.triplets import Triplet
 from cirlab.errors import CirlabError
 from cirlab.eval.metrics import rank_stability
 
-EVERYTHING = "typos=0.05,frames=0.3,synonyms=0.3,order=0.3,drop=0.1,case=0.2"
+EVERYTHING = "typos=0.05,frames=0.3,synonyms=0.3,relatives=0.3,order=0.3,drop=0.1,case=0.2"
 
 
 def test_a_spec_parses_like_the_image_augmentation_and_refuses_what_it_cannot_use():

@@ -187,7 +187,9 @@ def recase(text: str, rng: random.Random) -> str:
 
 def substitute(text: str, p: float, rng: random.Random, options_of=None) -> str:
     """Each word with a synonym (or what ``options_of`` gives for it) replaced by one with probability ``p`` (case and
-    punctuation around it kept)."""
+    punctuation around it kept). With ``options_of`` (relatives), a part of a hyphenated word is never replaced: it
+    is one value ("medium-dark", "down-left")."""
+    word_pattern = r"(?<![A-Za-z-])[A-Za-z]+(?![A-Za-z-])" if options_of else r"[A-Za-z]+"
     options_of = options_of or synonyms_of
 
     def swap(m: re.Match) -> str:
@@ -198,7 +200,7 @@ def substitute(text: str, p: float, rng: random.Random, options_of=None) -> str:
         new = rng.choice(options)
         return new.capitalize() if word[:1].isupper() else new
 
-    return re.sub(r"[A-Za-z]+", swap, text)
+    return re.sub(word_pattern, swap, text)
 
 
 @dataclass(frozen=True)
