@@ -175,6 +175,7 @@ def test_demo_end_to_end_then_search(tmp_path):
     assert len(json.loads(found.stdout)["results"]) == 5
 
 
+@pytest.mark.slow  # 40 s of CLI training runs: in make test, not make test-fast
 def test_train_options_metrics_log_plot_and_resume(tmp_path):
     from PIL import Image
 

@@ -59,6 +59,7 @@ def test_ray_and_local_engines_write_the_same_vectors_and_a_ray_build_resumes(ga
     assert again.ids == ray.ids and np.abs(np.asarray(again.vectors) - np.asarray(ray.vectors)).max() <= 1e-6
 
 
+@pytest.mark.slow  # 32 s of index builds: in make test, not make test-fast
 def test_a_local_build_resumes_and_a_changed_build_starts_over(gallery, served, tmp_path):
     model = served[3]
     build(gallery, tmp_path / "ix", model)

@@ -134,6 +134,7 @@ def test_fashion200k_loader_follows_the_published_protocol(tmp_path):
     assert gone.skipped == 1  # the query whose reference it was
 
 
+@pytest.mark.slow  # 37 s: builds and evaluates a data set: in make test, not make test-fast
 def test_a_benchmark_made_a_data_set_evaluates_as_its_loader_does(served, tmp_path):
     """``cirlab data make fashion200k`` then ``cirlab eval --data`` gives the same numbers as
     ``cirlab eval --benchmark fashion200k`` (two routes, one protocol); both write the Recall@K curve
