@@ -124,9 +124,8 @@ def relatives_in(texts: Iterable[str]) -> dict[str, tuple[str, ...]]:
 
     vocab = vocabulary(texts)
     known, freq, offensive = set(vocab), word_frequency(), offensive_words()
-    found = {w: [r for r in wordnet().relatives_among(w, known) if r not in known and freq[r] >= MIN_FREQUENCY
-                 and len(r) >= 3 and r not in DROPPABLE and r not in offensive
-                 and not (r.startswith(w[:4]) or w.startswith(r[:4]))] for w in vocab}
+    found = {w: [r for r in wordnet().relatives_among(w, known) if r not in known and r not in offensive
+                 and can_stand_for(r, w, freq)] for w in vocab}
     owners = Counter(r for rs in found.values() for r in rs)
     return {w: tuple(r for r in rs if owners[r] == 1) for w, rs in found.items() if any(owners[r] == 1 for r in rs)}
 
@@ -139,8 +138,14 @@ def synonyms_of(word: str) -> tuple[str, ...]:
     if len(word) < 3 or not word.isalpha() or word in DROPPABLE or word in NEGATIONS:
         return ()
     freq = word_frequency()
-    return tuple(s for s in wordnet().synonyms(word) if freq[s] >= MIN_FREQUENCY and len(s) >= 3
-                 and s not in DROPPABLE and not (s.startswith(word[:4]) or word.startswith(s[:4])))
+    return tuple(s for s in wordnet().synonyms(word) if can_stand_for(s, word, freq))
+
+
+def can_stand_for(other: str, word: str, freq) -> bool:
+    """Whether ``other`` may replace ``word`` in a generated text: a common word (``freq``: :func:`word_frequency`)
+    of three letters or more, not a function word, and not a form of ``word``."""
+    return (freq[other] >= MIN_FREQUENCY and len(other) >= 3 and other not in DROPPABLE
+            and not (other.startswith(word[:4]) or word.startswith(other[:4])))
 
 
 def frame(text: str, rng: random.Random) -> str:
