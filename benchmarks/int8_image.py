@@ -29,6 +29,7 @@ import torch
 
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
+from cirlab.encoders.efficientnet import EfficientNetLiteEncoder
 from cirlab.encoders.quantize import quantize_qdq
 from cirlab.encoders.runtime import export_onnx
 from cirlab.encoders.sessions import OrtSession
@@ -40,6 +41,12 @@ ARMS = {  # id: (what it is, weight type, calibration method, its options, reduc
     "s8": ("s8 weights, min/max (ONNX Runtime's default)", "QInt8", "MinMax", {}, False, ""),
     "s8-ends": ("s8 weights, min/max, stem and head fp32", "QInt8", "MinMax", {}, False, "ends"),
     "s8-7bit-ends": ("s8 weights in 7 bits, min/max, stem and head fp32", "QInt8", "MinMax", {}, True, "ends"),
+    "s8-cirlab": ("s8 weights, min/max, stem, first three blocks and head fp32 (cirlab's fp32 set)",
+                  "QInt8", "MinMax", {}, False, "cirlab"),
+    "s8-cirlab-b11": ("s8 weights, min/max, cirlab's fp32 set and block 11 (the worst alone on AVX2) fp32",
+                      "QInt8", "MinMax", {}, False, "cirlab,block11"),
+    "s8-7bit-cirlab": ("s8 weights in 7 bits, min/max, stem, first three blocks and head fp32 (cirlab's fp32 set)",
+                       "QInt8", "MinMax", {}, True, "cirlab"),
     "s8-early-ends": ("s8 weights, min/max, stem, first two blocks and head fp32", "QInt8", "MinMax", {}, False,
                       "ends,early"),
     "s8-pointwise-ends": ("s8 weights, min/max, only the 1x1 convolutions int8 (depthwise, stem and head fp32)",
@@ -66,13 +73,18 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def kept_fp32(what: str):
     """Which Conv nodes stay fp32 (given the graph's Conv nodes in order, their names): ``ends`` (the stem and the
-    1x1 head convolution), ``early`` (the stem and the first two blocks), ``depthwise`` (every grouped convolution)."""
+    1x1 head convolution), ``early`` (the stem and the first two blocks), ``depthwise`` (every grouped convolution),
+    ``cirlab`` (the nodes the encoder's ``int8_fp32`` names, what ``--encoder-precision int8`` keeps), ``block11``
+    (the 12th block: alone in int8 it costs the most on a CPU without VNNI, cosine 0.961)."""
     def pick(convs) -> list[str]:
         kept = set()
         for part in filter(None, what.split(",")):
             kept |= {"ends": {convs[0].name, convs[-1].name}, "early": {n.name for n in convs[:EARLY]},
                      "depthwise": {n.name for n in convs
-                                   if any(x.name == "group" and x.i > 1 for x in n.attribute)}}[part]
+                                   if any(x.name == "group" and x.i > 1 for x in n.attribute)},
+                     "cirlab": {n.name for n in convs if any(k in n.name for k in EfficientNetLiteEncoder.int8_fp32)},
+                     "block11": {n.name for n in convs if "/_blocks.11/" in n.name},
+                     }[part]
         return sorted(kept)
 
     return pick
