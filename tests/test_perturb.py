@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
+from cirlab.data import perturb
 from cirlab.data.perturb import (NEGATIONS, TextAugment, drop_words, keyboard_neighbours, perturbed, reorder, slip,
                                  synonyms_of)
 from cirlab.data.triplets import Triplet
@@ -133,7 +134,7 @@ def test_rank_stability_is_one_for_the_same_lists_and_falls_with_disagreement():
 
 
 @pytest.mark.slow  # trains four times and runs three CLI commands: in make test, not make test-fast
-def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_queries(tmp_path):
+def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_queries(tmp_path, monkeypatch):
     """--text-augment encodes each training text's variants once and trains on them (other weights than without);
     --perturb evaluates the split's queries perturbed; the robustness measurement reports each perturbation."""
     from cirlab.encoders.cache import FeatureCache
@@ -148,6 +149,13 @@ def test_training_reads_each_texts_variants_and_evaluation_asks_perturbed_querie
     augmented, _, meta = train_method(ws, "sum", {"train": {"epochs": 2, "batch_size": 4, "text_augment": spec}},
                                       progress=False, text_head=False)
     assert meta["config"]["train"]["text_augment"] == spec and len(ws.texts.keys) > before
+    # a reused model was trained on the texts this code makes: other augmentation rules retrain it
+    config = {"train": {"epochs": 1, "batch_size": 4, "text_augment": spec}}
+    train_method(ws, "sum", config, out=tmp_path / "m.pt", progress=False, text_head=False)
+    assert train_method(ws, "sum", config, out=tmp_path / "m.pt", progress=False, text_head=False, reuse=True)[1] is None
+    monkeypatch.setattr(perturb, "RULES", perturb.RULES + 1)
+    assert train_method(ws, "sum", config, out=tmp_path / "m.pt", progress=False, text_head=False, reuse=True)[1]
+    monkeypatch.undo()
     differs = [not np.allclose(a.detach(), b.detach()) for a, b in zip(plain.parameters(), augmented.parameters())]
     assert any(differs)
     consistent, _, _ = train_method(ws, "sum", {"train": {"epochs": 2, "batch_size": 4, "text_augment": spec,

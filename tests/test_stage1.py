@@ -205,6 +205,17 @@ def test_stage1_tunes_the_text_model_on_augmented_wordings(tmp_path, monkeypatch
     run_stage1(ds, tmp_path / "s1", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,
                progress=False)
     first, read[:] = list(read), []
+    # a finished run is reused only under the augmentation rules it was trained with
+    from cirlab.data import perturb
+    from cirlab.training.stage1 import finished_stage1
+    from cirlab.training.stage1_config import stage1_config
+
+    assert finished_stage1(tmp_path / "s1", stage1_config(config), Dataset.open(ds), "efficientnet_lite0", "minilm")
+    monkeypatch.setattr(perturb, "RULES", perturb.RULES + 1)
+    assert not finished_stage1(tmp_path / "s1", stage1_config(config), Dataset.open(ds), "efficientnet_lite0",
+                               "minilm")
+    monkeypatch.undo()
+    monkeypatch.setattr(TextSide, "pooled", lambda self, texts: (read.append(list(texts)), real(self, texts))[1])
     run_stage1(ds, tmp_path / "s1b", FeatureCache(tmp_path / "cache"), "efficientnet_lite0", "minilm", config,
                progress=False)
     assert read == first  # seeded, training and validation alike

@@ -49,6 +49,10 @@ FILLERS = ("{}, please", "{} please", "{}, thanks", "hmm, {}", "ok so {}", "actu
 PREPOSITIONS = ("to", "into", "onto", "on", "in", "at", "from", "with")
 TRAILING = ("instead", "please", "now")
 MIN_FREQUENCY = 1000  # a synonym as common as this in the frequency list at least
+# What a spec makes: bump when the same spec, seed and text give other variants (a new kind's rule, a list changed).
+# A model trained with augmentation records it, and a reused run (``reuse=True``: the demo, stage 1) must match.
+# 2: relatives (session 9) and a hyphenated value kept whole.
+RULES = 2
 
 
 @lru_cache(maxsize=1)
@@ -219,6 +223,12 @@ class TextAugment:
     case: float = 0.0
     variants: int = 4  # training: variants of each text, encoded once
     keep: float = 0.5  # training: the chance a triplet reads its own text in an epoch
+
+    @staticmethod
+    def rules(spec: str | None) -> int | None:
+        """The version of the rules that turn ``spec`` into texts (:data:`RULES`), or None where it changes
+        nothing: a training run records it so that a reused model was trained on the texts this code makes."""
+        return RULES if TextAugment.parse(spec) else None
 
     @classmethod
     def parse(cls, spec: str | None) -> "TextAugment":

@@ -11,6 +11,7 @@ import torch
 
 from cirlab.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, stage1_model_path, zero_shot_fusion
 from cirlab.config import TrainConfig, method_config
+from cirlab.data.perturb import TextAugment
 from cirlab.data.spelling import vocabulary, word_pairs
 from cirlab.data.features import FeatureTable, QuerySide, image_table, text_table
 from cirlab.data.triplets import Dataset, Triplet, record_splits
@@ -244,12 +245,13 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         why = " (image-caption data trains stage 1 only, with the align preset)" \
             if ws.dataset.meta.get("captions_only") else ""
         raise CirlabError(f"data set {ws.dataset.name} has no {train_split!r} triplets to train a fusion on{why}")
+    rules = TextAugment.rules(TrainConfig.from_dict(cfg["train"]).text_augment)
     if reuse and out and Path(out).is_file():
         try:
             meta = read_checkpoint(out)["meta"]
             same_pseudo = meta.get("pseudo", {}).get("stage1") == (str(Path(pseudo).resolve()) if pseudo else None)
             if (meta.get("config") == cfg and meta.get("data") == data_id and same_pseudo
-                    and (not text_head or "text_head" in meta)):
+                    and meta.get("text_augment_rules") == rules and (not text_head or "text_head" in meta)):
                 model, meta = load_checkpoint(out, ws.image_encoder, ws.text_encoder)
                 return model, None, meta
         except CirlabError:
@@ -284,7 +286,7 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
         training_curves_png(Path(log_path).with_suffix(".png"), result.history, f"{cfg['method']} on {ws.dataset.name}")
     texts = [t.text for t in ws.triplets[train_split]]  # for spelling correction: the words and which follow which
     meta = {"config": cfg, "data": data_id, "train": result.to_dict(), "vocabulary": vocabulary(texts),
-            "word_pairs": word_pairs(texts)}
+            "word_pairs": word_pairs(texts), **({"text_augment_rules": rules} if rules else {})}
     if pseudo_set is not None:
         meta["pseudo"] = {"stage1": str(Path(pseudo).resolve()), **pcfg.__dict__, **pseudo_set.stats()}
     fitted = ws.fit_text_head(model, train_split) if text_head else None
@@ -298,8 +300,6 @@ def train_method(ws: Workspace, method: str, config: str | Path | dict | None = 
 
 def _text_variants(ws: Workspace, model: Fusion, split: str, cfg: TrainConfig) -> dict[str, list[str]] | None:
     """The training texts' augmented variants, encoded (``cfg.text_augment``), or None without augmentation."""
-    from cirlab.data.perturb import TextAugment
-
     augment = TextAugment.parse(cfg.text_augment)
     if not augment:
         return None

@@ -282,8 +282,10 @@ def run_stage1(data: str | Path | Dataset, out: str | Path, cache: FeatureCache,
     val_recall = {int(k[6:]): v for k, v in kept.items() if k.startswith("val_R@")}
     res = Stage1Result(out, image_enc.spec, text_enc.spec, result, seconds, val_recall,
                        {name: cfg.tasks[name] for name in tasks}, skipped, alignment)
+    rules = TextAugment.rules(cfg.train.text_augment)
     atomic_write_text(out / "stage1.json", json.dumps({"config": cfg.to_dict(), "data": ds.identity,
-                                                       "base_specs": [image_spec, text_spec], **res.to_dict()}, indent=1))
+                                                       "base_specs": [image_spec, text_spec], **res.to_dict(),
+                                                       **({"text_augment_rules": rules} if rules else {})}, indent=1))
     return res
 
 
@@ -297,7 +299,8 @@ def finished_stage1(out: Path, cfg: Stage1Config, ds: Dataset, image_spec: str, 
     files = ["stage1.pt"] + ["image.pt"] * cfg.tunes_image + ["text.pt"] * cfg.tunes_text
     same = json.loads(json.dumps({"config": cfg.to_dict(), "data": ds.identity}))  # as read back from JSON
     if (not isinstance(done, dict) or done.get("config") != same["config"] or done.get("data") != same["data"]
-            or done.get("base_specs") != [image_spec, text_spec] or not all((out / f).is_file() for f in files)):
+            or done.get("base_specs") != [image_spec, text_spec] or not all((out / f).is_file() for f in files)
+            or done.get("text_augment_rules") != TextAugment.rules(cfg.train.text_augment)):
         return None
     train = TrainResult(**{k: v for k, v in done["train"].items() if k in TrainResult.__dataclass_fields__})
     return Stage1Result(out, done["image_spec"], done["text_spec"], train, done["seconds"],
