@@ -136,12 +136,16 @@ def test_search_skips_unreadable_gallery_files(tmp_path, untrained_model):
 @pytest.mark.slow
 def test_an_int8_index_build_checks_parity_on_the_gallery_itself(tmp_path, untrained_model, here):
     """--encoder-precision int8 is refused in one line on a gallery whose own images lose parity in int8 (these drawn
-    shapes keep about 0.98 against the 0.995 asked), before anything is encoded or written."""
+    shapes keep about 0.98 against the 0.995 asked), before anything is encoded or written. On a CPU without VNNI the
+    int8 graph itself loses parity (its int16 kernels saturate, docs/encoders.md), so it is refused there first."""
+    from cirlab.hardware import machine
+
     gallery = tmp_path / "g"
     make_images(gallery, n=6, size=64)
     res = here("index", "build", gallery, "--out", tmp_path / "idx", "--model", untrained_model, "--runtime", "onnx",
                "--encoder-precision", "int8", "--quiet", home=tmp_path / "home")
-    assert_one_line_error(res, "in int8, this gallery's first 6 images keep a cosine of only 0.98")
+    assert_one_line_error(res, "in int8, this gallery's first 6 images keep a cosine of only 0.98"
+                          if machine().has("vnni") else "the int8 graph of efficientnet_lite0 keeps a cosine of only")
     assert not (tmp_path / "idx").exists()
 
 
