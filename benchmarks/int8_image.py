@@ -30,7 +30,7 @@ import torch
 from cirlab.data.emojiedit import collect_emoji
 from cirlab.encoders.base import new_encoder
 from cirlab.encoders.efficientnet import EfficientNetLiteEncoder
-from cirlab.encoders.quantize import quantize_qdq
+from cirlab.encoders.quantize import nodes_named, quantize_qdq
 from cirlab.encoders.runtime import export_onnx
 from cirlab.encoders.sessions import OrtSession
 from cirlab.images import load_image
@@ -82,9 +82,8 @@ def kept_fp32(what: str):
             kept |= {"ends": {convs[0].name, convs[-1].name}, "early": {n.name for n in convs[:EARLY]},
                      "depthwise": {n.name for n in convs
                                    if any(x.name == "group" and x.i > 1 for x in n.attribute)},
-                     "cirlab": {n.name for n in convs if any(k in n.name for k in EfficientNetLiteEncoder.int8_fp32)},
-                     "block11": {n.name for n in convs if "/_blocks.11/" in n.name},
-                     }[part]
+                     "cirlab": set(nodes_named(EfficientNetLiteEncoder.int8_fp32)(convs)),
+                     "block11": set(nodes_named(("/_blocks.11/",))(convs))}[part]
         return sorted(kept)
 
     return pick

@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,8 +57,7 @@ def int8_graph(encoder, fp32: Path) -> Path:
     calib, check = images[:CALIBRATION], images[CALIBRATION:]
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".int8-") as tmp:
         out = Path(tmp) / path.name
-        quantize_qdq(fp32, out, calib, name, lambda convs: [c.name for c in convs if any(k in c.name for k in keep)],
-                     pre=Path(tmp) / "pre.onnx")
+        quantize_qdq(fp32, out, calib, name, nodes_named(keep), pre=Path(tmp) / "pre.onnx")
         cosine = parity(fp32, out, {name: check})
         if cosine < PARITY:
             raise CirlabError(f"the int8 graph of {encoder.spec} keeps a cosine of only {cosine:.4f} to fp32's "
@@ -70,6 +70,12 @@ def int8_graph(encoder, fp32: Path) -> Path:
     logging.getLogger("cirlab").info("wrote the int8 graph of %s (min cosine %.4f to fp32 on %d images)",
                                      encoder.spec, cosine, CHECK)
     return path
+
+
+def nodes_named(parts) -> Callable[[list], list[str]]:
+    """The ``fp32_nodes`` of :func:`quantize_qdq` that keeps the Conv nodes whose names hold one of ``parts``
+    (an encoder's ``int8_fp32``)."""
+    return lambda convs: [c.name for c in convs if any(k in c.name for k in parts)]
 
 
 def quantize_qdq(src: Path, dst: Path, pixels: np.ndarray, name: str, fp32_nodes, weight_type: str = "QInt8",
